@@ -1,0 +1,194 @@
+//! The `#[repr(C)]` ABI between the eBPF capture programs and the agent.
+//!
+//! Every record in the ring buffer starts with an [`EventHeader`]; its `kind` says
+//! which struct follows. Fields are fixed-width integers laid out without implicit
+//! padding so both sides agree on the bytes.
+//!
+//! # Layout
+//! - [`EventHeader`], [`DataEvent`], [`PathEvent`]: ring-buffer records.
+//! - [`Config`], [`KernelOffsets`]: the single-slot config map the agent fills.
+//! - [`op`]: operation codes.
+#![no_std]
+
+/// Longest path prefix copied from user memory, including the terminating NUL.
+pub const PATH_LEN: usize = 256;
+
+/// Names of the maps and programs, so the loader and the programs cannot drift apart.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const DROPS: &str = "DROPS";
+    pub const CALIBRATION: &str = "CALIBRATION";
+    pub const SYS_EXIT: &str = "sluice_sys_exit";
+}
+
+/// Record kinds stored in [`EventHeader::kind`].
+pub mod kind {
+    /// A [`super::DataEvent`].
+    pub const DATA: u32 = 1;
+    /// A [`super::PathEvent`].
+    pub const PATH: u32 = 2;
+}
+
+/// Operation codes stored in [`DataEvent::op`] and [`PathEvent::op`].
+pub mod op {
+    /// write, pwrite64, writev, pwritev, pwritev2: `offset`/`len` are the bytes written.
+    pub const WRITE: u32 = 1;
+    /// ftruncate: `offset` is the new size.
+    pub const TRUNCATE: u32 = 2;
+    /// fallocate: `offset`/`len` are the range, `flags` the mode.
+    pub const FALLOCATE: u32 = 3;
+    /// fchmod, fchown, futimens (utimensat with a NULL path): metadata of an open file.
+    pub const FD_META: u32 = 4;
+
+    /// open/openat/openat2/creat with O_CREAT or O_TRUNC; `target` is the opened inode.
+    pub const OPEN_CREATE: u32 = 10;
+    pub const MKDIR: u32 = 11;
+    pub const RMDIR: u32 = 12;
+    pub const UNLINK: u32 = 13;
+    /// rename/renameat/renameat2; `flags` carries RENAME_EXCHANGE / RENAME_NOREPLACE.
+    pub const RENAME: u32 = 14;
+    /// link/linkat: `path1` is the existing name, `path2` the new one.
+    pub const LINK: u32 = 15;
+    /// symlink/symlinkat: `path1` is the new link, `path2` its target text.
+    pub const SYMLINK: u32 = 16;
+    /// chmod/fchmodat, chown/lchown/fchownat, utimensat with a path.
+    pub const PATH_META: u32 = 17;
+    /// truncate(2) by path: `size` is the new size.
+    pub const PATH_TRUNCATE: u32 = 18;
+    /// mknod/mknodat (FIFOs, device nodes).
+    pub const MKNOD: u32 = 19;
+}
+
+/// First field of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Thread-group id (the process id userspace sees).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// One of [`op`].
+    pub op: u32,
+    /// `bpf_ktime_get_ns()` when the syscall returned (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+/// An inode as the kernel names it: `inode->i_sb->s_dev` and `inode->i_ino`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A completed change to the contents or metadata of an open file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub inode: InodeId,
+    /// Start of the changed range (or new size for TRUNCATE).
+    pub offset: u64,
+    /// Length of the changed range in bytes.
+    pub len: u64,
+    /// fallocate mode, or zero.
+    pub flags: u32,
+    /// The file descriptor used, so userspace can fall back to /proc/<pid>/fd.
+    pub fd: u32,
+}
+
+/// A completed namespace operation (or a metadata change addressed by path).
+///
+/// Paths are copied as the program passed them; relative paths are resolved by
+/// userspace against `base1`/`base2`, the directory inodes of the dirfd (or cwd).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathEvent {
+    pub header: EventHeader,
+    /// Directory `path1` is relative to (dirfd, or the cwd for AT_FDCWD).
+    pub base1: InodeId,
+    /// Directory `path2` is relative to.
+    pub base2: InodeId,
+    /// The inode the operation produced when the syscall returns one (a new fd).
+    pub target: InodeId,
+    /// Syscall flags: open flags, RENAME_* flags, AT_* flags.
+    pub flags: u32,
+    /// File mode argument (mkdir, open, mknod, chmod), or zero.
+    pub mode: u32,
+    /// Extra integer argument: new size for PATH_TRUNCATE.
+    pub size: u64,
+    pub path1: [u8; PATH_LEN],
+    pub path2: [u8; PATH_LEN],
+}
+
+/// Byte offsets of the kernel struct fields the programs walk, read by the agent
+/// from `/sys/kernel/btf/vmlinux` at start-up (the programs carry no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u64,
+    pub task_fs: u64,
+    pub files_fdt: u64,
+    pub fdt_max_fds: u64,
+    pub fdt_fd: u64,
+    pub file_f_inode: u64,
+    pub file_f_pos: u64,
+    pub file_f_flags: u64,
+    pub inode_i_ino: u64,
+    pub inode_i_sb: u64,
+    pub inode_i_mode: u64,
+    pub sb_s_dev: u64,
+    pub fs_pwd: u64,
+    pub path_dentry: u64,
+    pub dentry_d_inode: u64,
+}
+
+/// Single-slot configuration map written by the agent before it enables capture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `s_dev` of the watched filesystem; zero disables all capture.
+    pub watched_dev: u64,
+    /// The agent's own tgid, whose I/O is never reported.
+    pub agent_tgid: u32,
+    /// Non-zero while the agent is learning `watched_dev` (see [`Calibration`]).
+    pub calibrating: u32,
+    pub offsets: KernelOffsets,
+}
+
+/// Written by the program when the agent opens its root directory while
+/// `Config::calibrating` is set: how the kernel names the watched root.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Calibration {
+    pub root: InodeId,
+    pub seen: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C) integer-only structs with no padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Calibration {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<InodeId>(), 16);
+        assert_eq!(size_of::<DataEvent>(), 24 + 16 + 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<PathEvent>(), 24 + 16 * 3 + 4 + 4 + 8 + 2 * PATH_LEN);
+        assert_eq!(size_of::<KernelOffsets>(), 15 * 8);
+        assert_eq!(size_of::<Config>(), 16 + 15 * 8);
+    }
+}

@@ -1,0 +1,138 @@
+//! Length-prefixed frames: `u32 length (LE) | u8 flags | body`.
+//!
+//! The body is a postcard-encoded message, zstd-compressed when that saves at
+//! least an eighth; random or already-compressed data is sent as is.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Bytes before the body: the length and the flags.
+pub const FRAME_HEADER_LEN: usize = 5;
+/// Largest body accepted; a peer announcing more is refused before any allocation.
+pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+/// Bodies shorter than this are never compressed.
+const COMPRESS_MIN: usize = 256;
+const FLAG_ZSTD: u8 = 1;
+
+/// Why a frame could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix exceeds [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge { len: usize },
+    /// Flags other than the known ones.
+    #[error("frame has unknown flags {flags:#04x}")]
+    UnknownFlags { flags: u8 },
+    /// The compressed body did not decompress.
+    #[error("frame body does not decompress: {source}")]
+    Decompress { source: std::io::Error },
+    /// The body is not a valid message.
+    #[error("malformed message: {source}")]
+    Malformed { source: postcard::Error },
+    /// The message could not be encoded.
+    #[error("cannot encode message: {source}")]
+    Encode { source: postcard::Error },
+}
+
+/// Encodes `message` into a complete frame, compressing when `compress` is set and it pays.
+pub fn encode_frame<T: Serialize>(message: &T, compress: bool) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_stdvec(message).map_err(|source| FrameError::Encode { source })?;
+    let (flags, body) = if compress && body.len() >= COMPRESS_MIN {
+        match zstd::bulk::compress(&body, 1) {
+            Ok(small) if small.len() < body.len() - body.len() / 8 => (FLAG_ZSTD, small),
+            _ => (0, body),
+        }
+    } else {
+        (0, body)
+    };
+    if body.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len: body.len() });
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.push(flags);
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Parses a frame header into (body length, flags), refusing oversized frames.
+pub fn parse_header(header: [u8; FRAME_HEADER_LEN]) -> Result<(usize, u8), FrameError> {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    let flags = header[4];
+    if flags & !FLAG_ZSTD != 0 {
+        return Err(FrameError::UnknownFlags { flags });
+    }
+    Ok((len, flags))
+}
+
+/// Decodes a frame body read after a header with `flags`.
+pub fn decode_body<T: DeserializeOwned>(flags: u8, body: &[u8]) -> Result<T, FrameError> {
+    if flags & FLAG_ZSTD != 0 {
+        let plain = zstd::bulk::decompress(body, MAX_FRAME_LEN)
+            .map_err(|source| FrameError::Decompress { source })?;
+        postcard::from_bytes(&plain).map_err(|source| FrameError::Malformed { source })
+    } else {
+        postcard::from_bytes(body).map_err(|source| FrameError::Malformed { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AgentMessage, Op, RelPath, SeqOp};
+
+    fn roundtrip(message: &AgentMessage, compress: bool) -> (AgentMessage, usize) {
+        let frame = encode_frame(message, compress).unwrap();
+        let (len, flags) = parse_header(frame[..5].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - FRAME_HEADER_LEN);
+        (decode_body(flags, &frame[5..]).unwrap(), frame.len())
+    }
+
+    fn write(data: Vec<u8>) -> AgentMessage {
+        let hash = crate::blocks::hash(&data);
+        AgentMessage::Op(SeqOp {
+            seq: 9,
+            captured_unix_ns: 1,
+            op: Op::Write { path: RelPath::from_bytes("f").unwrap(), offset: 4096, data, hash },
+        })
+    }
+
+    #[test]
+    fn compressible_data_shrinks() {
+        let message = write(vec![b'a'; 100_000]);
+        let (back, len) = roundtrip(&message, true);
+        assert_eq!(back, message);
+        assert!(len < 1_000, "{len}");
+    }
+
+    #[test]
+    fn incompressible_data_is_sent_raw() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let data: Vec<u8> = (0..65_536)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let message = write(data);
+        let frame = encode_frame(&message, true).unwrap();
+        assert_eq!(frame[4], 0, "random data must not be compressed");
+        assert!(frame.len() < 65_536 + 80);
+        assert_eq!(roundtrip(&message, true).0, message);
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        assert!(matches!(parse_header([0xff, 0xff, 0xff, 0x7f, 0]), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(parse_header([1, 0, 0, 0, 0x80]), Err(FrameError::UnknownFlags { .. })));
+        assert!(matches!(decode_body::<AgentMessage>(0, &[0xff, 0xff]), Err(FrameError::Malformed { .. })));
+        assert!(matches!(
+            decode_body::<AgentMessage>(FLAG_ZSTD, &[1, 2, 3]),
+            Err(FrameError::Decompress { .. })
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! The sluice wire protocol, free of I/O: what the agent and the receiver say to
+//! each other over a QUIC stream, and how it is framed, compressed and checked.
+//!
+//! # Layout
+//! - [`message`]: the messages and replication operations.
+//! - [`path`]: [`RelPath`], a path relative to the replicated root, validated.
+//! - [`frame`]: length-prefixed frames with optional zstd compression.
+//! - [`blocks`]: fixed-size block hashing used by the initial sync.
+
+pub mod blocks;
+pub mod frame;
+pub mod message;
+pub mod path;
+
+pub use frame::{FRAME_HEADER_LEN, FrameError, MAX_FRAME_LEN, decode_body, encode_frame, parse_header};
+pub use message::*;
+pub use path::{PathError, RelPath};
+
+/// Bumped whenever a message changes shape; peers with different versions refuse each other.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,166 @@
+//! Messages exchanged on the replication stream.
+//!
+//! One QUIC bidirectional stream carries everything, so operations are applied in
+//! the order the agent captured them. The agent speaks [`AgentMessage`], the
+//! receiver answers with [`ReceiverMessage`].
+//!
+//! A session is: `Hello` both ways; the agent streams its tree as `Manifest`
+//! chunks and `ManifestEnd`; the receiver answers `Want` for every file whose copy
+//! differs (with the hashes of the blocks it holds) and `ManifestDone`; from then
+//! on the agent sends numbered [`Op`]s and the receiver acknowledges each applied
+//! sequence number with `Ack` (cumulative).
+
+use crate::RelPath;
+use serde::{Deserialize, Serialize};
+
+/// A 32-byte blake3 digest.
+pub type Hash = [u8; 32];
+
+/// Modification time in nanoseconds precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What a directory entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file of `size` bytes.
+    File { size: u64 },
+    Dir,
+    /// A symbolic link and its target text.
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    Fifo,
+}
+
+/// Metadata kept for every entry (like `rsync -a --numeric-ids`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Permission bits (and setuid/setgid/sticky), without the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+}
+
+/// One entry of the master's tree, sent during the initial sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: EntryKind,
+    pub meta: Meta,
+    /// For a regular file with several names: the first path the manifest
+    /// listed for the same inode, so the receiver makes a hard link, not a copy.
+    pub hardlink_of: Option<RelPath>,
+}
+
+/// Attribute changes; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attrs {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<Timestamp>,
+}
+
+/// One replication operation, applied by the receiver in sequence order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Write `data` at `offset`; `hash` is blake3 of `data`, checked before writing.
+    /// Creates the file if it does not exist.
+    Write {
+        path: RelPath,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        hash: Hash,
+    },
+    /// Change size and/or metadata of an existing entry.
+    SetAttrs { path: RelPath, attrs: Attrs },
+    /// Create an empty regular file (or truncate an existing one to zero when `truncate`).
+    CreateFile { path: RelPath, mode: u32, truncate: bool },
+    Mkdir { path: RelPath, mode: u32 },
+    Symlink {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    HardLink { existing: RelPath, path: RelPath },
+    Mkfifo { path: RelPath, mode: u32 },
+    /// Remove a file, symlink or FIFO; a directory is removed with everything below it.
+    Remove { path: RelPath },
+    /// Rename `from` to `to` (replacing `to` unless `noreplace`); with `exchange`
+    /// the two names swap.
+    Rename { from: RelPath, to: RelPath, exchange: bool, noreplace: bool },
+}
+
+impl Op {
+    /// The path the operation changes first, for logs.
+    pub fn path(&self) -> &RelPath {
+        match self {
+            Op::Write { path, .. }
+            | Op::SetAttrs { path, .. }
+            | Op::CreateFile { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::HardLink { path, .. }
+            | Op::Mkfifo { path, .. }
+            | Op::Remove { path } => path,
+            Op::Rename { from, .. } => from,
+        }
+    }
+
+    /// Bytes of file content the operation carries.
+    pub fn payload_len(&self) -> u64 {
+        match self {
+            Op::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// An [`Op`] with its sequence number and when it was captured on the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqOp {
+    pub seq: u64,
+    /// Wall-clock time of the capture (Unix epoch, ns), for the receiver's lag gauge.
+    pub captured_unix_ns: u64,
+    pub op: Op,
+}
+
+/// Messages from the agent to the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Hello { version: u32, agent: String },
+    /// Part of the master's tree, in walk order (parents before children).
+    Manifest(Vec<Entry>),
+    /// The whole tree has been listed.
+    ManifestEnd,
+    Op(SeqOp),
+    /// Several operations in one frame (small ops are batched to save overhead).
+    Ops(Vec<SeqOp>),
+}
+
+/// Messages from the receiver to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiverMessage {
+    Hello {
+        version: u32,
+        /// Highest sequence number the receiver has applied and made durable.
+        durable_seq: u64,
+    },
+    /// The receiver's copy of `path` differs: `hashes` are blake3 of each
+    /// [`crate::blocks::BLOCK_SIZE`] block of its copy (empty if it has none).
+    Want { path: RelPath, size: u64, hashes: Vec<Hash> },
+    /// Every `Want` for the manifest has been sent; `wanted` counts them.
+    ManifestDone { wanted: u64 },
+    /// Every operation up to and including `seq` has been applied.
+    Ack { seq: u64 },
+    /// Operation `seq` could not be applied; the stream stops there.
+    Refused { seq: u64, reason: String },
+}
