@@ -77,6 +77,10 @@ pub struct EventHeader {
 }
 
 /// An inode as the kernel names it: `inode->i_sb->s_dev` and `inode->i_ino`.
+///
+/// `dev` is the kernel-internal `dev_t` (major << 20 | minor), which differs from
+/// `stat(2)`'s `st_dev` encoding, and on btrfs names the superblock rather than the
+/// subvolume's anonymous dev: compare it with the calibrated watched dev, never st_dev.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InodeId {

@@ -11,15 +11,18 @@
 //! - [`pinned`]: rustls verifiers that accept exactly one fingerprint.
 //! - [`endpoint`]: quinn client and server endpoints built from the above.
 //! - [`framed`]: [`FrameReader`] / [`FrameWriter`] over quinn streams.
+//! - [`metrics_http`]: the `/metrics` endpoint.
 
 pub mod endpoint;
 pub mod framed;
 pub mod identity;
+pub mod metrics_http;
 pub mod pinned;
 
 pub use endpoint::{SERVER_NAME, client_endpoint, is_unknown_peer, server_endpoint};
 pub use framed::{FrameReader, FrameWriter};
 pub use identity::{Identity, parse_fingerprint};
+pub use metrics_http::serve_metrics;
 
 use std::path::PathBuf;
 

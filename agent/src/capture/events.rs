@@ -1,0 +1,335 @@
+//! Decoding ring-buffer records into [`Event`]s.
+
+use std::mem::size_of;
+
+use sluice_common::{DataEvent, EventHeader, InodeId, PathEvent, kind, op};
+
+/// One completed operation observed in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Process (thread-group) id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds when the syscall returned.
+    pub ts_ns: u64,
+    pub kind: EventKind,
+}
+
+/// What happened. Paths are the bytes the process passed, up to the first NUL
+/// (at most 255 bytes: longer paths are cut), relative to the `base` directory
+/// inode unless absolute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `len` bytes were written at `offset` (write, pwrite64, writev, pwritev, pwritev2).
+    Write {
+        inode: InodeId,
+        offset: u64,
+        len: u64,
+        fd: u32,
+    },
+    /// ftruncate to `size`.
+    Truncate {
+        inode: InodeId,
+        size: u64,
+        fd: u32,
+    },
+    /// fallocate on `[offset, offset + len)` with `mode` flags.
+    Fallocate {
+        inode: InodeId,
+        offset: u64,
+        len: u64,
+        mode: u32,
+        fd: u32,
+    },
+    /// Metadata of an open file changed (fchmod, fchown, futimens).
+    FdMeta {
+        inode: InodeId,
+        fd: u32,
+    },
+    /// open/openat/openat2/creat with O_CREAT or O_TRUNC; `target` is the opened file.
+    OpenCreate {
+        base: InodeId,
+        path: Vec<u8>,
+        target: InodeId,
+        flags: u32,
+        mode: u32,
+    },
+    Mkdir {
+        base: InodeId,
+        path: Vec<u8>,
+        mode: u32,
+    },
+    Rmdir {
+        base: InodeId,
+        path: Vec<u8>,
+    },
+    Unlink {
+        base: InodeId,
+        path: Vec<u8>,
+    },
+    /// rename/renameat/renameat2; `flags` holds RENAME_EXCHANGE / RENAME_NOREPLACE.
+    Rename {
+        from_base: InodeId,
+        from: Vec<u8>,
+        to_base: InodeId,
+        to: Vec<u8>,
+        flags: u32,
+    },
+    Link {
+        existing_base: InodeId,
+        existing: Vec<u8>,
+        new_base: InodeId,
+        new: Vec<u8>,
+    },
+    /// A symlink at `path` whose content is `target` (not resolved).
+    Symlink {
+        base: InodeId,
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    /// chmod/chown/utimes family by path; `flags` are the AT_* flags.
+    PathMeta {
+        base: InodeId,
+        path: Vec<u8>,
+        flags: u32,
+    },
+    /// truncate(2) by path.
+    PathTruncate {
+        base: InodeId,
+        path: Vec<u8>,
+        size: u64,
+    },
+    Mknod {
+        base: InodeId,
+        path: Vec<u8>,
+        mode: u32,
+    },
+}
+
+/// Why a record could not be decoded (only an ABI mismatch between the
+/// embedded programs and this build would cause it).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than its declared kind requires.
+    #[error("record of {got} bytes is too short for kind {kind} (needs {need})")]
+    Short { kind: u32, got: usize, need: usize },
+    /// The header's kind is not one of `sluice_common::kind`.
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    /// The header's op is not valid for its kind.
+    #[error("unknown op {op} for kind {kind}")]
+    UnknownOp { kind: u32, op: u32 },
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short {
+            kind,
+            got: bytes.len(),
+            need: size_of::<T>(),
+        });
+    }
+    // SAFETY: length checked; T is a repr(C) integer-only struct valid for any bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The bytes of a fixed-size path buffer up to its first NUL.
+pub fn c_path(buf: &[u8]) -> Vec<u8> {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    buf[..end].to_vec()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes, 0)?;
+    let kind = match header.kind {
+        kind::DATA => decode_data(read(bytes, header.kind)?)?,
+        kind::PATH => decode_path(&read(bytes, header.kind)?)?,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event {
+        pid: header.pid,
+        tid: header.tid,
+        ts_ns: header.ts_ns,
+        kind,
+    })
+}
+
+fn decode_data(e: DataEvent) -> Result<EventKind, DecodeError> {
+    let (inode, fd) = (e.inode, e.fd);
+    Ok(match e.header.op {
+        op::WRITE => EventKind::Write {
+            inode,
+            offset: e.offset,
+            len: e.len,
+            fd,
+        },
+        op::TRUNCATE => EventKind::Truncate {
+            inode,
+            size: e.offset,
+            fd,
+        },
+        op::FALLOCATE => EventKind::Fallocate {
+            inode,
+            offset: e.offset,
+            len: e.len,
+            mode: e.flags,
+            fd,
+        },
+        op::FD_META => EventKind::FdMeta { inode, fd },
+        other => {
+            return Err(DecodeError::UnknownOp {
+                kind: kind::DATA,
+                op: other,
+            });
+        }
+    })
+}
+
+fn decode_path(e: &PathEvent) -> Result<EventKind, DecodeError> {
+    let (base, path) = (e.base1, c_path(&e.path1));
+    Ok(match e.header.op {
+        op::OPEN_CREATE => EventKind::OpenCreate {
+            base,
+            path,
+            target: e.target,
+            flags: e.flags,
+            mode: e.mode,
+        },
+        op::MKDIR => EventKind::Mkdir {
+            base,
+            path,
+            mode: e.mode,
+        },
+        op::RMDIR => EventKind::Rmdir { base, path },
+        op::UNLINK => EventKind::Unlink { base, path },
+        op::RENAME => EventKind::Rename {
+            from_base: base,
+            from: path,
+            to_base: e.base2,
+            to: c_path(&e.path2),
+            flags: e.flags,
+        },
+        op::LINK => EventKind::Link {
+            existing_base: base,
+            existing: path,
+            new_base: e.base2,
+            new: c_path(&e.path2),
+        },
+        op::SYMLINK => EventKind::Symlink {
+            base,
+            path,
+            target: c_path(&e.path2),
+        },
+        op::PATH_META => EventKind::PathMeta {
+            base,
+            path,
+            flags: e.flags,
+        },
+        op::PATH_TRUNCATE => EventKind::PathTruncate {
+            base,
+            path,
+            size: e.size,
+        },
+        op::MKNOD => EventKind::Mknod {
+            base,
+            path,
+            mode: e.mode,
+        },
+        other => {
+            return Err(DecodeError::UnknownOp {
+                kind: kind::PATH,
+                op: other,
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::PATH_LEN;
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the object representation of a padding-free repr(C) struct.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: u32, op: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            pid: 7,
+            tid: 8,
+            op,
+            ts_ns: 9,
+        }
+    }
+
+    #[test]
+    fn decodes_a_write() {
+        let inode = InodeId { dev: 1, ino: 2 };
+        let e = DataEvent {
+            header: header(kind::DATA, op::WRITE),
+            inode,
+            offset: 12288,
+            len: 4096,
+            flags: 0,
+            fd: 3,
+        };
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!((ev.pid, ev.tid, ev.ts_ns), (7, 8, 9));
+        assert_eq!(
+            ev.kind,
+            EventKind::Write {
+                inode,
+                offset: 12288,
+                len: 4096,
+                fd: 3
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_a_rename_with_both_paths() {
+        let mut e = PathEvent {
+            header: header(kind::PATH, op::RENAME),
+            base1: InodeId { dev: 1, ino: 10 },
+            base2: InodeId { dev: 1, ino: 11 },
+            target: InodeId::default(),
+            flags: 1,
+            mode: 0,
+            size: 0,
+            path1: [0; PATH_LEN],
+            path2: [0xff; PATH_LEN],
+        };
+        e.path1[..3].copy_from_slice(b"a\0b");
+        e.path2[..2].copy_from_slice(b"c\0");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::Rename {
+                from_base: e.base1,
+                from: b"a".to_vec(),
+                to_base: e.base2,
+                to: b"c".to_vec(),
+                flags: 1
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let e = DataEvent {
+            header: header(kind::DATA, op::WRITE),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes(&e)[..30]),
+            Err(DecodeError::Short { .. })
+        ));
+        let h = header(99, 1);
+        assert_eq!(decode(&bytes(&h)), Err(DecodeError::UnknownKind(99)));
+        assert!(c_path(&[b'x'; 4]) == b"xxxx");
+    }
+}

@@ -1,0 +1,321 @@
+//! eBPF change capture: loads the `sluice-ebpf` programs, points them at one
+//! filesystem and streams the completed file-system operations they report.
+//!
+//! Limits of what is seen (all inherent to syscall-exit tracing):
+//! - Only syscalls: io_uring, mmap stores, nfsd and other in-kernel writers are
+//!   invisible. `sendfile`, `copy_file_range`, `splice`, xattr calls and
+//!   `O_TMPFILE` + `linkat` publication are not captured.
+//! - Paths are as passed (at most 255 bytes) and relative to `base`; a relative
+//!   path used from a cwd/dirfd outside the watched filesystem is dropped in the
+//!   kernel even if it leads back inside. Absolute paths are reported for every
+//!   filesystem and must be filtered by prefix in userspace.
+//! - x86_64 only (syscall numbers and `pt_regs` layout).
+
+pub mod events;
+pub mod offsets;
+
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+pub use events::{DecodeError, Event, EventKind};
+pub use offsets::OffsetsError;
+pub use sluice_common::InodeId;
+use sluice_common::{Calibration, Config, names};
+
+/// The compiled programs, built by `build.rs` through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+/// Opening the root races with other threads of this process opening directories,
+/// each of which overwrites the calibration slot; retry a few times.
+const CALIBRATION_ATTEMPTS: u32 = 20;
+
+/// Tunables for [`Capture::start`].
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    /// Size of the `EVENTS` ring buffer: a power of two multiple of the page size.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why capture could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The options are unusable (e.g. a ring buffer size the kernel refuses).
+    #[error("invalid capture options: {0}")]
+    InvalidOptions(String),
+    /// The watched root is missing, not a directory, or could not be opened.
+    #[error("watched root {path}: {source}")]
+    Root { path: PathBuf, source: io::Error },
+    /// Struct offsets could not be read from the kernel's BTF.
+    #[error("kernel struct offsets: {0}")]
+    Offsets(#[from] OffsetsError),
+    /// aya could not parse the kernel's BTF (needed to attach `tp_btf`).
+    #[error("kernel BTF: {0}")]
+    KernelBtf(#[from] aya::BtfError),
+    /// The object was rejected while creating maps or loading it.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The program failed verification or could not be attached.
+    #[error("eBPF program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    /// A map operation failed.
+    #[error("eBPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    /// The embedded object lacks a map or program this code expects (ABI drift).
+    #[error("eBPF object has no {0}")]
+    Missing(&'static str),
+    /// The kernel never reported the root directory while calibrating.
+    #[error("calibration on {path} failed: {reason}")]
+    Calibration { path: PathBuf, reason: String },
+    /// Polling the ring buffer failed.
+    #[error("ring buffer I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A running capture. Dropping it detaches the programs and frees the maps.
+pub struct Capture {
+    // Owns the program and its link; kept alive for as long as capture runs.
+    _ebpf: Ebpf,
+    events: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    watched_dev: u64,
+    root: InodeId,
+}
+
+impl Capture {
+    /// Mounts tracefs at /sys/kernel/tracing if missing, raises RLIMIT_MEMLOCK if
+    /// needed, loads the object, writes the kernel offsets, attaches, calibrates on
+    /// `root` (an existing directory) and enables capture.
+    ///
+    /// Must be called inside a tokio runtime (the ring buffer is registered with it).
+    pub fn start(root: &Path, options: &CaptureOptions) -> Result<Capture, CaptureError> {
+        let size = options.ring_buffer_bytes;
+        let page = page_size();
+        if !size.is_power_of_two() || u64::from(size) < page {
+            return Err(CaptureError::InvalidOptions(format!(
+                "ring_buffer_bytes {size} is not a power of two of at least {page}"
+            )));
+        }
+        let root_meta = std::fs::metadata(root).map_err(|source| CaptureError::Root {
+            path: root.to_owned(),
+            source,
+        })?;
+        if !root_meta.is_dir() {
+            return Err(CaptureError::Root {
+                path: root.to_owned(),
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+
+        ensure_tracefs();
+        raise_memlock();
+        let offsets = offsets::from_vmlinux()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, size)
+            .load(EBPF_OBJECT)?;
+
+        let mut config: Array<MapData, Config> = take_map(&mut ebpf, names::CONFIG)?;
+        let mut calibration: Array<MapData, Calibration> = take_map(&mut ebpf, names::CALIBRATION)?;
+        let drops: PerCpuArray<MapData, u64> = take_map(&mut ebpf, names::DROPS)?;
+        let events: RingBuf<MapData> = take_map(&mut ebpf, names::EVENTS)?;
+
+        let mut cfg = Config {
+            watched_dev: 0,
+            agent_tgid: std::process::id(),
+            calibrating: 1,
+            offsets,
+        };
+        config.set(0, cfg, 0)?;
+
+        let btf = Btf::from_sys_fs()?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(names::SYS_EXIT)
+            .ok_or(CaptureError::Missing(names::SYS_EXIT))?
+            .try_into()?;
+        program.load("sys_exit", &btf)?;
+        program.attach()?;
+
+        let kernel_root = calibrate(root, root_meta.ino(), &mut calibration)?;
+        cfg.watched_dev = kernel_root.dev;
+        cfg.calibrating = 0;
+        config.set(0, cfg, 0)?;
+        tracing::info!(
+            root = %root.display(),
+            dev = kernel_root.dev,
+            ino = kernel_root.ino,
+            mode = "tp_btf",
+            "eBPF capture started"
+        );
+
+        Ok(Capture {
+            _ebpf: ebpf,
+            events: register(events)?,
+            drops,
+            watched_dev: kernel_root.dev,
+            root: kernel_root,
+        })
+    }
+
+    /// The attachment mode: always `"tp_btf"` (BTF raw syscall tracepoints).
+    ///
+    /// fentry/fexit on the VFS would be preferred where they load, since they also
+    /// see io_uring and in-kernel writers, but they are refused on the supported
+    /// hosts, so only the tracepoint mode exists.
+    pub fn mode(&self) -> &'static str {
+        "tp_btf"
+    }
+
+    /// The watched filesystem's `s_dev` as the kernel names it (not always `st_dev`).
+    pub fn watched_dev(&self) -> u64 {
+        self.watched_dev
+    }
+
+    /// The kernel's id of the watched root directory.
+    pub fn root(&self) -> InodeId {
+        self.root
+    }
+
+    /// Waits until the ring buffer is readable, then drains every available record
+    /// into `out` (appending). Records that do not decode are logged and skipped.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> Result<(), CaptureError> {
+        loop {
+            let mut guard = self.events.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let mut seen = 0usize;
+            while let Some(record) = ring.next() {
+                seen += 1;
+                match events::decode(&record) {
+                    Ok(event) => out.push(event),
+                    Err(error) => tracing::warn!(%error, "skipping undecodable capture record"),
+                }
+            }
+            guard.clear_ready();
+            if seen > 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Total ring-buffer reserve failures so far (sum over CPUs).
+    pub fn dropped(&self) -> Result<u64, CaptureError> {
+        Ok(self.drops.get(&0, 0)?.iter().sum())
+    }
+}
+
+fn register(events: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, CaptureError> {
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
+    // AsyncFd (which owns the RingBuf) is dropped.
+    unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| CaptureError::Io(e.into()))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(CaptureError::Missing(name))?;
+    Ok(T::try_from(map)?)
+}
+
+/// Opens `root` while the program is calibrating until it records a directory
+/// with the root's inode number, and returns that kernel id.
+fn calibrate(
+    root: &Path,
+    ino: u64,
+    slot: &mut Array<MapData, Calibration>,
+) -> Result<InodeId, CaptureError> {
+    let mut last = None;
+    for _ in 0..CALIBRATION_ATTEMPTS {
+        slot.set(0, Calibration::default(), 0)?;
+        // std opens with openat(2), which is what the program watches for.
+        let dir = File::open(root).map_err(|source| CaptureError::Root {
+            path: root.to_owned(),
+            source,
+        })?;
+        let seen = slot.get(&0, 0)?;
+        drop(dir);
+        if seen.seen != 0 && seen.root.ino == ino {
+            return Ok(seen.root);
+        }
+        last = Some(seen);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(CaptureError::Calibration {
+        path: root.to_owned(),
+        reason: match last {
+            Some(c) if c.seen != 0 => {
+                format!("kernel reported inode {} instead of {ino}", c.root.ino)
+            }
+            _ => "the program never saw the open (is it attached?)".to_owned(),
+        },
+    })
+}
+
+/// Raw syscall tracepoints do not need tracefs, but anything attached by
+/// tracepoint name does, and it is not mounted at boot on the supported hosts.
+fn ensure_tracefs() {
+    let mounted = nix::sys::statfs::statfs(TRACEFS)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC)
+        .unwrap_or(false);
+    if mounted {
+        return;
+    }
+    match nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) => tracing::info!(path = TRACEFS, "mounted tracefs (it was not mounted)"),
+        Err(error) => {
+            tracing::warn!(path = TRACEFS, %error, "tracefs is not mounted and mounting it failed")
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscalls on a valid, initialised struct.
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) } == 0;
+    if ok && current.rlim_cur == libc::RLIM_INFINITY {
+        return;
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}

@@ -1,0 +1,157 @@
+//! Kernel struct field offsets, read from the running kernel's BTF.
+//!
+//! The eBPF programs carry no CO-RE relocations; they walk structs at the
+//! offsets computed here, so layout changes between kernels (e.g. the
+//! `struct file` reshuffles of 6.x) are absorbed at start-up.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use sluice_common::KernelOffsets;
+
+/// Where the kernel exposes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why a field offset could not be determined.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    /// The BTF blob could not be read or parsed.
+    #[error("reading BTF from {path}: {source}")]
+    Read { path: String, source: btf_rs::Error },
+    /// No struct of that name is described by the BTF.
+    #[error("struct {0} not found in kernel BTF")]
+    NoStruct(&'static str),
+    /// The struct exists but has no such member, even inside anonymous members.
+    #[error("struct {strukt} has no member {field}")]
+    NoField {
+        strukt: &'static str,
+        field: &'static str,
+    },
+    /// The member is a bitfield or otherwise not byte-aligned.
+    #[error("{strukt}.{field} is not byte-aligned")]
+    Unaligned {
+        strukt: &'static str,
+        field: &'static str,
+    },
+    /// A BTF type referenced by the struct could not be resolved.
+    #[error("resolving BTF types of {strukt}: {source}")]
+    Resolve {
+        strukt: &'static str,
+        source: btf_rs::Error,
+    },
+}
+
+/// Reads [`KernelOffsets`] from `/sys/kernel/btf/vmlinux`.
+pub fn from_vmlinux() -> Result<KernelOffsets, OffsetsError> {
+    from_file(Path::new(VMLINUX_BTF))
+}
+
+/// Reads [`KernelOffsets`] from a BTF file.
+pub fn from_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    from_btf(&btf)
+}
+
+/// Resolves every offset the programs need.
+pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
+    let f = |s, m| field_offset(btf, s, m);
+    Ok(KernelOffsets {
+        task_files: f("task_struct", "files")?,
+        task_fs: f("task_struct", "fs")?,
+        files_fdt: f("files_struct", "fdt")?,
+        fdt_max_fds: f("fdtable", "max_fds")?,
+        fdt_fd: f("fdtable", "fd")?,
+        file_f_inode: f("file", "f_inode")?,
+        file_f_pos: f("file", "f_pos")?,
+        file_f_flags: f("file", "f_flags")?,
+        inode_i_ino: f("inode", "i_ino")?,
+        inode_i_sb: f("inode", "i_sb")?,
+        inode_i_mode: f("inode", "i_mode")?,
+        sb_s_dev: f("super_block", "s_dev")?,
+        fs_pwd: f("fs_struct", "pwd")?,
+        path_dentry: f("path", "dentry")?,
+        dentry_d_inode: f("dentry", "d_inode")?,
+    })
+}
+
+/// Byte offset of `field` in `struct strukt`, looking through anonymous
+/// struct/union members (whose own offsets are added).
+pub fn field_offset(
+    btf: &Btf,
+    strukt: &'static str,
+    field: &'static str,
+) -> Result<u64, OffsetsError> {
+    let resolve = |source| OffsetsError::Resolve { strukt, source };
+    let types = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| OffsetsError::NoStruct(strukt))?;
+    // A name can also belong to a forward declaration; only a sized definition counts.
+    let def = types
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or(OffsetsError::NoStruct(strukt))?;
+    let bits = find_member(btf, &def, field)
+        .map_err(resolve)?
+        .ok_or(OffsetsError::NoField { strukt, field })?;
+    if bits % 8 != 0 {
+        return Err(OffsetsError::Unaligned { strukt, field });
+    }
+    Ok(u64::from(bits / 8))
+}
+
+/// Bit offset of `field` inside `s`, searching anonymous members depth-first.
+fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<u32>, btf_rs::Error> {
+    for member in &s.members {
+        let name = btf.resolve_name(member).unwrap_or_default();
+        if name == field {
+            return Ok(Some(member.bit_offset()));
+        }
+        if !name.is_empty() {
+            continue;
+        }
+        if let Some(inner) = anonymous_aggregate(btf, btf.resolve_chained_type(member)?)?
+            && let Some(bits) = find_member(btf, &inner, field)?
+        {
+            return Ok(Some(member.bit_offset() + bits));
+        }
+    }
+    Ok(None)
+}
+
+/// The struct or union behind an anonymous member, skipping qualifiers.
+fn anonymous_aggregate(btf: &Btf, mut t: Type) -> Result<Option<btf_rs::Struct>, btf_rs::Error> {
+    loop {
+        t = match t {
+            Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
+            Type::Const(ref q) | Type::Volatile(ref q) | Type::Restrict(ref q) => {
+                btf.resolve_chained_type(q)?
+            }
+            Type::TypeTag(ref q) => btf.resolve_chained_type(q)?,
+            Type::Typedef(ref q) => btf.resolve_chained_type(q)?,
+            _ => return Ok(None),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_all_offsets_on_this_kernel() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            return;
+        }
+        let o = from_vmlinux().expect("offsets");
+        // `struct path` is { mnt, dentry } on every kernel the programs support.
+        assert_eq!(o.path_dentry, 8);
+        assert!(o.task_files > 0 && o.task_fs > 0);
+        assert_ne!(o.file_f_inode, o.file_f_pos);
+    }
+}

@@ -1,0 +1,129 @@
+//! The agent's TOML configuration: parsed, then validated; errors name the key and line.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// TOML syntax or a key of the wrong type; the message names the key and line.
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    /// A value parsed but makes no sense.
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid { path: PathBuf, key: &'static str, reason: String },
+}
+
+/// `agent.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The watched tree.
+    pub root: PathBuf,
+    /// The receiver's QUIC address.
+    pub receiver: SocketAddr,
+    /// Where the agent keeps its own state.
+    pub state_dir: PathBuf,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub capture: CaptureConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Directory holding `cert.pem` and `key.pem` from `sluice-agent init`.
+    pub identity: PathBuf,
+    /// The receiver's fingerprint, as printed by `sluice-receiver init`.
+    pub peer_fingerprint: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP `/metrics` endpoint; none disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Size of the kernel ring buffer (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+    /// How long changes to a file are coalesced before they are read and sent.
+    pub coalesce_ms: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig { ring_buffer_bytes: 8 << 20, coalesce_ms: 2 }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text` read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let invalid = |key, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
+        if !config.root.is_absolute() {
+            return Err(invalid("root", "must be an absolute path".into()));
+        }
+        if !config.root.is_dir() {
+            return Err(invalid("root", format!("{} is not a directory", config.root.display())));
+        }
+        let size = config.capture.ring_buffer_bytes;
+        if !size.is_power_of_two() || size < 4096 {
+            return Err(invalid("capture.ring_buffer_bytes", format!("{size} is not a power of two of at least 4096")));
+        }
+        sluice_net::parse_fingerprint(&config.tls.peer_fingerprint)
+            .map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("agent.toml"))
+    }
+
+    const GOOD: &str = r#"
+root = "/tmp"
+receiver = "127.0.0.1:7400"
+state_dir = "/tmp/state"
+[tls]
+identity = "/tmp/id"
+peer_fingerprint = "0000000000000000000000000000000000000000000000000000000000000000"
+"#;
+
+    #[test]
+    fn accepts_minimal_config() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.capture.ring_buffer_bytes, 8 << 20);
+        assert!(config.metrics.listen.is_none());
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let err = parse(&GOOD.replace("receiver = \"127.0.0.1:7400\"", "receiver = 7400")).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("receiver"), "{err}");
+        let err = parse(&format!("{GOOD}\n[capture]\nring_buffer_bytes = 1000\n")).unwrap_err().to_string();
+        assert!(err.contains("capture.ring_buffer_bytes"), "{err}");
+        let err = parse(&format!("{GOOD}\nbogus = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,586 @@
+//! Turns captured events into replication operations, keeping the index in step.
+//!
+//! Data changes are coalesced per inode ([`RangeSet`]) and read from the file when
+//! flushed; namespace events flush pending data first, then update the index and
+//! emit their operation, so every operation names paths as the receiver has them
+//! at that point of the stream. Anything the engine cannot place with certainty
+//! asks for a rescan (a tree comparison with the receiver) instead of guessing.
+
+use crate::capture::{Event, EventKind, InodeId};
+use crate::files::{Files, read_range};
+use crate::index::{Index, NodeKind};
+use crate::ranges::RangeSet;
+use crate::scan::{self, EXCLUDED_TOP_LEVEL, kind_of, meta_of};
+use sluice_proto::blocks::{BLOCK_SIZE, hash};
+use sluice_proto::{Attrs, Entry, Hash, Op, RelPath};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Largest piece of file content carried by one `Write`.
+const MAX_WRITE: u64 = 1 << 20;
+const O_TRUNC: u32 = libc::O_TRUNC as u32;
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+const AT_SYMLINK_NOFOLLOW: u32 = libc::AT_SYMLINK_NOFOLLOW as u32;
+/// How long a dirty file that cannot be opened is retried before the tree is compared instead.
+const REOPEN_PATIENCE_NS: u64 = 5_000_000_000;
+/// Paths this long were cut by the capture buffer and cannot be trusted.
+const CUT_PATH_LEN: usize = sluice_common::PATH_LEN - 1;
+
+/// An operation ready to be numbered and sent.
+#[derive(Clone, Debug)]
+pub struct PendingOp {
+    pub op: Op,
+    /// Capture time (CLOCK_MONOTONIC ns) of the oldest change the op carries.
+    pub captured_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct Dirty {
+    ranges: RangeSet,
+    attrs: bool,
+    first_ns: u64,
+}
+
+/// Where a path from an event lies.
+enum Place {
+    Inside { parent: u64, name: OsString, path: RelPath },
+    Outside,
+    Unknown,
+}
+
+/// Event → operation translation state.
+pub struct Engine {
+    root: PathBuf,
+    watched_dev: u64,
+    index: Index,
+    files: Files,
+    dirty: HashMap<u64, Dirty>,
+    outside: HashSet<u64>,
+    rescan: Option<String>,
+    /// File bytes read to build operations.
+    pub bytes_read: u64,
+}
+
+impl Engine {
+    /// `root` must be absolute and canonical; `watched_dev` is the kernel's `s_dev` of its filesystem.
+    pub fn new(root: &Path, watched_dev: u64) -> io::Result<Engine> {
+        let root_ino = std::fs::metadata(root)?.ino();
+        Ok(Engine {
+            root: root.to_path_buf(),
+            watched_dev,
+            index: Index::new(root_ino),
+            files: Files::new(root)?,
+            dirty: HashMap::new(),
+            outside: HashSet::new(),
+            rescan: None,
+            bytes_read: 0,
+        })
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Why a rescan is needed, if it is.
+    pub fn rescan_reason(&self) -> Option<&str> {
+        self.rescan.as_deref()
+    }
+
+    /// Asks for a rescan (kept: the first reason is the one reported).
+    pub fn request_rescan(&mut self, reason: impl Into<String>) {
+        if self.rescan.is_none() {
+            let reason = reason.into();
+            tracing::warn!("tree will be compared with the standby: {reason}");
+            self.rescan = Some(reason);
+        }
+    }
+
+    /// Walks the tree anew and returns the manifest. Pending dirty ranges are kept:
+    /// a write inside one mtime tick would not show in a size/mtime comparison.
+    pub fn rescan(&mut self) -> io::Result<Vec<Entry>> {
+        let scan = scan::scan(&self.root, &mut self.files)?;
+        self.index = scan.index;
+        self.outside.clear();
+        self.rescan = None;
+        self.dirty.retain(|ino, _| self.index.contains(*ino));
+        Ok(scan.entries)
+    }
+
+    /// Bytes of file data known dirty and not yet read.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.values().map(|d| d.ranges.bytes()).sum()
+    }
+
+    /// Capture time of the oldest change not yet turned into an operation.
+    pub fn oldest_dirty_ns(&self) -> Option<u64> {
+        self.dirty.values().map(|d| d.first_ns).min()
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    fn mark(&mut self, ino: u64, range: Option<(u64, u64)>, ts: u64) {
+        let dirty = self.dirty.entry(ino).or_insert_with(|| Dirty { first_ns: ts, ..Dirty::default() });
+        dirty.first_ns = dirty.first_ns.min(ts);
+        match range {
+            Some((offset, len)) => dirty.ranges.insert(offset, len),
+            None => dirty.attrs = true,
+        }
+    }
+
+    /// Applies one event, appending the operations it produces.
+    pub fn handle(&mut self, event: &Event, out: &mut Vec<PendingOp>) {
+        let ts = event.ts_ns;
+        match &event.kind {
+            EventKind::Write { inode, offset, len, fd } => self.data(*inode, event.pid, *fd, Some((*offset, *len)), ts, out),
+            EventKind::Fallocate { inode, offset, len, fd, .. } => {
+                self.data(*inode, event.pid, *fd, Some((*offset, *len)), ts, out);
+                self.data(*inode, event.pid, *fd, None, ts, out);
+            }
+            EventKind::Truncate { inode, fd, .. } | EventKind::FdMeta { inode, fd } => {
+                self.data(*inode, event.pid, *fd, None, ts, out)
+            }
+            kind => {
+                self.flush(out);
+                self.namespace(event.pid, kind, ts, out);
+            }
+        }
+    }
+
+    fn data(&mut self, inode: InodeId, pid: u32, fd: u32, range: Option<(u64, u64)>, ts: u64, out: &mut Vec<PendingOp>) {
+        if inode.dev != self.watched_dev || self.outside.contains(&inode.ino) {
+            return;
+        }
+        if !self.index.contains(inode.ino) {
+            self.adopt_open_file(inode.ino, pid, fd, ts, out);
+            if !self.index.contains(inode.ino) {
+                return;
+            }
+        }
+        self.mark(inode.ino, range, ts);
+    }
+
+    /// A change to an inode the index does not know: find its path through the
+    /// writer's fd table; inside the tree it is sent whole, outside it is ignored from now on.
+    fn adopt_open_file(&mut self, ino: u64, pid: u32, fd: u32, ts: u64, out: &mut Vec<PendingOp>) {
+        let link = match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+            Ok(link) => link,
+            Err(_) => return self.request_rescan(format!("inode {ino} changed by a process that is gone")),
+        };
+        if link.as_os_str().as_bytes().ends_with(b" (deleted)") {
+            self.outside.insert(ino);
+            return;
+        }
+        match self.place_absolute(link.as_os_str().as_bytes()) {
+            Place::Inside { parent, name, path } => {
+                if self.learn(parent, &name, &path) == Some(ino) {
+                    tracing::info!(%path, "found unindexed file through its writer, sending it whole");
+                    self.send_whole(ino, &path, ts, out);
+                } else {
+                    self.request_rescan(format!("inode {ino} at {path} could not be indexed"));
+                }
+            }
+            Place::Outside => {
+                self.outside.insert(ino);
+            }
+            Place::Unknown => self.request_rescan(format!("inode {ino} at {} is not in the index", link.display())),
+        }
+    }
+
+    fn send_whole(&mut self, ino: u64, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
+        let size = std::fs::symlink_metadata(self.root.join(path.as_path())).map(|m| m.len()).unwrap_or(0);
+        out.push(PendingOp { op: Op::CreateFile { path: path.clone(), mode: 0o600, truncate: true }, captured_ns: ts });
+        self.mark(ino, Some((0, size)), ts);
+        self.mark(ino, None, ts);
+    }
+
+    /// lstat `path` and index what is there; returns its inode.
+    fn learn(&mut self, parent: u64, name: &OsStr, path: &RelPath) -> Option<u64> {
+        let meta = std::fs::symlink_metadata(self.root.join(path.as_path())).ok()?;
+        let kind = kind_of(&meta);
+        self.index.insert(parent, name, meta.ino(), kind);
+        self.outside.remove(&meta.ino());
+        if kind == NodeKind::File {
+            self.files.remember(meta.ino(), path.as_path());
+        }
+        Some(meta.ino())
+    }
+
+    fn place(&self, base: InodeId, raw: &[u8]) -> Place {
+        if raw.len() >= CUT_PATH_LEN || raw.is_empty() {
+            return Place::Unknown;
+        }
+        if raw[0] == b'/' {
+            return self.place_absolute(raw);
+        }
+        if base.dev != self.watched_dev {
+            return Place::Outside;
+        }
+        if !self.index.contains(base.ino) {
+            return if self.outside.contains(&base.ino) { Place::Outside } else { Place::Unknown };
+        }
+        self.place_from(base.ino, raw)
+    }
+
+    fn place_absolute(&self, raw: &[u8]) -> Place {
+        let root = self.root.as_os_str().as_bytes();
+        match raw.strip_prefix(root) {
+            Some(rest) if rest.first() == Some(&b'/') => self.place_from(self.index.root(), &rest[1..]),
+            _ => Place::Outside,
+        }
+    }
+
+    /// Resolves `relative` lexically from directory `dir` of the index.
+    fn place_from(&self, mut dir: u64, relative: &[u8]) -> Place {
+        let components: Vec<&[u8]> = relative.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+        let Some((last, walk)) = components.split_last() else { return Place::Unknown };
+        for component in walk {
+            if *component == b".." {
+                if dir == self.index.root() {
+                    return Place::Outside;
+                }
+                match self.index.path_of(dir).and_then(|p| p.parent()).and_then(|p| self.index.resolve(&p)) {
+                    Some(parent) => dir = parent,
+                    None => return Place::Unknown,
+                }
+                continue;
+            }
+            let name = OsStr::from_bytes(component);
+            if dir == self.index.root() && EXCLUDED_TOP_LEVEL.iter().any(|n| n.as_bytes() == *component) {
+                return Place::Outside;
+            }
+            match self.index.lookup(dir, name) {
+                Some(next) if self.index.kind(next) == Some(NodeKind::Dir) => dir = next,
+                _ => return Place::Unknown,
+            }
+        }
+        if *last == b".." {
+            return Place::Unknown;
+        }
+        let name = OsStr::from_bytes(last);
+        if dir == self.index.root() && EXCLUDED_TOP_LEVEL.iter().any(|n| n.as_bytes() == *last) {
+            return Place::Outside;
+        }
+        let Some(parent_path) = self.index.path_of(dir) else { return Place::Unknown };
+        match parent_path.join(name) {
+            Ok(path) => Place::Inside { parent: dir, name: name.to_os_string(), path },
+            Err(_) => Place::Unknown,
+        }
+    }
+
+    fn namespace(&mut self, pid: u32, kind: &EventKind, ts: u64, out: &mut Vec<PendingOp>) {
+        let mut emit = |op: Op| out.push(PendingOp { op, captured_ns: ts });
+        match kind {
+            EventKind::OpenCreate { base, path, target, flags, .. } => match self.place(*base, path) {
+                Place::Inside { parent, name, path } => {
+                    if target.dev != self.watched_dev {
+                        return;
+                    }
+                    let existing = self.index.lookup(parent, &name);
+                    if existing.is_some_and(|e| e != target.ino && self.index.kind(e) == Some(NodeKind::Symlink)) {
+                        // Opened through a symlink: the change belongs to its target.
+                        if self.index.contains(target.ino) {
+                            self.mark(target.ino, None, ts);
+                        }
+                        return;
+                    }
+                    self.index.insert(parent, &name, target.ino, NodeKind::File);
+                    self.outside.remove(&target.ino);
+                    self.files.remember(target.ino, path.as_path());
+                    emit(Op::CreateFile { path, mode: 0o600, truncate: flags & O_TRUNC != 0 });
+                    self.mark(target.ino, None, ts);
+                }
+                Place::Outside => {}
+                Place::Unknown => self.request_rescan(format!("file created at an unplaceable path {}", show(path))),
+            },
+            EventKind::Mkdir { base, path, mode } => match self.place(*base, path) {
+                Place::Inside { parent, name, path } => {
+                    emit(Op::Mkdir { path: path.clone(), mode: *mode & 0o7777 });
+                    if let Some(ino) = self.learn(parent, &name, &path) {
+                        self.mark(ino, None, ts);
+                    }
+                }
+                Place::Outside => {}
+                Place::Unknown => self.request_rescan(format!("directory created at an unplaceable path {}", show(path))),
+            },
+            EventKind::Rmdir { base, path } | EventKind::Unlink { base, path } => match self.place(*base, path) {
+                Place::Inside { parent, name, path } => {
+                    if let Some(ino) = self.index.unlink(parent, &name) {
+                        if !self.index.contains(ino) {
+                            self.dirty.remove(&ino);
+                            self.files.forget(ino);
+                        }
+                    }
+                    emit(Op::Remove { path });
+                }
+                Place::Outside => {}
+                Place::Unknown => self.request_rescan(format!("removal at an unplaceable path {}", show(path))),
+            },
+            EventKind::Rename { from_base, from, to_base, to, flags } => {
+                let (from_place, to_place) = (self.place(*from_base, from), self.place(*to_base, to));
+                self.rename(from_place, to_place, *flags, ts, out);
+            }
+            EventKind::Link { existing_base, existing, new_base, new } => {
+                match (self.place(*existing_base, existing), self.place(*new_base, new)) {
+                    (Place::Inside { parent: ep, name: en, path: existing }, Place::Inside { parent, name, path }) => {
+                        match self.index.lookup(ep, &en) {
+                            Some(ino) => {
+                                self.index.insert(parent, &name, ino, NodeKind::File);
+                                emit(Op::HardLink { existing, path });
+                            }
+                            None => self.move_in(parent, &name, &path, ts, out),
+                        }
+                    }
+                    (Place::Outside, Place::Inside { parent, name, path }) => self.move_in(parent, &name, &path, ts, out),
+                    (_, Place::Outside) => {}
+                    _ => self.request_rescan(format!("hard link at an unplaceable path {}", show(new))),
+                }
+            }
+            EventKind::Symlink { base, path, target } => match self.place(*base, path) {
+                Place::Inside { parent, name, path } => {
+                    emit(Op::Symlink { path: path.clone(), target: target.clone() });
+                    if target.len() >= CUT_PATH_LEN {
+                        // The captured target text was cut; read the real one.
+                        self.move_in(parent, &name, &path, ts, out);
+                    } else if let Some(ino) = self.learn(parent, &name, &path) {
+                        self.mark(ino, None, ts);
+                    }
+                }
+                Place::Outside => {}
+                Place::Unknown => self.request_rescan(format!("symlink at an unplaceable path {}", show(path))),
+            },
+            EventKind::PathMeta { base, path, flags } => {
+                self.path_meta(pid, *base, path, flags & AT_SYMLINK_NOFOLLOW == 0, ts)
+            }
+            EventKind::PathTruncate { base, path, .. } => self.path_meta(pid, *base, path, true, ts),
+            EventKind::Mknod { base, path, mode } => match self.place(*base, path) {
+                Place::Inside { parent, name, path } if mode & libc::S_IFMT == libc::S_IFIFO => {
+                    emit(Op::Mkfifo { path: path.clone(), mode: mode & 0o7777 });
+                    if let Some(ino) = self.learn(parent, &name, &path) {
+                        self.mark(ino, None, ts);
+                    }
+                }
+                // Device nodes and sockets are not replicated.
+                Place::Inside { .. } | Place::Outside => {}
+                Place::Unknown => self.request_rescan(format!("node created at an unplaceable path {}", show(path))),
+            },
+            EventKind::Write { .. } | EventKind::Truncate { .. } | EventKind::Fallocate { .. } | EventKind::FdMeta { .. } => {}
+        }
+    }
+
+    fn rename(&mut self, from: Place, to: Place, flags: u32, ts: u64, out: &mut Vec<PendingOp>) {
+        match (from, to) {
+            (Place::Inside { parent: fp, name: fname, path: from }, Place::Inside { parent: tp, name: tname, path: to }) => {
+                let exchange = flags & RENAME_EXCHANGE != 0;
+                if exchange {
+                    self.index.exchange(fp, &fname, tp, &tname);
+                } else if self.index.rename(fp, &fname, tp, &tname).is_none() {
+                    self.learn(tp, &tname, &to);
+                }
+                let noreplace = flags & RENAME_NOREPLACE != 0;
+                out.push(PendingOp { op: Op::Rename { from, to, exchange, noreplace }, captured_ns: ts });
+            }
+            (Place::Inside { parent, name, path }, Place::Outside) => {
+                if let Some(ino) = self.index.unlink(parent, &name) {
+                    if !self.index.contains(ino) {
+                        self.dirty.remove(&ino);
+                    }
+                }
+                out.push(PendingOp { op: Op::Remove { path }, captured_ns: ts });
+            }
+            (Place::Outside, Place::Inside { parent, name, path }) => self.move_in(parent, &name, &path, ts, out),
+            (Place::Outside, Place::Outside) => {}
+            _ => self.request_rescan("rename between unplaceable paths"),
+        }
+    }
+
+    /// Something appeared in the tree from outside it: send it in full.
+    fn move_in(&mut self, parent: u64, name: &OsStr, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
+        let full = self.root.join(path.as_path());
+        let Ok(meta) = std::fs::symlink_metadata(&full) else { return };
+        let file_type = meta.file_type();
+        if file_type.is_dir() {
+            return self.request_rescan(format!("directory {path} moved into the tree"));
+        }
+        let Some(ino) = self.learn(parent, name, path) else { return };
+        if file_type.is_file() {
+            self.send_whole(ino, path, ts, out);
+        } else if file_type.is_symlink() {
+            let target = std::fs::read_link(&full).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+            out.push(PendingOp { op: Op::Symlink { path: path.clone(), target }, captured_ns: ts });
+            self.mark(ino, None, ts);
+        }
+    }
+
+    fn path_meta(&mut self, pid: u32, base: InodeId, raw: &[u8], follow: bool, ts: u64) {
+        if raw.is_empty() {
+            // AT_EMPTY_PATH: the change is to the dirfd's own inode.
+            if base.dev == self.watched_dev && self.index.contains(base.ino) {
+                self.mark(base.ino, None, ts);
+            }
+            return;
+        }
+        if raw.starts_with(b"/proc/") {
+            return self.proc_fd_meta(pid, raw, ts);
+        }
+        match self.place(base, raw) {
+            Place::Inside { parent, name, path } => {
+                let Some(mut ino) = self.index.lookup(parent, &name) else {
+                    return self.request_rescan(format!("metadata change on unindexed {path}"));
+                };
+                if follow && self.index.kind(ino) == Some(NodeKind::Symlink) {
+                    match std::fs::metadata(self.root.join(path.as_path())) {
+                        Ok(meta) if self.index.contains(meta.ino()) => ino = meta.ino(),
+                        _ => return,
+                    }
+                }
+                self.mark(ino, None, ts);
+            }
+            Place::Outside => {}
+            Place::Unknown => self.request_rescan(format!("metadata change at an unplaceable path {}", show(raw))),
+        }
+    }
+
+    /// A metadata change through `/proc/<pid>/fd/<n>` (how glibc changes the mode of
+    /// an `O_PATH` descriptor): find the file through the same fd table.
+    fn proc_fd_meta(&mut self, pid: u32, raw: &[u8], ts: u64) {
+        let text = String::from_utf8_lossy(raw);
+        let mut parts = text.trim_start_matches("/proc/").splitn(3, '/');
+        let owner = match parts.next() {
+            Some("self") | Some("thread-self") => pid.to_string(),
+            Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => digits.to_string(),
+            _ => return,
+        };
+        let (Some("fd"), Some(fd)) = (parts.next(), parts.next()) else { return };
+        match std::fs::read_link(format!("/proc/{owner}/fd/{fd}")) {
+            Ok(link) => {
+                if let Place::Inside { parent, name, .. } = self.place_absolute(link.as_os_str().as_bytes()) {
+                    if let Some(ino) = self.index.lookup(parent, &name) {
+                        self.mark(ino, None, ts);
+                    }
+                }
+            }
+            Err(_) => self.request_rescan(format!("metadata changed through {text} by a process that is gone")),
+        }
+    }
+
+    /// Reads every dirty range and emits its writes and attributes, oldest first.
+    pub fn flush(&mut self, out: &mut Vec<PendingOp>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut order: Vec<(u64, u64)> = self.dirty.iter().map(|(ino, d)| (d.first_ns, *ino)).collect();
+        order.sort_unstable();
+        for (_, ino) in order {
+            let Some(dirty) = self.dirty.remove(&ino) else { continue };
+            let Some(path) = self.index.path_of(ino) else { continue };
+            match self.index.kind(ino) {
+                Some(NodeKind::File) => {
+                    if let Err(dirty) = self.flush_file(ino, &path, dirty, out) {
+                        // Renamed after the change, and the rename event is still on its
+                        // way: try again once the index has caught up.
+                        if crate::session::monotonic_ns().saturating_sub(dirty.first_ns) > REOPEN_PATIENCE_NS {
+                            self.request_rescan(format!("{path} changed but cannot be opened"));
+                        } else {
+                            self.dirty.insert(ino, dirty);
+                        }
+                    }
+                }
+                Some(_) => self.flush_attrs(ino, &path, dirty.first_ns, out),
+                None => {}
+            }
+        }
+    }
+
+    /// Emits the writes and attributes of a dirty file; gives `dirty` back when the
+    /// file cannot be found under its indexed path (yet).
+    fn flush_file(&mut self, ino: u64, path: &RelPath, dirty: Dirty, out: &mut Vec<PendingOp>) -> Result<(), Dirty> {
+        let file = match self.files.open(ino, path.as_path()) {
+            Ok(file) => file,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESTALE)) => return Err(dirty),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(dirty),
+            Err(e) => {
+                self.request_rescan(format!("cannot open {path}: {e}"));
+                return Ok(());
+            }
+        };
+        let Ok(meta) = file.metadata() else { return Ok(()) };
+        let size = meta.len();
+        for (start, end) in dirty.ranges.iter() {
+            let end = end.min(size);
+            let mut offset = start;
+            while offset < end {
+                let len = (end - offset).min(MAX_WRITE);
+                let data = match read_range(&file, offset, len) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        self.request_rescan(format!("cannot read {path}: {e}"));
+                        return Ok(());
+                    }
+                };
+                if data.is_empty() {
+                    break;
+                }
+                self.bytes_read += data.len() as u64;
+                let read = data.len() as u64;
+                let hash = hash(&data);
+                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: dirty.first_ns });
+                offset += read;
+            }
+        }
+        // Metadata after the data: the receiver's own writes move its mtime.
+        let meta = file.metadata().unwrap_or(meta);
+        let m = meta_of(&meta);
+        let attrs = Attrs { size: Some(meta.len()), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: dirty.first_ns });
+        Ok(())
+    }
+
+    fn flush_attrs(&mut self, ino: u64, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
+        let Ok(meta) = std::fs::symlink_metadata(self.root.join(path.as_path())) else { return };
+        if meta.ino() != ino {
+            return;
+        }
+        let m = meta_of(&meta);
+        let mode = (!meta.file_type().is_symlink()).then_some(m.mode);
+        let attrs = Attrs { size: None, mode, uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts });
+    }
+
+    /// Answers the receiver's `Want`: the blocks whose hashes differ from `theirs`, then size and metadata.
+    pub fn answer_want(&mut self, path: &RelPath, theirs: &[Hash], ts: u64, out: &mut Vec<PendingOp>) {
+        let Some(ino) = self.index.resolve(path) else { return };
+        let Ok(file) = self.files.open(ino, path.as_path()) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let size = meta.len();
+        let mut offset = 0;
+        let mut block = 0usize;
+        while offset < size {
+            let data = match read_range(&file, offset, BLOCK_SIZE) {
+                Ok(data) if !data.is_empty() => data,
+                _ => break,
+            };
+            self.bytes_read += data.len() as u64;
+            let ours = hash(&data);
+            let len = data.len() as u64;
+            if theirs.get(block) != Some(&ours) {
+                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts });
+            }
+            offset += len;
+            block += 1;
+        }
+        let m = meta_of(&file.metadata().unwrap_or(meta));
+        let attrs = Attrs { size: Some(size), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts });
+    }
+}
+
+fn show(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}

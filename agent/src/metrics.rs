@@ -1,0 +1,56 @@
+//! The agent's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: String,
+}
+
+/// Every metric the agent exports; cheap to clone (handles share their values).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub lag_bytes: Gauge,
+    pub events_captured: Counter,
+    pub events_dropped: Counter,
+    pub bytes_read: Counter,
+    pub wire_bytes_sent: Counter,
+    pub wire_bytes_received: Counter,
+    pub wire_bytes_lost: Counter,
+    pub payload_bytes_sent: Counter,
+    pub ops_sent: Counter,
+    pub ops_acked: Counter,
+    pub rescans: Counter,
+    pub connected: Gauge,
+    pub initial_sync_complete: Gauge,
+    pub capture_mode: Family<ModeLabel, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every metric under its `sluice_` name.
+    pub fn register(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register("sluice_lag_seconds", "Age of the oldest captured change not yet acknowledged as applied by the receiver", self.lag_seconds.clone());
+        r.register("sluice_lag_bytes", "File bytes captured and not yet acknowledged as applied", self.lag_bytes.clone());
+        r.register("sluice_events_captured", "Events read from the kernel ring buffer", self.events_captured.clone());
+        r.register("sluice_events_dropped", "Events lost because the ring buffer was full", self.events_dropped.clone());
+        r.register("sluice_bytes_read", "File bytes read to build operations", self.bytes_read.clone());
+        r.register("sluice_wire_bytes_sent", "UDP payload bytes sent to the receiver (QUIC)", self.wire_bytes_sent.clone());
+        r.register("sluice_wire_bytes_received", "UDP payload bytes received from the receiver (QUIC)", self.wire_bytes_received.clone());
+        r.register("sluice_wire_bytes_lost", "Bytes QUIC declared lost and sent again", self.wire_bytes_lost.clone());
+        r.register("sluice_payload_bytes_sent", "File content bytes sent in write operations", self.payload_bytes_sent.clone());
+        r.register("sluice_ops_sent", "Operations sent", self.ops_sent.clone());
+        r.register("sluice_ops_acked", "Operations acknowledged as applied", self.ops_acked.clone());
+        r.register("sluice_rescans", "Tree comparisons with the receiver after the first", self.rescans.clone());
+        r.register("sluice_connected", "1 while connected to the receiver", self.connected.clone());
+        r.register("sluice_initial_sync_complete", "1 once the standby matched the tree in this connection", self.initial_sync_complete.clone());
+        r.register("sluice_capture_mode", "How changes are captured (tp_btf: BTF raw syscall tracepoints)", self.capture_mode.clone());
+        r
+    }
+}

@@ -1,0 +1,515 @@
+//! Applies replicated [`Op`]s to the standby tree, in place and confined to the root.
+//!
+//! Every path is resolved by the kernel beneath an `O_PATH` fd of the root
+//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`); namespace changes
+//! open the parent that way and then act on the final name relative to it with the
+//! `*at` calls, never following a symlink at the last component. A path that
+//! resolves outside the root is refused with [`ApplyError::Escapes`].
+//!
+//! Writes go straight into the existing file (no temp file and rename): the
+//! standby may sit on flash, and a rewrite of a whole file for a 4 KiB change
+//! would multiply wear.
+
+mod cache;
+pub(crate) mod fs;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, readlinkat, renameat2};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, fchmod, mkdirat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchownat, linkat, mkfifoat, symlinkat, syncfs};
+use sluice_proto::{Attrs, Op, RelPath, blocks};
+
+use self::cache::FdCache;
+use self::fs::{chmod_nofollow, kind_of, lstat_at, open_beneath, remove_any};
+
+/// The receiver's own directory under the root; operations may not touch it.
+pub const STATE_DIR: &str = ".sluice";
+/// Open files kept for repeated writes.
+const FD_CACHE_SIZE: usize = 64;
+
+/// Why an operation was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The root directory could not be opened.
+    #[error("cannot open root {}: {source}", root.display())]
+    OpenRoot {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+    /// The path resolves outside the root (through a symlink or a mount point).
+    #[error("{path}: resolves outside the root")]
+    Escapes { path: RelPath },
+    /// The path lies in the receiver's own state directory.
+    #[error("{path}: lies in the receiver's reserved `{STATE_DIR}` directory")]
+    Reserved { path: RelPath },
+    /// The operation makes no sense on the root directory itself.
+    #[error("{op} of the root directory is refused")]
+    Root { op: &'static str },
+    /// The data of a write does not match the hash sent with it.
+    #[error("{path}: {len} bytes at offset {offset} do not match their hash")]
+    HashMismatch {
+        path: RelPath,
+        offset: u64,
+        len: usize,
+    },
+    /// The directory that should contain the path does not exist.
+    #[error("{path}: parent directory does not exist")]
+    MissingParent { path: RelPath },
+    /// The path does not exist.
+    #[error("{path}: does not exist")]
+    NotFound { path: RelPath },
+    /// The entry is not of the kind the operation needs.
+    #[error("{path}: is not a {wanted}")]
+    WrongKind { path: RelPath, wanted: &'static str },
+    /// A system call failed.
+    #[error("{path}: {call}: {source}")]
+    Sys {
+        path: RelPath,
+        call: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What an applied operation did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Bytes of file content written.
+    pub bytes_written: u64,
+}
+
+/// Applies operations beneath one root directory.
+pub struct Applier {
+    root: OwnedFd,
+    cache: FdCache,
+}
+
+fn sys(path: &RelPath, call: &'static str) -> impl FnOnce(Errno) -> ApplyError {
+    move |errno| ApplyError::Sys {
+        path: path.clone(),
+        call,
+        source: errno.into(),
+    }
+}
+
+fn io(path: &RelPath, call: &'static str) -> impl FnOnce(std::io::Error) -> ApplyError {
+    move |source| ApplyError::Sys {
+        path: path.clone(),
+        call,
+        source,
+    }
+}
+
+/// Maps an `openat2` failure: `EXDEV` is the kernel saying "outside the root".
+fn open_error(path: &RelPath, errno: Errno, missing: fn(RelPath) -> ApplyError) -> ApplyError {
+    match errno {
+        Errno::EXDEV => ApplyError::Escapes { path: path.clone() },
+        Errno::ENOENT => missing(path.clone()),
+        errno => sys(path, "openat2")(errno),
+    }
+}
+
+/// Refuses paths inside the receiver's state directory.
+pub fn check_reserved(path: &RelPath) -> Result<(), ApplyError> {
+    let first = path
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .next()
+        .unwrap_or_default();
+    if first == STATE_DIR.as_bytes() {
+        return Err(ApplyError::Reserved { path: path.clone() });
+    }
+    Ok(())
+}
+
+/// Refuses `path` when it is the root or reserved.
+fn check_entry(path: &RelPath, op: &'static str) -> Result<(), ApplyError> {
+    if path.is_root() {
+        return Err(ApplyError::Root { op });
+    }
+    check_reserved(path)
+}
+
+impl Applier {
+    /// Opens `root` (which must be a directory) for confined access.
+    pub fn open(root: &Path) -> Result<Applier, ApplyError> {
+        let root_fd = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| ApplyError::OpenRoot {
+            root: root.to_owned(),
+            source: errno.into(),
+        })?;
+        Ok(Applier {
+            root: root_fd,
+            cache: FdCache::new(FD_CACHE_SIZE),
+        })
+    }
+
+    pub(crate) fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Opens the directory containing `path` beneath the root and returns it with
+    /// the final name. The root itself is returned as (root, ".").
+    pub(crate) fn parent<'p>(&self, path: &'p RelPath) -> Result<(OwnedFd, &'p OsStr), ApplyError> {
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => (RelPath::root(), OsStr::new(".")),
+        };
+        let fd = open_beneath(
+            self.root_fd(),
+            parent.as_path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        )
+        .map_err(|errno| open_error(path, errno, |path| ApplyError::MissingParent { path }))?;
+        Ok((fd, name))
+    }
+
+    /// Opens `path` read-only beneath the root, not following a final symlink.
+    pub(crate) fn open_read(&self, path: &RelPath) -> Result<File, ApplyError> {
+        open_beneath(
+            self.root_fd(),
+            path.as_path(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
+        )
+        .map(File::from)
+        .map_err(|errno| open_error(path, errno, |path| ApplyError::NotFound { path }))
+    }
+
+    /// The cached writable fd of `path`, opening (and with `create`, creating) it.
+    fn writable(&mut self, path: &RelPath, create: bool) -> Result<&File, ApplyError> {
+        if self.cache.get(path).is_none() {
+            let mut flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW;
+            if create {
+                flags |= OFlag::O_CREAT;
+            }
+            let missing = if create {
+                |path| ApplyError::MissingParent { path }
+            } else {
+                |path| ApplyError::NotFound { path }
+            };
+            let fd = open_beneath(self.root_fd(), path.as_path(), flags)
+                .map_err(|errno| open_error(path, errno, missing))?;
+            return Ok(self.cache.insert(path.clone(), File::from(fd)));
+        }
+        Ok(self.cache.get(path).expect("checked above"))
+    }
+
+    /// Forgets cached fds for `path` and below, after its name changed meaning.
+    pub(crate) fn invalidate(&mut self, path: &RelPath) {
+        self.cache.invalidate(path);
+    }
+
+    /// Makes everything applied so far durable (one `syncfs` of the root's
+    /// filesystem, cheaper than an fsync per touched file).
+    pub fn sync_to_disk(&mut self) -> Result<(), ApplyError> {
+        let root = RelPath::root();
+        let fd = open_beneath(
+            self.root_fd(),
+            Path::new("."),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        )
+        .map_err(sys(&root, "openat2"))?;
+        syncfs(fd).map_err(sys(&root, "syncfs"))
+    }
+
+    /// Closes every cached fd.
+    pub fn close_files(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Applies one operation.
+    pub fn apply(&mut self, op: &Op) -> Result<Applied, ApplyError> {
+        match op {
+            Op::Write {
+                path,
+                offset,
+                data,
+                hash,
+            } => {
+                check_entry(path, "write")?;
+                // Verified before anything is opened, so corrupt data never lands on disk.
+                if blocks::hash(data) != *hash {
+                    return Err(ApplyError::HashMismatch {
+                        path: path.clone(),
+                        offset: *offset,
+                        len: data.len(),
+                    });
+                }
+                self.writable(path, true)?
+                    .write_all_at(data, *offset)
+                    .map_err(io(path, "pwrite"))?;
+                return Ok(Applied {
+                    bytes_written: data.len() as u64,
+                });
+            }
+            Op::SetAttrs { path, attrs } => self.set_attrs(path, attrs)?,
+            Op::CreateFile {
+                path,
+                mode,
+                truncate,
+            } => self.create_file(path, *mode, *truncate)?,
+            Op::Mkdir { path, mode } => self.mkdir(path, *mode)?,
+            Op::Symlink { path, target } => self.symlink(path, target)?,
+            Op::HardLink { existing, path } => self.hard_link(existing, path)?,
+            Op::Mkfifo { path, mode } => self.mkfifo(path, *mode)?,
+            Op::Remove { path } => self.remove(path)?,
+            Op::Rename {
+                from,
+                to,
+                exchange,
+                noreplace,
+            } => self.rename(from, to, *exchange, *noreplace)?,
+        }
+        Ok(Applied::default())
+    }
+
+    /// Applies size, owner, mode and mtime, in that order: `chown` clears the
+    /// setuid bits, so the mode goes after it, and the mtime goes last because a
+    /// truncate would bump it.
+    pub fn set_attrs(&mut self, path: &RelPath, attrs: &Attrs) -> Result<(), ApplyError> {
+        check_reserved(path)?;
+        let (dir, name) = self.parent(path)?;
+        let stat = lstat_at(dir.as_fd(), name)
+            .map_err(sys(path, "fstatat"))?
+            .ok_or_else(|| ApplyError::NotFound { path: path.clone() })?;
+        let kind = kind_of(&stat);
+        if let Some(size) = attrs.size {
+            if kind != SFlag::S_IFREG {
+                return Err(ApplyError::WrongKind {
+                    path: path.clone(),
+                    wanted: "regular file",
+                });
+            }
+            self.writable(path, false)?
+                .set_len(size)
+                .map_err(io(path, "ftruncate"))?;
+        }
+        let uid = attrs.uid.filter(|&uid| uid != stat.st_uid);
+        let gid = attrs.gid.filter(|&gid| gid != stat.st_gid);
+        if uid.is_some() || gid.is_some() {
+            fchownat(
+                dir.as_fd(),
+                name,
+                uid.map(Uid::from_raw),
+                gid.map(Gid::from_raw),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(sys(path, "fchownat"))?;
+        }
+        // A symlink's mode is meaningless on Linux and cannot be changed.
+        if let Some(mode) = attrs.mode
+            && kind != SFlag::S_IFLNK
+            && (uid.is_some() || gid.is_some() || mode & 0o7777 != stat.st_mode & 0o7777)
+        {
+            chmod_nofollow(dir.as_fd(), name, mode).map_err(sys(path, "fchmodat2"))?;
+        }
+        if let Some(mtime) = attrs.mtime {
+            let mtime = TimeSpec::new(mtime.secs, i64::from(mtime.nanos));
+            utimensat(
+                dir.as_fd(),
+                name,
+                &TimeSpec::UTIME_OMIT,
+                &mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(sys(path, "utimensat"))?;
+        }
+        Ok(())
+    }
+
+    fn create_file(&mut self, path: &RelPath, mode: u32, truncate: bool) -> Result<(), ApplyError> {
+        check_entry(path, "create")?;
+        self.invalidate(path);
+        let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW;
+        if truncate {
+            flags |= OFlag::O_TRUNC;
+        }
+        let fd = open_beneath(self.root_fd(), path.as_path(), flags)
+            .map_err(|errno| open_error(path, errno, |path| ApplyError::MissingParent { path }))?;
+        fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777)).map_err(sys(path, "fchmod"))?;
+        self.cache.insert(path.clone(), File::from(fd));
+        Ok(())
+    }
+
+    /// Creates a directory; an existing one is left as it is (replay), anything
+    /// else in the way is replaced so the standby converges on the master.
+    pub fn mkdir(&mut self, path: &RelPath, mode: u32) -> Result<(), ApplyError> {
+        if path.is_root() {
+            return Ok(());
+        }
+        check_reserved(path)?;
+        let (dir, name) = self.parent(path)?;
+        let dir = dir.as_fd();
+        // Created private, then given its real mode, which the umask would otherwise trim.
+        match mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let stat = lstat_at(dir, name).map_err(sys(path, "fstatat"))?;
+                if stat.is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR) {
+                    return Ok(());
+                }
+                self.invalidate(path);
+                remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+                mkdirat(dir, name, Mode::from_bits_truncate(0o700))
+                    .map_err(sys(path, "mkdirat"))?;
+            }
+            Err(errno) => return Err(sys(path, "mkdirat")(errno)),
+        }
+        chmod_nofollow(dir, name, mode).map_err(sys(path, "fchmodat2"))
+    }
+
+    /// Makes `path` a symlink to `target`, replacing whatever else is there.
+    pub fn symlink(&mut self, path: &RelPath, target: &[u8]) -> Result<(), ApplyError> {
+        check_entry(path, "symlink")?;
+        let (dir, name) = self.parent(path)?;
+        let dir = dir.as_fd();
+        let target = OsStr::from_bytes(target);
+        match symlinkat(target, dir, name) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EEXIST) => {}
+            Err(errno) => return Err(sys(path, "symlinkat")(errno)),
+        }
+        if readlinkat(dir, name).is_ok_and(|current| current == target) {
+            return Ok(());
+        }
+        self.invalidate(path);
+        remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+        symlinkat(target, dir, name).map_err(sys(path, "symlinkat"))
+    }
+
+    /// Makes `path` another name of `existing`, replacing a different entry there.
+    pub fn hard_link(&mut self, existing: &RelPath, path: &RelPath) -> Result<(), ApplyError> {
+        check_entry(existing, "hard link")?;
+        check_entry(path, "hard link")?;
+        let (from_dir, from_name) = self.parent(existing)?;
+        let (dir, name) = self.parent(path)?;
+        let link = || {
+            linkat(
+                from_dir.as_fd(),
+                from_name,
+                dir.as_fd(),
+                name,
+                AtFlags::empty(),
+            )
+        };
+        match link() {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOENT) => {
+                return Err(ApplyError::NotFound {
+                    path: existing.clone(),
+                });
+            }
+            Err(Errno::EEXIST) => {}
+            Err(errno) => return Err(sys(path, "linkat")(errno)),
+        }
+        let source = lstat_at(from_dir.as_fd(), from_name).map_err(sys(existing, "fstatat"))?;
+        let current = lstat_at(dir.as_fd(), name).map_err(sys(path, "fstatat"))?;
+        if let (Some(a), Some(b)) = (source, current)
+            && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        {
+            return Ok(());
+        }
+        self.invalidate(path);
+        remove_any(dir.as_fd(), name).map_err(sys(path, "unlinkat"))?;
+        link().map_err(sys(path, "linkat"))
+    }
+
+    /// Creates a FIFO; an existing FIFO is kept, anything else is replaced.
+    pub fn mkfifo(&mut self, path: &RelPath, mode: u32) -> Result<(), ApplyError> {
+        check_entry(path, "mkfifo")?;
+        let (dir, name) = self.parent(path)?;
+        let dir = dir.as_fd();
+        let private = Mode::from_bits_truncate(0o600);
+        match mkfifoat(dir, name, private) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let stat = lstat_at(dir, name).map_err(sys(path, "fstatat"))?;
+                if stat.is_some_and(|s| kind_of(&s) == SFlag::S_IFIFO) {
+                    return Ok(());
+                }
+                self.invalidate(path);
+                remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+                mkfifoat(dir, name, private).map_err(sys(path, "mkfifoat"))?;
+            }
+            Err(errno) => return Err(sys(path, "mkfifoat")(errno)),
+        }
+        chmod_nofollow(dir, name, mode).map_err(sys(path, "fchmodat2"))
+    }
+
+    /// Removes `path` (recursively for a directory); a missing path is already removed.
+    pub fn remove(&mut self, path: &RelPath) -> Result<(), ApplyError> {
+        check_entry(path, "removal")?;
+        self.invalidate(path);
+        let (dir, name) = match self.parent(path) {
+            Ok(found) => found,
+            Err(ApplyError::MissingParent { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        remove_any(dir.as_fd(), name).map_err(sys(path, "unlinkat"))
+    }
+
+    /// Renames `from` to `to`. When `from` is gone and `to` exists the rename is
+    /// taken as already applied, so replaying it after a reconnect is harmless.
+    /// An exchange cannot be recognised that way: replaying one swaps back.
+    fn rename(
+        &mut self,
+        from: &RelPath,
+        to: &RelPath,
+        exchange: bool,
+        noreplace: bool,
+    ) -> Result<(), ApplyError> {
+        check_entry(from, "rename")?;
+        check_entry(to, "rename")?;
+        self.invalidate(from);
+        self.invalidate(to);
+        let (to_dir, to_name) = self.parent(to)?;
+        let from_parent = match self.parent(from) {
+            Ok(found) => Some(found),
+            Err(ApplyError::MissingParent { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let mut flags = RenameFlags::empty();
+        flags.set(RenameFlags::RENAME_EXCHANGE, exchange);
+        flags.set(RenameFlags::RENAME_NOREPLACE, noreplace);
+        let result = match &from_parent {
+            Some((from_dir, from_name)) => {
+                renameat2(from_dir.as_fd(), *from_name, to_dir.as_fd(), to_name, flags)
+            }
+            None => Err(Errno::ENOENT),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOENT) => {
+                let from_exists = match &from_parent {
+                    Some((from_dir, from_name)) => lstat_at(from_dir.as_fd(), from_name)
+                        .map_err(sys(from, "fstatat"))?
+                        .is_some(),
+                    None => false,
+                };
+                let to_exists = lstat_at(to_dir.as_fd(), to_name)
+                    .map_err(sys(to, "fstatat"))?
+                    .is_some();
+                if !from_exists && to_exists && !exchange {
+                    tracing::debug!(%from, %to, "rename already applied");
+                    Ok(())
+                } else {
+                    Err(ApplyError::NotFound { path: from.clone() })
+                }
+            }
+            Err(errno) => Err(sys(from, "renameat2")(errno)),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The sluice receiver: the standby side of replication. It accepts one agent
+//! over QUIC (mutual TLS pinned by certificate fingerprint), brings the tree in
+//! line with the agent's manifest, then applies the agent's numbered operations in
+//! place, confined beneath the replicated root.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, parsed then validated.
+//! - [`apply`]: [`apply::Applier`], which applies one [`sluice_proto::Op`] beneath the root.
+//! - [`sync`]: the initial sync against the agent's manifest.
+//! - [`session`]: the replication protocol state machine, free of I/O.
+//! - [`state`]: the durable "last applied sequence number" kept under `.sluice/`.
+//! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
+//! - [`server`]: [`server::run`], the daemon: QUIC endpoint and connection loop.
+
+pub mod apply;
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod sync;

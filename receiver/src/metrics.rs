@@ -1,0 +1,126 @@
+//! The receiver's Prometheus metrics. They are served by
+//! [`sluice_net::serve_metrics`] when `[metrics] listen` is set.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Every metric the receiver exports, registered in [`Metrics::registry`].
+/// The handles are cheap clones sharing their value with the registry.
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    /// Operations applied.
+    pub ops_applied: Counter,
+    /// File content bytes written by applied operations.
+    pub bytes_applied: Counter,
+    /// Operations or frames refused (each one ends the connection).
+    pub ops_refused: Counter,
+    /// Connections refused because the peer's certificate was not the pinned one.
+    pub peers_refused: Counter,
+    /// Frame bytes read from the agent.
+    pub wire_bytes_received: Counter,
+    /// 1 while an agent is connected.
+    pub connected: Gauge,
+    /// Now minus the capture time of the last applied operation. Both clocks are
+    /// wall clocks on different machines, so skew between master and standby
+    /// shows up here (and may even make it negative); keep them NTP-synced.
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    /// Sequence number of the last applied operation.
+    pub last_applied_seq: Gauge,
+    /// Capture-to-apply time of each operation (subject to the same clock skew).
+    pub apply_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            registry: Arc::new(Registry::default()),
+            ops_applied: Counter::default(),
+            bytes_applied: Counter::default(),
+            ops_refused: Counter::default(),
+            peers_refused: Counter::default(),
+            wire_bytes_received: Counter::default(),
+            connected: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            last_applied_seq: Gauge::default(),
+            // 100 µs .. ~1.6 s, then +Inf.
+            apply_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+        };
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "sluice_ops_applied",
+            "Operations applied",
+            metrics.ops_applied.clone(),
+        );
+        registry.register(
+            "sluice_bytes_applied",
+            "File bytes written",
+            metrics.bytes_applied.clone(),
+        );
+        registry.register(
+            "sluice_ops_refused",
+            "Operations or frames refused",
+            metrics.ops_refused.clone(),
+        );
+        registry.register(
+            "sluice_peers_refused",
+            "Peers refused for an unpinned certificate",
+            metrics.peers_refused.clone(),
+        );
+        registry.register(
+            "sluice_wire_bytes_received",
+            "Frame bytes received",
+            metrics.wire_bytes_received.clone(),
+        );
+        registry.register(
+            "sluice_connected",
+            "1 while an agent is connected",
+            metrics.connected.clone(),
+        );
+        registry.register(
+            "sluice_lag_seconds",
+            "Now minus capture time of the last applied op",
+            metrics.lag_seconds.clone(),
+        );
+        registry.register(
+            "sluice_last_applied_seq",
+            "Sequence number of the last applied op",
+            metrics.last_applied_seq.clone(),
+        );
+        registry.register(
+            "sluice_apply_latency_seconds",
+            "Capture-to-apply time",
+            metrics.apply_latency.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            ..metrics
+        }
+    }
+
+    /// Records one applied operation.
+    pub fn applied(&self, seq: u64, captured_unix_ns: u64, bytes: u64) {
+        self.ops_applied.inc();
+        self.bytes_applied.inc_by(bytes);
+        self.last_applied_seq
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let lag = (now_ns - i128::from(captured_unix_ns)) as f64 / 1e9;
+        self.lag_seconds.set(lag);
+        self.apply_latency.observe(lag.max(0.0));
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,359 @@
+//! The daemon: a QUIC endpoint accepting one pinned agent at a time and feeding
+//! its messages to the [`Session`].
+//!
+//! File-system work (applying, hashing, fsync) runs on tokio's blocking pool; the
+//! session moves there and back with its lock guard, so exactly one connection
+//! owns it at a time.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::{Connection, Endpoint, Incoming, VarInt};
+use sluice_net::{FrameReader, FrameWriter, Identity, NetError, is_unknown_peer, server_endpoint};
+use sluice_proto::{AgentMessage, ReceiverMessage};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::apply::Applier;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::Session;
+use crate::state::State;
+
+/// Longest time between an applied op and its durable record while a stream is busy.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(300);
+/// Longest time between acknowledgements while frames keep arriving.
+const ACK_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a closing stream waits for the agent to take the last frames.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a new connection waits for the previous one to release the session.
+const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+/// Frames buffered between the reading task and the applying loop.
+const FRAME_QUEUE: usize = 256;
+
+/// QUIC application close codes.
+const CLOSE_NORMAL: u32 = 0;
+const CLOSE_REFUSED: u32 = 1;
+const CLOSE_BUSY: u32 = 2;
+
+/// A bound, not yet running receiver.
+pub struct Server {
+    endpoint: Endpoint,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    session: Arc<Mutex<Session>>,
+}
+
+/// Binds and runs the receiver until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Server::bind(&config).await?.run(shutdown).await
+}
+
+impl Server {
+    /// Opens the root and its state, binds the QUIC endpoint and the metrics server.
+    pub async fn bind(config: &Config) -> anyhow::Result<Server> {
+        let applier = Applier::open(&config.root)?;
+        let state = State::open(&config.root)?;
+        let durable = state.load()?;
+        let metrics = Arc::new(Metrics::new());
+        let session = Session::new(applier, state, durable, metrics.clone());
+        let identity = Identity::load(&config.tls.identity)
+            .with_context(|| format!("loading identity from {}", config.tls.identity.display()))?;
+        let endpoint = server_endpoint(config.listen, &identity, &config.tls.peer_fingerprint)
+            .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
+        let (metrics_addr, metrics_task) = match config.metrics.listen {
+            Some(listen) => {
+                let (addr, task) = sluice_net::serve_metrics(listen, metrics.registry.clone())
+                    .await
+                    .with_context(|| format!("binding metrics on {listen}"))?;
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
+        tracing::info!(root = %config.root.display(), durable_seq = durable, "listening on {}", endpoint.local_addr()?);
+        Ok(Server {
+            endpoint,
+            metrics,
+            metrics_addr,
+            metrics_task,
+            session: Arc::new(Mutex::new(session)),
+        })
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The bound metrics address, when metrics are enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics, for tests and embedding.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Accepts connections until `shutdown` completes, then closes them and makes
+    /// everything applied durable.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    tasks.spawn(connection(incoming, self.session.clone(), self.metrics.clone(), stop.subscribe()));
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"receiver shutting down");
+        while tasks.join_next().await.is_some() {}
+        let mut session = self.session.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || session.make_durable())
+            .await
+            .context("final flush panicked")?
+            .context("final flush")?;
+        let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        if let Some(task) = self.metrics_task {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Handshakes one incoming connection and serves it if it is the only agent.
+async fn connection(
+    incoming: Incoming,
+    session: Arc<Mutex<Session>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let addr = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) if is_unknown_peer(&e) => {
+            tracing::warn!("refused peer {addr}: certificate not pinned");
+            metrics.peers_refused.inc();
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("handshake with {addr} failed: {e}");
+            return;
+        }
+    };
+    // A reconnecting agent may arrive while its previous connection is still
+    // being wound down; give that a moment before calling this one a second agent.
+    let Ok(guard) = timeout(HANDOVER_WAIT, session.lock_owned()).await else {
+        tracing::warn!("refused agent {addr}: another agent is connected");
+        conn.close(VarInt::from_u32(CLOSE_BUSY), b"another agent is connected");
+        return;
+    };
+    tracing::info!("agent {addr} connected");
+    metrics.connected.set(1);
+    let result = tokio::select! {
+        result = serve(&conn, guard, &metrics) => result,
+        _ = stop.wait_for(|stopping| *stopping) => Ok(()),
+    };
+    metrics.connected.set(0);
+    match result {
+        Ok(()) => tracing::info!("agent {addr} disconnected"),
+        Err(e) => tracing::warn!("agent {addr}: {e:#}"),
+    }
+    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"");
+}
+
+/// The session guard, lent to the blocking pool for each piece of file-system work.
+struct Lent(Option<OwnedMutexGuard<Session>>);
+
+impl Lent {
+    async fn with<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Session) -> R + Send + 'static,
+    ) -> anyhow::Result<R> {
+        let mut guard = self.0.take().context("session lost by an earlier panic")?;
+        let (guard, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut guard);
+            (guard, result)
+        })
+        .await
+        .context("session task panicked")?;
+        self.0 = Some(guard);
+        Ok(result)
+    }
+
+    fn get(&mut self) -> &mut Session {
+        self.0.as_mut().expect("session is back after every `with`")
+    }
+}
+
+/// Serves the replication stream of one connection until it ends or fails.
+async fn serve(
+    conn: &Connection,
+    guard: OwnedMutexGuard<Session>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let mut session = Lent(Some(guard));
+    session.get().connected();
+    let (send, recv) = conn
+        .accept_bi()
+        .await
+        .context("waiting for the replication stream")?;
+    let mut writer = FrameWriter::new(send, false);
+    let (tx, mut rx) = mpsc::channel(FRAME_QUEUE);
+    let reader = tokio::spawn(read_frames(
+        FrameReader::new(recv),
+        tx,
+        metrics.wire_bytes_received.clone(),
+    ));
+    let _reader = AbortOnDrop(reader);
+    let mut last_ack = Instant::now();
+    let mut last_flush = Instant::now();
+    loop {
+        let next = match rx.try_recv() {
+            Ok(next) => Some(next),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Nothing more is immediately available: acknowledge what was applied.
+                if let Some(ack) = session.get().take_ack() {
+                    writer.write(&ack).await?;
+                }
+                last_ack = Instant::now();
+                if session.get().needs_flush() {
+                    tokio::select! {
+                        next = rx.recv() => next,
+                        () = sleep_until(last_flush + FLUSH_INTERVAL) => {
+                            session.with(|s| s.make_durable()).await??;
+                            last_flush = Instant::now();
+                            continue;
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                }
+            }
+        };
+        let message = match next {
+            None => break,
+            Some(Ok(message)) => message,
+            Some(Err(NetError::Frame(e))) => {
+                tracing::error!("malformed frame from the agent: {e}");
+                return refuse(
+                    conn,
+                    writer,
+                    &mut session,
+                    metrics,
+                    0,
+                    format!("malformed frame: {e}"),
+                )
+                .await;
+            }
+            Some(Err(e)) => return Err(e).context("reading from the agent"),
+        };
+        let (replies, result) = session
+            .with(move |s| {
+                let mut out = Vec::new();
+                let result = s.handle(message, &mut out);
+                (out, result)
+            })
+            .await?;
+        for reply in &replies {
+            writer.write(reply).await?;
+        }
+        if let Err(refusal) = result {
+            return refuse(
+                conn,
+                writer,
+                &mut session,
+                metrics,
+                refusal.seq,
+                refusal.reason,
+            )
+            .await;
+        }
+        if last_ack.elapsed() >= ACK_INTERVAL {
+            if let Some(ack) = session.get().take_ack() {
+                writer.write(&ack).await?;
+            }
+            last_ack = Instant::now();
+        }
+        if session.get().needs_flush() && last_flush.elapsed() >= FLUSH_INTERVAL {
+            session.with(|s| s.make_durable()).await??;
+            last_flush = Instant::now();
+        }
+    }
+    session.with(|s| s.make_durable()).await??;
+    if let Some(ack) = session.get().take_ack() {
+        writer.write(&ack).await?;
+    }
+    let _ = timeout(FINISH_TIMEOUT, writer.finish()).await;
+    Ok(())
+}
+
+/// Acknowledges what was applied, sends `Refused` and closes the connection; the
+/// agent reconnects and resyncs.
+async fn refuse(
+    conn: &Connection,
+    mut writer: FrameWriter,
+    session: &mut Lent,
+    metrics: &Metrics,
+    seq: u64,
+    reason: String,
+) -> anyhow::Result<()> {
+    metrics.ops_refused.inc();
+    tracing::error!(seq, "refusing: {reason}; closing the connection");
+    if let Some(ack) = session.get().take_ack() {
+        writer.write(&ack).await?;
+    }
+    writer
+        .write(&ReceiverMessage::Refused { seq, reason })
+        .await?;
+    let _ = timeout(FINISH_TIMEOUT, writer.finish()).await;
+    let durable = session.with(|s| s.make_durable()).await;
+    conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+    durable?.map_err(Into::into)
+}
+
+/// Reads frames into `tx` until the stream ends, an error occurs or the receiver
+/// side of the queue is gone. Runs as its own task because a frame read cannot be
+/// cancelled halfway, which the applying loop's timers would otherwise do.
+async fn read_frames(
+    mut reader: FrameReader,
+    tx: mpsc::Sender<Result<AgentMessage, NetError>>,
+    wire_bytes: prometheus_client::metrics::counter::Counter,
+) {
+    loop {
+        let before = reader.bytes_read();
+        let result = reader.read::<AgentMessage>().await;
+        wire_bytes.inc_by(reader.bytes_read() - before);
+        let item = match result {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

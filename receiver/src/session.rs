@@ -1,0 +1,338 @@
+//! The replication protocol as the receiver sees it, free of I/O: one
+//! [`Session`] takes [`AgentMessage`]s and produces [`ReceiverMessage`]s, so the
+//! sequencing rules (handshake, manifest, skipping replayed ops, cumulative acks,
+//! durability) can be tested without a network.
+//!
+//! One `Session` lives as long as the daemon; connections come and go, and each
+//! starts with [`Session::connected`].
+
+use std::sync::Arc;
+
+use sluice_proto::{AgentMessage, PROTOCOL_VERSION, ReceiverMessage, SeqOp};
+
+use crate::apply::{Applier, ApplyError};
+use crate::metrics::Metrics;
+use crate::state::{State, StateError};
+use crate::sync::InitialSync;
+
+/// Why the session stops: sent to the agent as `Refused`, then the connection closes.
+#[derive(Debug, thiserror::Error)]
+#[error("seq {seq}: {reason}")]
+pub struct Refusal {
+    /// The refused operation, or 0 when the refusal is not about an operation
+    /// (handshake, manifest, a malformed frame).
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Why the applied state could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    /// Flushing the replicated filesystem failed.
+    #[error("cannot flush applied data: {0}")]
+    Flush(#[from] ApplyError),
+    /// Writing the state file failed.
+    #[error("cannot store the applied sequence number: {0}")]
+    Store(#[from] StateError),
+}
+
+/// The receiver's replication state across connections.
+pub struct Session {
+    applier: Applier,
+    state: State,
+    metrics: Arc<Metrics>,
+    greeted: bool,
+    sync: Option<InitialSync>,
+    last_applied: u64,
+    durable: u64,
+    acked: u64,
+}
+
+impl Session {
+    /// A session resuming after `durable` (loaded from `state`).
+    pub fn new(applier: Applier, state: State, durable: u64, metrics: Arc<Metrics>) -> Session {
+        metrics
+            .last_applied_seq
+            .set(i64::try_from(durable).unwrap_or(i64::MAX));
+        Session {
+            applier,
+            state,
+            metrics,
+            greeted: false,
+            sync: None,
+            last_applied: durable,
+            durable,
+            acked: durable,
+        }
+    }
+
+    /// Resets the per-connection state for a new agent connection.
+    pub fn connected(&mut self) {
+        self.greeted = false;
+        self.sync = None;
+        self.acked = self.last_applied;
+        // Names may have changed under cached fds while nobody was connected.
+        self.applier.close_files();
+    }
+
+    /// The highest applied sequence number.
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    /// True when operations were applied since the last [`Session::make_durable`].
+    pub fn needs_flush(&self) -> bool {
+        self.last_applied > self.durable
+    }
+
+    /// Flushes applied data to disk, then records the applied sequence number as durable.
+    pub fn make_durable(&mut self) -> Result<(), DurableError> {
+        if self.last_applied == self.durable {
+            return Ok(());
+        }
+        let seq = self.last_applied;
+        self.applier.sync_to_disk()?;
+        self.state.store(seq)?;
+        self.durable = seq;
+        Ok(())
+    }
+
+    /// A cumulative `Ack` when something was applied since the last one.
+    pub fn take_ack(&mut self) -> Option<ReceiverMessage> {
+        (self.last_applied > self.acked).then(|| {
+            self.acked = self.last_applied;
+            ReceiverMessage::Ack { seq: self.acked }
+        })
+    }
+
+    /// Handles one message, pushing replies to `out`. An `Err` ends the connection.
+    pub fn handle(
+        &mut self,
+        message: AgentMessage,
+        out: &mut Vec<ReceiverMessage>,
+    ) -> Result<(), Refusal> {
+        let refuse = |reason: String| Refusal { seq: 0, reason };
+        match message {
+            AgentMessage::Hello { version, agent } => {
+                if self.greeted {
+                    return Err(refuse("second Hello on one connection".into()));
+                }
+                if version != PROTOCOL_VERSION {
+                    return Err(refuse(format!(
+                        "protocol version {version}, this receiver speaks {PROTOCOL_VERSION}"
+                    )));
+                }
+                // The agent resumes after what we report, so report only what is on disk.
+                self.make_durable().map_err(|e| refuse(e.to_string()))?;
+                tracing::info!(%agent, durable_seq = self.durable, "agent said hello");
+                self.greeted = true;
+                out.push(ReceiverMessage::Hello {
+                    version: PROTOCOL_VERSION,
+                    durable_seq: self.durable,
+                });
+            }
+            _ if !self.greeted => return Err(refuse("message before Hello".into())),
+            AgentMessage::Manifest(entries) => {
+                let sync = self.sync.get_or_insert_with(InitialSync::new);
+                let wants = sync
+                    .entries(&mut self.applier, &entries)
+                    .map_err(|e| refuse(e.to_string()))?;
+                out.extend(wants.into_iter().map(ReceiverMessage::from));
+            }
+            AgentMessage::ManifestEnd => {
+                let sync = self.sync.take().unwrap_or_default();
+                let wanted = sync
+                    .finish(&mut self.applier)
+                    .map_err(|e| refuse(e.to_string()))?;
+                tracing::info!(wanted, "initial sync listed; waiting for file contents");
+                out.push(ReceiverMessage::ManifestDone { wanted });
+            }
+            AgentMessage::Op(op) => self.apply(op)?,
+            AgentMessage::Ops(ops) => {
+                for op in ops {
+                    self.apply(op)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: SeqOp) -> Result<(), Refusal> {
+        if self.sync.is_some() {
+            // Deleting unlisted entries at ManifestEnd would undo such an op.
+            return Err(Refusal {
+                seq: op.seq,
+                reason: "operation in the middle of a manifest".into(),
+            });
+        }
+        if op.seq <= self.last_applied {
+            tracing::trace!(seq = op.seq, "already applied; skipped");
+            return Ok(());
+        }
+        match self.applier.apply(&op.op) {
+            Ok(applied) => {
+                self.last_applied = op.seq;
+                self.metrics
+                    .applied(op.seq, op.captured_unix_ns, applied.bytes_written);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(seq = op.seq, path = %op.op.path(), error = %e, "operation refused");
+                Err(Refusal {
+                    seq: op.seq,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::{Entry, EntryKind, Meta, Op, RelPath, Timestamp, blocks};
+
+    fn session(root: &std::path::Path) -> Session {
+        let state = State::open(root).unwrap();
+        let durable = state.load().unwrap();
+        Session::new(
+            Applier::open(root).unwrap(),
+            state,
+            durable,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn hello() -> AgentMessage {
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent: "test".into(),
+        }
+    }
+
+    fn mkdir(seq: u64, path: &str) -> SeqOp {
+        SeqOp {
+            seq,
+            captured_unix_ns: 0,
+            op: Op::Mkdir {
+                path: RelPath::from_bytes(path).unwrap(),
+                mode: 0o755,
+            },
+        }
+    }
+
+    #[test]
+    fn handshake_sync_ops_ack_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let mut out = Vec::new();
+        assert!(
+            s.handle(AgentMessage::ManifestEnd, &mut out).is_err(),
+            "Hello comes first"
+        );
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        assert_eq!(
+            out.pop(),
+            Some(ReceiverMessage::Hello {
+                version: PROTOCOL_VERSION,
+                durable_seq: 0
+            })
+        );
+        let meta = Meta {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp { secs: 1, nanos: 0 },
+        };
+        let dir_entry = Entry {
+            path: RelPath::from_bytes("a").unwrap(),
+            kind: EntryKind::Dir,
+            meta,
+            hardlink_of: None,
+        };
+        s.handle(AgentMessage::Manifest(vec![dir_entry]), &mut out)
+            .unwrap();
+        let refused = s
+            .handle(AgentMessage::Op(mkdir(1, "x")), &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(refused.seq, 1);
+        s.handle(AgentMessage::ManifestEnd, &mut out).unwrap();
+        assert_eq!(out.pop(), Some(ReceiverMessage::ManifestDone { wanted: 0 }));
+
+        s.handle(
+            AgentMessage::Ops(vec![mkdir(1, "a/b"), mkdir(2, "a/c")]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(s.take_ack(), Some(ReceiverMessage::Ack { seq: 2 }));
+        assert_eq!(s.take_ack(), None);
+        // Replayed ops are skipped, even ones that would now fail.
+        let bad = SeqOp {
+            seq: 2,
+            captured_unix_ns: 0,
+            op: Op::Remove {
+                path: RelPath::root(),
+            },
+        };
+        s.handle(AgentMessage::Op(bad), &mut out).unwrap();
+        assert!(s.needs_flush());
+
+        // A write with a wrong hash is refused with its seq; nothing is acked for it.
+        let op = Op::Write {
+            path: RelPath::from_bytes("f").unwrap(),
+            offset: 0,
+            data: b"x".to_vec(),
+            hash: blocks::hash(b"y"),
+        };
+        let refused = s
+            .handle(
+                AgentMessage::Op(SeqOp {
+                    seq: 3,
+                    captured_unix_ns: 0,
+                    op,
+                }),
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(refused.seq, 3);
+        assert_eq!(s.last_applied(), 2);
+
+        // The next connection's Hello reports what was flushed, and so does a restart.
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        assert_eq!(
+            out.pop(),
+            Some(ReceiverMessage::Hello {
+                version: PROTOCOL_VERSION,
+                durable_seq: 2
+            })
+        );
+        drop(s);
+        let mut s = session(dir.path());
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        assert_eq!(
+            out.pop(),
+            Some(ReceiverMessage::Hello {
+                version: PROTOCOL_VERSION,
+                durable_seq: 2
+            })
+        );
+        assert!(
+            s.handle(hello(), &mut out).is_err(),
+            "one Hello per connection"
+        );
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let hello = AgentMessage::Hello {
+            version: PROTOCOL_VERSION + 1,
+            agent: "future".into(),
+        };
+        assert!(s.handle(hello, &mut Vec::new()).is_err());
+    }
+}

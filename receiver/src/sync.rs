@@ -1,0 +1,404 @@
+//! The initial sync: bringing the standby tree in line with the agent's manifest
+//! before live operations resume.
+//!
+//! Directories, symlinks, FIFOs and hard links are made directly from the
+//! manifest. A regular file whose size or mtime differs is answered with a
+//! [`Want`] carrying the hashes of the blocks the standby already holds, so the
+//! agent sends only the blocks that differ (as `Write` ops) and then a `SetAttrs`.
+//! When the manifest ends, whatever it did not list is deleted and the metadata of
+//! directories is set, deepest first so creating children does not disturb a
+//! parent's mtime afterwards.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::dir::Type;
+use nix::fcntl::OFlag;
+use nix::sys::stat::SFlag;
+use sluice_proto::{Attrs, Entry, EntryKind, Hash, Meta, Op, ReceiverMessage, RelPath, blocks};
+
+use crate::apply::fs::{kind_of, list_dir, lstat_at, open_beneath, remove_any};
+use crate::apply::{Applier, ApplyError, STATE_DIR, check_reserved};
+
+/// Top-level names the manifest never lists but that are not deleted.
+const KEPT_AT_TOP: [&str; 2] = ["lost+found", STATE_DIR];
+
+/// Why the initial sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Creating or changing an entry failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The local copy of a file could not be read for hashing.
+    #[error("{path}: cannot hash the local copy: {source}")]
+    Hash {
+        path: RelPath,
+        source: std::io::Error,
+    },
+    /// Listing or removing local entries failed.
+    #[error("{path}: {call}: {source}")]
+    Local {
+        path: RelPath,
+        call: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A file the standby needs: its local size and block hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub path: RelPath,
+    pub size: u64,
+    pub hashes: Vec<Hash>,
+}
+
+impl From<Want> for ReceiverMessage {
+    fn from(want: Want) -> Self {
+        ReceiverMessage::Want {
+            path: want.path,
+            size: want.size,
+            hashes: want.hashes,
+        }
+    }
+}
+
+/// The state of one initial sync, from the first manifest chunk to `ManifestEnd`.
+#[derive(Default)]
+pub struct InitialSync {
+    listed: HashSet<RelPath>,
+    /// Metadata applied at the end, in manifest order (parents first).
+    deferred: Vec<(RelPath, Meta, bool)>,
+    wanted: u64,
+}
+
+fn local(path: &RelPath, call: &'static str) -> impl FnOnce(nix::errno::Errno) -> SyncError {
+    move |errno| SyncError::Local {
+        path: path.clone(),
+        call,
+        source: errno.into(),
+    }
+}
+
+impl InitialSync {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one manifest chunk and returns the files the standby wants.
+    pub fn entries(
+        &mut self,
+        applier: &mut Applier,
+        entries: &[Entry],
+    ) -> Result<Vec<Want>, SyncError> {
+        let mut wants = Vec::new();
+        for entry in entries {
+            if check_reserved(&entry.path).is_err() {
+                tracing::warn!(path = %entry.path, "manifest lists the receiver's reserved directory; skipped");
+                continue;
+            }
+            self.listed.insert(entry.path.clone());
+            if let Some(want) = self.entry(applier, entry)? {
+                self.wanted += 1;
+                wants.push(want);
+            }
+        }
+        Ok(wants)
+    }
+
+    fn entry(&mut self, applier: &mut Applier, entry: &Entry) -> Result<Option<Want>, SyncError> {
+        let path = &entry.path;
+        match &entry.kind {
+            EntryKind::Dir => {
+                applier.mkdir(path, entry.meta.mode)?;
+                self.deferred.push((path.clone(), entry.meta, true));
+            }
+            EntryKind::Symlink { target } => {
+                applier.symlink(path, target)?;
+                self.deferred.push((path.clone(), entry.meta, false));
+            }
+            EntryKind::Fifo => {
+                applier.mkfifo(path, entry.meta.mode)?;
+                self.deferred.push((path.clone(), entry.meta, false));
+            }
+            EntryKind::File { .. } if entry.hardlink_of.is_some() => {
+                let existing = entry.hardlink_of.as_ref().expect("checked by the guard");
+                applier.hard_link(existing, path)?;
+            }
+            EntryKind::File { size } => return self.file(applier, path, *size, &entry.meta),
+        }
+        Ok(None)
+    }
+
+    /// Compares a regular file with the local copy. A missing (or non-file) copy is
+    /// replaced by an empty file at once, so later hard links to it can be made
+    /// before its content arrives.
+    fn file(
+        &mut self,
+        applier: &mut Applier,
+        path: &RelPath,
+        size: u64,
+        meta: &Meta,
+    ) -> Result<Option<Want>, SyncError> {
+        let (dir, name) = applier.parent(path)?;
+        let stat = lstat_at(dir.as_fd(), name).map_err(local(path, "fstatat"))?;
+        let stat = match stat {
+            Some(stat) if kind_of(&stat) == SFlag::S_IFREG => stat,
+            other => {
+                if other.is_some() {
+                    applier.invalidate(path);
+                    remove_any(dir.as_fd(), name).map_err(local(path, "unlinkat"))?;
+                }
+                applier.apply(&Op::CreateFile {
+                    path: path.clone(),
+                    mode: 0o600,
+                    truncate: false,
+                })?;
+                return Ok(Some(Want {
+                    path: path.clone(),
+                    size: 0,
+                    hashes: Vec::new(),
+                }));
+            }
+        };
+        let same_mtime =
+            stat.st_mtime == meta.mtime.secs && stat.st_mtime_nsec == i64::from(meta.mtime.nanos);
+        if stat.st_size as u64 == size && same_mtime {
+            let attrs = Attrs {
+                mode: Some(meta.mode),
+                uid: Some(meta.uid),
+                gid: Some(meta.gid),
+                ..Attrs::default()
+            };
+            applier.set_attrs(path, &attrs)?;
+            return Ok(None);
+        }
+        let file = applier.open_read(path)?;
+        let hashes = blocks::hash_blocks(&file).map_err(|source| SyncError::Hash {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(Want {
+            path: path.clone(),
+            size: stat.st_size as u64,
+            hashes,
+        }))
+    }
+
+    /// Ends the sync: deletes what the manifest did not list, then sets the
+    /// deferred metadata deepest first. Returns how many files were wanted.
+    pub fn finish(self, applier: &mut Applier) -> Result<u64, SyncError> {
+        self.prune(applier, &RelPath::root())?;
+        for (path, meta, _) in self.deferred.iter().rev() {
+            let attrs = Attrs {
+                size: None,
+                mode: Some(meta.mode),
+                uid: Some(meta.uid),
+                gid: Some(meta.gid),
+                mtime: Some(meta.mtime),
+            };
+            applier.set_attrs(path, &attrs)?;
+        }
+        Ok(self.wanted)
+    }
+
+    /// Removes every entry below directory `dir` that was not listed, and recurses
+    /// into the listed directories.
+    fn prune(&self, applier: &mut Applier, dir: &RelPath) -> Result<(), SyncError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+        let fd =
+            open_beneath(applier.root_fd(), dir.as_path(), flags).map_err(local(dir, "openat2"))?;
+        for (name, kind) in list_dir(fd.as_fd()).map_err(local(dir, "readdir"))? {
+            let name = OsStr::from_bytes(&name);
+            if dir.is_root() && KEPT_AT_TOP.iter().any(|kept| name == OsStr::new(kept)) {
+                continue;
+            }
+            let child = dir.join(name).map_err(|_| SyncError::Local {
+                path: dir.clone(),
+                call: "readdir",
+                source: std::io::Error::other(format!("unusable name {:?}", Path::new(name))),
+            })?;
+            if !self.listed.contains(&child) {
+                tracing::debug!(path = %child, "not on the master; removed");
+                applier.invalidate(&child);
+                remove_any(fd.as_fd(), name).map_err(local(&child, "unlinkat"))?;
+                continue;
+            }
+            let is_dir = match kind {
+                Some(kind) => kind == Type::Directory,
+                None => lstat_at(fd.as_fd(), name)
+                    .map_err(local(&child, "fstatat"))?
+                    .is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR),
+            };
+            if is_dir {
+                self.prune(applier, &child)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::Timestamp;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::from_bytes(s).unwrap()
+    }
+
+    fn meta(mode: u32, secs: i64) -> Meta {
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        Meta {
+            mode,
+            uid,
+            gid,
+            mtime: Timestamp { secs, nanos: 0 },
+        }
+    }
+
+    /// The metadata of an existing local file, so it compares as identical.
+    fn local_meta(path: &Path, mode: u32) -> Meta {
+        let m = fs::metadata(path).unwrap();
+        Meta {
+            mtime: Timestamp {
+                secs: m.mtime(),
+                nanos: m.mtime_nsec() as u32,
+            },
+            ..meta(mode, 0)
+        }
+    }
+
+    fn entry(path: &str, kind: EntryKind, meta: Meta) -> Entry {
+        Entry {
+            path: p(path),
+            kind,
+            meta,
+            hardlink_of: None,
+        }
+    }
+
+    #[test]
+    fn stale_copy_yields_wants_with_local_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut applier = Applier::open(dir.path()).unwrap();
+        let stale = vec![3u8; blocks::BLOCK_SIZE as usize + 100];
+        fs::write(dir.path().join("stale"), &stale).unwrap();
+        fs::write(dir.path().join("same"), b"same").unwrap();
+        let mut sync = InitialSync::new();
+        let entries = vec![
+            entry("", EntryKind::Dir, meta(0o755, 1000)),
+            entry("d", EntryKind::Dir, meta(0o750, 2000)),
+            entry("stale", EntryKind::File { size: 5 }, meta(0o644, 3000)),
+            entry(
+                "same",
+                EntryKind::File { size: 4 },
+                local_meta(&dir.path().join("same"), 0o640),
+            ),
+            entry("d/new", EntryKind::File { size: 10 }, meta(0o644, 3000)),
+            Entry {
+                hardlink_of: Some(p("d/new")),
+                ..entry("d/link", EntryKind::File { size: 10 }, meta(0o644, 3000))
+            },
+            entry(
+                "d/l",
+                EntryKind::Symlink {
+                    target: b"new".to_vec(),
+                },
+                meta(0o777, 4000),
+            ),
+            entry("fifo", EntryKind::Fifo, meta(0o600, 5000)),
+        ];
+        let wants = sync.entries(&mut applier, &entries).unwrap();
+        assert_eq!(wants.len(), 2);
+        assert_eq!(wants[0].path, p("stale"));
+        assert_eq!(wants[0].size, stale.len() as u64);
+        assert_eq!(wants[0].hashes, blocks::hash_blocks(&stale[..]).unwrap());
+        assert_eq!(
+            wants[1],
+            Want {
+                path: p("d/new"),
+                size: 0,
+                hashes: vec![]
+            }
+        );
+        assert_eq!(sync.finish(&mut applier).unwrap(), 2);
+
+        let root = dir.path();
+        assert_eq!(
+            fs::metadata(root.join("same")).unwrap().mode() & 0o7777,
+            0o640
+        );
+        let (new, link) = (
+            fs::metadata(root.join("d/new")).unwrap(),
+            fs::metadata(root.join("d/link")).unwrap(),
+        );
+        assert_eq!(new.ino(), link.ino());
+        assert_eq!(fs::read_link(root.join("d/l")).unwrap(), Path::new("new"));
+        assert_eq!(
+            fs::symlink_metadata(root.join("d/l")).unwrap().mtime(),
+            4000
+        );
+        let d = fs::metadata(root.join("d")).unwrap();
+        assert_eq!((d.mode() & 0o7777, d.mtime()), (0o750, 2000));
+        assert_eq!(fs::metadata(root).unwrap().mtime(), 1000);
+    }
+
+    #[test]
+    fn unlisted_entries_are_removed_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("keep/gone/deeper")).unwrap();
+        fs::write(root.join("keep/gone/deeper/f"), b"x").unwrap();
+        fs::write(root.join("keep/extra"), b"x").unwrap();
+        fs::write(root.join("keep/file"), b"x").unwrap();
+        fs::create_dir_all(root.join("lost+found")).unwrap();
+        fs::create_dir_all(root.join(".sluice")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("danglingroot")).unwrap();
+        let mut applier = Applier::open(root).unwrap();
+        let mut sync = InitialSync::new();
+        let entries = vec![
+            entry("keep", EntryKind::Dir, meta(0o755, 10)),
+            entry(
+                "keep/file",
+                EntryKind::File { size: 1 },
+                local_meta(&root.join("keep/file"), 0o644),
+            ),
+        ];
+        assert!(sync.entries(&mut applier, &entries).unwrap().is_empty());
+        assert_eq!(sync.finish(&mut applier).unwrap(), 0);
+        let mut left: Vec<_> = walk(root);
+        left.sort();
+        assert_eq!(left, [".sluice", "keep", "keep/file", "lost+found"]);
+        assert_eq!(fs::metadata(root.join("keep")).unwrap().mtime(), 10);
+    }
+
+    fn walk(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                out.push(
+                    entry
+                        .path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,32 @@
+//! Helpers for the end-to-end tests: loop-mounted filesystems, tree comparison,
+//! metrics scraping and a running agent/receiver pair.
+//!
+//! Every end-to-end test and `cargo xtask demo` use these, so that "the standby is
+//! identical to the master" means the same thing everywhere.
+//!
+//! # Layout
+//! - [`loopfs`]: [`LoopFs`], a scratch ext4 or btrfs filesystem on a loop device.
+//! - [`tree`]: [`compare_trees`] and [`wait_until_identical`], the one definition of
+//!   "replicated correctly".
+//! - [`metrics`]: [`Metrics`] parsed from Prometheus text, and [`scrape`] over plain HTTP.
+//! - [`daemons`]: [`Pair`], a receiver and an agent started from the built binaries,
+//!   plus the pieces it is made of (identities, configs, free ports) for callers that
+//!   drive the daemons themselves.
+//! - [`util`]: [`random_bytes`], [`run`] and [`wait_until`].
+//!
+//! Most helpers need root (mounts, BPF); `cargo xtask test` runs them as such.
+
+pub mod daemons;
+pub mod loopfs;
+pub mod metrics;
+pub mod tree;
+pub mod util;
+
+pub use daemons::{Binaries, Pair, PairOptions};
+pub use loopfs::{FsKind, LoopFs};
+pub use metrics::{Metrics, scrape};
+pub use tree::{
+    CompareOptions, Difference, Side, TreeDiff, compare_trees, compare_trees_with,
+    wait_until_identical, wait_until_identical_with,
+};
+pub use util::{random_bytes, run, wait_until};

@@ -1,0 +1,31 @@
+//! Waiting for replication to go idle and reading what it cost.
+
+use sluice_tests::{Metrics, Pair, wait_until, wait_until_identical};
+use std::time::Duration;
+
+/// Waits until master and standby are identical and the agent has nothing in
+/// flight; returns the agent's metrics at that point.
+pub fn converge(pair: &Pair, timeout: Duration) -> Metrics {
+    if let Err(e) = wait_until_identical(pair.master(), pair.standby(), timeout) {
+        panic!("{e:#}\n--- agent log ---\n{}\n--- receiver log ---\n{}", tail(&pair.agent_log()), tail(&pair.receiver_log()));
+    }
+    idle(pair, timeout)
+}
+
+/// Waits until the agent has no captured change left unacknowledged.
+pub fn idle(pair: &Pair, timeout: Duration) -> Metrics {
+    wait_until("the agent to have nothing in flight", timeout, || {
+        let m = pair.agent_metrics()?;
+        Ok(m.get("sluice_lag_bytes") == 0.0 && m.get("sluice_ops_acked_total") == m.get("sluice_ops_sent_total"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n--- agent log ---\n{}", tail(&pair.agent_log())));
+    // Wire counters are sampled every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    pair.agent_metrics().expect("agent metrics")
+}
+
+/// The last lines of a log, for failure messages.
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `sluice-agent` (with its eBPF programs) and
+//! `sluice-receiver`, replicating between loop-mounted filesystems over QUIC on
+//! loopback. Run as root, one test at a time (`cargo xtask test` does both).
+
+// Helpers shared by these tests: waiting for the agent to go idle, byte counts.
+mod common;
+// Random writes into a large file: identical content, bytes on the wire.
+mod data;
+// A directory rename is one rename on the standby and sends no file data.
+mod moves;
+// create, unlink, mkdir, rmdir, truncate, symlink, hard link, chmod, mtime.
+mod namespace;
+// A stale standby: only the differing blocks are sent.
+mod initial_sync;
+// Unpinned peers and paths escaping the standby root are refused.
+mod security;

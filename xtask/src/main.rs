@@ -1,0 +1,60 @@
+//! `cargo xtask`: the one entry point for preparing a machine, building, testing and
+//! demonstrating sluice.
+//!
+//! # Layout
+//! - [`setup`]: installs what a fresh Debian 12 machine lacks.
+//! - [`cargo`]: runs cargo in the workspace with the PATH the eBPF build needs.
+//! - [`test`]: the full test run CI uses.
+//! - [`demo`]: a master and a standby on loop devices, replicating a scripted workload.
+
+mod cargo;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for sluice", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks to build and test sluice (needs root).
+    Setup,
+    /// Build the workspace (the agent's build script builds the eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build the release binaries and run every test.
+    Test,
+    /// Set up, build, and replicate a scripted workload between two loop filesystems.
+    Demo,
+    /// Measure replication throughput and overhead.
+    Bench,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Setup => setup::run()?,
+        Command::Build { release } => cargo::build(release)?,
+        Command::Test => return test::run(),
+        Command::Demo => {
+            setup::run()?;
+            cargo::build(true)?;
+            demo::run(&cargo::release_dir()).context("demo failed")?;
+        }
+        Command::Bench => {
+            eprintln!("bench: not implemented yet");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

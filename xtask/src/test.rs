@@ -1,0 +1,114 @@
+//! The full test run (what CI runs): setup, release build of the daemons, then every
+//! test, with the end-to-end tests serialized because they mount filesystems and
+//! start daemons.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context;
+
+use crate::cargo::{cargo, describe, release_dir, status};
+
+/// Totals parsed from libtest's `test result:` lines.
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    crate::setup::run()?;
+    let bin_dir = release_dir();
+    let mut failures = Vec::new();
+
+    let mut build = cargo()?;
+    build.args(["build", "--release", "--bins"]);
+    if !status(&mut build)?.success() {
+        failures.push("release build".to_owned());
+    }
+
+    let mut counts = Counts::default();
+    let mut unit = cargo()?;
+    unit.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "sluice-tests",
+        "--no-fail-fast",
+    ]);
+    let mut end_to_end = cargo()?;
+    end_to_end.args([
+        "test",
+        "--release",
+        "-p",
+        "sluice-tests",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ]);
+    for (label, command) in [
+        ("workspace tests", &mut unit),
+        ("end-to-end tests", &mut end_to_end),
+    ] {
+        command.env("SLUICE_BIN_DIR", &bin_dir);
+        if !run_counting(command, &mut counts)? {
+            failures.push(label.to_owned());
+        }
+    }
+
+    println!();
+    if counts.ignored > 0 {
+        println!("{} test(s) ignored", counts.ignored);
+    }
+    if failures.is_empty() {
+        println!("xtask test: everything passed");
+    } else {
+        println!("xtask test: FAILED: {}", failures.join(", "));
+    }
+    println!(
+        "summary: {} passed, {} failed",
+        counts.passed, counts.failed
+    );
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs a `cargo test` command, passing its output through while adding up its
+/// `test result:` lines. Returns whether it succeeded.
+fn run_counting(command: &mut Command, counts: &mut Counts) -> anyhow::Result<bool> {
+    println!("$ {}", describe(command));
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", describe(command)))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read cargo test's output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            counts.passed += count_before(result, "passed");
+            counts.failed += count_before(result, "failed");
+            counts.ignored += count_before(result, "ignored");
+        }
+    }
+    Ok(child.wait()?.success())
+}
+
+/// In `ok. 3 passed; 0 failed; 1 ignored; ...`, the number before `label`.
+fn count_before(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+        })
+        .find_map(|part| part.strip_suffix(label))
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or(0)
+}
