@@ -584,3 +584,7 @@ impl Engine {
 fn show(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).into_owned()
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -46,7 +46,9 @@ pub fn server_endpoint(listen: SocketAddr, identity: &Identity, peer_fingerprint
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::QuicTls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    Endpoint::server(config, listen).map_err(|source| NetError::Bind { addr: listen, source })
+    let socket = bind_socket(listen)?;
+    Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| NetError::Bind { addr: listen, source })
 }
 
 /// A client endpoint that presents `identity` and accepts only the server
@@ -64,9 +66,44 @@ pub fn client_endpoint(identity: &Identity, peer_fingerprint: &str) -> Result<En
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
-    let mut endpoint = Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let socket = bind_socket(bind)?;
+    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
+}
+
+/// Socket buffer size asked for: a burst of file data must not overflow the
+/// kernel's default (about 200 KiB), or QUIC resends what the kernel dropped.
+const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
+
+fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+    for (forced, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        // The FORCE variants pass net.core.*mem_max when privileged; the plain ones are capped by it.
+        if set_socket_option(&socket, forced).is_err() {
+            if let Err(e) = set_socket_option(&socket, plain) {
+                tracing::debug!("cannot enlarge UDP socket buffer: {e}");
+            }
+        }
+    }
+    Ok(socket)
+}
+
+fn set_socket_option(socket: &std::net::UdpSocket, option: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = SOCKET_BUFFER_BYTES;
+    // SAFETY: a valid socket fd and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// True when a handshake failed because a certificate was not the pinned one

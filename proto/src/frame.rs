@@ -25,6 +25,9 @@ pub enum FrameError {
     /// The compressed body did not decompress.
     #[error("frame body does not decompress: {source}")]
     Decompress { source: std::io::Error },
+    /// A path in the message is absolute, has `..` or is otherwise refused.
+    #[error("refused path: {source}")]
+    Path { source: crate::PathError },
     /// The body is not a valid message.
     #[error("malformed message: {source}")]
     Malformed { source: postcard::Error },
@@ -69,13 +72,18 @@ pub fn parse_header(header: [u8; FRAME_HEADER_LEN]) -> Result<(usize, u8), Frame
 
 /// Decodes a frame body read after a header with `flags`.
 pub fn decode_body<T: DeserializeOwned>(flags: u8, body: &[u8]) -> Result<T, FrameError> {
-    if flags & FLAG_ZSTD != 0 {
+    crate::path::take_last_refused();
+    let decoded = if flags & FLAG_ZSTD != 0 {
         let plain = zstd::bulk::decompress(body, MAX_FRAME_LEN)
             .map_err(|source| FrameError::Decompress { source })?;
-        postcard::from_bytes(&plain).map_err(|source| FrameError::Malformed { source })
+        postcard::from_bytes(&plain)
     } else {
-        postcard::from_bytes(body).map_err(|source| FrameError::Malformed { source })
-    }
+        postcard::from_bytes(body)
+    };
+    decoded.map_err(|source| match crate::path::take_last_refused() {
+        Some(source) => FrameError::Path { source },
+        None => FrameError::Malformed { source },
+    })
 }
 
 #[cfg(test)]
@@ -130,6 +138,12 @@ mod tests {
         assert!(matches!(parse_header([0xff, 0xff, 0xff, 0x7f, 0]), Err(FrameError::TooLarge { .. })));
         assert!(matches!(parse_header([1, 0, 0, 0, 0x80]), Err(FrameError::UnknownFlags { .. })));
         assert!(matches!(decode_body::<AgentMessage>(0, &[0xff, 0xff]), Err(FrameError::Malformed { .. })));
+        let mut evil = encode_frame(&write(b"x".to_vec()), false).unwrap();
+        // Turn the one-byte path "f" into "/" inside the frame.
+        let at = evil.iter().position(|&b| b == b'f').unwrap();
+        evil[at] = b'/';
+        let err = decode_body::<AgentMessage>(evil[4], &evil[5..]).unwrap_err();
+        assert!(err.to_string().contains("is absolute"), "{err}");
         assert!(matches!(
             decode_body::<AgentMessage>(FLAG_ZSTD, &[1, 2, 3]),
             Err(FrameError::Decompress { .. })

@@ -137,10 +137,25 @@ impl RelPath {
     }
 }
 
+thread_local! {
+    /// postcard reports every custom error as the same opaque variant; the refused
+    /// path is kept here so the frame decoder can say which path was refused and why.
+    static LAST_REFUSED: std::cell::RefCell<Option<PathError>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the path refusal recorded by the last failed decode on this thread.
+pub(crate) fn take_last_refused() -> Option<PathError> {
+    LAST_REFUSED.with(|cell| cell.borrow_mut().take())
+}
+
 impl<'de> Deserialize<'de> for RelPath {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
-        RelPath::from_bytes(bytes.into_vec()).map_err(serde::de::Error::custom)
+        RelPath::from_bytes(bytes.into_vec()).map_err(|e| {
+            let message = e.to_string();
+            LAST_REFUSED.with(|cell| *cell.borrow_mut() = Some(e));
+            serde::de::Error::custom(message)
+        })
     }
 }
 

@@ -123,13 +123,21 @@ async fn paths_escaping_the_root_are_refused() {
         ("symlink", b"evil/through-link".to_vec()),
     ];
     for (name, path) in cases {
+        // The receiver serves one agent at a time; wait until the last one is gone.
+        let pair = &pair;
+        wait_until("the receiver to drop the previous connection", Duration::from_secs(20), || {
+            Ok(pair.receiver_metrics()?.get("sluice_connected") == 0.0)
+        })
+        .unwrap();
         let answer = send_raw_write(addr, &agent, &fp, &path).await;
+        eprintln!("{name}: {answer}");
         assert!(!answer.contains("Ack"), "{name}: escape was acknowledged: {answer}");
+        assert!(answer.contains("Refused"), "{name}: expected an explicit refusal, got {answer}");
+        let why = if name == "symlink" { "outside the root" } else if name == "absolute" { "is absolute" } else { "`..`" };
+        assert!(answer.contains(why), "{name}: the refusal should say {why:?}: {answer}");
         assert_absent(&parent_escape);
         assert_absent(&absolute);
         assert_absent(&outside.path().join("through-link"));
-        // Give the receiver a moment to finish with the connection before the next one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let metrics = pair.receiver_metrics().unwrap();
     assert!(metrics.get("sluice_ops_refused_total") >= 1.0, "the symlink escape was not counted as refused");

@@ -1,0 +1,165 @@
+//! Engine tests on a real directory with synthetic events, as the kernel would send them.
+
+use super::*;
+use crate::capture::{Event, EventKind, InodeId};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+const DEV: u64 = 0x70_0000;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    engine: Engine,
+}
+
+impl Fixture {
+    fn new(setup: impl FnOnce(&Path)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let mut engine = Engine::new(&root, DEV).unwrap();
+        engine.rescan().unwrap();
+        Fixture { dir, engine }
+    }
+
+    fn root(&self) -> PathBuf {
+        fs::canonicalize(self.dir.path()).unwrap()
+    }
+
+    fn inode(&self, rel: &str) -> InodeId {
+        InodeId { dev: DEV, ino: fs::symlink_metadata(self.root().join(rel)).unwrap().ino() }
+    }
+
+    fn root_inode(&self) -> InodeId {
+        InodeId { dev: DEV, ino: fs::metadata(self.root()).unwrap().ino() }
+    }
+
+    fn feed(&mut self, kind: EventKind) -> Vec<Op> {
+        let mut out = Vec::new();
+        let event = Event { pid: std::process::id(), tid: 0, ts_ns: crate::session::monotonic_ns(), kind };
+        self.engine.handle(&event, &mut out);
+        out.into_iter().map(|p| p.op).collect()
+    }
+
+    fn flush(&mut self) -> Vec<Op> {
+        let mut out = Vec::new();
+        self.engine.flush(&mut out);
+        out.into_iter().map(|p| p.op).collect()
+    }
+}
+
+fn rel(s: &str) -> RelPath {
+    RelPath::from_bytes(s).unwrap()
+}
+
+#[test]
+fn directory_rename_is_one_op_without_data() {
+    let mut f = Fixture::new(|root| {
+        fs::create_dir_all(root.join("d/sub")).unwrap();
+        for i in 0..50 {
+            fs::write(root.join(format!("d/sub/{i}")), b"content").unwrap();
+        }
+    });
+    fs::rename(f.root().join("d"), f.root().join("e")).unwrap();
+    let base = f.root_inode();
+    let ops = f.feed(EventKind::Rename { from_base: base, from: b"d".to_vec(), to_base: base, to: b"e".to_vec(), flags: 0 });
+    assert_eq!(ops, vec![Op::Rename { from: rel("d"), to: rel("e"), exchange: false, noreplace: false }]);
+    assert_eq!(f.engine.index().path_of(f.inode("e/sub/7").ino).unwrap(), rel("e/sub/7"));
+    assert!(f.flush().is_empty());
+}
+
+#[test]
+fn data_of_a_file_renamed_before_the_flush_follows_the_rename() {
+    let mut f = Fixture::new(|_| {});
+    let base = f.root_inode();
+    fs::write(f.root().join("tmp"), b"fresh data").unwrap();
+    let ino = f.inode("tmp");
+    fs::rename(f.root().join("tmp"), f.root().join("final")).unwrap();
+    // Events arrive after the fact: the file is already at its final name.
+    let created = f.feed(EventKind::OpenCreate { base, path: b"tmp".to_vec(), target: ino, flags: libc::O_TRUNC as u32, mode: 0o644 });
+    assert!(matches!(&created[..], [Op::CreateFile { path, .. }] if *path == rel("tmp")));
+    assert!(f.feed(EventKind::Write { inode: ino, offset: 0, len: 10, fd: 3 }).is_empty());
+    let ops = f.feed(EventKind::Rename { from_base: base, from: b"tmp".to_vec(), to_base: base, to: b"final".to_vec(), flags: 0 });
+    assert!(matches!(&ops[..], [Op::Rename { to, .. }] if *to == rel("final")), "{ops:?}");
+    let ops = f.flush();
+    assert!(
+        matches!(&ops[..], [Op::Write { path, data, .. }, Op::SetAttrs { .. }] if *path == rel("final") && data == b"fresh data"),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn writes_are_coalesced_and_read_from_the_file() {
+    let mut f = Fixture::new(|root| fs::write(root.join("f"), vec![b'x'; 100_000]).unwrap());
+    let ino = f.inode("f");
+    for offset in [0u64, 4096, 2048, 50_000] {
+        f.feed(EventKind::Write { inode: ino, offset, len: 4096, fd: 3 });
+    }
+    let ops = f.flush();
+    let writes: Vec<(u64, usize)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Write { offset, data, hash, .. } => {
+                assert_eq!(*hash, sluice_proto::blocks::hash(data));
+                Some((*offset, data.len()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes, vec![(0, 8192), (50_000, 4096)]);
+    assert!(matches!(ops.last(), Some(Op::SetAttrs { attrs, .. }) if attrs.size == Some(100_000)));
+}
+
+#[test]
+fn deleted_file_drops_its_pending_data() {
+    let mut f = Fixture::new(|root| fs::write(root.join("f"), b"data").unwrap());
+    let ino = f.inode("f");
+    f.feed(EventKind::Write { inode: ino, offset: 0, len: 4, fd: 3 });
+    fs::remove_file(f.root().join("f")).unwrap();
+    let base = f.root_inode();
+    let ops = f.feed(EventKind::Unlink { base, path: b"f".to_vec() });
+    assert_eq!(ops, vec![Op::Remove { path: rel("f") }]);
+    assert!(!f.engine.has_dirty());
+}
+
+#[test]
+fn moves_across_the_root_become_creates_and_removes() {
+    let outside = tempfile::tempdir().unwrap();
+    let mut f = Fixture::new(|root| fs::write(root.join("leaving"), b"bye").unwrap());
+    let base = f.root_inode();
+    let out_path = outside.path().join("leaving");
+    fs::rename(f.root().join("leaving"), &out_path).unwrap();
+    let out_bytes = out_path.as_os_str().as_encoded_bytes().to_vec();
+    let ops = f.feed(EventKind::Rename { from_base: base, from: b"leaving".to_vec(), to_base: base, to: out_bytes.clone(), flags: 0 });
+    assert_eq!(ops, vec![Op::Remove { path: rel("leaving") }]);
+
+    fs::rename(&out_path, f.root().join("back")).unwrap();
+    let ops = f.feed(EventKind::Rename { from_base: base, from: out_bytes, to_base: base, to: b"back".to_vec(), flags: 0 });
+    assert!(matches!(&ops[..], [Op::CreateFile { path, .. }] if *path == rel("back")), "{ops:?}");
+    let ops = f.flush();
+    assert!(matches!(&ops[0], Op::Write { data, .. } if data == b"bye"), "{ops:?}");
+}
+
+#[test]
+fn unplaceable_paths_ask_for_a_rescan_instead_of_guessing() {
+    let mut f = Fixture::new(|_| {});
+    let unknown_dir = InodeId { dev: DEV, ino: 999_999_999 };
+    assert!(f.feed(EventKind::Unlink { base: unknown_dir, path: b"x".to_vec() }).is_empty());
+    assert!(f.engine.rescan_reason().is_some());
+    f.engine.rescan().unwrap();
+    assert!(f.engine.rescan_reason().is_none());
+    let base = f.root_inode();
+    assert!(f.feed(EventKind::Unlink { base, path: b"lost+found/x".to_vec() }).is_empty());
+    assert!(f.engine.rescan_reason().is_none(), "excluded names are outside the tree");
+}
+
+#[test]
+fn chmod_through_proc_fd_finds_the_file() {
+    let mut f = Fixture::new(|root| fs::write(root.join("f"), b"x").unwrap());
+    let file = fs::File::open(f.root().join("f")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let base = f.root_inode();
+    f.feed(EventKind::PathMeta { base, path: format!("/proc/self/fd/{fd}").into_bytes(), flags: 0 });
+    let ops = f.flush();
+    assert!(matches!(&ops[..], [Op::SetAttrs { path, .. }] if *path == rel("f")), "{ops:?}");
+}
