@@ -123,7 +123,7 @@ pub fn run(bin_dir: &Path) -> anyhow::Result<()> {
         delete_some(root)
     })?;
 
-    println!("\nwaiting for the standby to match the master (at most {CONVERGE_TIMEOUT:?})");
+    println!("\nverifying that the standby matches the master (content and metadata)");
     if let Err(e) = wait_until_identical(master.path(), standby.path(), CONVERGE_TIMEOUT) {
         bail!(
             "the standby did not converge: {e:?}\n\nagent log:\n{}\n\nreceiver log:\n{}",
@@ -149,19 +149,62 @@ fn step(
     change: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     println!("== {what}");
+    let before = agent.metrics()?;
     let started = Instant::now();
-    change().with_context(|| format!("step `{what}` failed"))?;
-    println!("   done in {:.2?}", started.elapsed());
-    if let Some(status) = agent.try_wait()? {
-        bail!(
-            "the agent exited ({status}); its log:\n{}",
-            agent.log_tail(40)
-        );
-    }
-    match agent.metrics() {
-        Ok(metrics) => print_agent_metrics(&metrics),
-        Err(e) => println!("   metrics unavailable: {e:#}"),
-    }
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (sampling, addr) = (sampling.clone(), agent.metrics_addr());
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(metrics) = sluice_tests::scrape(addr) {
+                    peak = peak.max(metrics.get("sluice_lag_seconds"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let outcome = change().with_context(|| format!("step `{what}` failed"));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut peak_lag: f64 = sampler.join().unwrap_or(0.0);
+    outcome?;
+    let changed_in = started.elapsed();
+    // Replicated means: the agent has sent something for this step and the
+    // receiver has acknowledged every operation as applied.
+    let after = loop {
+        if let Some(status) = agent.try_wait()? {
+            bail!("the agent exited ({status}); its log:\n{}", agent.log_tail(40));
+        }
+        let metrics = agent.metrics()?;
+        peak_lag = peak_lag.max(metrics.get("sluice_lag_seconds"));
+        let sent = metrics.get("sluice_ops_sent_total");
+        if sent > before.get("sluice_ops_sent_total")
+            && metrics.get("sluice_lag_bytes") == 0.0
+            && metrics.get("sluice_ops_acked_total") == sent
+        {
+            break metrics;
+        }
+        if started.elapsed() > CONVERGE_TIMEOUT {
+            bail!("step `{what}` was not replicated within {CONVERGE_TIMEOUT:?}; agent log:\n{}", agent.log_tail(40));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Wire counters are sampled every 100 ms.
+    std::thread::sleep(Duration::from_millis(150));
+    let after = agent.metrics().unwrap_or(after);
+    let delta = |name: &str| after.get(name) - before.get(name);
+    println!(
+        "   changed in {changed_in:.2?}; applied on the standby {:.2?} after the change began",
+        started.elapsed() - Duration::from_millis(150)
+    );
+    println!(
+        "   peak lag {:.1} ms; {:.0} bytes on the wire for {:.0} bytes of file data ({} operations)",
+        peak_lag * 1000.0,
+        delta("sluice_wire_bytes_sent_total"),
+        delta("sluice_payload_bytes_sent_total"),
+        delta("sluice_ops_sent_total"),
+    );
     Ok(())
 }
 
@@ -216,7 +259,7 @@ fn delete_some(root: &Path) -> anyhow::Result<()> {
 }
 
 fn summarize(agent: &Daemon, receiver: &Daemon, converged_after: Duration) {
-    println!("\nstandby identical to the master {converged_after:.2?} after the first change");
+    println!("\nstandby identical to the master (checked {converged_after:.2?} after the first change)");
     let agent_metrics = agent.metrics().unwrap_or_default();
     let receiver_metrics = receiver.metrics().unwrap_or_default();
     let payload = agent_metrics.get("sluice_payload_bytes_sent_total");
