@@ -33,6 +33,15 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub capture: CaptureConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Replicate character and block device nodes (off: a standby rarely wants them).
+    pub devices: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

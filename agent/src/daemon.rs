@@ -34,7 +34,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => None,
     };
 
-    let mut engine = Engine::new(&root, capture.watched_dev())?;
+    let options = crate::engine::Options { devices: config.replication.devices };
+    let mut engine = Engine::new(&root, capture.watched_dev(), options)?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let capture_task = tokio::spawn(async move {
         loop {

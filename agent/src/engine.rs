@@ -6,8 +6,8 @@
 //! at that point of the stream. Anything the engine cannot place with certainty
 //! asks for a rescan (a tree comparison with the receiver) instead of guessing.
 
-use crate::capture::{Event, EventKind, InodeId};
-use crate::files::{Files, read_range};
+use crate::capture::{Event, EventKind, InodeId, NO_FD, SyncKind};
+use crate::files::{Files, read_range, segments};
 use crate::index::{Index, NodeKind};
 use crate::ranges::RangeSet;
 use crate::scan::{self, EXCLUDED_TOP_LEVEL, kind_of, meta_of};
@@ -26,6 +26,14 @@ const O_TRUNC: u32 = libc::O_TRUNC as u32;
 const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
 const AT_SYMLINK_NOFOLLOW: u32 = libc::AT_SYMLINK_NOFOLLOW as u32;
+const PUNCH_HOLE: u32 = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+/// fallocate modes that move the data after `offset`.
+const SHIFTING: u32 = (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) as u32;
+/// How long memory-mapped pages are re-read after they were last seen dirtied: a
+/// page dirtied again before writeback cleans it raises no new event, and the
+/// kernel writes dirty pages back within `dirty_expire_centisecs` (30 s) plus one
+/// flusher period (5 s).
+const MAPPED_PATIENCE_NS: u64 = 35_000_000_000;
 /// How long a dirty file that cannot be opened is retried before the tree is compared instead.
 const REOPEN_PATIENCE_NS: u64 = 5_000_000_000;
 /// Paths this long were cut by the capture buffer and cannot be trusted.
@@ -43,8 +51,33 @@ pub struct PendingOp {
 struct Dirty {
     ranges: RangeSet,
     attrs: bool,
+    xattrs: bool,
     first_ns: u64,
 }
+
+/// What changed about an inode, short of its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    Attrs,
+    Xattrs,
+}
+
+/// What the engine replicates beyond files, directories, symlinks and FIFOs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Replicate character and block device nodes.
+    pub devices: bool,
+}
+
+/// Pages of one file seen dirtied through a mapping, with the hash of what was
+/// last read of each, so a re-read sends only pages that changed.
+#[derive(Debug, Default)]
+struct MappedPages {
+    pages: std::collections::BTreeMap<u64, Option<Hash>>,
+    last_ns: u64,
+}
+
+const PAGE: u64 = 4096;
 
 /// Where a path from an event lies.
 enum Place {
@@ -62,13 +95,16 @@ pub struct Engine {
     dirty: HashMap<u64, Dirty>,
     outside: HashSet<u64>,
     rescan: Option<String>,
+    options: Options,
+    /// Pages dirtied through mappings: re-read on every sync barrier and periodically.
+    mapped: HashMap<u64, MappedPages>,
     /// File bytes read to build operations.
     pub bytes_read: u64,
 }
 
 impl Engine {
     /// `root` must be absolute and canonical; `watched_dev` is the kernel's `s_dev` of its filesystem.
-    pub fn new(root: &Path, watched_dev: u64) -> io::Result<Engine> {
+    pub fn new(root: &Path, watched_dev: u64, options: Options) -> io::Result<Engine> {
         let root_ino = std::fs::metadata(root)?.ino();
         Ok(Engine {
             root: root.to_path_buf(),
@@ -78,6 +114,8 @@ impl Engine {
             dirty: HashMap::new(),
             outside: HashSet::new(),
             rescan: None,
+            options,
+            mapped: HashMap::new(),
             bytes_read: 0,
         })
     }
@@ -103,7 +141,7 @@ impl Engine {
     /// Walks the tree anew and returns the manifest. Pending dirty ranges are kept:
     /// a write inside one mtime tick would not show in a size/mtime comparison.
     pub fn rescan(&mut self) -> io::Result<Vec<Entry>> {
-        let scan = scan::scan(&self.root, &mut self.files)?;
+        let scan = scan::scan(&self.root, &mut self.files, self.options.devices)?;
         self.index = scan.index;
         self.outside.clear();
         self.rescan = None;
@@ -126,22 +164,55 @@ impl Engine {
     }
 
     fn mark(&mut self, ino: u64, range: Option<(u64, u64)>, ts: u64) {
+        match range {
+            Some((offset, len)) => self.dirty_entry(ino, ts).ranges.insert(offset, len),
+            None => self.note(ino, Change::Attrs, ts),
+        }
+    }
+
+    fn note(&mut self, ino: u64, change: Change, ts: u64) {
+        let dirty = self.dirty_entry(ino, ts);
+        match change {
+            Change::Attrs => dirty.attrs = true,
+            Change::Xattrs => dirty.xattrs = true,
+        }
+    }
+
+    fn dirty_entry(&mut self, ino: u64, ts: u64) -> &mut Dirty {
         let dirty = self.dirty.entry(ino).or_insert_with(|| Dirty { first_ns: ts, ..Dirty::default() });
         dirty.first_ns = dirty.first_ns.min(ts);
-        match range {
-            Some((offset, len)) => dirty.ranges.insert(offset, len),
-            None => dirty.attrs = true,
-        }
+        dirty
     }
 
     /// Applies one event, appending the operations it produces.
     pub fn handle(&mut self, event: &Event, out: &mut Vec<PendingOp>) {
+        tracing::trace!(pid = event.pid, kind = ?event.kind, "event");
         let ts = event.ts_ns;
         match &event.kind {
             EventKind::Write { inode, offset, len, fd } => self.data(*inode, event.pid, *fd, Some((*offset, *len)), ts, out),
-            EventKind::Fallocate { inode, offset, len, fd, .. } => {
-                self.data(*inode, event.pid, *fd, Some((*offset, *len)), ts, out);
+            EventKind::Writeback { inode, offset, len } => {
+                self.data(*inode, event.pid, NO_FD, Some((*offset, *len)), ts, out);
+                if self.index.contains(inode.ino) && inode.dev == self.watched_dev {
+                    let mapped = self.mapped.entry(inode.ino).or_default();
+                    for page in offset / PAGE..(offset + len).div_ceil(PAGE) {
+                        mapped.pages.insert(page, None);
+                    }
+                    mapped.last_ns = ts;
+                }
+            }
+            EventKind::Sync { inode, kind, .. } => {
+                self.sync_barrier(*inode, *kind, ts);
+                self.barrier(*inode, ts, out);
+            }
+            EventKind::XattrFd { inode, fd, .. } => {
                 self.data(*inode, event.pid, *fd, None, ts, out);
+                if self.index.contains(inode.ino) && inode.dev == self.watched_dev {
+                    self.note(inode.ino, Change::Xattrs, ts);
+                }
+            }
+            EventKind::IoUringUser { pid } => self.check_ring_user(*pid, ts),
+            EventKind::Fallocate { inode, offset, len, mode, fd } => {
+                self.fallocate(*inode, event.pid, *fd, (*offset, *len, *mode), ts, out)
             }
             EventKind::Truncate { inode, fd, .. } | EventKind::FdMeta { inode, fd } => {
                 self.data(*inode, event.pid, *fd, None, ts, out)
@@ -153,8 +224,29 @@ impl Engine {
         }
     }
 
+    /// Replicates fallocate as the same call, after the data written before it.
+    fn fallocate(&mut self, inode: InodeId, pid: u32, fd: u32, (offset, len, mode): (u64, u64, u32), ts: u64, out: &mut Vec<PendingOp>) {
+        self.data(inode, pid, fd, None, ts, out);
+        if inode.dev != self.watched_dev || self.index.kind(inode.ino) != Some(NodeKind::File) {
+            return;
+        }
+        let Some(path) = self.index.path_of(inode.ino) else { return };
+        self.flush(out);
+        out.push(PendingOp { op: Op::Fallocate { path, mode, offset, len }, captured_ns: ts });
+        if mode & SHIFTING != 0 {
+            // Data flushed just now was read after the shift; read the shifted tail again.
+            self.mark(inode.ino, Some((offset, u64::MAX - offset)), ts);
+        }
+        self.mark(inode.ino, None, ts);
+    }
+
     fn data(&mut self, inode: InodeId, pid: u32, fd: u32, range: Option<(u64, u64)>, ts: u64, out: &mut Vec<PendingOp>) {
         if inode.dev != self.watched_dev || self.outside.contains(&inode.ino) {
+            return;
+        }
+        if !self.index.contains(inode.ino) && fd == NO_FD {
+            // No descriptor to find it by (writeback, io_uring): an inode the walk did
+            // not index lies outside the tree, on the same filesystem.
             return;
         }
         if !self.index.contains(inode.ino) {
@@ -198,6 +290,76 @@ impl Engine {
         out.push(PendingOp { op: Op::CreateFile { path: path.clone(), mode: 0o600, truncate: true }, captured_ns: ts });
         self.mark(ino, Some((0, size)), ts);
         self.mark(ino, None, ts);
+    }
+
+    /// A sync barrier: pages dirtied through mappings since they were last seen
+    /// may have been stored to again without a new event; read them again.
+    fn sync_barrier(&mut self, inode: Option<InodeId>, _kind: SyncKind, ts: u64) {
+        let inos: Vec<u64> = match inode {
+            Some(inode) if inode.dev == self.watched_dev => vec![inode.ino],
+            Some(_) => return,
+            None => self.mapped.keys().copied().collect(),
+        };
+        for ino in inos {
+            self.recheck_mapped(ino, ts);
+        }
+    }
+
+    /// Sends what is pending, then a barrier the receiver makes durable before it
+    /// acknowledges: the standby's copy is durable at each of the master's syncs.
+    fn barrier(&mut self, inode: Option<InodeId>, ts: u64, out: &mut Vec<PendingOp>) {
+        let path = match inode {
+            Some(inode) if inode.dev == self.watched_dev => match self.index.path_of(inode.ino) {
+                Some(path) => Some(path),
+                None => return,
+            },
+            Some(_) => return,
+            None => None,
+        };
+        self.flush(out);
+        out.push(PendingOp { op: Op::Barrier { path }, captured_ns: ts });
+    }
+
+    /// Re-reads recently mapped pages (see [`MAPPED_PATIENCE_NS`]); call about once a second.
+    pub fn refresh_mapped(&mut self, now: u64) {
+        self.mapped.retain(|_, m| now.saturating_sub(m.last_ns) < MAPPED_PATIENCE_NS);
+        let inos: Vec<u64> = self.mapped.keys().copied().collect();
+        for ino in inos {
+            self.recheck_mapped(ino, now);
+        }
+    }
+
+    /// Marks dirty the mapped pages of `ino` whose content changed since last read.
+    fn recheck_mapped(&mut self, ino: u64, ts: u64) {
+        let Some(path) = self.index.path_of(ino) else { return };
+        let Ok(file) = self.files.open(ino, path.as_path()) else { return };
+        let Some(mapped) = self.mapped.get_mut(&ino) else { return };
+        let mut changed = Vec::new();
+        for (page, seen) in mapped.pages.iter_mut() {
+            let Ok(data) = read_range(&file, page * PAGE, PAGE) else { continue };
+            let now = hash(&data);
+            if *seen != Some(now) {
+                changed.push(*page);
+                *seen = Some(now);
+            }
+        }
+        for page in changed {
+            self.mark(ino, Some((page * PAGE, PAGE)), ts);
+        }
+    }
+
+    /// A process uses io_uring. Its ring writes are captured; other ring operations
+    /// are not, so the metadata of the watched files it holds open is re-read.
+    fn check_ring_user(&mut self, pid: u32, ts: u64) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            if let Place::Inside { parent, name, .. } = self.place_absolute(link.as_os_str().as_bytes()) {
+                if let Some(ino) = self.index.lookup(parent, &name) {
+                    self.mark(ino, None, ts);
+                }
+            }
+        }
     }
 
     /// lstat `path` and index what is there; returns its inode.
@@ -358,10 +520,18 @@ impl Engine {
             EventKind::PathMeta { base, path, flags } => {
                 self.path_meta(pid, *base, path, flags & AT_SYMLINK_NOFOLLOW == 0, ts)
             }
-            EventKind::PathTruncate { base, path, .. } => self.path_meta(pid, *base, path, true, ts),
-            EventKind::Mknod { base, path, mode } => match self.place(*base, path) {
+            EventKind::PathTruncate { base, path, .. } => self.path_change(*base, path, true, Change::Attrs, ts),
+            EventKind::Mknod { base, path, mode, rdev } => match self.place(*base, path) {
                 Place::Inside { parent, name, path } if mode & libc::S_IFMT == libc::S_IFIFO => {
                     emit(Op::Mkfifo { path: path.clone(), mode: mode & 0o7777 });
+                    if let Some(ino) = self.learn(parent, &name, &path) {
+                        self.mark(ino, None, ts);
+                    }
+                }
+                Place::Inside { parent, name, path }
+                    if self.options.devices && matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) =>
+                {
+                    emit(Op::Mknod { path: path.clone(), mode: *mode, rdev: *rdev });
                     if let Some(ino) = self.learn(parent, &name, &path) {
                         self.mark(ino, None, ts);
                     }
@@ -370,7 +540,15 @@ impl Engine {
                 Place::Inside { .. } | Place::Outside => {}
                 Place::Unknown => self.request_rescan(format!("node created at an unplaceable path {}", show(path))),
             },
-            EventKind::Write { .. } | EventKind::Truncate { .. } | EventKind::Fallocate { .. } | EventKind::FdMeta { .. } => {}
+            EventKind::XattrPath { base, path, nofollow, .. } => self.path_change(*base, path, !nofollow, Change::Xattrs, ts),
+            EventKind::Write { .. }
+            | EventKind::Truncate { .. }
+            | EventKind::Fallocate { .. }
+            | EventKind::FdMeta { .. }
+            | EventKind::Writeback { .. }
+            | EventKind::Sync { .. }
+            | EventKind::XattrFd { .. }
+            | EventKind::IoUringUser { .. } => {}
         }
     }
 
@@ -419,15 +597,20 @@ impl Engine {
     }
 
     fn path_meta(&mut self, pid: u32, base: InodeId, raw: &[u8], follow: bool, ts: u64) {
+        if raw.starts_with(b"/proc/") {
+            return self.proc_fd_meta(pid, raw, ts);
+        }
+        self.path_change(base, raw, follow, Change::Attrs, ts)
+    }
+
+    /// A change addressed by path to an existing entry.
+    fn path_change(&mut self, base: InodeId, raw: &[u8], follow: bool, change: Change, ts: u64) {
         if raw.is_empty() {
             // AT_EMPTY_PATH: the change is to the dirfd's own inode.
             if base.dev == self.watched_dev && self.index.contains(base.ino) {
-                self.mark(base.ino, None, ts);
+                self.note(base.ino, change, ts);
             }
             return;
-        }
-        if raw.starts_with(b"/proc/") {
-            return self.proc_fd_meta(pid, raw, ts);
         }
         match self.place(base, raw) {
             Place::Inside { parent, name, path } => {
@@ -440,7 +623,7 @@ impl Engine {
                         _ => return,
                     }
                 }
-                self.mark(ino, None, ts);
+                self.note(ino, change, ts);
             }
             Place::Outside => {}
             Place::Unknown => self.request_rescan(format!("metadata change at an unplaceable path {}", show(raw))),
@@ -492,7 +675,7 @@ impl Engine {
                         }
                     }
                 }
-                Some(_) => self.flush_attrs(ino, &path, dirty.first_ns, out),
+                Some(_) => self.flush_attrs(ino, &path, dirty.first_ns, dirty.xattrs, out),
                 None => {}
             }
         }
@@ -514,24 +697,12 @@ impl Engine {
         let size = meta.len();
         for (start, end) in dirty.ranges.iter() {
             let end = end.min(size);
-            let mut offset = start;
-            while offset < end {
-                let len = (end - offset).min(MAX_WRITE);
-                let data = match read_range(&file, offset, len) {
-                    Ok(data) => data,
-                    Err(e) => {
-                        self.request_rescan(format!("cannot read {path}: {e}"));
-                        return Ok(());
-                    }
-                };
-                if data.is_empty() {
-                    break;
-                }
-                self.bytes_read += data.len() as u64;
-                let read = data.len() as u64;
-                let hash = hash(&data);
-                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: dirty.first_ns });
-                offset += read;
+            if start >= end {
+                continue;
+            }
+            if let Err(e) = self.emit_range(&file, ino, path, (start, end), dirty.first_ns, out) {
+                self.request_rescan(format!("cannot read {path}: {e}"));
+                return Ok(());
             }
         }
         // Metadata after the data: the receiver's own writes move its mtime.
@@ -539,10 +710,64 @@ impl Engine {
         let m = meta_of(&meta);
         let attrs = Attrs { size: Some(meta.len()), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
         out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: dirty.first_ns });
+        if dirty.xattrs {
+            self.emit_xattrs(path, dirty.first_ns, out);
+        }
         Ok(())
     }
 
-    fn flush_attrs(&mut self, ino: u64, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
+    /// Emits `[start, end)` of `file`: writes for data, punched holes for holes.
+    fn emit_range(
+        &mut self,
+        file: &std::fs::File,
+        ino: u64,
+        path: &RelPath,
+        (start, end): (u64, u64),
+        ts: u64,
+        out: &mut Vec<PendingOp>,
+    ) -> io::Result<()> {
+        for segment in segments(file, start, end)? {
+            if !segment.data {
+                let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset: segment.start, len: segment.end - segment.start };
+                out.push(PendingOp { op, captured_ns: ts });
+                continue;
+            }
+            let mut offset = segment.start;
+            while offset < segment.end {
+                let data = read_range(file, offset, (segment.end - offset).min(MAX_WRITE))?;
+                if data.is_empty() {
+                    break;
+                }
+                self.bytes_read += data.len() as u64;
+                let read = data.len() as u64;
+                self.remember_mapped_pages(ino, offset, &data);
+                let hash = hash(&data);
+                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: ts });
+                offset += read;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what was sent of a file's mapped pages, so a re-check sends a page
+    /// again only if it changed since.
+    fn remember_mapped_pages(&mut self, ino: u64, offset: u64, data: &[u8]) {
+        let Some(mapped) = self.mapped.get_mut(&ino) else { return };
+        for (page, seen) in mapped.pages.range_mut(offset.div_ceil(PAGE)..(offset + data.len() as u64) / PAGE) {
+            let at = (page * PAGE - offset) as usize;
+            *seen = Some(hash(&data[at..at + PAGE as usize]));
+        }
+    }
+
+    fn emit_xattrs(&mut self, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
+        match scan::read_xattrs(&self.root.join(path.as_path())) {
+            Ok(Some(xattrs)) => out.push(PendingOp { op: Op::SetXattrs { path: path.clone(), xattrs }, captured_ns: ts }),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%path, "cannot read extended attributes: {e}"),
+        }
+    }
+
+    fn flush_attrs(&mut self, ino: u64, path: &RelPath, ts: u64, xattrs: bool, out: &mut Vec<PendingOp>) {
         let Ok(meta) = std::fs::symlink_metadata(self.root.join(path.as_path())) else { return };
         if meta.ino() != ino {
             return;
@@ -551,28 +776,48 @@ impl Engine {
         let mode = (!meta.file_type().is_symlink()).then_some(m.mode);
         let attrs = Attrs { size: None, mode, uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
         out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts });
+        if xattrs {
+            self.emit_xattrs(path, ts, out);
+        }
     }
 
-    /// Answers the receiver's `Want`: the blocks whose hashes differ from `theirs`, then size and metadata.
+    /// Answers the receiver's `Want`: the blocks whose hashes differ from `theirs`
+    /// (holes where the master has holes), then size and metadata.
     pub fn answer_want(&mut self, path: &RelPath, theirs: &[Hash], ts: u64, out: &mut Vec<PendingOp>) {
         let Some(ino) = self.index.resolve(path) else { return };
         let Ok(file) = self.files.open(ino, path.as_path()) else { return };
         let Ok(meta) = file.metadata() else { return };
         let size = meta.len();
-        let mut offset = 0;
+        let holes: Vec<(u64, u64)> = segments(&file, 0, size)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.data)
+            .map(|s| (s.start, s.end))
+            .collect();
+        let in_hole = |start: u64, end: u64| holes.iter().any(|&(s, e)| s <= start && end <= e);
         let mut block = 0usize;
+        let mut offset = 0;
         while offset < size {
-            let data = match read_range(&file, offset, BLOCK_SIZE) {
-                Ok(data) if !data.is_empty() => data,
-                _ => break,
-            };
-            self.bytes_read += data.len() as u64;
-            let ours = hash(&data);
-            let len = data.len() as u64;
-            if theirs.get(block) != Some(&ours) {
-                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts });
+            let end = (offset + BLOCK_SIZE).min(size);
+            let theirs_block = theirs.get(block);
+            if in_hole(offset, end) {
+                let zeros = hash(&vec![0u8; (end - offset) as usize]);
+                if theirs_block.is_some_and(|h| *h != zeros) {
+                    let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset, len: end - offset };
+                    out.push(PendingOp { op, captured_ns: ts });
+                }
+            } else {
+                let data = match read_range(&file, offset, end - offset) {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => break,
+                };
+                self.bytes_read += data.len() as u64;
+                let ours = hash(&data);
+                if theirs_block != Some(&ours) {
+                    out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts });
+                }
             }
-            offset += len;
+            offset = end;
             block += 1;
         }
         let m = meta_of(&file.metadata().unwrap_or(meta));

@@ -17,7 +17,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let root = fs::canonicalize(dir.path()).unwrap();
-        let mut engine = Engine::new(&root, DEV).unwrap();
+        let mut engine = Engine::new(&root, DEV, Options { devices: true }).unwrap();
         engine.rescan().unwrap();
         Fixture { dir, engine }
     }
@@ -162,4 +162,25 @@ fn chmod_through_proc_fd_finds_the_file() {
     f.feed(EventKind::PathMeta { base, path: format!("/proc/self/fd/{fd}").into_bytes(), flags: 0 });
     let ops = f.flush();
     assert!(matches!(&ops[..], [Op::SetAttrs { path, .. }] if *path == rel("f")), "{ops:?}");
+}
+
+#[test]
+fn mapped_pages_are_rechecked_and_resent_only_when_changed() {
+    let mut f = Fixture::new(|root| fs::write(root.join("db"), vec![0u8; 64 * 1024]).unwrap());
+    let ino = f.inode("db");
+    f.feed(EventKind::Writeback { inode: ino, offset: 8192, len: 4096 });
+    let first = f.flush();
+    assert!(matches!(&first[0], Op::Write { offset: 8192, data, .. } if data.len() == 4096), "{first:?}");
+    let now = crate::session::monotonic_ns();
+    f.engine.refresh_mapped(now);
+    assert!(f.flush().is_empty(), "an unchanged page must not be sent again");
+    // A store to the already dirty page raises no event; the re-check finds it.
+    let file = fs::OpenOptions::new().write(true).open(f.root().join("db")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"late store", 8300).unwrap();
+    f.engine.refresh_mapped(now);
+    let again = f.flush();
+    assert!(matches!(&again[0], Op::Write { offset: 8192, data, .. } if &data[108..118] == b"late store"), "{again:?}");
+    // Past the patience window the page is forgotten.
+    f.engine.refresh_mapped(now + MAPPED_PATIENCE_NS + 1);
+    assert!(f.flush().is_empty());
 }

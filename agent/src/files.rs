@@ -125,6 +125,49 @@ impl Files {
     }
 }
 
+/// A piece of a file range: data, or a hole that reads as zeros and takes no space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: u64,
+    pub end: u64,
+    pub data: bool,
+}
+
+/// Splits `[start, end)` into data and holes with SEEK_DATA / SEEK_HOLE, so holes
+/// are replicated as holes instead of as written zeros.
+pub fn segments(file: &File, start: u64, end: u64) -> io::Result<Vec<Segment>> {
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence| {
+        // SAFETY: lseek on an fd we own; reads use pread, so moving the offset is harmless.
+        let rc = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as u64) }
+    };
+    let mut found = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let data = match seek(pos, libc::SEEK_DATA) {
+            Ok(data) => data,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+            // No SEEK_DATA here: treat the range as data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                found.push(Segment { start: pos, end, data: true });
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        if data > pos {
+            found.push(Segment { start: pos, end: data.min(end), data: false });
+        }
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.min(end);
+        found.push(Segment { start: data, end: hole, data: true });
+        pos = hole;
+    }
+    Ok(found)
+}
+
 /// Reads up to `len` bytes at `offset` (fewer at end of file).
 pub fn read_range(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut data = vec![0u8; len as usize];
@@ -156,6 +199,20 @@ mod tests {
         std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
         let file = files.open(ino, Path::new("a")).unwrap();
         assert_eq!(read_range(&file, 1, 100).unwrap(), b"ello");
+    }
+
+    #[test]
+    fn holes_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(dir.path().join("s")).unwrap();
+        file.set_len(4 << 20).unwrap();
+        file.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        let found = segments(&file, 0, 4 << 20).unwrap();
+        let data: Vec<&Segment> = found.iter().filter(|s| s.data).collect();
+        assert_eq!(data.len(), 1, "{found:?}");
+        assert!(data[0].start <= 1 << 20 && data[0].end >= (1 << 20) + 4096);
+        assert_eq!(found.first().unwrap().start, 0);
+        assert_eq!(found.last().unwrap().end, 4 << 20);
     }
 
     #[test]

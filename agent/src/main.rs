@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_net::daemon;
 use std::path::PathBuf;
 
 /// Replicates a directory tree to a standby in near real time, capturing every
@@ -37,32 +38,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Init { identity, force } => {
-            let generated = sluice_net::Identity::generate()?;
-            generated.write_to(&identity, force)?;
-            println!("fingerprint: {}", generated.fingerprint()?);
+            let fingerprint = daemon::init_identity(&identity, force)
+                .with_context(|| format!("creating an identity in {}", identity.display()))?;
+            println!("fingerprint: {fingerprint}");
             Ok(())
         }
         Command::Run { config } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            daemon::init_logging();
             let config = sluice_agent::config::Config::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-            runtime.block_on(sluice_agent::daemon::run(config, shutdown_signal()))
+            runtime.block_on(async {
+                let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
+                sluice_agent::daemon::run(config, shutdown).await
+            })
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("stopping");
 }

@@ -3,7 +3,7 @@
 
 use crate::files::Files;
 use crate::index::{Index, NodeKind};
-use sluice_proto::{Entry, EntryKind, Meta, RelPath, Timestamp};
+use sluice_proto::{Entry, EntryKind, Meta, RelPath, Timestamp, Xattr};
 use std::collections::HashMap;
 use std::fs::Metadata;
 use std::io;
@@ -51,9 +51,27 @@ pub fn is_excluded(path: &RelPath) -> bool {
     EXCLUDED_TOP_LEVEL.iter().any(|name| name.as_bytes() == first)
 }
 
+/// The extended attributes of a regular file or directory, sorted by name; `None`
+/// for other kinds (the receiver does not open those to set attributes).
+pub fn read_xattrs(path: &Path) -> io::Result<Option<Vec<Xattr>>> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !(meta.is_file() || meta.is_dir()) {
+        return Ok(None);
+    }
+    let mut found = Vec::new();
+    for name in xattr::list(path)? {
+        if let Some(value) = xattr::get(path, &name)? {
+            found.push(Xattr { name: name.as_bytes().to_vec(), value });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Some(found))
+}
+
 /// Walks `root` (without crossing into other filesystems), building the index and
-/// the manifest and remembering a handle for every regular file.
-pub fn scan(root: &Path, files: &mut Files) -> io::Result<Scan> {
+/// the manifest and remembering a handle for every regular file. Device nodes are
+/// listed only with `devices`.
+pub fn scan(root: &Path, files: &mut Files, devices: bool) -> io::Result<Scan> {
     let root_meta = std::fs::symlink_metadata(root)?;
     let mut index = Index::new(root_meta.ino());
     let mut entries = Vec::new();
@@ -106,11 +124,14 @@ pub fn scan(root: &Path, files: &mut Files) -> io::Result<Scan> {
             (EntryKind::Symlink { target }, None)
         } else if file_type.is_fifo() {
             (EntryKind::Fifo, None)
+        } else if devices && (file_type.is_char_device() || file_type.is_block_device()) {
+            (EntryKind::Device { block: file_type.is_block_device(), rdev: meta.rdev() }, None)
         } else {
             // Device nodes and sockets are not replicated.
             continue;
         };
-        entries.push(Entry { path, kind: entry_kind, meta: meta_of(&meta), hardlink_of });
+        let xattrs = if hardlink_of.is_some() { Vec::new() } else { read_xattrs(item.path()).ok().flatten().unwrap_or_default() };
+        entries.push(Entry { path, kind: entry_kind, meta: meta_of(&meta), hardlink_of, xattrs });
     }
     Ok(Scan { index, entries, file_bytes })
 }
@@ -129,7 +150,7 @@ mod tests {
         std::os::unix::fs::symlink("d/e/f", root.join("s")).unwrap();
         std::fs::create_dir(root.join("lost+found")).unwrap();
         let mut files = Files::new(root).unwrap();
-        let scan = scan(root, &mut files).unwrap();
+        let scan = scan(root, &mut files, false).unwrap();
         let paths: Vec<String> = scan.entries.iter().map(|e| e.path.to_string()).collect();
         assert_eq!(paths.len(), 5, "{paths:?}");
         assert!(!paths.iter().any(|p| p.starts_with("lost+found")));

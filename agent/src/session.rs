@@ -18,6 +18,8 @@ const MANIFEST_CHUNK: usize = 2048;
 const FRAME_PAYLOAD: u64 = 1 << 20;
 /// Rescans closer together than this are deferred, so a burst of unplaceable events costs one.
 const RESCAN_SPACING: Duration = Duration::from_secs(2);
+/// How often the initial sync logs its progress when no terminal shows a bar.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// A batch of events and the kernel's drop counter read after it.
 pub struct CaptureBatch {
@@ -58,6 +60,8 @@ pub struct Session<'a> {
     sync_started: Instant,
     last_rescan: Instant,
     progress: Option<indicatif::ProgressBar>,
+    wants_answered: u64,
+    last_progress_log: Instant,
     coalesce: Duration,
 }
 
@@ -110,6 +114,8 @@ impl<'a> Session<'a> {
             sync_started: Instant::now(),
             last_rescan: Instant::now() - RESCAN_SPACING,
             progress: None,
+            wants_answered: 0,
+            last_progress_log: Instant::now(),
             coalesce,
         })
     }
@@ -134,6 +140,7 @@ impl<'a> Session<'a> {
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_millis(100));
         let mut pending = Vec::new();
+        let mut ticks = 0u64;
         loop {
             if self.engine.rescan_reason().is_some() && self.last_rescan.elapsed() >= RESCAN_SPACING {
                 self.compare_trees().await?;
@@ -156,7 +163,13 @@ impl<'a> Session<'a> {
                     tokio::task::block_in_place(|| self.engine.flush(&mut pending));
                     self.send(&mut pending).await?;
                 }
-                _ = metrics_tick.tick() => self.update_metrics(),
+                _ = metrics_tick.tick() => {
+                    ticks += 1;
+                    if ticks % 10 == 0 {
+                        self.engine.refresh_mapped(monotonic_ns());
+                    }
+                    self.update_metrics();
+                }
             }
         }
     }
@@ -178,6 +191,7 @@ impl<'a> Session<'a> {
         }
         self.last_rescan = Instant::now();
         self.sync_started = Instant::now();
+        self.wants_answered = 0;
         let entries: Vec<Entry> = tokio::task::block_in_place(|| self.engine.rescan()).context("walking the watched tree")?;
         tracing::info!(entries = entries.len(), %reason, "comparing the tree with the standby");
         if std::io::stderr().is_terminal() {
@@ -198,8 +212,13 @@ impl<'a> Session<'a> {
             ReceiverMessage::Want { path, hashes, .. } => {
                 let now = monotonic_ns();
                 tokio::task::block_in_place(|| self.engine.answer_want(&path, &hashes, now, pending));
+                self.wants_answered += 1;
+                let sent = self.metrics.payload_bytes_sent.get();
                 if let Some(bar) = &self.progress {
-                    bar.set_message(format!("initial sync: sending {path}, {} bytes so far", self.metrics.payload_bytes_sent.get()));
+                    bar.set_message(format!("initial sync: {} files compared, {sent} bytes sent, now {path}", self.wants_answered));
+                } else if self.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
+                    self.last_progress_log = Instant::now();
+                    tracing::info!(files_compared = self.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
                 }
                 self.send(pending).await?;
             }

@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_agent::capture::{Capture, CaptureOptions, Event, EventKind, InodeId};
+use sluice_agent::capture::{
+    Capture, CaptureOptions, Event, EventKind, InodeId, NO_FD, SyncKind, TO_END,
+};
 
 /// Unmounts (lazily if busy) when dropped, so a failing assertion leaves no mount behind.
 struct Mount {
@@ -104,7 +106,8 @@ fn paths(kind: &EventKind) -> Vec<&[u8]> {
         | EventKind::Unlink { path, .. }
         | EventKind::PathMeta { path, .. }
         | EventKind::PathTruncate { path, .. }
-        | EventKind::Mknod { path, .. } => vec![path],
+        | EventKind::Mknod { path, .. }
+        | EventKind::XattrPath { path, .. } => vec![path],
         EventKind::Rename { from, to, .. } => vec![from, to],
         EventKind::Link { existing, new, .. } => vec![existing, new],
         EventKind::Symlink { path, target, .. } => vec![path, target],
@@ -112,11 +115,17 @@ fn paths(kind: &EventKind) -> Vec<&[u8]> {
     }
 }
 
+/// One capture at a time: `page_fault_user` runs with interrupts off, where
+/// `bpf_find_vma` fails (-EBUSY) once another program has used it during the same
+/// fault, so a second capture attached at once misses write faults.
+static ONE_CAPTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 async fn exercise(fs: &str) {
     if !is_root() {
         eprintln!("skipping {fs} capture test: needs root");
         return;
     }
+    let _serial = ONE_CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let mount = mount_loop(tmp.path(), fs);
     let root = mount.dir.clone();
@@ -277,6 +286,9 @@ os.fchmod(fd, 0o640)
         "{fs}: missing {missing:?} in {events:#?}"
     );
 
+    beyond_plain_syscalls(fs, &mut capture, &root, root_id).await;
+    mmap_over_dirty_pages(fs, &mut capture, &root).await;
+
     // I/O on another filesystem, by relative and absolute paths, then a sentinel
     // inside the watched tree: once the sentinel arrives, anything the outside
     // work produced would have arrived too.
@@ -318,7 +330,11 @@ rmdir {marker}.d
             .iter()
             .any(|p| p.windows(marker.len()).any(|w| w == marker.as_bytes()));
         assert!(!leaked, "{fs}: event for another filesystem: {e:?}");
-        if let EventKind::Write { inode, .. } | EventKind::Truncate { inode, .. } = &e.kind {
+        if let EventKind::Write { inode, .. }
+        | EventKind::Truncate { inode, .. }
+        | EventKind::Writeback { inode, .. }
+        | EventKind::XattrFd { inode, .. } = &e.kind
+        {
             assert_eq!(
                 inode.dev, dev,
                 "{fs}: data event outside the watched fs: {e:?}"
@@ -328,6 +344,280 @@ rmdir {marker}.d
     assert_eq!(capture.dropped().unwrap(), 0);
     drop(capture);
     drop(mount);
+}
+
+/// In-kernel copies, mmap stores, sync barriers, xattrs/ACLs, device nodes and
+/// io_uring, each done by the real tool in a child process.
+async fn beyond_plain_syscalls(fs: &str, capture: &mut Capture, root: &Path, root_id: InodeId) {
+    let dev = capture.watched_dev();
+    let fio = Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    eprintln!(
+        "{fs}: fio {}, io_uring writes decoded: {}",
+        if fio { "present" } else { "absent" },
+        capture.sees_io_uring_writes()
+    );
+    sh(
+        root,
+        r#"
+head -c 20000 /dev/urandom > src
+touch xa acl
+python3 -c '
+import mmap, os
+src = os.open("src", os.O_RDONLY)
+dst = os.open("cfr", os.O_WRONLY | os.O_CREAT, 0o644)
+assert os.copy_file_range(src, dst, 5000, 0, 3000) == 5000
+assert os.copy_file_range(src, dst, 1000) == 1000
+sf = os.open("sf", os.O_WRONLY | os.O_CREAT, 0o644)
+os.lseek(sf, 100, os.SEEK_SET)
+assert os.sendfile(sf, src, 0, 7000) == 7000
+os.fsync(sf)
+os.fdatasync(sf)
+os.setxattr(sf, "user.fd", b"v")
+r, w = os.pipe()
+os.write(w, b"p" * 600)
+assert os.splice(r, dst, 600, offset_dst=50000) == 600
+m = os.open("mm", os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(m, 3 * 4096)
+with mmap.mmap(m, 3 * 4096) as mp:
+    mp[2 * 4096 + 10] = 0x41
+    mp.flush()
+'
+dd if=/dev/zero of=dio bs=4096 count=2 oflag=direct status=none
+cp --reflink=never src cpy
+sync -f src
+setfattr -n user.x -v y xa
+setfacl -m u:1234:r acl
+mknod nulldev c 1 3
+"#,
+    );
+    if fio {
+        sh(
+            root,
+            "fio --name=ring --filename=uring --ioengine=io_uring --rw=write --bs=4k \
+             --size=16k --fsync_on_close=0 --output=/dev/null",
+        );
+    } else {
+        eprintln!("{fs}: fio not installed, io_uring writes not exercised");
+    }
+
+    let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+    let inode = |p: &str| InodeId { dev, ino: ino(p) };
+    let (cfr, sf, mm, dio, cpy) = (
+        inode("cfr"),
+        inode("sf"),
+        inode("mm"),
+        inode("dio"),
+        inode("cpy"),
+    );
+    let at_root = move |base: &InodeId| *base == root_id;
+    let mut checks: Vec<Check<'_>> = vec![
+        (
+            "copy_file_range with off_out",
+            Box::new(
+                move |k| matches!(k, EventKind::Write { inode, offset: 3000, len: 5000, .. } if *inode == cfr),
+            ),
+        ),
+        (
+            "copy_file_range at the file position",
+            Box::new(
+                move |k| matches!(k, EventKind::Write { inode, offset: 0, len: 1000, .. } if *inode == cfr),
+            ),
+        ),
+        (
+            "splice with off_out",
+            Box::new(
+                move |k| matches!(k, EventKind::Write { inode, offset: 50000, len: 600, .. } if *inode == cfr),
+            ),
+        ),
+        (
+            "sendfile",
+            Box::new(
+                move |k| matches!(k, EventKind::Write { inode, offset: 100, len: 7000, .. } if *inode == sf),
+            ),
+        ),
+        (
+            "fsync",
+            Box::new(
+                move |k| matches!(k, EventKind::Sync { inode: Some(i), offset: 0, len: TO_END, kind: SyncKind::Fsync } if *i == sf),
+            ),
+        ),
+        (
+            "fdatasync",
+            Box::new(
+                move |k| matches!(k, EventKind::Sync { inode: Some(i), kind: SyncKind::Fdatasync, .. } if *i == sf),
+            ),
+        ),
+        (
+            "syncfs",
+            Box::new(|k| {
+                matches!(
+                    k,
+                    EventKind::Sync {
+                        inode: None,
+                        kind: SyncKind::Syncfs,
+                        ..
+                    }
+                )
+            }),
+        ),
+        (
+            "fsetxattr",
+            Box::new(
+                move |k| matches!(k, EventKind::XattrFd { inode, name, .. } if *inode == sf && name == b"user.fd"),
+            ),
+        ),
+        (
+            "mmap store",
+            Box::new(move |k| {
+                matches!(k, EventKind::Writeback { inode, offset, len }
+                    if *inode == mm && *offset <= 2 * 4096 + 10 && 2 * 4096 + 10 < offset + len)
+            }),
+        ),
+        (
+            "msync",
+            Box::new(
+                move |k| matches!(k, EventKind::Sync { inode: Some(i), offset: 0, len: 12288, kind: SyncKind::Msync } if *i == mm),
+            ),
+        ),
+        (
+            "O_DIRECT write",
+            Box::new(
+                move |k| matches!(k, EventKind::Write { inode, offset: 4096, len: 4096, .. } if *inode == dio),
+            ),
+        ),
+        (
+            "cp --reflink=never",
+            Box::new(
+                move |k| matches!(k, EventKind::Write { inode, offset: 0, .. } if *inode == cpy),
+            ),
+        ),
+        (
+            "setfattr",
+            Box::new(move |k| {
+                matches!(k, EventKind::XattrPath { base, path, name, nofollow: false }
+                    if at_root(base) && path == b"xa" && name == b"user.x")
+            }),
+        ),
+        (
+            "setfacl",
+            Box::new(move |k| {
+                matches!(k, EventKind::XattrPath { path, name, .. }
+                    if path == b"acl" && name == b"system.posix_acl_access")
+            }),
+        ),
+        (
+            "mknod c 1 3",
+            Box::new(move |k| {
+                matches!(k, EventKind::Mknod { base, path, mode, rdev }
+                    if at_root(base) && path == b"nulldev" && mode & 0o170000 == 0o020000
+                        && *rdev == libc::makedev(1, 3))
+            }),
+        ),
+    ];
+    if fio {
+        let uring = inode("uring");
+        checks.push((
+            "io_uring user",
+            Box::new(|k| matches!(k, EventKind::IoUringUser { .. })),
+        ));
+        if capture.sees_io_uring_writes() {
+            checks.push((
+                "io_uring write",
+                Box::new(move |k| {
+                    matches!(k, EventKind::Write { inode, offset: 8192, len: 4096, fd: NO_FD } if *inode == uring)
+                }),
+            ));
+        }
+    }
+
+    let mut events = Vec::new();
+    collect_until(capture, &mut events, |ev| {
+        checks.iter().all(|(_, c)| has(ev, c))
+    })
+    .await;
+    let missing: Vec<_> = checks
+        .iter()
+        .filter(|(_, c)| !has(&events, c))
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{fs}: missing {missing:?} in {events:#?}"
+    );
+    // cp wrote through write(2), which is reported at syscall exit; the folios it
+    // dirtied must not be reported a second time.
+    let doubled: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Writeback { inode, .. } if *inode == cpy))
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "{fs}: write(2) also reported as writeback: {doubled:?}"
+    );
+    for e in &events {
+        if matches!(
+            e.kind,
+            EventKind::Writeback { .. } | EventKind::IoUringUser { .. } | EventKind::Sync { .. }
+        ) || matches!(e.kind, EventKind::Write { fd: NO_FD, .. })
+        {
+            eprintln!("{fs}: {:?}", e.kind);
+        }
+    }
+}
+
+/// Stores through a fresh shared mapping to pages `write(2)` dirtied a moment
+/// before: no folio goes clean → dirty, so only the write faults report them.
+async fn mmap_over_dirty_pages(fs: &str, capture: &mut Capture, root: &Path) {
+    const MIB: u64 = 1 << 20;
+    const PAGES: u64 = 8;
+    sh(
+        root,
+        r#"
+python3 -c '
+import mmap, os
+with open("dirty", "wb") as f:
+    f.write(os.urandom(8 << 20))
+fd = os.open("dirty", os.O_RDWR)
+mp = mmap.mmap(fd, 8 << 20)
+for k in range(8):
+    o = (k << 20) + 77
+    mp[o:o + 3] = b"xyz"
+mp.close()
+os.close(fd)
+'
+"#,
+    );
+    let dirty = InodeId {
+        dev: capture.watched_dev(),
+        ino: std::fs::metadata(root.join("dirty")).unwrap().ino(),
+    };
+    let stored: Vec<u64> = (0..PAGES).map(|k| k * MIB + 77).collect();
+    let covers = move |k: &EventKind, at: u64| {
+        matches!(k, EventKind::Writeback { inode, offset, len }
+            if *inode == dirty && *offset <= at && at + 3 <= offset + len)
+    };
+    let mut events = Vec::new();
+    collect_until(capture, &mut events, |ev| {
+        stored.iter().all(|&at| has(ev, |k| covers(k, at)))
+    })
+    .await;
+    let missing: Vec<_> = stored
+        .iter()
+        .filter(|&&at| !has(&events, |k| covers(k, at)))
+        .collect();
+    let seen: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Writeback { inode, .. } if *inode == dirty))
+        .map(|e| &e.kind)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{fs}: no writeback covering stores at {missing:?}; writebacks of the file: {seen:?}"
+    );
+    eprintln!("{fs}: mmap over dirty pages: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,10 @@ pub mod names {
     pub const DROPS: &str = "DROPS";
     pub const CALIBRATION: &str = "CALIBRATION";
     pub const SYS_EXIT: &str = "sluice_sys_exit";
+    pub const DIRTY_FOLIO: &str = "sluice_dirty_folio";
+    pub const PAGE_FAULT_USER: &str = "sluice_page_fault_user";
+    pub const IO_URING_COMPLETE: &str = "sluice_io_uring_complete";
+    pub const IO_URING_SEEN: &str = "IO_URING_SEEN";
 }
 
 /// Record kinds stored in [`EventHeader::kind`].
@@ -40,6 +44,19 @@ pub mod op {
     pub const FALLOCATE: u32 = 3;
     /// fchmod, fchown, futimens (utimensat with a NULL path): metadata of an open file.
     pub const FD_META: u32 = 4;
+    /// A page-cache folio of the file became dirty outside the write-family syscalls
+    /// (mmap stores, io_uring buffered writes, in-kernel writers): `offset`/`len` is
+    /// the folio; or a user write fault on a shared writable file mapping (an mmap
+    /// store, possibly to a folio already dirty): `offset`/`len` is the page.
+    /// `fd` is [`super::NO_FD`].
+    pub const WRITEBACK: u32 = 5;
+    /// A sync barrier: `flags` is one of [`super::sync_kind`], `offset`/`len` the
+    /// range (`len` [`super::TO_END`] for "to the end of the file"). A zero `inode`
+    /// means "not known" (syncfs names a filesystem; msync of an unresolvable address).
+    pub const SYNC: u32 = 6;
+    /// The process set up or entered an io_uring; `inode` is zero. Sent at most once
+    /// per process per [`super::IO_URING_RENOTIFY_NS`].
+    pub const IO_URING_USER: u32 = 7;
 
     /// open/openat/openat2/creat with O_CREAT or O_TRUNC; `target` is the opened inode.
     pub const OPEN_CREATE: u32 = 10;
@@ -56,8 +73,36 @@ pub mod op {
     pub const PATH_META: u32 = 17;
     /// truncate(2) by path: `size` is the new size.
     pub const PATH_TRUNCATE: u32 = 18;
-    /// mknod/mknodat (FIFOs, device nodes).
+    /// mknod/mknodat (FIFOs, device nodes); `size` is the `dev` argument.
     pub const MKNOD: u32 = 19;
+    /// setxattr/lsetxattr/removexattr/lremovexattr/setxattrat/removexattrat by path:
+    /// `path2` is the attribute name, `flags` is non-zero when symlinks are not followed.
+    pub const XATTR_PATH: u32 = 20;
+    /// fsetxattr/fremovexattr (and the `*xattrat` calls with `AT_EMPTY_PATH`):
+    /// `target` is the file, `size` the fd, `path2` the attribute name.
+    pub const XATTR_FD: u32 = 21;
+}
+
+/// `DataEvent::fd` when the operation used no file descriptor of the process.
+pub const NO_FD: u32 = u32::MAX;
+
+/// `DataEvent::len` of a range that extends to the end of the file.
+pub const TO_END: u64 = u64::MAX;
+
+/// How long an [`op::IO_URING_USER`] notification suppresses the next one for the
+/// same process (so a pid reused by a new process is announced again).
+pub const IO_URING_RENOTIFY_NS: u64 = 10_000_000_000;
+
+/// Sync barrier kinds stored in `DataEvent::flags` for [`op::SYNC`].
+pub mod sync_kind {
+    pub const FSYNC: u32 = 1;
+    pub const FDATASYNC: u32 = 2;
+    /// `offset`/`len` are the range (`len` [`super::TO_END`] for nbytes = 0).
+    pub const SYNC_FILE_RANGE: u32 = 3;
+    /// The whole filesystem of the fd; `inode` is zero.
+    pub const SYNCFS: u32 = 4;
+    /// `offset`/`len` are the file range the address range maps.
+    pub const MSYNC: u32 = 5;
 }
 
 /// First field of every ring-buffer record.
@@ -122,7 +167,7 @@ pub struct PathEvent {
     pub flags: u32,
     /// File mode argument (mkdir, open, mknod, chmod), or zero.
     pub mode: u32,
-    /// Extra integer argument: new size for PATH_TRUNCATE.
+    /// Extra integer argument: new size for PATH_TRUNCATE, `dev` for MKNOD, fd for XATTR_FD.
     pub size: u64,
     pub path1: [u8; PATH_LEN],
     pub path2: [u8; PATH_LEN],
@@ -148,6 +193,34 @@ pub struct KernelOffsets {
     pub fs_pwd: u64,
     pub path_dentry: u64,
     pub dentry_d_inode: u64,
+    /// `struct folio`: `flags`, `index`, `_flags_1` (holds the order of a large folio).
+    pub folio_flags: u64,
+    pub folio_index: u64,
+    pub folio_flags_1: u64,
+    /// Bit number of `PG_head` in `folio->flags` (set on large folios).
+    pub pg_head: u64,
+    pub mapping_host: u64,
+    /// `inode->i_dentry`: an inode no dentry points at is internal to its filesystem.
+    pub inode_i_dentry: u64,
+    /// `struct vm_area_struct`: `vm_start`, `vm_pgoff`, `vm_file`, `vm_flags`.
+    pub vma_vm_start: u64,
+    pub vma_vm_pgoff: u64,
+    pub vma_vm_file: u64,
+    pub vma_vm_flags: u64,
+    /// The page-cache lookup a user write fault does to find the folio it maps:
+    /// `file->f_mapping`, `address_space->i_pages`, `xarray->xa_head`,
+    /// `xa_node->shift`, `xa_node->slots`.
+    pub file_f_mapping: u64,
+    pub mapping_i_pages: u64,
+    pub xarray_xa_head: u64,
+    pub xa_node_shift: u64,
+    pub xa_node_slots: u64,
+    /// `struct io_kiocb`: `file`, `opcode`, and the rw command's `kiocb.ki_pos`
+    /// (the command data overlays the start of the request). Zero when the kernel
+    /// has no io_uring; the io_uring program is then not attached.
+    pub io_kiocb_file: u64,
+    pub io_kiocb_opcode: u64,
+    pub io_rw_ki_pos: u64,
 }
 
 /// Single-slot configuration map written by the agent before it enables capture.
@@ -191,8 +264,11 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<InodeId>(), 16);
         assert_eq!(size_of::<DataEvent>(), 24 + 16 + 8 + 8 + 4 + 4);
-        assert_eq!(size_of::<PathEvent>(), 24 + 16 * 3 + 4 + 4 + 8 + 2 * PATH_LEN);
-        assert_eq!(size_of::<KernelOffsets>(), 15 * 8);
-        assert_eq!(size_of::<Config>(), 16 + 15 * 8);
+        assert_eq!(
+            size_of::<PathEvent>(),
+            24 + 16 * 3 + 4 + 4 + 8 + 2 * PATH_LEN
+        );
+        assert_eq!(size_of::<KernelOffsets>(), 33 * 8);
+        assert_eq!(size_of::<Config>(), 16 + 33 * 8);
     }
 }

@@ -10,19 +10,31 @@ use sluice_common::{InodeId, KernelOffsets};
 pub const AT_FDCWD: i32 = -100;
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
+const S_IFREG: u16 = 0o100000;
 
 pub type Res<T> = Result<T, i64>;
 
 #[inline(always)]
-fn read<T>(base: u64, off: u64) -> Res<T> {
+pub fn read<T>(base: u64, off: u64) -> Res<T> {
     // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults.
     unsafe { bpf_probe_read_kernel((base + off) as *const T) }.map_err(|e| e as i64)
 }
 
 #[inline(always)]
-fn read_ptr(base: u64, off: u64) -> Res<u64> {
+pub fn read_ptr(base: u64, off: u64) -> Res<u64> {
     let p: u64 = read(base, off)?;
     if p == 0 { Err(-1) } else { Ok(p) }
+}
+
+/// A BTF-typed pointer (a tracepoint argument, a helper's callback argument) as a
+/// plain number. The verifier refuses adding a runtime offset to a typed pointer,
+/// and every offset here comes from the agent at run time; copied through the
+/// helper, the value loses its type and the reads above accept it.
+#[inline(always)]
+pub fn untyped(ptr: u64) -> Res<u64> {
+    let slot = ptr;
+    // SAFETY: reads this frame's own stack slot.
+    unsafe { bpf_probe_read_kernel(&slot as *const u64) }.map_err(|e| e as i64)
 }
 
 #[inline(always)]
@@ -67,6 +79,12 @@ pub fn inode_id(o: &KernelOffsets, inode: u64) -> Res<InodeId> {
         dev: dev as u64,
         ino,
     })
+}
+
+#[inline(always)]
+pub fn inode_is_reg(o: &KernelOffsets, inode: u64) -> Res<bool> {
+    let mode: u16 = read(inode, o.inode_i_mode)?;
+    Ok(mode & S_IFMT == S_IFREG)
 }
 
 #[inline(always)]

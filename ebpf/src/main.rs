@@ -1,5 +1,6 @@
-//! sluice's in-kernel capture: one BTF raw tracepoint on `sys_exit` that turns the
-//! file-system syscalls of every process into [`sluice_common`] ring-buffer records.
+//! sluice's in-kernel capture: a BTF raw tracepoint on `sys_exit` that turns the
+//! file-system syscalls of every process into [`sluice_common`] ring-buffer records,
+//! plus `writeback_dirty_folio` (mmap stores) and `io_uring_complete` (ring writes).
 //!
 //! The programs carry no CO-RE relocations: every kernel struct field they read is
 //! at an offset the agent resolved from `/sys/kernel/btf/vmlinux` and stored in

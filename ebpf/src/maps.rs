@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use sluice_common::{Calibration, Config};
 
@@ -21,6 +21,12 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// How the kernel names the watched root, learned while `Config::calibrating` is set.
 #[map(name = "CALIBRATION")]
 pub static CALIBRATION: Array<Calibration> = Array::with_max_entries(1, 0);
+
+/// tgid → when it was last announced as an io_uring user, so a busy ring costs one
+/// event per process rather than one per `io_uring_enter`. LRU: an evicted process
+/// is simply announced again.
+#[map(name = "IO_URING_SEEN")]
+pub static IO_URING_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn count_drop() {

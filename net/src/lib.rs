@@ -10,9 +10,11 @@
 //! - [`identity`]: key and certificate generation, storage, fingerprints.
 //! - [`pinned`]: rustls verifiers that accept exactly one fingerprint.
 //! - [`endpoint`]: quinn client and server endpoints built from the above.
+//! - [`daemon`]: `init`, logging and signal handling shared by both daemons.
 //! - [`framed`]: [`FrameReader`] / [`FrameWriter`] over quinn streams.
 //! - [`metrics_http`]: the `/metrics` endpoint.
 
+pub mod daemon;
 pub mod endpoint;
 pub mod framed;
 pub mod identity;

@@ -35,6 +35,18 @@ pub enum EntryKind {
         target: Vec<u8>,
     },
     Fifo,
+    /// A character or block device node (replicated only when the agent is configured to).
+    Device { block: bool, rdev: u64 },
+}
+
+/// One extended attribute (`user.*`, `trusted.*`, `security.*`, and POSIX ACLs as
+/// `system.posix_acl_access` / `system.posix_acl_default`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 /// Metadata kept for every entry (like `rsync -a --numeric-ids`).
@@ -56,6 +68,8 @@ pub struct Entry {
     /// For a regular file with several names: the first path the manifest
     /// listed for the same inode, so the receiver makes a hard link, not a copy.
     pub hardlink_of: Option<RelPath>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<Xattr>,
 }
 
 /// Attribute changes; `None` leaves a field as it is.
@@ -97,7 +111,20 @@ pub enum Op {
     /// Rename `from` to `to` (replacing `to` unless `noreplace`); with `exchange`
     /// the two names swap.
     Rename { from: RelPath, to: RelPath, exchange: bool, noreplace: bool },
+    /// fallocate(2) with the master's `mode` (FALLOC_FL_* bits): holes are punched,
+    /// ranges zeroed, collapsed or inserted on the standby exactly as on the master.
+    Fallocate { path: RelPath, mode: u32, offset: u64, len: u64 },
+    /// Replace the entry's extended attributes with exactly `xattrs`.
+    SetXattrs { path: RelPath, xattrs: Vec<Xattr> },
+    /// Create a device node (`mode` includes S_IFCHR or S_IFBLK).
+    Mknod { path: RelPath, mode: u32, rdev: u64 },
+    /// The master made `path` (or, for `None`, its whole filesystem) durable with
+    /// fsync, fdatasync, sync_file_range, msync or syncfs: everything before this op
+    /// must be durable on the standby before it is acknowledged.
+    Barrier { path: Option<RelPath> },
 }
+
+static ROOT: RelPath = RelPath::EMPTY;
 
 impl Op {
     /// The path the operation changes first, for logs.
@@ -110,8 +137,12 @@ impl Op {
             | Op::Symlink { path, .. }
             | Op::HardLink { path, .. }
             | Op::Mkfifo { path, .. }
+            | Op::Fallocate { path, .. }
+            | Op::SetXattrs { path, .. }
+            | Op::Mknod { path, .. }
             | Op::Remove { path } => path,
             Op::Rename { from, .. } => from,
+            Op::Barrier { path } => path.as_ref().unwrap_or(&ROOT),
         }
     }
 

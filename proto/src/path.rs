@@ -32,6 +32,9 @@ pub enum PathError {
 pub struct RelPath(#[serde(with = "serde_bytes")] Vec<u8>);
 
 impl RelPath {
+    /// The root directory itself, as a constant.
+    pub const EMPTY: RelPath = RelPath(Vec::new());
+
     /// The root directory itself.
     pub fn root() -> Self {
         RelPath(Vec::new())

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub last_applied_seq: Gauge,
     /// Capture-to-apply time of each operation (subject to the same clock skew).
     pub apply_latency: Histogram,
+    /// Master capture time (Unix seconds) of the newest fsync barrier made durable;
+    /// the age of the last durable epoch is `time() - this`.
+    pub durable_epoch: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -51,7 +54,13 @@ impl Metrics {
             last_applied_seq: Gauge::default(),
             // 100 µs .. ~1.6 s, then +Inf.
             apply_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+            durable_epoch: Gauge::default(),
         };
+        registry.register(
+            "sluice_durable_epoch_timestamp_seconds",
+            "Master capture time of the newest fsync barrier made durable on the standby",
+            metrics.durable_epoch.clone(),
+        );
         // prometheus-client appends `_total` to counters.
         registry.register(
             "sluice_ops_applied",
@@ -105,6 +114,11 @@ impl Metrics {
     }
 
     /// Records one applied operation.
+    /// Records that the barrier captured at `captured_unix_ns` is durable.
+    pub fn durable_epoch(&self, captured_unix_ns: u64) {
+        self.durable_epoch.set(captured_unix_ns as f64 / 1e9);
+    }
+
     pub fn applied(&self, seq: u64, captured_unix_ns: u64, bytes: u64) {
         self.ops_applied.inc();
         self.bytes_applied.inc_by(bytes);

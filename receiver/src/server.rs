@@ -284,6 +284,11 @@ async fn serve(
             .await;
         }
         if last_ack.elapsed() >= ACK_INTERVAL {
+            // An fsync on the master is acknowledged only once it holds here too.
+            if session.get().barrier_pending() {
+                session.with(|s| s.make_durable()).await??;
+                last_flush = Instant::now();
+            }
             if let Some(ack) = session.get().take_ack() {
                 writer.write(&ack).await?;
             }

@@ -46,6 +46,8 @@ pub struct Session {
     last_applied: u64,
     durable: u64,
     acked: u64,
+    /// Capture time of the newest applied barrier not yet made durable.
+    barrier: Option<u64>,
 }
 
 impl Session {
@@ -63,6 +65,7 @@ impl Session {
             last_applied: durable,
             durable,
             acked: durable,
+            barrier: None,
         }
     }
 
@@ -94,7 +97,15 @@ impl Session {
         self.applier.sync_to_disk()?;
         self.state.store(seq)?;
         self.durable = seq;
+        if let Some(captured) = self.barrier.take() {
+            self.metrics.durable_epoch(captured);
+        }
         Ok(())
+    }
+
+    /// True when an applied fsync barrier must be made durable before the next ack.
+    pub fn barrier_pending(&self) -> bool {
+        self.barrier.is_some()
     }
 
     /// A cumulative `Ack` when something was applied since the last one.
@@ -174,6 +185,9 @@ impl Session {
                 self.last_applied = op.seq;
                 self.metrics
                     .applied(op.seq, op.captured_unix_ns, applied.bytes_written);
+                if matches!(op.op, sluice_proto::Op::Barrier { .. }) {
+                    self.barrier = Some(op.captured_unix_ns);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -250,6 +264,7 @@ mod tests {
             kind: EntryKind::Dir,
             meta,
             hardlink_of: None,
+            xattrs: Vec::new(),
         };
         s.handle(AgentMessage::Manifest(vec![dir_entry]), &mut out)
             .unwrap();

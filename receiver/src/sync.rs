@@ -109,6 +109,14 @@ impl InitialSync {
     }
 
     fn entry(&mut self, applier: &mut Applier, entry: &Entry) -> Result<Option<Want>, SyncError> {
+        let want = self.entry_kind(applier, entry)?;
+        if entry.hardlink_of.is_none() {
+            applier.set_xattrs(&entry.path, &entry.xattrs)?;
+        }
+        Ok(want)
+    }
+
+    fn entry_kind(&mut self, applier: &mut Applier, entry: &Entry) -> Result<Option<Want>, SyncError> {
         let path = &entry.path;
         match &entry.kind {
             EntryKind::Dir => {
@@ -121,6 +129,11 @@ impl InitialSync {
             }
             EntryKind::Fifo => {
                 applier.mkfifo(path, entry.meta.mode)?;
+                self.deferred.push((path.clone(), entry.meta, false));
+            }
+            EntryKind::Device { block, rdev } => {
+                let kind = if *block { libc::S_IFBLK } else { libc::S_IFCHR };
+                applier.mknod(path, kind | entry.meta.mode, *rdev)?;
                 self.deferred.push((path.clone(), entry.meta, false));
             }
             EntryKind::File { .. } if entry.hardlink_of.is_some() => {
@@ -282,6 +295,7 @@ mod tests {
             kind,
             meta,
             hardlink_of: None,
+            xattrs: Vec::new(),
         }
     }
 

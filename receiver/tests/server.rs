@@ -126,12 +126,14 @@ async fn session_over_quic() {
             kind: EntryKind::Dir,
             meta,
             hardlink_of: None,
+            xattrs: Vec::new(),
         },
         Entry {
             path: p("d/f"),
             kind: EntryKind::File { size: 5 },
             meta,
             hardlink_of: None,
+            xattrs: Vec::new(),
         },
     ];
     writer

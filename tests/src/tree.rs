@@ -94,6 +94,13 @@ pub enum Difference {
     DeviceNumber { path: PathBuf, a: u64, b: u64 },
     /// `st_blocks` of a regular file (only with [`CompareOptions::blocks`]).
     Blocks { path: PathBuf, a: u64, b: u64 },
+    /// Extended attributes (including POSIX ACLs) of a file or directory, as
+    /// `name=value` lists.
+    Xattrs {
+        path: PathBuf,
+        a: Vec<String>,
+        b: Vec<String>,
+    },
     /// The entry could not be read, usually because it changed during the walk.
     Unreadable {
         path: PathBuf,
@@ -117,6 +124,7 @@ impl Difference {
             | Difference::Hardlinks { path, .. }
             | Difference::DeviceNumber { path, .. }
             | Difference::Blocks { path, .. }
+            | Difference::Xattrs { path, .. }
             | Difference::Unreadable { path, .. } => path,
         }
     }
@@ -147,6 +155,7 @@ impl fmt::Display for Difference {
             }
             Difference::DeviceNumber { a, b, .. } => write!(f, "{p}: device {a:#x} vs {b:#x}"),
             Difference::Blocks { a, b, .. } => write!(f, "{p}: st_blocks {a} vs {b}"),
+            Difference::Xattrs { a, b, .. } => write!(f, "{p}: xattrs {a:?} vs {b:?}"),
             Difference::Unreadable { side, error, .. } => {
                 write!(f, "{p}: unreadable in {side:?}: {error}")
             }
@@ -401,6 +410,22 @@ fn kind_of(file_type: &fs::FileType) -> FileKind {
     }
 }
 
+/// `name=value` of every extended attribute, sorted (values shown escaped).
+fn xattrs_of(path: &Path) -> Vec<String> {
+    let mut found: Vec<String> = xattr::list(path)
+        .map(|names| {
+            names
+                .map(|name| {
+                    let value = xattr::get(path, &name).ok().flatten().unwrap_or_default();
+                    format!("{}={}", name.to_string_lossy(), value.escape_ascii())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 fn compare_nodes(
     path: &Path,
     na: &Node,
@@ -432,6 +457,12 @@ fn compare_nodes(
             a: na.owner,
             b: nb.owner,
         });
+    }
+    if matches!(na.kind, FileKind::File | FileKind::Dir) {
+        let (xa, xb) = (xattrs_of(&root_a.join(path)), xattrs_of(&root_b.join(path)));
+        if xa != xb {
+            diff.push(Difference::Xattrs { path: path_buf(), a: xa, b: xb });
+        }
     }
     if (na.kind != FileKind::Dir || options.dir_mtime) && na.mtime != nb.mtime {
         diff.push(Difference::Mtime {

@@ -22,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "acl",
+    "fio",
     "attr",
     "rsync",
     "python3",

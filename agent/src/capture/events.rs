@@ -2,7 +2,7 @@
 
 use std::mem::size_of;
 
-use sluice_common::{DataEvent, EventHeader, InodeId, PathEvent, kind, op};
+use sluice_common::{DataEvent, EventHeader, InodeId, PathEvent, kind, op, sync_kind};
 
 /// One completed operation observed in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +21,10 @@ pub struct Event {
 /// inode unless absolute.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// `len` bytes were written at `offset` (write, pwrite64, writev, pwritev, pwritev2).
+    /// `len` bytes were written at `offset`: write, pwrite64, writev, pwritev,
+    /// pwritev2, the destination of copy_file_range/sendfile/splice, and io_uring
+    /// WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED completions (those have `fd`
+    /// [`sluice_common::NO_FD`]: the ring may use a registered file).
     Write {
         inode: InodeId,
         offset: u64,
@@ -100,11 +103,67 @@ pub enum EventKind {
         path: Vec<u8>,
         size: u64,
     },
+    /// mknod/mknodat; `rdev` is the `dev` argument in the userspace `makedev`
+    /// encoding (zero for FIFOs and sockets), ready to be passed to mknod(2).
     Mknod {
         base: InodeId,
         path: Vec<u8>,
         mode: u32,
+        rdev: u64,
     },
+    /// A page-cache folio `[offset, offset + len)` of the file became dirty outside
+    /// the write-family syscalls: a store through a shared mmap, or another writer
+    /// that goes through the page cache. Reported on the clean → dirty transition,
+    /// and (one page, `len` 4096) on every user write fault of a shared writable
+    /// file mapping, which also covers stores to folios that were already dirty;
+    /// the fault is reported before the store completes.
+    Writeback {
+        inode: InodeId,
+        offset: u64,
+        len: u64,
+    },
+    /// A sync barrier on `[offset, offset + len)` (`len` [`sluice_common::TO_END`]:
+    /// to the end of the file). `inode` is `None` for syncfs (the whole watched
+    /// filesystem).
+    Sync {
+        inode: Option<InodeId>,
+        offset: u64,
+        len: u64,
+        kind: SyncKind,
+    },
+    /// An extended attribute `name` was set or removed by path (setxattr,
+    /// lsetxattr, removexattr, lremovexattr, setxattrat, removexattrat). ACL changes
+    /// arrive here as `system.posix_acl_access` / `system.posix_acl_default`.
+    XattrPath {
+        base: InodeId,
+        path: Vec<u8>,
+        name: Vec<u8>,
+        /// The call does not follow a final symlink (the `l*` variants, AT_SYMLINK_NOFOLLOW).
+        nofollow: bool,
+    },
+    /// An extended attribute `name` of an open file was set or removed (fsetxattr,
+    /// fremovexattr, `*xattrat` with AT_EMPTY_PATH).
+    XattrFd {
+        inode: InodeId,
+        fd: u32,
+        name: Vec<u8>,
+    },
+    /// Process `pid` set up or entered an io_uring. Ring operations other than
+    /// writes are not decoded, so its open files deserve a check. Sent at most once
+    /// per process per [`sluice_common::IO_URING_RENOTIFY_NS`].
+    IoUringUser {
+        pid: u32,
+    },
+}
+
+/// Which call asked for durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncKind {
+    Fsync,
+    Fdatasync,
+    SyncFileRange,
+    Syncfs,
+    Msync,
 }
 
 /// Why a record could not be decoded (only an ABI mismatch between the
@@ -120,6 +179,9 @@ pub enum DecodeError {
     /// The header's op is not valid for its kind.
     #[error("unknown op {op} for kind {kind}")]
     UnknownOp { kind: u32, op: u32 },
+    /// A sync record carries a kind that is not one of `sluice_common::sync_kind`.
+    #[error("unknown sync kind {0}")]
+    UnknownSyncKind(u32),
 }
 
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
@@ -178,6 +240,25 @@ fn decode_data(e: DataEvent) -> Result<EventKind, DecodeError> {
             fd,
         },
         op::FD_META => EventKind::FdMeta { inode, fd },
+        op::WRITEBACK => EventKind::Writeback {
+            inode,
+            offset: e.offset,
+            len: e.len,
+        },
+        op::SYNC => EventKind::Sync {
+            inode: (inode != InodeId::default()).then_some(inode),
+            offset: e.offset,
+            len: e.len,
+            kind: match e.flags {
+                sync_kind::FSYNC => SyncKind::Fsync,
+                sync_kind::FDATASYNC => SyncKind::Fdatasync,
+                sync_kind::SYNC_FILE_RANGE => SyncKind::SyncFileRange,
+                sync_kind::SYNCFS => SyncKind::Syncfs,
+                sync_kind::MSYNC => SyncKind::Msync,
+                other => return Err(DecodeError::UnknownSyncKind(other)),
+            },
+        },
+        op::IO_URING_USER => EventKind::IoUringUser { pid: e.header.pid },
         other => {
             return Err(DecodeError::UnknownOp {
                 kind: kind::DATA,
@@ -236,6 +317,18 @@ fn decode_path(e: &PathEvent) -> Result<EventKind, DecodeError> {
             base,
             path,
             mode: e.mode,
+            rdev: e.size,
+        },
+        op::XATTR_PATH => EventKind::XattrPath {
+            base,
+            path,
+            name: c_path(&e.path2),
+            nofollow: e.flags != 0,
+        },
+        op::XATTR_FD => EventKind::XattrFd {
+            inode: e.target,
+            fd: e.size as u32,
+            name: c_path(&e.path2),
         },
         other => {
             return Err(DecodeError::UnknownOp {
@@ -316,6 +409,124 @@ mod tests {
                 flags: 1
             }
         );
+    }
+
+    fn path_event(op: u32) -> PathEvent {
+        PathEvent {
+            header: header(kind::PATH, op),
+            base1: InodeId { dev: 1, ino: 2 },
+            base2: InodeId::default(),
+            target: InodeId::default(),
+            flags: 0,
+            mode: 0,
+            size: 0,
+            path1: [0; PATH_LEN],
+            path2: [0; PATH_LEN],
+        }
+    }
+
+    #[test]
+    fn decodes_sync_kinds_and_an_unknown_inode() {
+        let inode = InodeId { dev: 1, ino: 2 };
+        let mut e = DataEvent {
+            header: header(kind::DATA, op::SYNC),
+            inode,
+            offset: 4096,
+            len: 8192,
+            flags: sync_kind::SYNC_FILE_RANGE,
+            fd: 3,
+        };
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Sync {
+                inode: Some(inode),
+                offset: 4096,
+                len: 8192,
+                kind: SyncKind::SyncFileRange
+            }
+        );
+        e.inode = InodeId::default();
+        e.flags = sync_kind::SYNCFS;
+        assert!(matches!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Sync {
+                inode: None,
+                kind: SyncKind::Syncfs,
+                ..
+            }
+        ));
+        e.flags = 42;
+        assert_eq!(decode(&bytes(&e)), Err(DecodeError::UnknownSyncKind(42)));
+    }
+
+    #[test]
+    fn decodes_writeback_and_io_uring_user() {
+        let inode = InodeId { dev: 1, ino: 2 };
+        let e = DataEvent {
+            header: header(kind::DATA, op::WRITEBACK),
+            inode,
+            offset: 8192,
+            len: 4096,
+            flags: 0,
+            fd: sluice_common::NO_FD,
+        };
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Writeback {
+                inode,
+                offset: 8192,
+                len: 4096
+            }
+        );
+        let e = DataEvent {
+            header: header(kind::DATA, op::IO_URING_USER),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::IoUringUser { pid: 7 }
+        );
+    }
+
+    #[test]
+    fn decodes_xattrs_and_mknod_rdev() {
+        let mut e = path_event(op::XATTR_PATH);
+        e.path1[..1].copy_from_slice(b"f");
+        e.path2[..6].copy_from_slice(b"user.x");
+        e.flags = 1;
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::XattrPath {
+                base: e.base1,
+                path: b"f".to_vec(),
+                name: b"user.x".to_vec(),
+                nofollow: true
+            }
+        );
+        let mut e = path_event(op::XATTR_FD);
+        e.target = InodeId { dev: 1, ino: 9 };
+        e.size = 4;
+        e.path2[..6].copy_from_slice(b"user.y");
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::XattrFd {
+                inode: e.target,
+                fd: 4,
+                name: b"user.y".to_vec()
+            }
+        );
+        let mut e = path_event(op::MKNOD);
+        e.path1[..4].copy_from_slice(b"null");
+        e.mode = 0o20644;
+        e.size = (1 << 8) | 3;
+        assert!(matches!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Mknod {
+                mode: 0o20644,
+                rdev: 0x103,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -1,10 +1,35 @@
 //! eBPF change capture: loads the `sluice-ebpf` programs, points them at one
 //! filesystem and streams the completed file-system operations they report.
 //!
-//! Limits of what is seen (all inherent to syscall-exit tracing):
-//! - Only syscalls: io_uring, mmap stores, nfsd and other in-kernel writers are
-//!   invisible. `sendfile`, `copy_file_range`, `splice`, xattr calls and
-//!   `O_TMPFILE` + `linkat` publication are not captured.
+//! What is seen: file-system syscalls at exit (writes, copies, namespace changes,
+//! metadata, xattrs, sync barriers), page-cache folios becoming dirty outside the
+//! write syscalls (`tp_btf/writeback_dirty_folio`: mmap stores, in-kernel writers
+//! that go through the page cache), user write faults on shared file mappings
+//! (`tp_btf/page_fault_user`: mmap stores to folios that were already dirty) and
+//! io_uring write completions (`tp_btf/io_uring_complete`).
+//!
+//! Limits:
+//! - mmap stores are seen per folio on its clean → dirty transition and per page
+//!   on each user write fault of a shared writable file mapping
+//!   ([`EventKind::Writeback`], reported when the fault is taken, before the store
+//!   lands). A store through a PTE that is already writable faults no more and is
+//!   covered by the earlier event; a store to a clean page is reported twice.
+//!   The kernel storing into a mapping for a syscall (`read(2)` into a mapped
+//!   buffer) is seen only if it dirties a clean folio. Stores to a `MAP_PRIVATE`
+//!   mapping never reach the file and are not reported. The fault program
+//!   resolves the address with `bpf_find_vma` with interrupts off, where the
+//!   helper fails (-EBUSY) if another BPF program already used it during the same
+//!   fault: with two captures loaded at once, the later one misses write faults.
+//! - io_uring: only WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED are decoded. Other ring
+//!   operations that change files (openat, renameat, unlinkat, mkdirat, linkat,
+//!   symlinkat, fallocate, ftruncate, splice, setxattr, uring_cmd) are not; a
+//!   process using a ring is announced with [`EventKind::IoUringUser`] so the agent
+//!   can verify what it touches. Buffered ring writes may also show up as
+//!   `Writeback` for the same range.
+//! - nfsd and other in-kernel writers that dirty no page cache (direct I/O from
+//!   the kernel) are invisible. `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE` ioctls
+//!   and `O_TMPFILE` + `linkat` publication are not captured.
+//! - msync resolves only the mapping containing its start address.
 //! - Paths are as passed (at most 255 bytes) and relative to `base`; a relative
 //!   path used from a cwd/dirfd outside the watched filesystem is dropped in the
 //!   kernel even if it leads back inside. Absolute paths are reported for every
@@ -28,10 +53,10 @@ use aya::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use events::{DecodeError, Event, EventKind};
+pub use events::{DecodeError, Event, EventKind, SyncKind};
 pub use offsets::OffsetsError;
-pub use sluice_common::InodeId;
 use sluice_common::{Calibration, Config, names};
+pub use sluice_common::{InodeId, NO_FD, TO_END};
 
 /// The compiled programs, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
@@ -99,6 +124,7 @@ pub struct Capture {
     drops: PerCpuArray<MapData, u64>,
     watched_dev: u64,
     root: InodeId,
+    io_uring_writes: bool,
 }
 
 impl Capture {
@@ -147,12 +173,26 @@ impl Capture {
         config.set(0, cfg, 0)?;
 
         let btf = Btf::from_sys_fs()?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(names::SYS_EXIT)
-            .ok_or(CaptureError::Missing(names::SYS_EXIT))?
-            .try_into()?;
-        program.load("sys_exit", &btf)?;
-        program.attach()?;
+        attach(&mut ebpf, &btf, names::SYS_EXIT, "sys_exit")?;
+        attach(&mut ebpf, &btf, names::DIRTY_FOLIO, "writeback_dirty_folio")?;
+        // x86 only: stores through a new shared mapping to folios that are already
+        // dirty (no clean → dirty transition) are seen only through their fault.
+        attach(&mut ebpf, &btf, names::PAGE_FAULT_USER, "page_fault_user")?;
+        // Optional: a kernel without io_uring (or with an unknown request layout)
+        // still gets everything else.
+        let io_uring_writes = offsets.io_kiocb_opcode != 0
+            && match attach(
+                &mut ebpf,
+                &btf,
+                names::IO_URING_COMPLETE,
+                "io_uring_complete",
+            ) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "io_uring writes will not be captured");
+                    false
+                }
+            };
 
         let kernel_root = calibrate(root, root_meta.ino(), &mut calibration)?;
         cfg.watched_dev = kernel_root.dev;
@@ -163,6 +203,7 @@ impl Capture {
             dev = kernel_root.dev,
             ino = kernel_root.ino,
             mode = "tp_btf",
+            io_uring_writes,
             "eBPF capture started"
         );
 
@@ -172,7 +213,14 @@ impl Capture {
             drops,
             watched_dev: kernel_root.dev,
             root: kernel_root,
+            io_uring_writes,
         })
+    }
+
+    /// Whether io_uring write completions are decoded into [`EventKind::Write`]
+    /// (otherwise only [`EventKind::IoUringUser`] announces ring users).
+    pub fn sees_io_uring_writes(&self) -> bool {
+        self.io_uring_writes
     }
 
     /// The attachment mode: always `"tp_btf"` (BTF raw syscall tracepoints).
@@ -219,6 +267,22 @@ impl Capture {
     pub fn dropped(&self) -> Result<u64, CaptureError> {
         Ok(self.drops.get(&0, 0)?.iter().sum())
     }
+}
+
+/// Loads program `name` for the BTF tracepoint `tracepoint` and attaches it.
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<(), CaptureError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()?;
+    program.load(tracepoint, btf)?;
+    program.attach()?;
+    Ok(())
 }
 
 fn register(events: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, CaptureError> {

@@ -33,6 +33,9 @@ pub enum OffsetsError {
         strukt: &'static str,
         field: &'static str,
     },
+    /// No enum in the BTF has an enumerator of that name.
+    #[error("enumerator {0} not found in kernel BTF")]
+    NoEnumerator(&'static str),
     /// A BTF type referenced by the struct could not be resolved.
     #[error("resolving BTF types of {strukt}: {source}")]
     Resolve {
@@ -74,7 +77,76 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         fs_pwd: f("fs_struct", "pwd")?,
         path_dentry: f("path", "dentry")?,
         dentry_d_inode: f("dentry", "d_inode")?,
+        folio_flags: f("folio", "flags")?,
+        folio_index: f("folio", "index")?,
+        folio_flags_1: f("folio", "_flags_1")?,
+        pg_head: enumerator(btf, "pageflags", "PG_head")?,
+        mapping_host: f("address_space", "host")?,
+        inode_i_dentry: f("inode", "i_dentry")?,
+        vma_vm_start: f("vm_area_struct", "vm_start")?,
+        vma_vm_pgoff: f("vm_area_struct", "vm_pgoff")?,
+        vma_vm_file: f("vm_area_struct", "vm_file")?,
+        // An anonymous union with `__vm_flags` since 6.3.
+        vma_vm_flags: f("vm_area_struct", "vm_flags")?,
+        file_f_mapping: f("file", "f_mapping")?,
+        mapping_i_pages: f("address_space", "i_pages")?,
+        xarray_xa_head: f("xarray", "xa_head")?,
+        xa_node_shift: f("xa_node", "shift")?,
+        xa_node_slots: f("xa_node", "slots")?,
+        ..io_uring_offsets(btf)
     })
+}
+
+/// The io_uring request fields, or all zero when the kernel has no io_uring
+/// (the program that needs them is then left unattached).
+fn io_uring_offsets(btf: &Btf) -> KernelOffsets {
+    let f = |s, m| field_offset(btf, s, m);
+    let resolved = (|| {
+        // `io_kiocb_to_cmd()` casts the request itself (its `cmd` union starts at
+        // offset 0) to `struct io_rw { struct kiocb kiocb; ... }`.
+        let cmd = f("io_kiocb", "cmd")?;
+        let kiocb = f("io_rw", "kiocb").unwrap_or(0);
+        Ok::<_, OffsetsError>(KernelOffsets {
+            io_kiocb_file: f("io_kiocb", "file")?,
+            io_kiocb_opcode: f("io_kiocb", "opcode")?,
+            io_rw_ki_pos: cmd + kiocb + f("kiocb", "ki_pos")?,
+            ..KernelOffsets::default()
+        })
+    })();
+    match resolved {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::warn!(%error, "io_uring request layout unknown; io_uring writes will not be captured");
+            KernelOffsets::default()
+        }
+    }
+}
+
+/// The value of enumerator `name` of `enum enum_name`.
+fn enumerator(btf: &Btf, enum_name: &'static str, name: &'static str) -> Result<u64, OffsetsError> {
+    let types = btf
+        .resolve_types_by_name(enum_name)
+        .map_err(|_| OffsetsError::NoEnumerator(name))?;
+    for t in types {
+        match t {
+            Type::Enum(e) => {
+                for m in &e.members {
+                    if btf.resolve_name(m).is_ok_and(|n| n == name) {
+                        return Ok(u64::from(m.val()));
+                    }
+                }
+            }
+            Type::Enum64(e) => {
+                for m in &e.members {
+                    if btf.resolve_name(m).is_ok_and(|n| n == name) {
+                        return Ok(m.val());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(OffsetsError::NoEnumerator(name))
 }
 
 /// Byte offset of `field` in `struct strukt`, looking through anonymous
@@ -153,5 +225,10 @@ mod tests {
         assert_eq!(o.path_dentry, 8);
         assert!(o.task_files > 0 && o.task_fs > 0);
         assert_ne!(o.file_f_inode, o.file_f_pos);
+        // PG_head sits among the first dozen page flags on every supported kernel.
+        assert!(o.pg_head > 0 && o.pg_head < 32, "PG_head = {}", o.pg_head);
+        assert!(o.folio_flags_1 > o.folio_index);
+        assert!(o.io_kiocb_opcode > 0 && o.io_rw_ki_pos > 0, "{o:?}");
+        eprintln!("{o:#?}");
     }
 }

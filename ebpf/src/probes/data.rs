@@ -49,16 +49,22 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
     } else {
         offset
     };
+    emit(op, inode, offset, len, flags, fd as u32);
+    Ok(())
+}
+
+/// Sends one [`DataEvent`], counting a drop when the ring buffer is full.
+#[inline(always)]
+pub fn emit(op: u32, inode: InodeId, offset: u64, len: u64, flags: u32, fd: u32) {
     let event = DataEvent {
         header: header(kind::DATA, op),
         inode,
         offset,
         len,
         flags,
-        fd: fd as u32,
+        fd,
     };
     if EVENTS.output::<DataEvent>(&event, 0).is_err() {
         count_drop();
     }
-    Ok(())
 }

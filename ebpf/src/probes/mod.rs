@@ -1,13 +1,22 @@
 //! Program entry points, one file per hook family.
 //!
-//! Only `sys_exit` is attached: a syscall's arguments are still in its saved
-//! `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
-//! single hook sees each completed operation once.
+//! Syscalls are seen at `sys_exit` only: a syscall's arguments are still in its
+//! saved `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
+//! single hook sees each completed operation once. Two kernel tracepoints cover
+//! what involves no syscall of its own: `writeback_dirty_folio` and
+//! `page_fault_user` (mmap stores) and `io_uring_complete` (writes submitted
+//! through a ring).
 
 mod calibrate;
+mod copy;
 mod data;
+mod fault;
+mod io_uring;
 mod path;
+mod sync;
 mod sys_exit;
+mod writeback;
+mod xattr;
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sluice_common::EventHeader;

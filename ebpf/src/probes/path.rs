@@ -24,7 +24,10 @@
 //! - `int chown(const char *path, uid_t, gid_t)`, `int fchownat(int dirfd, const char *path, uid_t, gid_t, int flags)`
 //! - `int utimensat(int dirfd, const char *path, const struct timespec t[2], int flags)`, `utime`, `utimes`, `futimesat`
 //! - `int truncate(const char *path, off_t length)`
-//! - `int mknod(const char *path, mode_t mode, dev_t dev)`, `int mknodat(int dirfd, const char *path, mode_t mode, dev_t dev)`
+//! - `int mknod(const char *path, umode_t mode, unsigned int dev)`,
+//!   `int mknodat(int dirfd, const char *path, umode_t mode, unsigned int dev)`: `dev` is
+//!   the 32-bit userspace encoding (`makedev`), carried in `size` so device nodes can
+//!   be recreated with the same numbers
 
 use aya_ebpf::{cty::c_void, helpers::bpf_probe_read_user, helpers::generated};
 use sluice_common::{Config, InodeId, PATH_LEN, PathEvent, kind, op};
@@ -139,15 +142,23 @@ fn plan(n: u64, a: &SysArgs) -> Option<Plan> {
             p.size = a[1];
             p
         }
-        nr::MKNOD => one(op::MKNOD, cwd, a[0], 0, a[1]),
-        nr::MKNODAT => one(op::MKNOD, dfd, a[1], 0, a[2]),
+        nr::MKNOD => {
+            let mut p = one(op::MKNOD, cwd, a[0], 0, a[1]);
+            p.size = a[2] & 0xffff_ffff;
+            p
+        }
+        nr::MKNODAT => {
+            let mut p = one(op::MKNOD, dfd, a[1], 0, a[2]);
+            p.size = a[3] & 0xffff_ffff;
+            p
+        }
         _ => return None,
     })
 }
 
 /// Copies a user string into `dst`; an unreadable one becomes "".
 #[inline(always)]
-fn copy_user_str(dst: *mut u8, src: u64) {
+pub fn copy_user_str(dst: *mut u8, src: u64) {
     // SAFETY: `dst` points at PATH_LEN bytes of a reserved ring-buffer record and
     // the helper never writes more than the size it is given.
     let r = unsafe {

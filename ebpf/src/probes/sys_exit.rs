@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use super::{SysArgs, calibrate, data, path};
+use super::{SysArgs, calibrate, copy, data, io_uring, path, sync, xattr};
 use crate::maps::CONFIG;
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -15,6 +15,10 @@ pub mod nr {
     pub const OPEN: u64 = 2;
     pub const PWRITE64: u64 = 18;
     pub const WRITEV: u64 = 20;
+    pub const MSYNC: u64 = 26;
+    pub const SENDFILE: u64 = 40;
+    pub const FSYNC: u64 = 74;
+    pub const FDATASYNC: u64 = 75;
     pub const TRUNCATE: u64 = 76;
     pub const FTRUNCATE: u64 = 77;
     pub const RENAME: u64 = 82;
@@ -30,7 +34,14 @@ pub mod nr {
     pub const FCHOWN: u64 = 93;
     pub const LCHOWN: u64 = 94;
     pub const UTIME: u64 = 132;
+    pub const SYNC: u64 = 162;
     pub const MKNOD: u64 = 133;
+    pub const SETXATTR: u64 = 188;
+    pub const LSETXATTR: u64 = 189;
+    pub const FSETXATTR: u64 = 190;
+    pub const REMOVEXATTR: u64 = 197;
+    pub const LREMOVEXATTR: u64 = 198;
+    pub const FREMOVEXATTR: u64 = 199;
     pub const UTIMES: u64 = 235;
     pub const OPENAT: u64 = 257;
     pub const MKDIRAT: u64 = 258;
@@ -42,17 +53,25 @@ pub mod nr {
     pub const LINKAT: u64 = 265;
     pub const SYMLINKAT: u64 = 266;
     pub const FCHMODAT: u64 = 268;
+    pub const SPLICE: u64 = 275;
+    pub const SYNC_FILE_RANGE: u64 = 277;
     pub const UTIMENSAT: u64 = 280;
     pub const FALLOCATE: u64 = 285;
     pub const PWRITEV: u64 = 296;
+    pub const SYNCFS: u64 = 306;
     pub const RENAMEAT2: u64 = 316;
+    pub const COPY_FILE_RANGE: u64 = 326;
     pub const PWRITEV2: u64 = 328;
+    pub const IO_URING_SETUP: u64 = 425;
+    pub const IO_URING_ENTER: u64 = 426;
     pub const OPENAT2: u64 = 437;
     pub const FCHMODAT2: u64 = 452;
+    pub const SETXATTRAT: u64 = 463;
+    pub const REMOVEXATTRAT: u64 = 466;
 }
 
 /// Offsets in x86_64 `struct pt_regs`, a fixed user-visible ABI (`user_regs_struct`).
-mod regs {
+pub mod regs {
     pub const R10: u64 = 7 * 8;
     pub const R9: u64 = 8 * 8;
     pub const R8: u64 = 9 * 8;
@@ -92,6 +111,42 @@ fn is_data(n: u64) -> bool {
             | nr::FCHMOD
             | nr::FCHOWN
     )
+}
+
+/// Which handler a syscall number belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Data,
+    Path,
+    Copy,
+    Sync,
+    Xattr,
+    IoUring,
+}
+
+#[inline(always)]
+fn family(n: u64) -> Option<Family> {
+    if is_data(n) {
+        return Some(Family::Data);
+    }
+    // utimensat is both: a NULL path means "the dirfd itself" (futimens).
+    if is_path(n) || n == nr::UTIMENSAT {
+        return Some(Family::Path);
+    }
+    Some(match n {
+        nr::COPY_FILE_RANGE | nr::SENDFILE | nr::SPLICE => Family::Copy,
+        nr::FSYNC | nr::FDATASYNC | nr::SYNC_FILE_RANGE | nr::SYNCFS | nr::MSYNC => Family::Sync,
+        nr::SETXATTR
+        | nr::LSETXATTR
+        | nr::FSETXATTR
+        | nr::REMOVEXATTR
+        | nr::LREMOVEXATTR
+        | nr::FREMOVEXATTR
+        | nr::SETXATTRAT
+        | nr::REMOVEXATTRAT => Family::Xattr,
+        nr::IO_URING_SETUP | nr::IO_URING_ENTER => Family::IoUring,
+        _ => return None,
+    })
 }
 
 #[inline(always)]
@@ -136,11 +191,9 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     }
     let regs: u64 = ctx.arg(0);
     let n = reg(regs, regs::ORIG_AX)?;
-    let data_op = is_data(n);
-    // utimensat is both: a NULL path means "the dirfd itself" (futimens).
-    if !data_op && !is_path(n) && n != nr::UTIMENSAT {
+    let Some(family) = family(n) else {
         return Ok(0);
-    }
+    };
     let Some(cfg) = CONFIG.get(0) else {
         return Ok(0);
     };
@@ -162,10 +215,14 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         reg(regs, regs::R8)?,
         reg(regs, regs::R9)?,
     ];
-    if data_op || (n == nr::UTIMENSAT && args[1] == 0) {
-        data::on_exit(cfg, n, &args, ret)?;
-    } else {
-        path::on_exit(cfg, n, &args, ret)?;
+    match family {
+        Family::Path if n == nr::UTIMENSAT && args[1] == 0 => data::on_exit(cfg, n, &args, ret)?,
+        Family::Data => data::on_exit(cfg, n, &args, ret)?,
+        Family::Path => path::on_exit(cfg, n, &args, ret)?,
+        Family::Copy => copy::on_exit(cfg, n, &args, ret)?,
+        Family::Sync => sync::on_exit(cfg, n, &args)?,
+        Family::Xattr => xattr::on_exit(cfg, n, &args)?,
+        Family::IoUring => io_uring::on_ring_syscall(cfg)?,
     }
     Ok(0)
 }

@@ -12,6 +12,7 @@
 
 mod cache;
 pub(crate) mod fs;
+mod special;
 #[cfg(test)]
 mod tests;
 
@@ -207,6 +208,11 @@ impl Applier {
         Ok(self.cache.get(path).expect("checked above"))
     }
 
+    /// The writable fd of an existing regular file.
+    pub(crate) fn writable_file(&mut self, path: &RelPath) -> Result<&File, ApplyError> {
+        self.writable(path, false)
+    }
+
     /// Forgets cached fds for `path` and below, after its name changed meaning.
     pub(crate) fn invalidate(&mut self, path: &RelPath) {
         self.cache.invalidate(path);
@@ -272,6 +278,11 @@ impl Applier {
                 exchange,
                 noreplace,
             } => self.rename(from, to, *exchange, *noreplace)?,
+            Op::Fallocate { path, mode, offset, len } => self.fallocate(path, *mode, *offset, *len)?,
+            Op::SetXattrs { path, xattrs } => self.set_xattrs(path, xattrs)?,
+            Op::Mknod { path, mode, rdev } => self.mknod(path, *mode, *rdev)?,
+            // Durability is the session's business: it syncs before acknowledging.
+            Op::Barrier { .. } => {}
         }
         Ok(Applied::default())
     }
@@ -293,9 +304,13 @@ impl Applier {
                     wanted: "regular file",
                 });
             }
-            self.writable(path, false)?
-                .set_len(size)
-                .map_err(io(path, "ftruncate"))?;
+            // Only on a real change: ext4 truncates preallocated blocks past EOF
+            // even when the size stays, undoing a replicated FALLOC_FL_KEEP_SIZE.
+            if stat.st_size as u64 != size {
+                self.writable(path, false)?
+                    .set_len(size)
+                    .map_err(io(path, "ftruncate"))?;
+            }
         }
         let uid = attrs.uid.filter(|&uid| uid != stat.st_uid);
         let gid = attrs.gid.filter(|&gid| gid != stat.st_gid);

@@ -454,3 +454,47 @@ fn symlink_escapes_are_refused() {
     a.apply(&Op::Remove { path: p("evil") }).unwrap();
     assert!(outside.path().exists());
 }
+
+#[test]
+fn fallocate_punches_holes_in_place() {
+    let (dir, mut a) = setup();
+    let path = p("sparse");
+    let data = vec![7u8; 1 << 20];
+    a.apply(&Op::Write { path: path.clone(), offset: 0, hash: blocks::hash(&data), data }).unwrap();
+    a.sync_to_disk().unwrap();
+    let before = std::fs::metadata(dir.path().join("sparse")).unwrap();
+    let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+    a.apply(&Op::Fallocate { path: path.clone(), mode: punch, offset: 0, len: 512 * 1024 }).unwrap();
+    let after = std::fs::metadata(dir.path().join("sparse")).unwrap();
+    assert_eq!(after.len(), 1 << 20);
+    assert!(after.blocks() < before.blocks(), "{} !< {}", after.blocks(), before.blocks());
+    assert_eq!(after.ino(), before.ino());
+    let content = std::fs::read(dir.path().join("sparse")).unwrap();
+    assert!(content[..512 * 1024].iter().all(|&b| b == 0));
+    assert!(content[512 * 1024..].iter().all(|&b| b == 7));
+}
+
+#[test]
+fn xattrs_are_made_exactly_equal() {
+    let (dir, mut a) = setup();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    xattr::set(dir.path().join("f"), "user.stale", b"old").unwrap();
+    let wanted = vec![
+        sluice_proto::Xattr { name: b"user.a".to_vec(), value: b"1".to_vec() },
+        sluice_proto::Xattr { name: b"user.b".to_vec(), value: vec![0, 1, 2] },
+    ];
+    a.apply(&Op::SetXattrs { path: p("f"), xattrs: wanted.clone() }).unwrap();
+    assert_eq!(a.xattrs(&p("f")).unwrap(), wanted);
+    assert!(xattr::get(dir.path().join("f"), "user.stale").unwrap().is_none());
+}
+
+#[test]
+fn device_nodes_are_created() {
+    let (dir, mut a) = setup();
+    let rdev = libc::makedev(1, 3);
+    a.apply(&Op::Mknod { path: p("null"), mode: libc::S_IFCHR | 0o640, rdev }).unwrap();
+    let meta = std::fs::symlink_metadata(dir.path().join("null")).unwrap();
+    assert!(meta.file_type().is_char_device());
+    assert_eq!(meta.rdev(), rdev);
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+}

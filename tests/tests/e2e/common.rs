@@ -1,6 +1,7 @@
 //! Waiting for replication to go idle and reading what it cost.
 
-use sluice_tests::{Metrics, Pair, wait_until, wait_until_identical};
+use sluice_tests::{Metrics, Pair, run, wait_until, wait_until_identical};
+use std::path::Path;
 use std::time::Duration;
 
 /// Waits until master and standby are identical and the agent has nothing in
@@ -28,4 +29,10 @@ pub fn idle(pair: &Pair, timeout: Duration) -> Metrics {
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Runs a shell script with `dir` as its working directory (as a separate process,
+/// like any program writing to the master).
+pub fn sh(dir: &Path, script: &str) {
+    run(&format!("cd {} && {script}", dir.display())).unwrap();
 }

@@ -14,3 +14,7 @@ mod namespace;
 mod initial_sync;
 // Unpinned peers and paths escaping the standby root are refused.
 mod security;
+// fallocate modes, holes, O_DIRECT, copy_file_range/sendfile, mmap stores.
+mod write_paths;
+// Extended attributes, POSIX ACLs, device nodes.
+mod metadata;
