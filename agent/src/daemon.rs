@@ -24,7 +24,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let options = CaptureOptions { ring_buffer_bytes: config.capture.ring_buffer_bytes };
     let mut capture = Capture::start(&root, &options).context("starting eBPF capture")?;
-    tracing::info!(mode = capture.mode(), root = %root.display(), "capturing changes (fentry/fexit are preferred where the kernel allows them; this mode sees syscalls)");
+    tracing::info!(mode = capture.mode(), root = %root.display(), "capturing changes");
 
     let metrics = Metrics::default();
     metrics.capture_mode.get_or_create(&ModeLabel { mode: capture.mode().to_string() }).set(1);
@@ -75,6 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             result = attempt => {
                 metrics.connected.set(0);
                 metrics.initial_sync_complete.set(0);
+                metrics.ops_in_flight.set(0);
                 if let Err(e) = result {
                     tracing::warn!("replication stopped: {e:#}; reconnecting");
                 }
@@ -92,6 +93,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         while events.try_recv().is_ok() {}
     }
     endpoint.close(0u32.into(), b"agent stopping");
+    // Let the close reach the receiver, so it frees its session at once.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     if capture_task.is_finished() {
         return match capture_task.await {
             Ok(Ok(())) => Ok(()),

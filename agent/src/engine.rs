@@ -95,6 +95,10 @@ pub struct Engine {
     dirty: HashMap<u64, Dirty>,
     outside: HashSet<u64>,
     rescan: Option<String>,
+    /// Set when events may have been lost: the next comparison verifies recent files by content.
+    verify_recent: bool,
+    /// Wall-clock start (Unix seconds) of the last comparison.
+    last_compare: Option<i64>,
     options: Options,
     /// Pages dirtied through mappings: re-read on every sync barrier and periodically.
     mapped: HashMap<u64, MappedPages>,
@@ -114,6 +118,8 @@ impl Engine {
             dirty: HashMap::new(),
             outside: HashSet::new(),
             rescan: None,
+            verify_recent: false,
+            last_compare: None,
             options,
             mapped: HashMap::new(),
             bytes_read: 0,
@@ -129,8 +135,16 @@ impl Engine {
         self.rescan.as_deref()
     }
 
-    /// Asks for a rescan (kept: the first reason is the one reported).
+    /// Asks for a comparison with the standby after events may have been lost:
+    /// files changed since the previous comparison began are compared by content.
     pub fn request_rescan(&mut self, reason: impl Into<String>) {
+        self.verify_recent = true;
+        self.request_compare(reason);
+    }
+
+    /// Asks for a comparison by size and mtime (after connecting, when every
+    /// change the standby lacks has moved one of them).
+    pub fn request_compare(&mut self, reason: impl Into<String>) {
         if self.rescan.is_none() {
             let reason = reason.into();
             tracing::warn!("tree will be compared with the standby: {reason}");
@@ -141,7 +155,12 @@ impl Engine {
     /// Walks the tree anew and returns the manifest. Pending dirty ranges are kept:
     /// a write inside one mtime tick would not show in a size/mtime comparison.
     pub fn rescan(&mut self) -> io::Result<Vec<Entry>> {
-        let scan = scan::scan(&self.root, &mut self.files, self.options.devices)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        // A second of slack for timestamp granularity.
+        let verify_since = if self.verify_recent { Some(self.last_compare.map_or(0, |t| t - 1)) } else { None };
+        self.verify_recent = false;
+        self.last_compare = Some(now);
+        let scan = scan::scan(&self.root, &mut self.files, self.options.devices, verify_since)?;
         self.index = scan.index;
         self.outside.clear();
         self.rescan = None;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub payload_bytes_sent: Counter,
     pub ops_sent: Counter,
     pub ops_acked: Counter,
+    pub ops_in_flight: Gauge,
     pub rescans: Counter,
     pub connected: Gauge,
     pub initial_sync_complete: Gauge,
@@ -47,6 +48,7 @@ impl Metrics {
         r.register("sluice_payload_bytes_sent", "File content bytes sent in write operations", self.payload_bytes_sent.clone());
         r.register("sluice_ops_sent", "Operations sent", self.ops_sent.clone());
         r.register("sluice_ops_acked", "Operations acknowledged as applied", self.ops_acked.clone());
+        r.register("sluice_ops_in_flight", "Operations sent on this connection and not yet acknowledged", self.ops_in_flight.clone());
         r.register("sluice_rescans", "Tree comparisons with the receiver after the first", self.rescans.clone());
         r.register("sluice_connected", "1 while connected to the receiver", self.connected.clone());
         r.register("sluice_initial_sync_complete", "1 once the standby matched the tree in this connection", self.initial_sync_complete.clone());

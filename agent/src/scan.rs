@@ -70,8 +70,9 @@ pub fn read_xattrs(path: &Path) -> io::Result<Option<Vec<Xattr>>> {
 
 /// Walks `root` (without crossing into other filesystems), building the index and
 /// the manifest and remembering a handle for every regular file. Device nodes are
-/// listed only with `devices`.
-pub fn scan(root: &Path, files: &mut Files, devices: bool) -> io::Result<Scan> {
+/// listed only with `devices`; files whose inode changed at or after `verify_since`
+/// (Unix seconds) are marked for a block-by-block comparison.
+pub fn scan(root: &Path, files: &mut Files, devices: bool, verify_since: Option<i64>) -> io::Result<Scan> {
     let root_meta = std::fs::symlink_metadata(root)?;
     let mut index = Index::new(root_meta.ino());
     let mut entries = Vec::new();
@@ -131,7 +132,9 @@ pub fn scan(root: &Path, files: &mut Files, devices: bool) -> io::Result<Scan> {
             continue;
         };
         let xattrs = if hardlink_of.is_some() { Vec::new() } else { read_xattrs(item.path()).ok().flatten().unwrap_or_default() };
-        entries.push(Entry { path, kind: entry_kind, meta: meta_of(&meta), hardlink_of, xattrs });
+        // ctime, not mtime: it cannot be set back, and SetAttrs does not move it forward.
+        let verify = file_type.is_file() && verify_since.is_some_and(|since| meta.ctime() >= since);
+        entries.push(Entry { path, kind: entry_kind, meta: meta_of(&meta), hardlink_of, xattrs, verify });
     }
     Ok(Scan { index, entries, file_bytes })
 }
@@ -150,7 +153,7 @@ mod tests {
         std::os::unix::fs::symlink("d/e/f", root.join("s")).unwrap();
         std::fs::create_dir(root.join("lost+found")).unwrap();
         let mut files = Files::new(root).unwrap();
-        let scan = scan(root, &mut files, false).unwrap();
+        let scan = scan(root, &mut files, false, None).unwrap();
         let paths: Vec<String> = scan.entries.iter().map(|e| e.path.to_string()).collect();
         assert_eq!(paths.len(), 5, "{paths:?}");
         assert!(!paths.iter().any(|p| p.starts_with("lost+found")));

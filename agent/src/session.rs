@@ -135,7 +135,7 @@ impl<'a> Session<'a> {
         while let Ok(batch) = events.try_recv() {
             self.note_drops(batch.dropped_total);
         }
-        self.engine.request_rescan("connected");
+        self.engine.request_compare("connected");
         let mut flush_tick = tokio::time::interval(self.coalesce.max(Duration::from_millis(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_millis(100));
@@ -294,6 +294,7 @@ impl<'a> Session<'a> {
             .min();
         let lag = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
         self.metrics.lag_seconds.set(lag);
+        self.metrics.ops_in_flight.set(self.in_flight.len() as i64);
         let bytes: u64 = self.in_flight.iter().map(|f| f.payload).sum::<u64>() + self.engine.dirty_bytes();
         self.metrics.lag_bytes.set(bytes as i64);
         let stats = self.connection.stats();

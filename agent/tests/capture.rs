@@ -629,3 +629,62 @@ async fn captures_ext4() {
 async fn captures_btrfs() {
     exercise("btrfs").await;
 }
+
+/// `BPF_TRACE_FEXIT` in `enum bpf_attach_type` (include/uapi/linux/bpf.h).
+const BPF_TRACE_FEXIT: &str = "25";
+
+/// BPF links held by this process whose fdinfo says they attach as fexit.
+fn fexit_links() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.contains("link_type:"))
+        .filter(|info| {
+            // Printed as a number (`25`) or, on newer kernels, a name (`trace_fexit`).
+            info.lines().any(|l| {
+                l.strip_prefix("attach_type:")
+                    .is_some_and(|v| matches!(v.trim(), BPF_TRACE_FEXIT | "trace_fexit"))
+            })
+        })
+        .count()
+}
+
+/// On these hosts fentry/fexit are refused (EPERM): `Capture::start` must fall back
+/// to the tracepoints, say so through `mode()`, leave no fexit link behind, and
+/// still see writes (from `sys_exit`, hence with the writer's fd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_tracepoints_when_fexit_is_refused() {
+    if !is_root() {
+        eprintln!("skipping fallback test: needs root");
+        return;
+    }
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let _serial = ONE_CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = mount_loop(tmp.path(), "ext4");
+    let root = mount.dir.clone();
+
+    let mut capture = Capture::start(&root, &CaptureOptions::default()).expect("start capture");
+    assert_eq!(
+        capture.mode(),
+        "tp_btf",
+        "fexit is expected to be refused on this host"
+    );
+    assert_eq!(fexit_links(), 0, "a refused fexit mode left links attached");
+
+    sh(&root, "printf 0123456789 > w\nprintf abc >> w\n");
+    let w = InodeId {
+        dev: capture.watched_dev(),
+        ino: std::fs::metadata(root.join("w")).unwrap().ino(),
+    };
+    let appended = move |k: &EventKind| matches!(k, EventKind::Write { inode, offset: 10, len: 3, fd } if *inode == w && *fd != NO_FD);
+    let mut events = Vec::new();
+    collect_until(&mut capture, &mut events, |ev| has(ev, appended)).await;
+    assert!(
+        has(&events, appended),
+        "append not captured in tp_btf mode: {:?}",
+        events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+    );
+    drop(capture);
+}

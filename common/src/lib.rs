@@ -24,6 +24,26 @@ pub mod names {
     pub const PAGE_FAULT_USER: &str = "sluice_page_fault_user";
     pub const IO_URING_COMPLETE: &str = "sluice_io_uring_complete";
     pub const IO_URING_SEEN: &str = "IO_URING_SEEN";
+    /// fexit programs on VFS functions (see [`super::vfs`]).
+    pub const VFS_WRITE: &str = "sluice_vfs_write";
+    pub const VFS_WRITEV: &str = "sluice_vfs_writev";
+    pub const VFS_ITER_WRITE: &str = "sluice_vfs_iter_write";
+    pub const VFS_IOCB_ITER_WRITE: &str = "sluice_vfs_iocb_iter_write";
+    pub const VFS_FALLOCATE: &str = "sluice_vfs_fallocate";
+    pub const DO_TRUNCATE: &str = "sluice_do_truncate";
+}
+
+/// Bits of [`Config::data_from_vfs`]: which data operations an attached fexit
+/// program reports, so `sys_exit` skips the matching syscalls (no double reports).
+pub mod vfs {
+    /// `fexit/vfs_write` is attached: skip write, pwrite64 at `sys_exit`.
+    pub const WRITE: u32 = 1 << 0;
+    /// `fexit/vfs_writev` is attached: skip writev, pwritev, pwritev2.
+    pub const WRITEV: u32 = 1 << 1;
+    /// `fexit/do_truncate` is attached: skip ftruncate.
+    pub const TRUNCATE: u32 = 1 << 2;
+    /// `fexit/vfs_fallocate` is attached: skip fallocate.
+    pub const FALLOCATE: u32 = 1 << 3;
 }
 
 /// Record kinds stored in [`EventHeader::kind`].
@@ -221,6 +241,8 @@ pub struct KernelOffsets {
     pub io_kiocb_file: u64,
     pub io_kiocb_opcode: u64,
     pub io_rw_ki_pos: u64,
+    /// `struct kiocb`: `ki_pos` (advanced past the bytes written by `write_iter`).
+    pub kiocb_ki_pos: u64,
 }
 
 /// Single-slot configuration map written by the agent before it enables capture.
@@ -234,6 +256,10 @@ pub struct Config {
     /// Non-zero while the agent is learning `watched_dev` (see [`Calibration`]).
     pub calibrating: u32,
     pub offsets: KernelOffsets,
+    /// [`vfs`] bits: data operations reported by fexit programs on the VFS, which
+    /// `sys_exit` then leaves alone. Zero in the plain `tp_btf` mode.
+    pub data_from_vfs: u32,
+    pub _reserved: u32,
 }
 
 /// Written by the program when the agent opens its root directory while
@@ -268,7 +294,7 @@ mod tests {
             size_of::<PathEvent>(),
             24 + 16 * 3 + 4 + 4 + 8 + 2 * PATH_LEN
         );
-        assert_eq!(size_of::<KernelOffsets>(), 33 * 8);
-        assert_eq!(size_of::<Config>(), 16 + 33 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 34 * 8);
+        assert_eq!(size_of::<Config>(), 16 + 34 * 8 + 8);
     }
 }

@@ -70,6 +70,9 @@ pub struct Entry {
     pub hardlink_of: Option<RelPath>,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<Xattr>,
+    /// Compare this file block by block even if size and mtime match: it changed
+    /// while events were lost, and a size/mtime check could be fooled.
+    pub verify: bool,
 }
 
 /// Attribute changes; `None` leaves a field as it is.

@@ -31,7 +31,7 @@ const ACK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a closing stream waits for the agent to take the last frames.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new connection waits for the previous one to release the session.
-const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 /// Frames buffered between the reading task and the applying loop.
 const FRAME_QUEUE: usize = 256;
 
@@ -39,6 +39,8 @@ const FRAME_QUEUE: usize = 256;
 const CLOSE_NORMAL: u32 = 0;
 const CLOSE_REFUSED: u32 = 1;
 const CLOSE_BUSY: u32 = 2;
+/// Close code telling an agent a newer connection of the same identity replaced it.
+const CLOSE_SUPERSEDED: u32 = 3;
 
 /// A bound, not yet running receiver.
 pub struct Server {
@@ -47,6 +49,8 @@ pub struct Server {
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     session: Arc<Mutex<Session>>,
+    /// The connection being served, so a newer one from the agent can replace it.
+    current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
 }
 
 /// Binds and runs the receiver until `shutdown` completes.
@@ -82,6 +86,7 @@ impl Server {
             metrics_addr,
             metrics_task,
             session: Arc::new(Mutex::new(session)),
+            current: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -111,7 +116,7 @@ impl Server {
                 () = &mut shutdown => break,
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    tasks.spawn(connection(incoming, self.session.clone(), self.metrics.clone(), stop.subscribe()));
+                    tasks.spawn(connection(incoming, self.session.clone(), self.current.clone(), self.metrics.clone(), stop.subscribe()));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -138,6 +143,7 @@ impl Server {
 async fn connection(
     incoming: Incoming,
     session: Arc<Mutex<Session>>,
+    current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -154,8 +160,15 @@ async fn connection(
             return;
         }
     };
-    // A reconnecting agent may arrive while its previous connection is still
-    // being wound down; give that a moment before calling this one a second agent.
+    // Only the pinned agent gets this far, so a new connection means the old one
+    // is dead (a killed or restarted agent whose close never arrived) or about to
+    // be: close it now instead of holding the standby until QUIC's idle timeout.
+    if let Some(previous) = current.lock().expect("connection slot").replace(conn.clone()) {
+        if previous.close_reason().is_none() {
+            tracing::info!("agent {addr} supersedes the previous connection from {}", previous.remote_address());
+            previous.close(VarInt::from_u32(CLOSE_SUPERSEDED), b"superseded by a new connection");
+        }
+    }
     let Ok(guard) = timeout(HANDOVER_WAIT, session.lock_owned()).await else {
         tracing::warn!("refused agent {addr}: another agent is connected");
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"another agent is connected");

@@ -265,6 +265,7 @@ mod tests {
             meta,
             hardlink_of: None,
             xattrs: Vec::new(),
+            verify: false,
         };
         s.handle(AgentMessage::Manifest(vec![dir_entry]), &mut out)
             .unwrap();

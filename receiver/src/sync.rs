@@ -140,7 +140,7 @@ impl InitialSync {
                 let existing = entry.hardlink_of.as_ref().expect("checked by the guard");
                 applier.hard_link(existing, path)?;
             }
-            EntryKind::File { size } => return self.file(applier, path, *size, &entry.meta),
+            EntryKind::File { size } => return self.file(applier, path, *size, &entry.meta, entry.verify),
         }
         Ok(None)
     }
@@ -154,6 +154,7 @@ impl InitialSync {
         path: &RelPath,
         size: u64,
         meta: &Meta,
+        verify: bool,
     ) -> Result<Option<Want>, SyncError> {
         let (dir, name) = applier.parent(path)?;
         let stat = lstat_at(dir.as_fd(), name).map_err(local(path, "fstatat"))?;
@@ -178,7 +179,7 @@ impl InitialSync {
         };
         let same_mtime =
             stat.st_mtime == meta.mtime.secs && stat.st_mtime_nsec == i64::from(meta.mtime.nanos);
-        if stat.st_size as u64 == size && same_mtime {
+        if stat.st_size as u64 == size && same_mtime && !verify {
             let attrs = Attrs {
                 mode: Some(meta.mode),
                 uid: Some(meta.uid),
@@ -296,6 +297,7 @@ mod tests {
             meta,
             hardlink_of: None,
             xattrs: Vec::new(),
+            verify: false,
         }
     }
 

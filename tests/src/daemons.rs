@@ -216,6 +216,7 @@ pub struct Daemon {
     config: PathBuf,
     log: PathBuf,
     metrics_addr: SocketAddr,
+    prefix: Vec<String>,
     child: Option<Child>,
 }
 
@@ -234,8 +235,15 @@ impl Daemon {
             config: config.to_owned(),
             log: log.to_owned(),
             metrics_addr,
+            prefix: Vec::new(),
             child: None,
         }
+    }
+
+    /// Runs the daemon behind a command prefix (e.g. `ip netns exec NS`).
+    pub fn with_prefix(mut self, prefix: Vec<String>) -> Daemon {
+        self.prefix = prefix;
+        self
     }
 
     /// Starts the process (a no-op if it is running) without waiting for it.
@@ -248,7 +256,15 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let child = Command::new(&self.binary)
+        let mut command = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -425,6 +441,9 @@ pub struct PairOptions {
     pub startup_timeout: Duration,
     /// The binaries to run; `None` means [`Binaries::locate`].
     pub binaries: Option<Binaries>,
+    /// Run the receiver in its own network namespace behind a veth link
+    /// ([`Pair::link`]) instead of on loopback.
+    pub standby_netns: bool,
 }
 
 impl Default for PairOptions {
@@ -435,6 +454,7 @@ impl Default for PairOptions {
             wait_for_initial_sync: true,
             startup_timeout: Duration::from_secs(60),
             binaries: None,
+            standby_netns: false,
         }
     }
 }
@@ -450,6 +470,7 @@ pub struct Pair {
     agent: Daemon,
     receiver: Daemon,
     options: PairOptions,
+    link: Option<crate::netns::StandbyLink>,
     // Declared last: the daemons are killed before their files go away.
     dir: TempDir,
 }
@@ -477,13 +498,18 @@ impl Pair {
         let receiver_fingerprint = init_identity(&binaries.receiver, &receiver_identity)?;
         let agent_fingerprint = init_identity(&binaries.agent, &agent_identity)?;
 
-        let quic_addr = free_udp_addr()?;
+        let link = if options.standby_netns { Some(crate::netns::StandbyLink::new()?) } else { None };
+        let (quic_addr, receiver_metrics) = match &link {
+            // A fresh namespace has every port free.
+            Some(link) => (SocketAddr::new(link.standby_addr(), 7400), SocketAddr::new(link.standby_addr(), 9400)),
+            None => (free_udp_addr()?, free_tcp_addr()?),
+        };
         let receiver_config = ReceiverConfig {
             root: standby.to_owned(),
             listen: quic_addr,
             identity: receiver_identity,
             peer_fingerprint: agent_fingerprint,
-            metrics_listen: free_tcp_addr()?,
+            metrics_listen: receiver_metrics,
         };
         let agent_config = AgentConfig {
             root: master.to_owned(),
@@ -514,7 +540,8 @@ impl Pair {
                 &receiver_config_path,
                 &dir.path().join("receiver.log"),
                 receiver_config.metrics_listen,
-            ),
+            )
+            .with_prefix(link.as_ref().map(|l| l.exec_prefix()).unwrap_or_default()),
             agent: Daemon::new(
                 "agent",
                 &binaries.agent,
@@ -523,6 +550,7 @@ impl Pair {
                 agent_config.metrics_listen,
             ),
             options,
+            link,
             dir,
         };
         pair.start_receiver()?;
@@ -550,6 +578,11 @@ impl Pair {
 
     pub fn standby(&self) -> &Path {
         &self.standby
+    }
+
+    /// The standby's network link, with [`PairOptions::standby_netns`].
+    pub fn link(&self) -> Option<&crate::netns::StandbyLink> {
+        self.link.as_ref()
     }
 
     /// The temporary directory with identities, configs, agent state and logs.

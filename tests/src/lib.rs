@@ -19,6 +19,7 @@
 pub mod daemons;
 pub mod loopfs;
 pub mod metrics;
+pub mod netns;
 pub mod tree;
 pub mod util;
 

@@ -181,7 +181,7 @@ fn step(
         let sent = metrics.get("sluice_ops_sent_total");
         if sent > before.get("sluice_ops_sent_total")
             && metrics.get("sluice_lag_bytes") == 0.0
-            && metrics.get("sluice_ops_acked_total") == sent
+            && metrics.get("sluice_ops_in_flight") == 0.0
         {
             break metrics;
         }

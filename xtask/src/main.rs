@@ -6,7 +6,9 @@
 //! - [`cargo`]: runs cargo in the workspace with the PATH the eBPF build needs.
 //! - [`test`]: the full test run CI uses.
 //! - [`demo`]: a master and a standby on loop devices, replicating a scripted workload.
+//! - [`bench`]: sluice side by side with rsync, lsyncd and Syncthing.
 
+mod bench;
 mod cargo;
 mod demo;
 mod setup;
@@ -37,8 +39,15 @@ enum Command {
     Test,
     /// Set up, build, and replicate a scripted workload between two loop filesystems.
     Demo,
-    /// Measure replication throughput and overhead.
-    Bench,
+    /// Set up, build, and measure sluice side by side with rsync, lsyncd and Syncthing.
+    Bench {
+        /// Smaller data and shorter runs (sizes in the report).
+        #[arg(long)]
+        quick: bool,
+        /// Only these scenarios, e.g. `S1,S3` (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -51,9 +60,8 @@ fn main() -> anyhow::Result<ExitCode> {
             cargo::build(true)?;
             demo::run(&cargo::release_dir()).context("demo failed")?;
         }
-        Command::Bench => {
-            eprintln!("bench: not implemented yet");
-            return Ok(ExitCode::from(2));
+        Command::Bench { quick, scenarios } => {
+            bench::run(quick, &scenarios).context("bench failed")?
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -24,7 +24,9 @@ pub enum EventKind {
     /// `len` bytes were written at `offset`: write, pwrite64, writev, pwritev,
     /// pwritev2, the destination of copy_file_range/sendfile/splice, and io_uring
     /// WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED completions (those have `fd`
-    /// [`sluice_common::NO_FD`]: the ring may use a registered file).
+    /// [`sluice_common::NO_FD`]: the ring may use a registered file). In the
+    /// `"fexit+tp_btf"` mode writes come from the VFS and also carry `NO_FD`,
+    /// as do fallocate and ftruncate ([`EventKind::Fallocate`], [`EventKind::Truncate`]).
     Write {
         inode: InodeId,
         offset: u64,

@@ -1,6 +1,20 @@
 //! eBPF change capture: loads the `sluice-ebpf` programs, points them at one
 //! filesystem and streams the completed file-system operations they report.
 //!
+//! Two modes, chosen at start-up and reported by [`Capture::mode`]:
+//! - `"fexit+tp_btf"`: where the kernel allows fentry/fexit, the data paths
+//!   (writes, fallocate, ftruncate) come from fexit programs on `vfs_write`,
+//!   `vfs_writev`, `vfs_iter_write`, `vfs_iocb_iter_write`, `vfs_fallocate` and
+//!   `do_truncate`, which also see nfsd and other in-kernel writers; `sys_exit`
+//!   then skips those syscalls (`Config::data_from_vfs`). Namespace operations,
+//!   metadata, copies, syncs and io_uring stay on the tracepoints.
+//!   **This mode is untested at run time**: the development and CI hosts refuse
+//!   fentry/fexit with EPERM, so the fexit programs are only known to build and
+//!   link with bpf-linker. In this mode a sendfile/splice/copy_file_range into a
+//!   file may be reported twice (by `vfs_iter_write` and by the syscall exit),
+//!   and write events carry [`NO_FD`].
+//! - `"tp_btf"`: the fallback, everything below.
+//!
 //! What is seen: file-system syscalls at exit (writes, copies, namespace changes,
 //! metadata, xattrs, sync barriers), page-cache folios becoming dirty outside the
 //! write syscalls (`tp_btf/writeback_dirty_folio`: mmap stores, in-kernel writers
@@ -49,13 +63,13 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use events::{DecodeError, Event, EventKind, SyncKind};
 pub use offsets::OffsetsError;
-use sluice_common::{Calibration, Config, names};
+use sluice_common::{Calibration, Config, names, vfs};
 pub use sluice_common::{InodeId, NO_FD, TO_END};
 
 /// The compiled programs, built by `build.rs` through aya-build.
@@ -125,7 +139,63 @@ pub struct Capture {
     watched_dev: u64,
     root: InodeId,
     io_uring_writes: bool,
+    mode: &'static str,
 }
+
+/// Mode names reported by [`Capture::mode`].
+pub const MODE_TP_BTF: &str = "tp_btf";
+pub const MODE_FEXIT: &str = "fexit+tp_btf";
+
+/// One fexit program on a VFS function.
+struct VfsProgram {
+    name: &'static str,
+    function: &'static str,
+    /// The [`vfs`] bit telling `sys_exit` to skip the matching syscalls, or 0.
+    bit: u32,
+    /// Without it the fexit mode is abandoned; an optional one that does not load
+    /// (e.g. a static function inlined away on some kernel) is skipped, and its
+    /// syscalls stay on `sys_exit`.
+    required: bool,
+}
+
+const VFS_PROGRAMS: [VfsProgram; 6] = [
+    VfsProgram {
+        name: names::VFS_WRITE,
+        function: "vfs_write",
+        bit: vfs::WRITE,
+        required: true,
+    },
+    VfsProgram {
+        name: names::VFS_FALLOCATE,
+        function: "vfs_fallocate",
+        bit: vfs::FALLOCATE,
+        required: true,
+    },
+    VfsProgram {
+        name: names::VFS_WRITEV,
+        function: "vfs_writev",
+        bit: vfs::WRITEV,
+        required: false,
+    },
+    VfsProgram {
+        name: names::VFS_ITER_WRITE,
+        function: "vfs_iter_write",
+        bit: 0,
+        required: false,
+    },
+    VfsProgram {
+        name: names::VFS_IOCB_ITER_WRITE,
+        function: "vfs_iocb_iter_write",
+        bit: 0,
+        required: false,
+    },
+    VfsProgram {
+        name: names::DO_TRUNCATE,
+        function: "do_truncate",
+        bit: vfs::TRUNCATE,
+        required: false,
+    },
+];
 
 impl Capture {
     /// Mounts tracefs at /sys/kernel/tracing if missing, raises RLIMIT_MEMLOCK if
@@ -164,15 +234,31 @@ impl Capture {
         let drops: PerCpuArray<MapData, u64> = take_map(&mut ebpf, names::DROPS)?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, names::EVENTS)?;
 
+        let btf = Btf::from_sys_fs()?;
+        // fexit first, so `sys_exit` knows from its first event what to leave alone
+        // (nothing is reported before calibration sets `watched_dev` anyway).
+        let (mode, data_from_vfs) = match attach_vfs(&mut ebpf, &btf) {
+            Ok(bits) => (MODE_FEXIT, bits),
+            Err((function, error)) => {
+                tracing::info!(
+                    function,
+                    "fentry/fexit on VFS functions refused by this kernel ({}); capturing with BTF syscall tracepoints",
+                    reason(&error)
+                );
+                (MODE_TP_BTF, 0)
+            }
+        };
+
         let mut cfg = Config {
             watched_dev: 0,
             agent_tgid: std::process::id(),
             calibrating: 1,
             offsets,
+            data_from_vfs,
+            _reserved: 0,
         };
         config.set(0, cfg, 0)?;
 
-        let btf = Btf::from_sys_fs()?;
         attach(&mut ebpf, &btf, names::SYS_EXIT, "sys_exit")?;
         attach(&mut ebpf, &btf, names::DIRTY_FOLIO, "writeback_dirty_folio")?;
         // x86 only: stores through a new shared mapping to folios that are already
@@ -202,7 +288,8 @@ impl Capture {
             root = %root.display(),
             dev = kernel_root.dev,
             ino = kernel_root.ino,
-            mode = "tp_btf",
+            mode,
+            data_from_vfs,
             io_uring_writes,
             "eBPF capture started"
         );
@@ -214,6 +301,7 @@ impl Capture {
             watched_dev: kernel_root.dev,
             root: kernel_root,
             io_uring_writes,
+            mode,
         })
     }
 
@@ -223,13 +311,12 @@ impl Capture {
         self.io_uring_writes
     }
 
-    /// The attachment mode: always `"tp_btf"` (BTF raw syscall tracepoints).
-    ///
-    /// fentry/fexit on the VFS would be preferred where they load, since they also
-    /// see io_uring and in-kernel writers, but they are refused on the supported
-    /// hosts, so only the tracepoint mode exists.
+    /// The attachment mode in use: [`MODE_FEXIT`] (`"fexit+tp_btf"`: data paths from
+    /// fexit on the VFS, the rest from tracepoints) where the kernel allowed the
+    /// fexit programs, else [`MODE_TP_BTF`] (`"tp_btf"`: BTF raw syscall
+    /// tracepoints only; fentry/fexit are refused with EPERM on the supported hosts).
     pub fn mode(&self) -> &'static str {
-        "tp_btf"
+        self.mode
     }
 
     /// The watched filesystem's `s_dev` as the kernel names it (not always `st_dev`).
@@ -283,6 +370,73 @@ fn attach(
     program.load(tracepoint, btf)?;
     program.attach()?;
     Ok(())
+}
+
+/// Loads and attaches the fexit programs of [`VFS_PROGRAMS`] and returns the
+/// [`vfs`] bits of those attached. When a required one fails, every one of them is
+/// unloaded again (links included) and the failing function and error returned.
+fn attach_vfs(ebpf: &mut Ebpf, btf: &Btf) -> Result<u32, (&'static str, ProgramError)> {
+    let mut bits = 0;
+    for p in &VFS_PROGRAMS {
+        match load_fexit(ebpf, btf, p.name, p.function) {
+            Ok(()) => bits |= p.bit,
+            Err(error) if p.required => {
+                for q in &VFS_PROGRAMS {
+                    unload_fexit(ebpf, q.name);
+                }
+                return Err((p.function, error));
+            }
+            Err(error) => {
+                unload_fexit(ebpf, p.name);
+                tracing::warn!(
+                    function = p.function,
+                    error = %reason(&error),
+                    "fexit program not attached; its syscalls are captured at sys_exit"
+                );
+            }
+        }
+    }
+    Ok(bits)
+}
+
+fn load_fexit(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    function: &str,
+) -> Result<(), ProgramError> {
+    let program: &mut FExit = ebpf
+        .program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    program.load(function, btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+/// Detaches and unloads fexit program `name`; a program that never loaded is fine.
+fn unload_fexit(ebpf: &mut Ebpf, name: &'static str) {
+    let program: Option<&mut FExit> = ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+    if let Some(program) = program {
+        match program.unload() {
+            Ok(()) | Err(ProgramError::NotLoaded) => {}
+            Err(error) => tracing::warn!(name, %error, "unloading fexit program"),
+        }
+    }
+}
+
+/// The errno text of a load/attach failure ("Operation not permitted"), or the
+/// whole error when it carries none.
+fn reason(error: &ProgramError) -> String {
+    let io_error = match error {
+        ProgramError::LoadError { io_error, .. } => Some(io_error),
+        ProgramError::SyscallError(e) => Some(&e.io_error),
+        _ => None,
+    };
+    match io_error.and_then(io::Error::raw_os_error) {
+        Some(errno) => nix::errno::Errno::from_raw(errno).desc().to_owned(),
+        None => error.to_string(),
+    }
 }
 
 fn register(events: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, CaptureError> {

@@ -93,6 +93,7 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         xarray_xa_head: f("xarray", "xa_head")?,
         xa_node_shift: f("xa_node", "shift")?,
         xa_node_slots: f("xa_node", "slots")?,
+        kiocb_ki_pos: f("kiocb", "ki_pos")?,
         ..io_uring_offsets(btf)
     })
 }

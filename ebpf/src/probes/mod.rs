@@ -6,6 +6,10 @@
 //! what involves no syscall of its own: `writeback_dirty_folio` and
 //! `page_fault_user` (mmap stores) and `io_uring_complete` (writes submitted
 //! through a ring).
+//!
+//! Where the kernel allows fexit, `vfs` hooks the VFS write/fallocate/truncate
+//! functions instead (every writer, in-kernel ones included) and `sys_exit`
+//! leaves those syscalls to it (`Config::data_from_vfs`).
 
 mod calibrate;
 mod copy;
@@ -15,6 +19,7 @@ mod io_uring;
 mod path;
 mod sync;
 mod sys_exit;
+mod vfs;
 mod writeback;
 mod xattr;
 

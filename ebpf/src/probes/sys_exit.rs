@@ -6,6 +6,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
+use sluice_common::vfs;
+
 use super::{SysArgs, calibrate, copy, data, io_uring, path, sync, xattr};
 use crate::maps::CONFIG;
 
@@ -113,6 +115,20 @@ fn is_data(n: u64) -> bool {
     )
 }
 
+/// Whether an attached fexit program on the VFS reports syscall `n` (see
+/// `sluice_common::vfs`), so reporting it here too would duplicate it.
+#[inline(always)]
+fn from_vfs(bits: u32, n: u64) -> bool {
+    let bit = match n {
+        nr::WRITE | nr::PWRITE64 => vfs::WRITE,
+        nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 => vfs::WRITEV,
+        nr::FTRUNCATE => vfs::TRUNCATE,
+        nr::FALLOCATE => vfs::FALLOCATE,
+        _ => 0,
+    };
+    bits & bit != 0
+}
+
 /// Which handler a syscall number belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -205,6 +221,9 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     if cfg.watched_dev == 0 {
+        return Ok(0);
+    }
+    if family == Family::Data && from_vfs(cfg.data_from_vfs, n) {
         return Ok(0);
     }
     let args: SysArgs = [

@@ -17,7 +17,7 @@ pub fn converge(pair: &Pair, timeout: Duration) -> Metrics {
 pub fn idle(pair: &Pair, timeout: Duration) -> Metrics {
     wait_until("the agent to have nothing in flight", timeout, || {
         let m = pair.agent_metrics()?;
-        Ok(m.get("sluice_lag_bytes") == 0.0 && m.get("sluice_ops_acked_total") == m.get("sluice_ops_sent_total"))
+        Ok(m.get("sluice_lag_bytes") == 0.0 && m.get("sluice_ops_in_flight") == 0.0 && m.get("sluice_connected") == 1.0)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n--- agent log ---\n{}", tail(&pair.agent_log())));
     // Wire counters are sampled every 100 ms.

@@ -18,3 +18,5 @@ mod security;
 mod write_paths;
 // Extended attributes, POSIX ACLs, device nodes.
 mod metadata;
+// Cut links, killed daemons, a full standby, lost events, changes while down.
+mod faults;

@@ -1,0 +1,261 @@
+//! `cargo xtask bench`: sluice side by side with rsync, lsyncd and Syncthing on the
+//! same loop-mounted filesystems and workloads, written up under `bench/results/`.
+//!
+//! # Layout
+//! - [`replicator`]: starting each replicator, configured as its docs recommend.
+//! - [`procs`]: namespaces, child processes and the counters read about them.
+//! - [`workload`]: test data and the convergence check.
+//! - [`scenarios`]: S1–S4 around one replicator; [`s1`] the marker-lag workload.
+//! - [`fio`]: S5, write-path overhead.
+//! - [`results`], [`report`], [`svg`]: what was measured and how it is written up.
+
+mod fio;
+mod procs;
+mod replicator;
+mod report;
+mod results;
+mod s1;
+mod scenarios;
+mod svg;
+mod workload;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cargo::{check, release_dir, workspace_root};
+use replicator::Kind;
+use results::Results;
+
+/// Workload sizes, scaled so the full run fits in 30 minutes on 2 cores and the
+/// quick one in 5.
+pub struct Sizes {
+    /// Limit for each convergence or startup wait.
+    pub timeout: Duration,
+    pub s1_file: u64,
+    pub s1_rate: u64,
+    pub s1_secs: u64,
+    /// How long S1 keeps looking for markers after the writes stop.
+    pub s1_grace: Duration,
+    pub s2_files: usize,
+    pub s2_dirs: usize,
+    pub s3_files: usize,
+    pub s3_bytes: u64,
+    pub s3_big: u64,
+    pub s4_bytes: u64,
+    pub s4_files: usize,
+    pub s5_size_mib: u64,
+    pub s5_runtime_s: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+impl Sizes {
+    pub fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                timeout: Duration::from_secs(30),
+                s1_file: 256 * MIB,
+                s1_rate: 1000,
+                s1_secs: 10,
+                s1_grace: Duration::from_secs(25),
+                s2_files: 5_000,
+                s2_dirs: 50,
+                s3_files: 1_000,
+                s3_bytes: 128 * MIB,
+                s3_big: 128 * MIB,
+                s4_bytes: 256 * MIB,
+                s4_files: 1_024,
+                s5_size_mib: 128,
+                s5_runtime_s: 4,
+            }
+        } else {
+            Sizes {
+                timeout: Duration::from_secs(90),
+                s1_file: 2048 * MIB,
+                s1_rate: 1000,
+                s1_secs: 30,
+                s1_grace: Duration::from_secs(30),
+                s2_files: 50_000,
+                s2_dirs: 500,
+                s3_files: 10_000,
+                s3_bytes: 1024 * MIB,
+                s3_big: 1024 * MIB,
+                s4_bytes: 2048 * MIB,
+                s4_files: 4_096,
+                s5_size_mib: 1024,
+                s5_runtime_s: 15,
+            }
+        }
+    }
+
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mib = |b: u64| format!("{} MiB", b / MIB);
+        vec![
+            (
+                "S1".into(),
+                format!(
+                    "{} file, {} random 4 KiB writes/s for {} s, marker every 100 ms, markers looked for up to {} s after the writes stop",
+                    mib(self.s1_file),
+                    self.s1_rate,
+                    self.s1_secs,
+                    self.s1_grace.as_secs()
+                ),
+            ),
+            (
+                "S2".into(),
+                format!(
+                    "{} files of 1–16 KiB in {} dirs",
+                    self.s2_files, self.s2_dirs
+                ),
+            ),
+            (
+                "S3".into(),
+                format!(
+                    "rename a dir of {} in {} files; rename a {} file",
+                    mib(self.s3_bytes),
+                    self.s3_files,
+                    mib(self.s3_big)
+                ),
+            ),
+            (
+                "S4".into(),
+                format!(
+                    "{} in {} files, to an empty standby and to one with every 10th file stale",
+                    mib(self.s4_bytes),
+                    self.s4_files
+                ),
+            ),
+            (
+                "S5".into(),
+                format!(
+                    "fio randwrite 4 KiB, psync, buffered, {} MiB file, {} s per run",
+                    self.s5_size_mib, self.s5_runtime_s
+                ),
+            ),
+            (
+                "limit".into(),
+                format!(
+                    "{} s per convergence or startup wait",
+                    self.timeout.as_secs()
+                ),
+            ),
+        ]
+    }
+}
+
+/// Debian packages of the peers and fio.
+const PEERS: &[&str] = &["rsync", "lsyncd", "syncthing", "fio"];
+
+pub fn run(quick: bool, scenarios: &[String]) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!(
+            "the bench must run as root: it mounts filesystems, creates network namespaces and loads BPF programs"
+        );
+    }
+    let started = Instant::now();
+    install_peers()?;
+    crate::setup::run()?;
+    // `SLUICE_BIN_DIR` (as for the tests) benchmarks prebuilt daemons, e.g. a
+    // release under comparison, instead of building the workspace.
+    let bin_dir = match std::env::var_os("SLUICE_BIN_DIR") {
+        Some(dir) => {
+            println!("bench: using the daemons in $SLUICE_BIN_DIR, not building");
+            std::path::PathBuf::from(dir)
+        }
+        None => {
+            crate::cargo::build(true)?;
+            release_dir()
+        }
+    };
+    let sizes = Sizes::new(quick);
+
+    let rows = scenarios::run_all(&sizes, scenarios, &Kind::ALL, &bin_dir);
+    let wants_s5 = scenarios.is_empty() || scenarios.iter().any(|s| s.eq_ignore_ascii_case("S5"));
+    let overhead = wants_s5.then(|| fio::run(&sizes, &bin_dir));
+
+    let date = sluice_tests::run("date +%F")?.trim().to_owned();
+    let results = Results {
+        date: date.clone(),
+        quick,
+        scenarios: scenarios.to_vec(),
+        machine: machine_info(),
+        versions: replicator::versions(&bin_dir),
+        sizes: sizes.describe(),
+        rows,
+        overhead,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    let dir = workspace_root().join("bench/results").join(if quick {
+        format!("{date}-quick")
+    } else {
+        date
+    });
+    report::write(&dir, &results)?;
+    println!("bench: report in {}", dir.join("report.md").display());
+    Ok(())
+}
+
+/// Installs the peers that are missing; `apt-get update` only when a plain install
+/// fails (the package lists may simply be stale or absent).
+fn install_peers() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PEERS
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with(" installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("ok: {} already present", PEERS.join(", "));
+        return Ok(());
+    }
+    let install = || {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing);
+        c
+    };
+    if check(&mut install()).is_err() {
+        check(Command::new("apt-get").arg("update")).context("apt-get update failed")?;
+        check(&mut install()).with_context(|| format!("cannot install {}", missing.join(" ")))?;
+    }
+    Ok(())
+}
+
+fn machine_info() -> Vec<(String, String)> {
+    let sh = |cmd: &str| {
+        sluice_tests::run(cmd)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    vec![
+        ("kernel".into(), sh("uname -sr")),
+        (
+            "cpu".into(),
+            sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        ),
+        ("cores".into(), sh("nproc")),
+        (
+            "memory".into(),
+            sh("grep MemTotal /proc/meminfo | awk '{printf \"%.1f GiB\", $2/1048576}'"),
+        ),
+        (
+            "os".into(),
+            sh(". /etc/os-release && echo \"$PRETTY_NAME\""),
+        ),
+        (
+            "load before run".into(),
+            sh("cut -d' ' -f1-3 /proc/loadavg"),
+        ),
+        (
+            "storage".into(),
+            "ext4 on loop devices backed by sparse files in /tmp".into(),
+        ),
+    ]
+}

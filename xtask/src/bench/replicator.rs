@@ -1,0 +1,494 @@
+//! The four replicators under test, each started in its own network namespace and
+//! configured the way its documentation recommends for keeping a standby copy:
+//! sluice (agent + receiver over QUIC), rsync (one pass to an rsync daemon after the
+//! workload), lsyncd (`default.rsync` to the same daemon) and Syncthing (a
+//! send-only / receive-only folder pair with its watcher on).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use sluice_tests::daemons::{AgentConfig, ReceiverConfig, init_identity, render_config};
+use sluice_tests::{Binaries, scrape};
+
+use super::procs::{Netns, Proc, tree_cpu_s};
+use super::workload;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Sluice,
+    Rsync,
+    Lsyncd,
+    Syncthing,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Sluice, Kind::Rsync, Kind::Lsyncd, Kind::Syncthing];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sluice => "sluice",
+            Kind::Rsync => "rsync",
+            Kind::Lsyncd => "lsyncd",
+            Kind::Syncthing => "syncthing",
+        }
+    }
+}
+
+/// rsync as its docs recommend for an in-place mirror: archive with ACLs, xattrs and
+/// hard links, delta transfer written in place, deletions mirrored.
+const RSYNC_ARGS: &[&str] = &["-aAXH", "--inplace", "--no-whole-file", "--delete"];
+const RSYNC_PORT: u16 = 8730;
+const QUIC: &str = "127.0.0.1:7400";
+const RECEIVER_METRICS: &str = "127.0.0.1:9400";
+const AGENT_METRICS: &str = "127.0.0.1:9401";
+
+/// Resource counters of a running replicator at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub master_cpu_s: f64,
+    pub standby_cpu_s: f64,
+    pub lo_bytes: u64,
+    /// `lo_bytes` again after the metrics scrape, whose own HTTP traffic crosses
+    /// the same loopback and must not be charged to the replicator.
+    pub lo_bytes_after_scrape: u64,
+    /// `sluice_wire_bytes_sent_total` of the agent (sluice only).
+    pub agent_wire_bytes: Option<f64>,
+}
+
+/// One running replicator. Dropping it kills its processes, then deletes its
+/// namespace and files.
+pub struct Replicator {
+    pub kind: Kind,
+    master: PathBuf,
+    standby: PathBuf,
+    master_procs: Vec<Proc>,
+    standby_procs: Vec<Proc>,
+    /// CPU of finished one-shot rsync passes (they are gone from /proc).
+    one_shot_cpu_s: f64,
+    dir: tempfile::TempDir,
+    netns: Netns,
+}
+
+impl Replicator {
+    /// Starts the replicator's processes between `master` and `standby` and waits
+    /// until they listen; it does not wait for an initial sync.
+    pub fn start(
+        kind: Kind,
+        master: &Path,
+        standby: &Path,
+        bin_dir: &Path,
+    ) -> anyhow::Result<Replicator> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sluice-bench-{}-", kind.name()))
+            .tempdir()
+            .context("cannot create the replicator's work directory")?;
+        let mut r = Replicator {
+            kind,
+            master: master.to_owned(),
+            standby: standby.to_owned(),
+            master_procs: Vec::new(),
+            standby_procs: Vec::new(),
+            one_shot_cpu_s: 0.0,
+            netns: Netns::new(kind.name())?,
+            dir,
+        };
+        match kind {
+            Kind::Sluice => r.start_sluice(bin_dir)?,
+            Kind::Rsync => r.start_rsync_daemon()?,
+            Kind::Lsyncd => {
+                r.start_rsync_daemon()?;
+                r.start_lsyncd()?;
+            }
+            Kind::Syncthing => r.start_syncthing()?,
+        }
+        Ok(r)
+    }
+
+    fn start_sluice(&mut self, bin_dir: &Path) -> anyhow::Result<()> {
+        let binaries = Binaries::in_dir(bin_dir)?;
+        let work = &self.dir.path().to_owned();
+        let receiver_identity = work.join("receiver-identity");
+        let agent_identity = work.join("agent-identity");
+        let receiver_fp = init_identity(&binaries.receiver, &receiver_identity)?;
+        let agent_fp = init_identity(&binaries.agent, &agent_identity)?;
+        let receiver = ReceiverConfig {
+            root: self.standby.clone(),
+            listen: QUIC.parse()?,
+            identity: receiver_identity,
+            peer_fingerprint: agent_fp,
+            metrics_listen: RECEIVER_METRICS.parse()?,
+        };
+        let agent = AgentConfig {
+            root: self.master.clone(),
+            receiver: QUIC.parse()?,
+            state_dir: work.join("agent-state"),
+            identity: agent_identity,
+            peer_fingerprint: receiver_fp,
+            metrics_listen: AGENT_METRICS.parse()?,
+            ring_buffer_bytes: 8 << 20,
+        };
+        std::fs::write(
+            work.join("receiver.toml"),
+            render_config(receiver.to_table(), "")?,
+        )?;
+        std::fs::write(
+            work.join("agent.toml"),
+            render_config(agent.to_table(), "")?,
+        )?;
+
+        let mut command = self.netns.command(&binaries.receiver);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(work.join("receiver.toml"));
+        self.standby_procs.push(Proc::spawn(
+            "sluice-receiver",
+            command,
+            &work.join("receiver.log"),
+        )?);
+        self.wait_metrics(RECEIVER_METRICS.parse()?)?;
+        let mut command = self.netns.command(&binaries.agent);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(work.join("agent.toml"));
+        self.master_procs.push(Proc::spawn(
+            "sluice-agent",
+            command,
+            &work.join("agent.log"),
+        )?);
+        self.wait_metrics(AGENT_METRICS.parse()?)
+    }
+
+    fn wait_metrics(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.netns.enter(move || scrape(addr)).is_ok() {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                bail!("no metrics at {addr} after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_rsync_daemon(&mut self) -> anyhow::Result<()> {
+        let work = &self.dir.path().to_owned();
+        let conf = work.join("rsyncd.conf");
+        // Root on both ends so owners, ACLs and xattrs can be applied as with ssh.
+        std::fs::write(
+            &conf,
+            format!(
+                "port = {RSYNC_PORT}\naddress = 127.0.0.1\nuse chroot = no\n\
+                 pid file = {}/rsyncd.pid\n[standby]\npath = {}\nread only = no\n\
+                 uid = root\ngid = root\n",
+                work.display(),
+                self.standby.display()
+            ),
+        )?;
+        let mut command = self.netns.command("rsync");
+        command
+            .arg("--daemon")
+            .arg("--no-detach")
+            .arg(format!("--config={}", conf.display()));
+        self.standby_procs.push(Proc::spawn(
+            "rsync --daemon",
+            command,
+            &work.join("rsyncd.log"),
+        )?);
+        let addr: SocketAddr = format!("127.0.0.1:{RSYNC_PORT}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .netns
+            .enter(move || Ok(std::net::TcpStream::connect(addr)?))
+            .is_err()
+        {
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                bail!("rsync daemon not listening after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn rsync_target() -> String {
+        format!("rsync://127.0.0.1:{RSYNC_PORT}/standby/")
+    }
+
+    fn start_lsyncd(&mut self) -> anyhow::Result<()> {
+        let work = &self.dir.path().to_owned();
+        let conf = work.join("lsyncd.lua");
+        // default.rsync with no delay: each batch of inotify events becomes one rsync.
+        std::fs::write(
+            &conf,
+            format!(
+                "settings {{ nodaemon = true, insist = true, statusFile = \"{w}/lsyncd.status\" }}\n\
+                 sync {{ default.rsync, source = \"{src}/\", target = \"{dst}\", delay = 0,\n  \
+                 exclude = {{ \"/lost+found\" }},\n  \
+                 rsync = {{ archive = true, acls = true, xattrs = true, hard_links = true,\n    \
+                 inplace = true, whole_file = false }} }}\n",
+                w = work.display(),
+                src = self.master.display(),
+                dst = Self::rsync_target()
+            ),
+        )?;
+        let mut command = self.netns.command("lsyncd");
+        command.arg(&conf);
+        self.master_procs
+            .push(Proc::spawn("lsyncd", command, &work.join("lsyncd.log"))?);
+        Ok(())
+    }
+
+    fn start_syncthing(&mut self) -> anyhow::Result<()> {
+        let work = self.dir.path().to_owned();
+        let sides = [
+            (
+                "master",
+                self.master.clone(),
+                "sendonly",
+                22001u16,
+                18384u16,
+            ),
+            ("standby", self.standby.clone(), "receiveonly", 22002, 18385),
+        ];
+        let mut ids = Vec::new();
+        for (name, root, ..) in &sides {
+            let home = work.join(format!("st-{name}"));
+            let out = self
+                .netns
+                .command("syncthing")
+                .arg("generate")
+                .arg(format!("--home={}", home.display()))
+                .env("STNODEFAULTFOLDER", "1")
+                .output()
+                .context("cannot run syncthing generate")?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            let id = text
+                .lines()
+                .find_map(|l| l.split("Device ID:").nth(1))
+                .map(|s| s.trim().to_owned())
+                .with_context(|| format!("syncthing generate printed no device ID:\n{text}"))?;
+            ids.push(id);
+            // The folder marker and an ignore for ext4's lost+found; same bytes and
+            // mtime on both sides so the tree comparison sees no difference.
+            std::fs::create_dir_all(root.join(".stfolder"))?;
+            std::fs::write(root.join(".stignore"), "/lost+found\n")?;
+            sluice_tests::run(&format!("touch -d @0 '{}/.stignore'", root.display()))?;
+        }
+        for (i, (name, root, folder_type, listen, gui)) in sides.iter().enumerate() {
+            let home = work.join(format!("st-{name}"));
+            let generated = std::fs::read_to_string(home.join("config.xml"))?;
+            let version = generated
+                .split("<configuration version=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("37")
+                .to_owned();
+            let mut xml = format!("<configuration version=\"{version}\">\n");
+            writeln!(
+                xml,
+                "  <folder id=\"bench\" label=\"bench\" path=\"{}\" type=\"{folder_type}\" \
+                 rescanIntervalS=\"3600\" fsWatcherEnabled=\"true\" fsWatcherDelayS=\"1\" \
+                 ignorePerms=\"false\" autoNormalize=\"true\">",
+                root.display()
+            )?;
+            for id in &ids {
+                writeln!(xml, "    <device id=\"{id}\" introducedBy=\"\"></device>")?;
+            }
+            xml.push_str("    <minDiskFree unit=\"%\">1</minDiskFree>\n  </folder>\n");
+            for (j, id) in ids.iter().enumerate() {
+                writeln!(
+                    xml,
+                    "  <device id=\"{id}\" name=\"{}\" compression=\"metadata\" introducer=\"false\">\n    \
+                     <address>tcp://127.0.0.1:{}</address>\n  </device>",
+                    sides[j].0, sides[j].3
+                )?;
+            }
+            write!(
+                xml,
+                "  <gui enabled=\"true\" tls=\"false\">\n    <address>127.0.0.1:{gui}</address>\n    \
+                 <apikey>sluice-bench-key-{i}</apikey>\n  </gui>\n  <options>\n    \
+                 <listenAddress>tcp://127.0.0.1:{listen}</listenAddress>\n    \
+                 <globalAnnounceEnabled>false</globalAnnounceEnabled>\n    \
+                 <localAnnounceEnabled>false</localAnnounceEnabled>\n    \
+                 <relaysEnabled>false</relaysEnabled>\n    <natEnabled>false</natEnabled>\n    \
+                 <urAccepted>-1</urAccepted>\n    <autoUpgradeIntervalH>0</autoUpgradeIntervalH>\n    \
+                 <crashReportingEnabled>false</crashReportingEnabled>\n    \
+                 <startBrowser>false</startBrowser>\n  </options>\n</configuration>\n"
+            )?;
+            std::fs::write(home.join("config.xml"), xml)?;
+            let mut command = self.netns.command("syncthing");
+            command
+                .arg("serve")
+                .arg(format!("--home={}", home.display()))
+                .args(["--no-browser", "--no-restart", "--no-upgrade"])
+                .env("STNODEFAULTFOLDER", "1");
+            let proc = Proc::spawn(&format!("syncthing ({name})"), command, &home.join("log"))?;
+            if i == 0 {
+                self.master_procs.push(proc);
+            } else {
+                self.standby_procs.push(proc);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails (with the log tail) if any of the replicator's daemons has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in self
+            .master_procs
+            .iter_mut()
+            .chain(self.standby_procs.iter_mut())
+        {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a fresh file on the master shows up on the standby. rsync has
+    /// nothing running on the master side, so it is live at once.
+    pub fn wait_live(&mut self, timeout: Duration) -> anyhow::Result<bool> {
+        if self.kind == Kind::Rsync {
+            return Ok(true);
+        }
+        let (master, standby) = (self.master.clone(), self.standby.clone());
+        workload::wait_live(&master, &standby, timeout, || self.check_alive())
+    }
+
+    /// For rsync, one full pass (what a cron job or a loop would run), bounded by
+    /// `timeout`; returns its duration, or `None` if it did not finish in time.
+    /// Continuous replicators have nothing to do here.
+    pub fn periodic_pass(&mut self, timeout: Duration) -> anyhow::Result<Option<Duration>> {
+        if self.kind != Kind::Rsync {
+            return Ok(Some(Duration::ZERO));
+        }
+        let mut command = self.netns.command("rsync");
+        command
+            .args(RSYNC_ARGS)
+            .args(["--stats", "--exclude=/lost+found"])
+            .arg(format!("{}/", self.master.display()))
+            .arg(Self::rsync_target());
+        let log = self.dir.path().join("rsync.log");
+        let start = Instant::now();
+        let mut pass = Proc::spawn("rsync", command, &log)?;
+        match pass.wait_with_cpu(timeout)? {
+            Some((true, cpu)) => {
+                self.one_shot_cpu_s += cpu;
+                Ok(Some(start.elapsed()))
+            }
+            Some((false, _)) => bail!("rsync failed:\n{}", super::procs::tail(&log, 20)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let pids = |procs: &[Proc]| procs.iter().filter_map(Proc::pid).collect::<Vec<_>>();
+        let lo_bytes = self.netns.lo_tx_bytes()?;
+        let agent_wire_bytes = if self.kind == Kind::Sluice {
+            let addr: SocketAddr = AGENT_METRICS.parse()?;
+            Some(
+                self.netns
+                    .enter(move || scrape(addr))?
+                    .get("sluice_wire_bytes_sent_total"),
+            )
+        } else {
+            None
+        };
+        Ok(Counters {
+            master_cpu_s: tree_cpu_s(&pids(&self.master_procs)) + self.one_shot_cpu_s,
+            standby_cpu_s: tree_cpu_s(&pids(&self.standby_procs)),
+            lo_bytes,
+            lo_bytes_after_scrape: self.netns.lo_tx_bytes()?,
+            agent_wire_bytes,
+        })
+    }
+
+    /// Log tails of every process, for a failure report.
+    pub fn logs(&self) -> String {
+        self.master_procs
+            .iter()
+            .chain(&self.standby_procs)
+            .map(|p| {
+                format!(
+                    "--- {}\n{}",
+                    p.log.display(),
+                    super::procs::tail(&p.log, 15)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops every process (standby side last, so the master side can finish
+    /// sending) and removes the namespace.
+    pub fn stop(mut self) {
+        for p in self
+            .master_procs
+            .iter_mut()
+            .chain(self.standby_procs.iter_mut())
+        {
+            p.stop();
+        }
+    }
+}
+
+/// Tool versions for the report.
+pub fn versions(bin_dir: &Path) -> Vec<(String, String)> {
+    let first_line = |program: &Path, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr);
+                text.lines().next().unwrap_or("").trim().to_owned()
+            })
+            .unwrap_or_else(|e| format!("unavailable ({e})"))
+    };
+    let git = Command::new("git")
+        .arg("-C")
+        .arg(crate::cargo::workspace_root())
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    vec![
+        (
+            "sluice".into(),
+            format!(
+                "{} ({})",
+                first_line(&bin_dir.join("sluice-agent"), "--version"),
+                // Prebuilt daemons may come from any commit; only a workspace build is
+                // known to match the workspace's.
+                if std::env::var_os("SLUICE_BIN_DIR").is_some() {
+                    format!(
+                        "prebuilt release binaries from $SLUICE_BIN_DIR={}; workspace at git {git}",
+                        bin_dir.display()
+                    )
+                } else {
+                    format!("release build of the workspace at git {git}")
+                }
+            ),
+        ),
+        ("rsync".into(), first_line(Path::new("rsync"), "--version")),
+        (
+            "lsyncd".into(),
+            first_line(Path::new("lsyncd"), "--version"),
+        ),
+        (
+            "syncthing".into(),
+            first_line(Path::new("syncthing"), "--version"),
+        ),
+        ("fio".into(), first_line(Path::new("fio"), "--version")),
+    ]
+}

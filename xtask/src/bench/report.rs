@@ -1,0 +1,540 @@
+//! Writing a run up: `report.md` (ratios against the peers first, absolute figures
+//! after, the issue's targets and how sluice stands), `results.json` and two SVGs.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::replicator::Kind;
+use super::results::{Results, Row};
+use super::svg;
+
+pub fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(dir.join("bytes.svg"), bytes_chart(r))?;
+    std::fs::write(dir.join("s1-lag.svg"), lag_chart(r))?;
+    std::fs::write(dir.join("report.md"), markdown(r)?)?;
+    Ok(())
+}
+
+fn cases(r: &Results) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for row in &r.rows {
+        if !out
+            .iter()
+            .any(|(s, c)| *s == row.scenario && *c == row.case)
+        {
+            out.push((row.scenario, row.case.clone()));
+        }
+    }
+    out
+}
+
+fn find<'a>(r: &'a Results, scenario: &str, case: &str, kind: Kind) -> Option<&'a Row> {
+    r.rows
+        .iter()
+        .find(|x| x.scenario == scenario && x.case == case && x.replicator == kind)
+}
+
+pub fn bytes(b: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b;
+    let mut i = 0;
+    while v.abs() >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// Time to converge, or why there is none.
+fn time_cell(row: &Row) -> String {
+    match (&row.error, row.converged_s) {
+        (Some(_), _) => "failed (see notes)".into(),
+        (None, Some(s)) => secs(s),
+        (None, None) => format!("did not converge in {:.0} s", row.timeout_s),
+    }
+}
+
+/// `peer ÷ sluice` as "N×": above 1 means sluice is better (less time or bytes).
+fn ratio(peer: Option<f64>, sluice: Option<f64>) -> String {
+    match (peer, sluice) {
+        (Some(p), Some(s)) if s > 0.0 => format!("{:.1}×", p / s),
+        (Some(_), Some(_)) => "∞".into(),
+        _ => "–".into(),
+    }
+}
+
+fn ok(row: &Row) -> bool {
+    row.error.is_none() && row.converged_s.is_some()
+}
+
+/// The headline number of a case for time: marker p99 lag for S1, else convergence.
+fn headline_time(row: &Row) -> Option<f64> {
+    if !ok(row) {
+        return None;
+    }
+    match &row.lag {
+        Some(lag) => Some(lag.p99_ms / 1e3),
+        None => row.converged_s,
+    }
+}
+
+fn markdown(r: &Results) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let peers = [Kind::Rsync, Kind::Lsyncd, Kind::Syncthing];
+    writeln!(
+        md,
+        "# sluice bench, {}{}\n",
+        r.date,
+        if r.quick { " (quick)" } else { "" }
+    )?;
+    writeln!(
+        md,
+        "Produced by `cargo xtask bench{}` in {:.0} s of wall time. Every replicator ran on the \
+         same data on fresh loop-mounted ext4 filesystems (one for the master, one for the \
+         standby), in its own network namespace so its loopback carried only its traffic.{}\n",
+        match (r.quick, r.scenarios.is_empty()) {
+            (true, true) => " --quick".to_owned(),
+            (true, false) => format!(" --quick --scenarios {}", r.scenarios.join(",")),
+            (false, true) => String::new(),
+            (false, false) => format!(" --scenarios {}", r.scenarios.join(",")),
+        },
+        r.wall_s,
+        if r.quick {
+            " This is the quick run: the data sizes are shrunk (see Sizes) to fit in 5 minutes, \
+             so absolute figures are smaller than the issue's full-size scenarios."
+        } else {
+            ""
+        }
+    )?;
+
+    writeln!(md, "## Headline: peers relative to sluice\n")?;
+    writeln!(
+        md,
+        "Each cell is *peer ÷ sluice*: above 1× sluice took less time or sent fewer bytes. \
+         Time is p99 marker lag for S1 and time to converge otherwise; bytes are bytes on \
+         the replicator's loopback.\n"
+    )?;
+    md.push_str("| scenario | case | sluice time | sluice bytes |");
+    for p in peers {
+        write!(md, " {} time | {} bytes |", p.name(), p.name())?;
+    }
+    md.push_str("\n|---|---|---|---|");
+    md.push_str(&"---|---|".repeat(peers.len()));
+    md.push('\n');
+    for (scenario, case) in cases(r) {
+        let Some(s) = find(r, scenario, &case, Kind::Sluice) else {
+            continue;
+        };
+        let s_time = headline_time(s);
+        let s_bytes = ok(s).then_some(s.lo_bytes as f64);
+        write!(
+            md,
+            "| {scenario} | {case} | {} | {} |",
+            s_time.map_or_else(|| time_cell(s), secs),
+            s_bytes.map_or("–".into(), bytes)
+        )?;
+        for p in peers {
+            match find(r, scenario, &case, p) {
+                Some(row) if ok(row) => write!(
+                    md,
+                    " {} | {} |",
+                    ratio(headline_time(row), s_time),
+                    ratio(Some(row.lo_bytes as f64), s_bytes)
+                )?,
+                Some(row) => write!(md, " {} | – |", time_cell(row))?,
+                None => md.push_str(" – | – |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    targets(&mut md, r)?;
+
+    writeln!(md, "## Per scenario\n")?;
+    s1_table(&mut md, r)?;
+    for (scenario, case) in cases(r).into_iter().filter(|(s, _)| *s != "S1") {
+        writeln!(md, "### {scenario}: {case}\n")?;
+        md.push_str("| replicator | time to converge | × sluice | bytes on wire | × sluice | wire ÷ data | standby writes | CPU master / standby | identical |\n|---|---|---|---|---|---|---|---|---|\n");
+        let s = find(r, scenario, &case, Kind::Sluice);
+        for kind in Kind::ALL {
+            let Some(row) = find(r, scenario, &case, kind) else {
+                continue;
+            };
+            let wire_per = if row.changed_bytes > 0 {
+                format!("{:.2}", row.lo_bytes as f64 / row.changed_bytes as f64)
+            } else {
+                "–".into()
+            };
+            writeln!(
+                md,
+                "| {} | {} | {} | {}{} | {} | {} | {} | {:.2} / {:.2} s | {} |",
+                kind.name(),
+                time_cell(row),
+                if kind == Kind::Sluice {
+                    "1×".into()
+                } else {
+                    ratio(
+                        ok(row).then_some(row.converged_s).flatten(),
+                        s.filter(|s| ok(s)).and_then(|s| s.converged_s),
+                    )
+                },
+                bytes(row.lo_bytes as f64),
+                row.agent_wire_bytes
+                    .map_or(String::new(), |a| format!(" (agent metric {})", bytes(a))),
+                if kind == Kind::Sluice {
+                    "1×".into()
+                } else {
+                    ratio(
+                        ok(row).then_some(row.lo_bytes as f64),
+                        s.filter(|s| ok(s)).map(|s| s.lo_bytes as f64),
+                    )
+                },
+                wire_per,
+                bytes(row.standby_written_bytes as f64),
+                row.master_cpu_s,
+                row.standby_cpu_s,
+                identical(row)
+            )?;
+        }
+        md.push('\n');
+    }
+    if let Some(o) = &r.overhead {
+        writeln!(md, "### S5: write-path overhead (fio, sluice only)\n")?;
+        if let Some(e) = &o.error {
+            writeln!(md, "failed: `{e}`\n")?;
+        } else {
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            writeln!(
+                md,
+                "| filesystem | without agent (MiB/s, before, after) | with agent (MiB/s) | overhead |\n|---|---|---|---|"
+            )?;
+            writeln!(
+                md,
+                "| watched | {} | {:.0} | {:.1}% |",
+                list(&o.watched_without_agent),
+                o.watched_with_agent,
+                o.watched_pct()
+            )?;
+            writeln!(
+                md,
+                "| unrelated | {} | {:.0} | {:.1}% |",
+                list(&o.other_without_agent),
+                o.other_with_agent,
+                o.other_pct()
+            )?;
+            writeln!(
+                md,
+                "\nBaseline runs differed by up to {:.1}% among themselves: overheads below that are within noise. Each run {} s.\n",
+                o.noise_pct(),
+                o.runtime_s
+            )?;
+        }
+    }
+
+    writeln!(
+        md,
+        "## Plots\n\n![bytes on the wire per case](bytes.svg)\n\n![S1 lag over time](s1-lag.svg)\n"
+    )?;
+    method(&mut md)?;
+    errors(&mut md, r)?;
+    writeln!(md, "## Machine\n")?;
+    for (k, v) in r.machine.iter().chain(&r.versions) {
+        writeln!(md, "- {k}: {v}")?;
+    }
+    writeln!(md, "\n## Sizes\n")?;
+    for (k, v) in &r.sizes {
+        writeln!(md, "- {k}: {v}")?;
+    }
+    writeln!(md, "\nRaw figures: `results.json`.")?;
+    Ok(md)
+}
+
+fn identical(row: &Row) -> &'static str {
+    match row.identical {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "–",
+    }
+}
+
+fn s1_table(md: &mut String, r: &Results) -> anyhow::Result<()> {
+    let rows: Vec<&Row> = r.rows.iter().filter(|x| x.scenario == "S1").collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "### S1: {}\n", rows[0].case)?;
+    md.push_str("| replicator | lag p50 | lag p99 | lag max | markers seen | wire ÷ changed | standby writes ÷ changed | CPU master / standby | identical |\n|---|---|---|---|---|---|---|---|---|\n");
+    for row in rows {
+        let per = |b: f64| format!("{:.2}", b / row.changed_bytes.max(1) as f64);
+        let (p50, p99, max, seen) = match (&row.lag, &row.error) {
+            (Some(l), None) if l.seen > 0 => {
+                let suffix = if l.periodic_pass { " (one pass)" } else { "" };
+                (
+                    format!("{}{suffix}", secs(l.p50_ms / 1e3)),
+                    format!("{}{suffix}", secs(l.p99_ms / 1e3)),
+                    if l.seen < l.total {
+                        format!("> {:.0} s", row.timeout_s)
+                    } else {
+                        secs(l.max_ms / 1e3)
+                    },
+                    format!("{}/{}", l.seen, l.total),
+                )
+            }
+            (Some(l), None) => ("–".into(), "–".into(), "–".into(), format!("0/{}", l.total)),
+            _ => ("failed".into(), "–".into(), "–".into(), "–".into()),
+        };
+        let wire = match row.agent_wire_bytes {
+            Some(a) => format!("{} (agent metric {})", per(row.lo_bytes as f64), per(a)),
+            None => per(row.lo_bytes as f64),
+        };
+        writeln!(
+            md,
+            "| {} | {p50} | {p99} | {max} | {seen} | {wire} | {} | {:.2} / {:.2} s | {} |",
+            row.replicator.name(),
+            per(row.standby_written_bytes as f64),
+            row.master_cpu_s,
+            row.standby_cpu_s,
+            identical(row)
+        )?;
+    }
+    writeln!(
+        md,
+        "\nChanged bytes: {} (every 4 KiB write counted, repeats included).\n",
+        bytes(
+            r.rows
+                .iter()
+                .find(|x| x.scenario == "S1")
+                .map_or(0, |x| x.changed_bytes) as f64
+        )
+    )?;
+    Ok(())
+}
+
+fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
+    writeln!(md, "## Targets from issue 5 and where sluice stands\n")?;
+    writeln!(md, "| target | measured | met |\n|---|---|---|")?;
+    let sl = |s: &'static str| {
+        r.rows
+            .iter()
+            .filter(move |x| x.scenario == s && x.replicator == Kind::Sluice)
+    };
+    let mut line = |what: &str, measured: String, met: Option<bool>| {
+        let _ = writeln!(
+            md,
+            "| {what} | {measured} | {} |",
+            match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            }
+        );
+    };
+    if let Some(s1) = sl("S1").next() {
+        match (&s1.lag, &s1.error) {
+            (Some(l), None) if l.seen > 0 => {
+                let p99_ok = l.seen == l.total && l.p99_ms < 20.0;
+                line(
+                    "S1 p99 lag < 20 ms",
+                    format!(
+                        "{} ({} of {} markers)",
+                        secs(l.p99_ms / 1e3),
+                        l.seen,
+                        l.total
+                    ),
+                    Some(p99_ok),
+                );
+            }
+            _ => line("S1 p99 lag < 20 ms", "no lag measured".into(), Some(false)),
+        }
+        let c = s1.changed_bytes.max(1) as f64;
+        let wire = s1.agent_wire_bytes.unwrap_or(s1.lo_bytes as f64) / c;
+        line(
+            "S1 wire ÷ changed ≤ 1.05 (agent metric)",
+            format!(
+                "{wire:.2} (loopback incl. headers and acks: {:.2})",
+                s1.lo_bytes as f64 / c
+            ),
+            Some(wire <= 1.05),
+        );
+        let w = s1.standby_written_bytes as f64 / c;
+        line(
+            "S1 standby writes ÷ changed ≤ 1.05",
+            format!("{w:.2} (block device, ext4 journal included)"),
+            Some(w <= 1.05),
+        );
+    }
+    for s3 in sl("S3") {
+        let t = s3.converged_s.filter(|_| s3.error.is_none());
+        line(
+            &format!("S3 {} < 50 ms", s3.case),
+            t.map_or_else(|| time_cell(s3), secs),
+            Some(t.is_some_and(|t| t < 0.050)),
+        );
+        line(
+            &format!("S3 {} < 64 KiB on the wire", s3.case),
+            bytes(s3.lo_bytes as f64),
+            Some(ok(s3) && s3.lo_bytes < 64 * 1024),
+        );
+    }
+    for s4 in sl("S4") {
+        let rsync = find(r, "S4", &s4.case, Kind::Rsync);
+        let speedup = match (
+            rsync.filter(|x| ok(x)).and_then(|x| x.converged_s),
+            ok(s4).then_some(s4.converged_s).flatten(),
+        ) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        line(
+            &format!("S4 {} ≥ 1.5× faster than rsync", s4.case),
+            speedup.map_or("–".into(), |x| format!("{x:.2}×")),
+            Some(speedup.is_some_and(|x| x >= 1.5)),
+        );
+    }
+    if let Some(o) = r.overhead.as_ref().filter(|o| o.error.is_none()) {
+        line(
+            "S5 overhead < 3% on the watched fs",
+            format!("{:.1}% (noise ±{:.1}%)", o.watched_pct(), o.noise_pct()),
+            Some(o.watched_pct() < 3.0),
+        );
+        line(
+            "S5 overhead < 0.5% elsewhere",
+            format!("{:.1}% (noise ±{:.1}%)", o.other_pct(), o.noise_pct()),
+            Some(o.other_pct() < 0.5),
+        );
+    }
+    md.push('\n');
+    Ok(())
+}
+
+fn method(md: &mut String) -> anyhow::Result<()> {
+    writeln!(
+        md,
+        "## How it is measured\n\n\
+         - **Replicators.** sluice: `sluice-agent` and `sluice-receiver` (release build) over QUIC on loopback. \
+         rsync: `rsync -aAXH --inplace --no-whole-file --delete` to an rsync daemon on loopback, run once after \
+         the workload; it is a periodic tool, so its lag and convergence time are the duration of that one pass \
+         (a real deployment adds its schedule interval on top). lsyncd: `default.rsync`, `delay = 0`, the same \
+         rsync options (`archive, acls, xattrs, hard_links, inplace`, `whole_file = false`), to the same kind of \
+         daemon. Syncthing: two instances, send-only folder on the master and receive-only on the standby, \
+         fsWatcher on with `fsWatcherDelayS=1`, devices introduced by ID at `tcp://127.0.0.1:port`, discovery, \
+         relays and NAT off.\n\
+         - **Convergence.** The bench polls the standby until every expected file has the master's size and \
+         first/last 16 bytes and removed paths are gone; then a full comparison runs (an rsync dry run with checksums: \
+         content, types, modes, owners, file mtimes, ACLs, xattrs, hard links; directory mtimes ignored, as \
+         `compare_trees` does), reported as *identical*. Each wait is bounded; a replicator \
+         that misses the limit is reported as \"did not converge in N s\".\n\
+         - **S1 lag.** Every 100 ms the writer puts a unique 16-byte marker on a page reserved for markers; a \
+         poller preads the standby file every 1 ms and records when each marker appears. p50/p99/max are over \
+         the markers seen; unseen markers count as lag above the limit.\n\
+         - **Bytes on the wire.** Transmit bytes of `lo` in the replicator's own network namespace \
+         (`/proc/net/dev`), so TCP/UDP/IP headers and both directions are included; for sluice the agent's \
+         `sluice_wire_bytes_sent_total` delta is shown beside it.\n\
+         - **Standby writes.** Sectors written on the standby's loop device (`/sys/block/loopN/stat`), after \
+         `sync -f`, so ext4 metadata and journal writes count: what flash would see.\n\
+         - **CPU.** utime+stime (children included) of each replicator's processes from `/proc/<pid>/stat`, \
+         split into master side (agent, lsyncd and its rsyncs, rsync client, Syncthing sender) and standby \
+         side (receiver, rsync daemon, Syncthing receiver).\n\
+         - **S5.** fio `randwrite`, 4 KiB, psync, buffered; without the agent, with the agent (and receiver) \
+         attached, then without again; on the watched filesystem and on a third, unrelated one.\n\n\
+         ## Limits\n\n\
+         - One run per cell on a shared 2-core VM: expect noise of several percent on times, more on short ones.\n\
+         - Loopback only: no network latency or bandwidth limit, which flatters whoever sends the most bytes.\n\
+         - lsyncd acts on close-after-write (and create/move/delete), not on every write: a file held open, \
+         like S1's, is replicated when it is closed. S1's writer closes the file when its writes end.\n\
+         - lsyncd's `rsyncssh` (which turns moves into `mv` on the target) needs ssh and was not used.\n\
+         - S5: while the agent is attached it is still replicating the fio file just written on the watched \
+         filesystem when the unrelated filesystem's run starts, so the \"elsewhere\" figure includes that \
+         catch-up. Buffered fio on this shared machine varies by tens of percent between identical runs (see \
+         the noise figure); only differences well above it mean anything.\n"
+    )?;
+    Ok(())
+}
+
+fn errors(md: &mut String, r: &Results) -> anyhow::Result<()> {
+    let failed: Vec<&Row> = r.rows.iter().filter(|x| x.error.is_some()).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## Notes: failures\n")?;
+    for row in failed {
+        let e = row.error.as_deref().unwrap_or_default().replace('\n', " ");
+        writeln!(
+            md,
+            "- {} {} {}: `{}`",
+            row.scenario,
+            row.case,
+            row.replicator.name(),
+            e.replace('`', "'")
+        )?;
+    }
+    md.push('\n');
+    Ok(())
+}
+
+fn bytes_chart(r: &Results) -> String {
+    let cs = cases(r);
+    let labels: Vec<String> = cs.iter().map(|(s, c)| format!("{s} {c}")).collect();
+    let values: Vec<Vec<Option<f64>>> = cs
+        .iter()
+        .map(|(s, c)| {
+            Kind::ALL
+                .iter()
+                .map(|k| {
+                    find(r, s, c, *k)
+                        .filter(|x| ok(x))
+                        .map(|x| x.lo_bytes as f64)
+                })
+                .collect()
+        })
+        .collect();
+    let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    svg::bars(
+        "Bytes on the wire per case (log scale; n/a = failed or did not converge)",
+        &labels,
+        &names,
+        &values,
+        bytes,
+    )
+}
+
+fn lag_chart(r: &Results) -> String {
+    let series: Vec<(&str, &[(f64, f64)])> = Kind::ALL
+        .iter()
+        .filter_map(|k| {
+            let row = r
+                .rows
+                .iter()
+                .find(|x| x.scenario == "S1" && x.replicator == *k)?;
+            Some((
+                k.name(),
+                row.lag.as_ref().map_or(&[][..], |l| &l.points[..]),
+            ))
+        })
+        .collect();
+    svg::lines(
+        "S1 replication lag per marker (log scale; rsync has no per-marker lag)",
+        &series,
+    )
+}

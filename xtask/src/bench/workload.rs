@@ -1,0 +1,200 @@
+//! Workload data and convergence: writing files and trees of incompressible data,
+//! and deciding cheaply, while polling, whether the standby has caught up.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice_tests::run;
+
+/// Writes `len` random (incompressible) bytes to `path`. They come from
+/// `/dev/urandom` through std's copy loop: xtask runs unoptimized, and generating
+/// gigabytes in its own code would make preparing the data the slowest part.
+pub fn write_file(path: &Path, len: u64) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut file =
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut random = File::open("/dev/urandom")
+        .context("cannot open /dev/urandom")?
+        .take(len);
+    let copied = std::io::copy(&mut random, &mut file)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    anyhow::ensure!(copied == len, "short write to {}", path.display());
+    Ok(())
+}
+
+/// `files` files spread over `dirs` directories under `root/<prefix>`; sizes come
+/// from `size(i)`. Returns the paths relative to `root` and the total bytes.
+pub fn write_tree(
+    root: &Path,
+    prefix: &str,
+    dirs: usize,
+    files: usize,
+    size: impl Fn(usize) -> u64,
+) -> anyhow::Result<(Vec<PathBuf>, u64)> {
+    let mut paths = Vec::with_capacity(files);
+    let mut total = 0;
+    for i in 0..files {
+        let rel = Path::new(prefix)
+            .join(format!("d{:04}", i % dirs.max(1)))
+            .join(format!("f{i:06}.bin"));
+        let len = size(i);
+        write_file(&root.join(&rel), len)?;
+        paths.push(rel);
+        total += len;
+    }
+    Ok((paths, total))
+}
+
+/// A pseudo-random size in `lo..=hi`, fixed by `i`.
+pub fn spread(i: usize, lo: u64, hi: u64) -> u64 {
+    let x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33;
+    lo + x % (hi - lo + 1)
+}
+
+/// Copies the master's tree to the standby with metadata, so a replicator starts
+/// from an in-sync pair.
+pub fn copy_tree(master: &Path, standby: &Path) -> anyhow::Result<()> {
+    run(&format!(
+        "cp -a '{}/.' '{}/'",
+        master.display(),
+        standby.display()
+    ))
+    .map(|_| ())
+}
+
+/// What the standby must show to count as converged: each file with its size and
+/// first and last 16 bytes, and paths that must be gone. Checking that much is a
+/// few syscalls per file, cheap enough to poll; the full comparison runs once after.
+pub struct Expect {
+    files: Vec<(PathBuf, u64, Vec<u8>, Vec<u8>)>,
+    absent: Vec<PathBuf>,
+}
+
+impl Expect {
+    /// Reads the expectation for `rel_paths` from the master as it is now.
+    pub fn from_master(
+        master: &Path,
+        rel_paths: &[PathBuf],
+        absent: &[PathBuf],
+    ) -> anyhow::Result<Expect> {
+        let mut files = Vec::with_capacity(rel_paths.len());
+        for rel in rel_paths {
+            let path = master.join(rel);
+            let (size, head, tail) =
+                probe(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            files.push((rel.clone(), size, head, tail));
+        }
+        Ok(Expect {
+            files,
+            absent: absent.to_vec(),
+        })
+    }
+
+    pub fn holds(&self, standby: &Path) -> bool {
+        self.absent
+            .iter()
+            .all(|rel| fs::symlink_metadata(standby.join(rel)).is_err())
+            && self.files.iter().all(|(rel, size, head, tail)| {
+                probe(&standby.join(rel))
+                    .is_ok_and(|(s, h, t)| s == *size && h == *head && t == *tail)
+            })
+    }
+}
+
+fn probe(path: &Path) -> std::io::Result<(u64, Vec<u8>, Vec<u8>)> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let n = size.min(16) as usize;
+    let mut head = vec![0; n];
+    let mut tail = vec![0; n];
+    file.read_exact_at(&mut head, 0)?;
+    file.read_exact_at(&mut tail, size - n as u64)?;
+    Ok((size, head, tail))
+}
+
+/// Polls until `expect` holds on the standby; returns the time since `since`, or
+/// `None` if `timeout` (from now) ran out. `alive` is checked on each round so a
+/// crashed replicator ends the wait early with its error.
+pub fn wait_converged(
+    standby: &Path,
+    expect: &Expect,
+    since: Instant,
+    timeout: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Option<Duration>> {
+    let deadline = Instant::now() + timeout;
+    // Small trees are polled often; for big ones each round costs more, so rounds
+    // are spaced to keep the poller's own load on this 2-core machine small.
+    let pause = Duration::from_micros((expect.files.len() as u64 * 10).clamp(1_000, 100_000));
+    loop {
+        if expect.holds(standby) {
+            return Ok(Some(since.elapsed()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        alive()?;
+        std::thread::sleep(pause);
+    }
+}
+
+/// Writes a uniquely named small file on the master and waits for it on the
+/// standby: proof that the replicator has finished starting and is live.
+pub fn wait_live(
+    master: &Path,
+    standby: &Path,
+    timeout: Duration,
+    alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
+    let name = PathBuf::from(format!(".bench-live-{}", std::process::id()));
+    write_file(&master.join(&name), 64)?;
+    let expect = Expect::from_master(master, std::slice::from_ref(&name), &[])?;
+    Ok(wait_converged(standby, &expect, Instant::now(), timeout, alive)?.is_some())
+}
+
+/// Whether the standby is identical to the master: content (checksums), types,
+/// permissions, owners, file mtimes, ACLs, xattrs and hard links, ignoring
+/// directory mtimes and ext4's `lost+found` (as `sluice_tests::compare_trees`
+/// does). rsync's dry run does the reading natively: xtask runs unoptimized, and a
+/// byte-by-byte comparison of gigabytes in it would dominate the bench's run time.
+/// Returns the first differences, or `None` when identical.
+pub fn differences(master: &Path, standby: &Path) -> anyhow::Result<Option<String>> {
+    let out = run(&format!(
+        "rsync -aAXHc --dry-run --itemize-changes --delete --omit-dir-times \
+         --exclude=/lost+found --exclude=/.sluice '{}/' '{}/'",
+        master.display(),
+        standby.display()
+    ))?;
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    Ok((!lines.is_empty()).then(|| {
+        lines
+            .iter()
+            .take(10)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }))
+}
+
+/// Polls [`differences`] for up to `grace`, for metadata or data that trails what
+/// the convergence check looked at.
+pub fn wait_identical(
+    master: &Path,
+    standby: &Path,
+    grace: Duration,
+) -> anyhow::Result<Option<String>> {
+    let deadline = Instant::now() + grace;
+    loop {
+        let diff = differences(master, standby)?;
+        if diff.is_none() || Instant::now() >= deadline {
+            return Ok(diff);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
