@@ -35,6 +35,29 @@ pub struct Config {
     pub capture: CaptureConfig,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub durability: DurabilityConfig,
+}
+
+/// How much the agent holds for the standby, and how often it records it on disk.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// File content kept in memory for operations not yet sent (while the standby
+    /// is unreachable or slow). Past it, changed ranges are remembered instead and
+    /// read when they can be sent.
+    pub backlog_bytes: u64,
+    /// Operations kept while the standby is unreachable; past it the backlog is
+    /// dropped and the tree compared on reconnect.
+    pub backlog_ops: usize,
+    /// Least time between two writes of the durable state in `state_dir`.
+    pub journal_interval_ms: u64,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig { backlog_bytes: 256 << 20, backlog_ops: 1_000_000, journal_interval_ms: 100 }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -95,6 +118,9 @@ impl Config {
         let size = config.capture.ring_buffer_bytes;
         if !size.is_power_of_two() || size < 4096 {
             return Err(invalid("capture.ring_buffer_bytes", format!("{size} is not a power of two of at least 4096")));
+        }
+        if config.durability.backlog_ops == 0 {
+            return Err(invalid("durability.backlog_ops", "must be at least 1".into()));
         }
         sluice_net::parse_fingerprint(&config.tls.peer_fingerprint)
             .map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;

@@ -1,11 +1,14 @@
-//! The agent daemon: capture, then connect to the receiver and stream, reconnecting
-//! (and comparing trees again) whenever the link drops.
+//! The agent daemon: capture, then connect to the receiver and stream; while the
+//! link is down changes keep accumulating in the backlog, and each new connection
+//! resends what the standby does not hold durably.
 
 use crate::capture::{Capture, CaptureOptions};
 use crate::config::Config;
+use crate::backlog::Limits;
 use crate::engine::Engine;
+use crate::journal::Journal;
 use crate::metrics::{Metrics, ModeLabel};
-use crate::session::{CaptureBatch, Session};
+use crate::session::{CaptureBatch, Replicator, Session};
 use anyhow::Context;
 use sluice_net::{Identity, SERVER_NAME, client_endpoint, is_unknown_peer};
 use std::future::Future;
@@ -35,7 +38,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let options = crate::engine::Options { devices: config.replication.devices };
-    let mut engine = Engine::new(&root, capture.watched_dev(), options)?;
+    let engine = Engine::new(&root, capture.watched_dev(), options)?;
+    let durability = &config.durability;
+    let interval = Duration::from_millis(durability.journal_interval_ms);
+    let (journal, loaded) = Journal::open(&config.state_dir, interval).context("opening the agent's durable state")?;
+    let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
+    let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, metrics.clone()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let capture_task = tokio::spawn(async move {
         loop {
@@ -49,49 +57,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
 
     tokio::pin!(shutdown);
-    let mut next_seq = 1;
-    let mut dropped_seen = 0;
-    loop {
-        let attempt = async {
-            let connecting = endpoint.connect(config.receiver, SERVER_NAME).context("connecting")?;
-            let connection = match connecting.await {
-                Ok(connection) => connection,
-                Err(e) if is_unknown_peer(&e) => {
-                    anyhow::bail!("receiver {} refused the handshake or presented a certificate that is not pinned: {e}", config.receiver)
-                }
-                Err(e) => return Err(e).context(format!("connecting to {}", config.receiver)),
-            };
-            tracing::info!(receiver = %config.receiver, "connected");
-            metrics.connected.set(1);
-            let coalesce = Duration::from_millis(config.capture.coalesce_ms);
-            let mut session = Session::open(connection, &mut engine, &metrics, next_seq, dropped_seen, coalesce).await?;
-            let result = session.run(&mut events).await;
-            next_seq = session.next_seq();
-            dropped_seen = session.dropped_seen();
-            result
-        };
-        tokio::select! {
-            _ = &mut shutdown => break,
-            result = attempt => {
-                metrics.connected.set(0);
-                metrics.initial_sync_complete.set(0);
-                metrics.ops_in_flight.set(0);
-                if let Err(e) = result {
-                    tracing::warn!("replication stopped: {e:#}; reconnecting");
+    let coalesce = Duration::from_millis(config.capture.coalesce_ms);
+    'connections: loop {
+        // Changes keep flowing into the backlog while there is no connection.
+        let connection = {
+            let connect = connect(&endpoint, config.receiver);
+            tokio::pin!(connect);
+            let mut flush_tick = tokio::time::interval(coalesce.max(Duration::from_millis(1)));
+            flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break 'connections,
+                    connection = &mut connect => break connection,
+                    batch = events.recv() => match batch {
+                        Some(batch) => rep.handle_batch(batch),
+                        None => break 'connections,
+                    },
+                    _ = flush_tick.tick(), if rep.engine.has_dirty() => rep.flush(),
+                    _ = tick.tick() => rep.tick(),
                 }
             }
+        };
+        tracing::info!(receiver = %config.receiver, "connected");
+        metrics.connected.set(1);
+        let attempt = async {
+            let mut session = Session::open(connection, &mut rep, coalesce).await?;
+            session.run(&mut events).await
+        };
+        let result = tokio::select! {
+            _ = &mut shutdown => None,
+            result = attempt => Some(result),
+        };
+        rep.offline();
+        metrics.connected.set(0);
+        metrics.initial_sync_complete.set(0);
+        match result {
+            None => break,
+            Some(Err(e)) => tracing::warn!("replication stopped: {e:#}; reconnecting"),
+            Some(Ok(())) => {}
         }
         if capture_task.is_finished() {
             break;
         }
-        // Changes made while disconnected are found by the tree comparison on reconnect.
-        let wait = tokio::time::sleep(RECONNECT_DELAY);
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = wait => {}
-        }
-        while events.try_recv().is_ok() {}
     }
+    rep.write_journal_now();
     endpoint.close(0u32.into(), b"agent stopping");
     // Let the close reach the receiver, so it frees its session at once.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -105,4 +115,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     capture_task.abort();
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Connects to the receiver, trying again every [`RECONNECT_DELAY`] until it answers.
+async fn connect(endpoint: &quinn::Endpoint, receiver: std::net::SocketAddr) -> quinn::Connection {
+    loop {
+        let attempt = async {
+            let connecting = endpoint.connect(receiver, SERVER_NAME).context("connecting")?;
+            match connecting.await {
+                Ok(connection) => Ok(connection),
+                Err(e) if is_unknown_peer(&e) => {
+                    anyhow::bail!("receiver {receiver} refused the handshake or presented a certificate that is not pinned: {e}")
+                }
+                Err(e) => Err(e).context(format!("connecting to {receiver}")),
+            }
+        };
+        match attempt.await {
+            Ok(connection) => return connection,
+            Err(e) => tracing::warn!("{e:#}; trying again"),
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
 }

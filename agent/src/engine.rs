@@ -45,6 +45,9 @@ pub struct PendingOp {
     pub op: Op,
     /// Capture time (CLOCK_MONOTONIC ns) of the oldest change the op carries.
     pub captured_ns: u64,
+    /// For a `Write` or a `SetAttrs` of a file: its inode, so the change can be kept
+    /// as "this range of this inode is dirty" instead of the bytes themselves.
+    pub ino: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +107,29 @@ pub struct Engine {
     mapped: HashMap<u64, MappedPages>,
     /// File bytes read to build operations.
     pub bytes_read: u64,
+    /// While set, dirty data stays in [`Engine::dirty`] (where repeated writes to a
+    /// range cost nothing) instead of being read into operations: the backlog of
+    /// unsent operations is at its memory bound.
+    pub data_held: bool,
+}
+
+/// What the agent found when it restarted with durable state from its previous run.
+#[derive(Debug)]
+pub enum Recovery {
+    /// Only these files changed where the durable state cannot vouch for them:
+    /// compare them block by block, and nothing else.
+    Scoped(Vec<Entry>),
+    /// Directories (or other non-file entries) changed: the whole tree is compared.
+    Whole { changed: RelPath },
+}
+
+/// Data and metadata of one inode that the standby may not have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirtyInode {
+    pub ino: u64,
+    /// `[start, end)` byte ranges.
+    pub ranges: Vec<(u64, u64)>,
+    pub attrs: bool,
 }
 
 impl Engine {
@@ -123,6 +149,7 @@ impl Engine {
             options,
             mapped: HashMap::new(),
             bytes_read: 0,
+            data_held: false,
         })
     }
 
@@ -180,6 +207,53 @@ impl Engine {
 
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// Marks ranges and metadata of `ino` dirty again: they were sent (or were to
+    /// be) but the standby may not have them. They are read anew when flushed.
+    pub fn redirty(&mut self, dirty: &DirtyInode, ts: u64) {
+        if !self.index.contains(dirty.ino) {
+            return;
+        }
+        for &(start, end) in &dirty.ranges {
+            self.mark(dirty.ino, Some((start, end.saturating_sub(start))), ts);
+        }
+        if dirty.attrs || dirty.ranges.is_empty() {
+            self.mark(dirty.ino, None, ts);
+        }
+    }
+
+    /// Every inode whose data or metadata is dirty and not yet read, including
+    /// pages still watched because they were dirtied through a mapping.
+    pub fn dirty_inodes(&self) -> Vec<DirtyInode> {
+        let mut found: HashMap<u64, DirtyInode> = HashMap::new();
+        for (ino, dirty) in &self.dirty {
+            let entry = found.entry(*ino).or_insert_with(|| DirtyInode { ino: *ino, ..DirtyInode::default() });
+            entry.ranges.extend(dirty.ranges.iter());
+            entry.attrs |= dirty.attrs || dirty.xattrs;
+        }
+        for (ino, mapped) in &self.mapped {
+            let entry = found.entry(*ino).or_insert_with(|| DirtyInode { ino: *ino, ..DirtyInode::default() });
+            entry.ranges.extend(mapped.pages.keys().map(|page| (page * PAGE, (page + 1) * PAGE)));
+        }
+        found.into_values().collect()
+    }
+
+    /// Rebuilds the index by walking the tree after a restart and decides how much
+    /// must be compared with the standby: files whose inode changed at or after
+    /// `since` (Unix seconds), when the durable state cannot vouch for them, are
+    /// compared block by block; a changed directory, symlink or FIFO means the
+    /// namespace changed unrecorded, so the whole tree is compared.
+    pub fn recover(&mut self, since: i64) -> io::Result<Recovery> {
+        let scan = scan::scan(&self.root, &mut self.files, self.options.devices, Some(since))?;
+        self.index = scan.index;
+        self.outside.clear();
+        self.last_compare = Some(since);
+        if let Some(changed) = scan.changed_non_files.into_iter().next() {
+            return Ok(Recovery::Whole { changed });
+        }
+        let entries = scan.entries.into_iter().filter(|e| e.verify && e.hardlink_of.is_none()).collect();
+        Ok(Recovery::Scoped(entries))
     }
 
     fn mark(&mut self, ino: u64, range: Option<(u64, u64)>, ts: u64) {
@@ -251,7 +325,7 @@ impl Engine {
         }
         let Some(path) = self.index.path_of(inode.ino) else { return };
         self.flush(out);
-        out.push(PendingOp { op: Op::Fallocate { path, mode, offset, len }, captured_ns: ts });
+        out.push(PendingOp { op: Op::Fallocate { path, mode, offset, len }, captured_ns: ts, ino: None });
         if mode & SHIFTING != 0 {
             // Data flushed just now was read after the shift; read the shifted tail again.
             self.mark(inode.ino, Some((offset, u64::MAX - offset)), ts);
@@ -306,7 +380,7 @@ impl Engine {
 
     fn send_whole(&mut self, ino: u64, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
         let size = std::fs::symlink_metadata(self.root.join(path.as_path())).map(|m| m.len()).unwrap_or(0);
-        out.push(PendingOp { op: Op::CreateFile { path: path.clone(), mode: 0o600, truncate: true }, captured_ns: ts });
+        out.push(PendingOp { op: Op::CreateFile { path: path.clone(), mode: 0o600, truncate: true }, captured_ns: ts, ino: None });
         self.mark(ino, Some((0, size)), ts);
         self.mark(ino, None, ts);
     }
@@ -336,7 +410,7 @@ impl Engine {
             None => None,
         };
         self.flush(out);
-        out.push(PendingOp { op: Op::Barrier { path }, captured_ns: ts });
+        out.push(PendingOp { op: Op::Barrier { path }, captured_ns: ts, ino: None });
     }
 
     /// Re-reads recently mapped pages (see [`MAPPED_PATIENCE_NS`]); call about once a second.
@@ -456,7 +530,7 @@ impl Engine {
     }
 
     fn namespace(&mut self, pid: u32, kind: &EventKind, ts: u64, out: &mut Vec<PendingOp>) {
-        let mut emit = |op: Op| out.push(PendingOp { op, captured_ns: ts });
+        let mut emit = |op: Op| out.push(PendingOp { op, captured_ns: ts, ino: None });
         match kind {
             EventKind::OpenCreate { base, path, target, flags, .. } => match self.place(*base, path) {
                 Place::Inside { parent, name, path } => {
@@ -581,7 +655,7 @@ impl Engine {
                     self.learn(tp, &tname, &to);
                 }
                 let noreplace = flags & RENAME_NOREPLACE != 0;
-                out.push(PendingOp { op: Op::Rename { from, to, exchange, noreplace }, captured_ns: ts });
+                out.push(PendingOp { op: Op::Rename { from, to, exchange, noreplace }, captured_ns: ts, ino: None });
             }
             (Place::Inside { parent, name, path }, Place::Outside) => {
                 if let Some(ino) = self.index.unlink(parent, &name) {
@@ -589,7 +663,7 @@ impl Engine {
                         self.dirty.remove(&ino);
                     }
                 }
-                out.push(PendingOp { op: Op::Remove { path }, captured_ns: ts });
+                out.push(PendingOp { op: Op::Remove { path }, captured_ns: ts, ino: None });
             }
             (Place::Outside, Place::Inside { parent, name, path }) => self.move_in(parent, &name, &path, ts, out),
             (Place::Outside, Place::Outside) => {}
@@ -610,7 +684,7 @@ impl Engine {
             self.send_whole(ino, path, ts, out);
         } else if file_type.is_symlink() {
             let target = std::fs::read_link(&full).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
-            out.push(PendingOp { op: Op::Symlink { path: path.clone(), target }, captured_ns: ts });
+            out.push(PendingOp { op: Op::Symlink { path: path.clone(), target }, captured_ns: ts, ino: None });
             self.mark(ino, None, ts);
         }
     }
@@ -674,7 +748,7 @@ impl Engine {
 
     /// Reads every dirty range and emits its writes and attributes, oldest first.
     pub fn flush(&mut self, out: &mut Vec<PendingOp>) {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() || self.data_held {
             return;
         }
         let mut order: Vec<(u64, u64)> = self.dirty.iter().map(|(ino, d)| (d.first_ns, *ino)).collect();
@@ -728,7 +802,7 @@ impl Engine {
         let meta = file.metadata().unwrap_or(meta);
         let m = meta_of(&meta);
         let attrs = Attrs { size: Some(meta.len()), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
-        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: dirty.first_ns });
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: dirty.first_ns, ino: Some(ino) });
         if dirty.xattrs {
             self.emit_xattrs(path, dirty.first_ns, out);
         }
@@ -748,7 +822,7 @@ impl Engine {
         for segment in segments(file, start, end)? {
             if !segment.data {
                 let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset: segment.start, len: segment.end - segment.start };
-                out.push(PendingOp { op, captured_ns: ts });
+                out.push(PendingOp { op, captured_ns: ts, ino: None });
                 continue;
             }
             let mut offset = segment.start;
@@ -761,7 +835,7 @@ impl Engine {
                 let read = data.len() as u64;
                 self.remember_mapped_pages(ino, offset, &data);
                 let hash = hash(&data);
-                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: ts });
+                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: ts, ino: Some(ino) });
                 offset += read;
             }
         }
@@ -780,7 +854,7 @@ impl Engine {
 
     fn emit_xattrs(&mut self, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
         match scan::read_xattrs(&self.root.join(path.as_path())) {
-            Ok(Some(xattrs)) => out.push(PendingOp { op: Op::SetXattrs { path: path.clone(), xattrs }, captured_ns: ts }),
+            Ok(Some(xattrs)) => out.push(PendingOp { op: Op::SetXattrs { path: path.clone(), xattrs }, captured_ns: ts, ino: None }),
             Ok(None) => {}
             Err(e) => tracing::warn!(%path, "cannot read extended attributes: {e}"),
         }
@@ -794,7 +868,7 @@ impl Engine {
         let m = meta_of(&meta);
         let mode = (!meta.file_type().is_symlink()).then_some(m.mode);
         let attrs = Attrs { size: None, mode, uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
-        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts });
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts, ino: Some(ino) });
         if xattrs {
             self.emit_xattrs(path, ts, out);
         }
@@ -823,7 +897,7 @@ impl Engine {
                 let zeros = hash(&vec![0u8; (end - offset) as usize]);
                 if theirs_block.is_some_and(|h| *h != zeros) {
                     let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset, len: end - offset };
-                    out.push(PendingOp { op, captured_ns: ts });
+                    out.push(PendingOp { op, captured_ns: ts, ino: None });
                 }
             } else {
                 let data = match read_range(&file, offset, end - offset) {
@@ -833,7 +907,7 @@ impl Engine {
                 self.bytes_read += data.len() as u64;
                 let ours = hash(&data);
                 if theirs_block != Some(&ours) {
-                    out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts });
+                    out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts, ino: Some(ino) });
                 }
             }
             offset = end;
@@ -841,7 +915,7 @@ impl Engine {
         }
         let m = meta_of(&file.metadata().unwrap_or(meta));
         let attrs = Attrs { size: Some(size), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
-        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts });
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts, ino: Some(ino) });
     }
 }
 

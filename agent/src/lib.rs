@@ -8,17 +8,21 @@
 //! - [`files`]: opening files by handle and reading ranges.
 //! - [`ranges`]: dirty byte ranges of a file.
 //! - [`engine`]: events → index updates and replication operations.
-//! - [`session`]: one connection to the receiver: initial sync, streaming, acks.
+//! - [`backlog`]: operations the standby does not hold durably yet, bounded in memory.
+//! - [`journal`]: the durable record of that backlog, for restarts.
+//! - [`session`]: replication across connections, and one connection to the receiver.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`config`]: the TOML configuration.
 //! - [`daemon`]: `run(config, shutdown)`, tying it all together.
 
+pub mod backlog;
 pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod files;
 pub mod index;
+pub mod journal;
 pub mod metrics;
 pub mod ranges;
 pub mod scan;

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub ops_acked: Counter,
     pub ops_in_flight: Gauge,
     pub rescans: Counter,
+    pub tree_compares: Counter,
+    pub files_verified: Counter,
+    pub ops_resent: Counter,
+    pub backlog_ops: Gauge,
+    pub backlog_bytes: Gauge,
+    pub backlog_overflows: Counter,
+    pub journal_bytes_written: Counter,
     pub connected: Gauge,
     pub initial_sync_complete: Gauge,
     pub capture_mode: Family<ModeLabel, Gauge>,
@@ -50,6 +57,13 @@ impl Metrics {
         r.register("sluice_ops_acked", "Operations acknowledged as applied", self.ops_acked.clone());
         r.register("sluice_ops_in_flight", "Operations sent on this connection and not yet acknowledged", self.ops_in_flight.clone());
         r.register("sluice_rescans", "Tree comparisons with the receiver after the first", self.rescans.clone());
+        r.register("sluice_tree_compares", "Comparisons of the whole tree with the standby (the first included)", self.tree_compares.clone());
+        r.register("sluice_files_verified", "Files compared block by block after a restart because they changed after the last durable state", self.files_verified.clone());
+        r.register("sluice_ops_resent", "Operations sent again on a new connection because the standby did not hold them durably", self.ops_resent.clone());
+        r.register("sluice_backlog_ops", "Operations waiting to be sent", self.backlog_ops.clone());
+        r.register("sluice_backlog_bytes", "File content held in memory by operations waiting to be sent", self.backlog_bytes.clone());
+        r.register("sluice_backlog_overflows", "Times the backlog exceeded its operation limit and was replaced by a tree comparison", self.backlog_overflows.clone());
+        r.register("sluice_journal_bytes_written", "Bytes written to the agent's durable state", self.journal_bytes_written.clone());
         r.register("sluice_connected", "1 while connected to the receiver", self.connected.clone());
         r.register("sluice_initial_sync_complete", "1 once the standby matched the tree in this connection", self.initial_sync_complete.clone());
         r.register("sluice_capture_mode", "How changes are captured (tp_btf: BTF raw syscall tracepoints)", self.capture_mode.clone());

@@ -19,6 +19,9 @@ pub struct Scan {
     pub index: Index,
     pub entries: Vec<Entry>,
     pub file_bytes: u64,
+    /// Entries other than regular files (the root included) whose inode changed
+    /// at or after `verify_since`.
+    pub changed_non_files: Vec<RelPath>,
 }
 
 /// Metadata of an entry as sent on the wire.
@@ -78,6 +81,11 @@ pub fn scan(root: &Path, files: &mut Files, devices: bool, verify_since: Option<
     let mut entries = Vec::new();
     let mut first_name_of: HashMap<u64, RelPath> = HashMap::new();
     let mut file_bytes = 0;
+    let changed_since = |meta: &Metadata| verify_since.is_some_and(|since| meta.ctime() >= since);
+    let mut changed_non_files = Vec::new();
+    if changed_since(&root_meta) {
+        changed_non_files.push(RelPath::root());
+    }
     files.clear();
     let walker = walkdir::WalkDir::new(root).follow_links(false).same_file_system(true).min_depth(1);
     let walker = walker.into_iter().filter_entry(|e| {
@@ -133,10 +141,13 @@ pub fn scan(root: &Path, files: &mut Files, devices: bool, verify_since: Option<
         };
         let xattrs = if hardlink_of.is_some() { Vec::new() } else { read_xattrs(item.path()).ok().flatten().unwrap_or_default() };
         // ctime, not mtime: it cannot be set back, and SetAttrs does not move it forward.
-        let verify = file_type.is_file() && verify_since.is_some_and(|since| meta.ctime() >= since);
+        let verify = file_type.is_file() && changed_since(&meta);
+        if !file_type.is_file() && changed_since(&meta) {
+            changed_non_files.push(path.clone());
+        }
         entries.push(Entry { path, kind: entry_kind, meta: meta_of(&meta), hardlink_of, xattrs, verify });
     }
-    Ok(Scan { index, entries, file_bytes })
+    Ok(Scan { index, entries, file_bytes, changed_non_files })
 }
 
 #[cfg(test)]

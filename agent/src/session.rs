@@ -1,13 +1,16 @@
-//! One connection to the receiver: handshake, tree comparison, then streaming
-//! numbered operations and tracking their acknowledgements.
+//! Replication state that outlives connections ([`Replicator`]: events into the
+//! backlog, memory bounds, the durable journal, restart recovery) and one
+//! connection to the receiver ([`Session`]: handshake, resending what the standby
+//! lacks, tree comparisons, streaming and acknowledgements).
 
+use crate::backlog::{Backlog, Limits, ManifestState, Next};
 use crate::capture::Event;
-use crate::engine::{Engine, PendingOp};
+use crate::engine::{Engine, PendingOp, Recovery};
+use crate::journal::{Journal, Snapshot};
 use crate::metrics::Metrics;
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
-use sluice_proto::{AgentMessage, Entry, PROTOCOL_VERSION, ReceiverMessage, SeqOp};
-use std::collections::VecDeque;
+use sluice_proto::{AgentMessage, Entry, PROTOCOL_VERSION, ReceiverMessage};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -20,6 +23,20 @@ const FRAME_PAYLOAD: u64 = 1 << 20;
 const RESCAN_SPACING: Duration = Duration::from_secs(2);
 /// How often the initial sync logs its progress when no terminal shows a bar.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+/// How far before a journal write an inode change may have happened without its
+/// event having been processed yet (ring-buffer latency, and a long write(2)
+/// that set the change time when it started). Changes later than the last
+/// write minus this are verified on restart.
+const JOURNAL_SLACK_SECS: i64 = 2;
+/// With operations in flight and no acknowledgement for this long, the link is
+/// presumed down: nothing more is sent until one arrives, so an outage costs a
+/// resend of at most this much of the stream (QUIC's idle timeout ends the
+/// connection later; a link that comes back before then loses nothing).
+const STALL: Duration = Duration::from_secs(1);
+/// File content in flight (sent, not acknowledged as applied), at most.
+const IN_FLIGHT_BYTES: u64 = 32 << 20;
+/// Why the tree is compared when there is no durable state to resume from.
+const NO_STATE: &str = "no durable state from an earlier run";
 
 /// A batch of events and the kernel's drop counter read after it.
 pub struct CaptureBatch {
@@ -37,10 +54,225 @@ fn unix_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-struct InFlight {
-    seq: u64,
-    captured_ns: u64,
-    payload: u64,
+fn unix_secs() -> i64 {
+    (unix_ns() / 1_000_000_000) as i64
+}
+
+/// Events → operations → backlog, whether connected or not, and the durable
+/// record of what the standby may lack.
+pub struct Replicator {
+    pub engine: Engine,
+    pub backlog: Backlog,
+    journal: Journal,
+    metrics: Metrics,
+    last_written: Option<Snapshot>,
+    dropped_seen: u64,
+    read_seen: u64,
+    journal_seen: u64,
+    /// The operation the receiver refused on the previous connection.
+    refused: Option<u64>,
+    online: bool,
+    /// When the last event was handled (Unix seconds).
+    last_event_secs: i64,
+    ticks: u64,
+    scratch: Vec<PendingOp>,
+}
+
+impl Replicator {
+    /// Resumes from the journal's snapshot when there is one: its operations and
+    /// dirty ranges are queued for the standby, and the walk that rebuilds the
+    /// index finds what changed after it (see [`Engine::recover`]). Without one,
+    /// the whole tree is compared on the first connection.
+    pub fn new(mut engine: Engine, journal: Journal, loaded: Option<Snapshot>, limits: Limits, metrics: Metrics) -> anyhow::Result<Replicator> {
+        let now = monotonic_ns();
+        let (next_seq, durable) = loaded.as_ref().map_or((1, 0), |s| (s.next_seq, s.durable));
+        let mut backlog = Backlog::new(next_seq, durable, limits);
+        match loaded {
+            None => engine.request_compare(NO_STATE),
+            Some(snapshot) if snapshot.compare_owed => {
+                engine.request_compare("the previous run had not finished comparing the tree")
+            }
+            Some(snapshot) => {
+                let started = Instant::now();
+                let recovery = engine.recover(snapshot.verify_since).context("walking the watched tree")?;
+                match recovery {
+                    Recovery::Whole { changed } => {
+                        engine.request_compare(format!("{changed} changed while the agent was not running"))
+                    }
+                    Recovery::Scoped(entries) => {
+                        tracing::info!(
+                            operations = snapshot.ops.len(),
+                            dirty_files = snapshot.dirty.len(),
+                            files_to_verify = entries.len(),
+                            indexed = engine.index().len(),
+                            walk_seconds = started.elapsed().as_secs_f64(),
+                            "resuming from the durable state of the previous run"
+                        );
+                        metrics.files_verified.inc_by(entries.len() as u64);
+                        backlog.restore(snapshot.ops, now);
+                        for dirty in &snapshot.dirty {
+                            engine.redirty(dirty, now);
+                        }
+                        let since = snapshot.verify_since;
+                        backlog.push_manifest(ManifestState { scoped: Some(entries), done_seq: None, since });
+                    }
+                }
+            }
+        }
+        Ok(Replicator {
+            engine,
+            backlog,
+            journal,
+            metrics,
+            last_written: None,
+            dropped_seen: 0,
+            read_seen: 0,
+            journal_seen: 0,
+            refused: None,
+            online: false,
+            last_event_secs: 0,
+            ticks: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Applies a batch of captured events.
+    pub fn handle_batch(&mut self, batch: CaptureBatch) {
+        self.metrics.events_captured.inc_by(batch.events.len() as u64);
+        if !batch.events.is_empty() {
+            self.last_event_secs = unix_secs();
+        }
+        self.note_drops(batch.dropped_total);
+        let mut pending = std::mem::take(&mut self.scratch);
+        for event in &batch.events {
+            self.engine.handle(event, &mut pending);
+        }
+        self.queue(&mut pending);
+        self.scratch = pending;
+    }
+
+    /// Reads the dirty ranges whose coalescing time is up into operations.
+    pub fn flush(&mut self) {
+        let mut pending = std::mem::take(&mut self.scratch);
+        tokio::task::block_in_place(|| self.engine.flush(&mut pending));
+        self.queue(&mut pending);
+        self.scratch = pending;
+    }
+
+    fn compare_owed(&self) -> bool {
+        self.engine.rescan_reason().is_some()
+    }
+
+    fn queue(&mut self, pending: &mut Vec<PendingOp>) {
+        if self.compare_owed() && !self.online {
+            // The comparison on the next connection covers these.
+            pending.clear();
+        }
+        for op in pending.drain(..) {
+            let captured = op.captured_ns;
+            self.backlog.push(op, captured);
+        }
+        if self.backlog.overflowed() {
+            self.metrics.backlog_overflows.inc();
+            let reason = format!("more than {} operations waited for the standby", self.backlog.unsent_len());
+            self.backlog.clear();
+            self.engine.request_compare(reason);
+        }
+        self.engine.data_held = self.backlog.content_full() || (self.compare_owed() && !self.online);
+    }
+
+    fn note_drops(&mut self, dropped_total: u64) {
+        if dropped_total > self.dropped_seen {
+            let lost = dropped_total - self.dropped_seen;
+            self.metrics.events_dropped.inc_by(lost);
+            self.dropped_seen = dropped_total;
+            self.engine.request_rescan(format!("the kernel ring buffer overflowed, {lost} events lost"));
+        }
+    }
+
+    /// Work done every 100 ms while not connected.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks % 10 == 0 {
+            self.engine.refresh_mapped(monotonic_ns());
+        }
+        self.update_metrics();
+        if self.journal.due() {
+            self.write_journal();
+        }
+    }
+
+    /// Writes the journal at once, as the agent stops.
+    pub fn write_journal_now(&mut self) {
+        self.last_written = None;
+        self.write_journal();
+    }
+
+    /// Writes the journal if what it would hold changed since the last write.
+    pub fn write_journal(&mut self) {
+        let (ops, mut dirty) = self.backlog.records();
+        dirty.extend(self.engine.dirty_inodes());
+        let now = unix_ns();
+        // Everything changed before this has been captured and is either in the
+        // snapshot or durable on the standby; files a pending verification covers
+        // are in neither, so their earlier bound is kept.
+        let mut verify_since = (now / 1_000_000_000) as i64 - JOURNAL_SLACK_SECS;
+        if let Some(manifest) = self.backlog.unsettled_manifest() {
+            verify_since = verify_since.min(manifest.since);
+        }
+        let full_pending = self.backlog.unsettled_manifest().is_some_and(|m| m.scoped.is_none());
+        let snapshot = Snapshot {
+            written_unix_ns: now,
+            next_seq: self.backlog.next_seq(),
+            durable: self.backlog.durable(),
+            compare_owed: self.compare_owed() || full_pending,
+            verify_since,
+            ops,
+            dirty,
+        };
+        // Skipping an unchanged snapshot leaves an older `verify_since` on disk,
+        // which only makes a restart verify more.
+        let unchanged = self.last_written.as_ref().is_some_and(|last| {
+            last.ops == snapshot.ops
+                && last.dirty == snapshot.dirty
+                && last.compare_owed == snapshot.compare_owed
+                && last.durable == snapshot.durable
+        });
+        // Written again anyway once the time bound can move past the last change
+        // seen, so that a restart does not verify what this snapshot vouches for.
+        let stale = self.last_written.as_ref().is_some_and(|last| {
+            last.verify_since <= self.last_event_secs && snapshot.verify_since > last.verify_since
+        });
+        if unchanged && !stale {
+            return;
+        }
+        match self.journal.write(&snapshot) {
+            Ok(()) => self.last_written = Some(snapshot),
+            Err(e) => tracing::error!("cannot write the agent's durable state: {e}"),
+        }
+    }
+
+    /// Marks the end of a connection.
+    pub fn offline(&mut self) {
+        self.online = false;
+        self.engine.data_held = self.backlog.content_full() || self.compare_owed();
+        self.update_metrics();
+    }
+
+    fn update_metrics(&mut self) {
+        let now = monotonic_ns();
+        let oldest = [self.backlog.oldest_unapplied_ns(), self.engine.oldest_dirty_ns()].into_iter().flatten().min();
+        self.metrics.lag_seconds.set(oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9));
+        let bytes = self.backlog.unsent_payload() + self.backlog.in_flight_bytes() + self.engine.dirty_bytes();
+        self.metrics.lag_bytes.set(bytes as i64);
+        self.metrics.ops_in_flight.set(self.backlog.in_flight() as i64);
+        self.metrics.backlog_ops.set(self.backlog.unsent_len() as i64);
+        self.metrics.backlog_bytes.set(self.backlog.unsent_payload() as i64);
+        self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
+        self.read_seen = self.engine.bytes_read;
+        self.metrics.journal_bytes_written.inc_by(self.journal.bytes_written.saturating_sub(self.journal_seen));
+        self.journal_seen = self.journal.bytes_written;
+    }
 }
 
 /// State of one connection.
@@ -48,14 +280,9 @@ pub struct Session<'a> {
     connection: quinn::Connection,
     writer: FrameWriter,
     replies: mpsc::UnboundedReceiver<anyhow::Result<ReceiverMessage>>,
-    engine: &'a mut Engine,
-    metrics: &'a Metrics,
-    next_seq: u64,
-    in_flight: VecDeque<InFlight>,
-    dropped_seen: u64,
+    rep: &'a mut Replicator,
     wire_seen: (u64, u64),
     lost_seen: u64,
-    read_seen: u64,
     synced: bool,
     sync_started: Instant,
     last_rescan: Instant,
@@ -63,18 +290,14 @@ pub struct Session<'a> {
     wants_answered: u64,
     last_progress_log: Instant,
     coalesce: Duration,
+    /// When acknowledgements last moved forward (or sending started from nothing in flight).
+    last_progress: Instant,
 }
 
 impl<'a> Session<'a> {
-    /// Opens the stream and exchanges `Hello`.
-    pub async fn open(
-        connection: quinn::Connection,
-        engine: &'a mut Engine,
-        metrics: &'a Metrics,
-        next_seq: u64,
-        dropped_seen: u64,
-        coalesce: Duration,
-    ) -> anyhow::Result<Session<'a>> {
+    /// Opens the stream, exchanges `Hello`, and queues again whatever the receiver
+    /// does not hold durably.
+    pub async fn open(connection: quinn::Connection, rep: &'a mut Replicator, coalesce: Duration) -> anyhow::Result<Session<'a>> {
         let (send, recv) = connection.open_bi().await.context("opening the replication stream")?;
         let mut writer = FrameWriter::new(send, true);
         let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
@@ -98,18 +321,41 @@ impl<'a> Session<'a> {
                 }
             }
         });
+        rep.online = true;
+        if durable_seq < rep.backlog.durable() {
+            rep.engine.request_compare(format!(
+                "the standby holds operations up to {durable_seq} but had reported {} durable",
+                rep.backlog.durable()
+            ));
+        }
+        let now = monotonic_ns();
+        let (dirty, unfinished) = rep.backlog.rewind(durable_seq, now);
+        if unfinished.is_some() {
+            rep.engine.request_compare("the previous comparison of the tree did not finish");
+        }
+        if rep.compare_owed() {
+            rep.backlog.clear();
+        }
+        let resent = rep.backlog.unsent_len();
+        for inode in &dirty {
+            rep.engine.redirty(inode, now);
+        }
+        if resent + dirty.len() > 0 {
+            tracing::info!(
+                receiver_durable = durable_seq,
+                operations = resent,
+                files = dirty.len(),
+                "resending what the standby does not hold durably"
+            );
+            rep.metrics.ops_resent.inc_by(resent as u64);
+        }
         Ok(Session {
             connection,
             writer,
             replies,
-            engine,
-            metrics,
-            next_seq: next_seq.max(durable_seq + 1),
-            in_flight: VecDeque::new(),
-            dropped_seen,
+            rep,
             wire_seen: (0, 0),
             lost_seen: 0,
-            read_seen: 0,
             synced: false,
             sync_started: Instant::now(),
             last_rescan: Instant::now() - RESCAN_SPACING,
@@ -117,82 +363,100 @@ impl<'a> Session<'a> {
             wants_answered: 0,
             last_progress_log: Instant::now(),
             coalesce,
+            last_progress: Instant::now(),
         })
-    }
-
-    /// The next sequence number this session would use (kept across reconnects).
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    pub fn dropped_seen(&self) -> u64 {
-        self.dropped_seen
     }
 
     /// Runs until the connection fails or `events` closes.
     pub async fn run(&mut self, events: &mut mpsc::UnboundedReceiver<CaptureBatch>) -> anyhow::Result<()> {
-        // Whatever was captured before this point is covered by the walk below.
-        while let Ok(batch) = events.try_recv() {
-            self.note_drops(batch.dropped_total);
-        }
-        self.engine.request_compare("connected");
         let mut flush_tick = tokio::time::interval(self.coalesce.max(Duration::from_millis(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_millis(100));
-        let mut pending = Vec::new();
         let mut ticks = 0u64;
+        if self.rep.backlog.is_idle() && !self.rep.compare_owed() {
+            self.synced = true;
+            self.rep.metrics.initial_sync_complete.set(1);
+        }
         loop {
-            if self.engine.rescan_reason().is_some() && self.last_rescan.elapsed() >= RESCAN_SPACING {
+            if self.rep.compare_owed() && self.rep.backlog.is_idle() && self.last_rescan.elapsed() >= RESCAN_SPACING {
                 self.compare_trees().await?;
             }
+            let stalled = self.rep.backlog.in_flight() > 0
+                && (self.last_progress.elapsed() >= STALL || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES);
+            let sendable = !self.rep.backlog.is_idle() && !stalled;
             tokio::select! {
                 reply = self.replies.recv() => {
                     let reply = reply.ok_or_else(|| anyhow!("receiver reader stopped"))??;
-                    self.on_reply(reply, &mut pending).await?;
+                    self.on_reply(reply)?;
                 }
                 batch = events.recv() => {
                     let Some(batch) = batch else { return Ok(()) };
-                    self.metrics.events_captured.inc_by(batch.events.len() as u64);
-                    self.note_drops(batch.dropped_total);
-                    for event in &batch.events {
-                        self.engine.handle(event, &mut pending);
-                    }
-                    self.send(&mut pending).await?;
+                    self.rep.handle_batch(batch);
                 }
-                _ = flush_tick.tick(), if self.engine.has_dirty() => {
-                    tokio::task::block_in_place(|| self.engine.flush(&mut pending));
-                    self.send(&mut pending).await?;
-                }
+                () = std::future::ready(()), if sendable => self.send_next().await?,
+                _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
                 _ = metrics_tick.tick() => {
                     ticks += 1;
                     if ticks % 10 == 0 {
-                        self.engine.refresh_mapped(monotonic_ns());
+                        self.rep.engine.refresh_mapped(monotonic_ns());
                     }
                     self.update_metrics();
+                    if self.rep.journal.due() {
+                        self.rep.write_journal();
+                    }
                 }
             }
         }
     }
 
-    fn note_drops(&mut self, dropped_total: u64) {
-        if dropped_total > self.dropped_seen {
-            let lost = dropped_total - self.dropped_seen;
-            self.metrics.events_dropped.inc_by(lost);
-            self.dropped_seen = dropped_total;
-            self.engine.request_rescan(format!("the kernel ring buffer overflowed, {lost} events lost"));
+    /// Sends one frame of queued operations, or the queued manifest.
+    async fn send_next(&mut self) -> anyhow::Result<()> {
+        if self.rep.backlog.in_flight() == 0 {
+            self.last_progress = Instant::now();
         }
+        match self.rep.backlog.take(FRAME_PAYLOAD, monotonic_ns(), unix_ns()) {
+            Some(Next::Ops(ops)) => {
+                if !self.synced {
+                    self.rep.metrics.initial_sync_complete.set(0);
+                }
+                for op in &ops {
+                    self.rep.metrics.ops_sent.inc();
+                    self.rep.metrics.payload_bytes_sent.inc_by(op.op.payload_len());
+                }
+                self.writer.write(&AgentMessage::Ops(ops)).await?;
+            }
+            Some(Next::Manifest(entries)) => {
+                tracing::info!(files = entries.len(), "verifying files changed after the last durable state, block by block");
+                self.synced = false;
+                self.sync_started = Instant::now();
+                self.write_manifest(&entries).await?;
+                self.writer.write(&AgentMessage::ScopedManifestEnd).await?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn write_manifest(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        for chunk in entries.chunks(MANIFEST_CHUNK) {
+            self.writer.write(&AgentMessage::Manifest(chunk.to_vec())).await?;
+        }
+        Ok(())
     }
 
     /// Walks the tree and sends it; the receiver answers with `Want`s and `ManifestDone`.
     async fn compare_trees(&mut self) -> anyhow::Result<()> {
-        let reason = self.engine.rescan_reason().unwrap_or("requested").to_string();
-        if reason != "connected" {
-            self.metrics.rescans.inc();
+        let reason = self.rep.engine.rescan_reason().unwrap_or("requested").to_string();
+        if reason != NO_STATE {
+            self.rep.metrics.rescans.inc();
         }
+        self.rep.metrics.tree_compares.inc();
         self.last_rescan = Instant::now();
         self.sync_started = Instant::now();
+        self.synced = false;
         self.wants_answered = 0;
-        let entries: Vec<Entry> = tokio::task::block_in_place(|| self.engine.rescan()).context("walking the watched tree")?;
+        let since = unix_secs() - JOURNAL_SLACK_SECS;
+        let entries: Vec<Entry> = tokio::task::block_in_place(|| self.rep.engine.rescan()).context("walking the watched tree")?;
         tracing::info!(entries = entries.len(), %reason, "comparing the tree with the standby");
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new_spinner();
@@ -200,27 +464,27 @@ impl<'a> Session<'a> {
             bar.enable_steady_tick(Duration::from_millis(200));
             self.progress = Some(bar);
         }
-        for chunk in entries.chunks(MANIFEST_CHUNK) {
-            self.writer.write(&AgentMessage::Manifest(chunk.to_vec())).await?;
-        }
+        self.write_manifest(&entries).await?;
         self.writer.write(&AgentMessage::ManifestEnd).await?;
+        self.rep.backlog.full_manifest_sent(since);
         Ok(())
     }
 
-    async fn on_reply(&mut self, reply: ReceiverMessage, pending: &mut Vec<PendingOp>) -> anyhow::Result<()> {
+    fn on_reply(&mut self, reply: ReceiverMessage) -> anyhow::Result<()> {
         match reply {
             ReceiverMessage::Want { path, hashes, .. } => {
                 let now = monotonic_ns();
-                tokio::task::block_in_place(|| self.engine.answer_want(&path, &hashes, now, pending));
+                let mut pending = Vec::new();
+                tokio::task::block_in_place(|| self.rep.engine.answer_want(&path, &hashes, now, &mut pending));
+                self.rep.queue(&mut pending);
                 self.wants_answered += 1;
-                let sent = self.metrics.payload_bytes_sent.get();
+                let sent = self.rep.metrics.payload_bytes_sent.get();
                 if let Some(bar) = &self.progress {
                     bar.set_message(format!("initial sync: {} files compared, {sent} bytes sent, now {path}", self.wants_answered));
                 } else if self.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
                     self.last_progress_log = Instant::now();
                     tracing::info!(files_compared = self.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
                 }
-                self.send(pending).await?;
             }
             ReceiverMessage::ManifestDone { wanted } => {
                 if let Some(bar) = self.progress.take() {
@@ -231,80 +495,50 @@ impl<'a> Session<'a> {
                     seconds = self.sync_started.elapsed().as_secs_f64(),
                     "standby compared; differing blocks are streaming"
                 );
+                self.rep.backlog.manifest_done();
                 self.synced = true;
-                if self.in_flight.is_empty() {
-                    self.metrics.initial_sync_complete.set(1);
-                }
+                self.check_synced();
             }
             ReceiverMessage::Ack { seq } => {
-                while self.in_flight.front().is_some_and(|f| f.seq <= seq) {
-                    self.in_flight.pop_front();
-                    self.metrics.ops_acked.inc();
+                let acked = self.rep.backlog.applied(seq);
+                if acked > 0 {
+                    self.last_progress = Instant::now();
                 }
-                if self.synced && self.in_flight.is_empty() {
-                    self.metrics.initial_sync_complete.set(1);
+                self.rep.metrics.ops_acked.inc_by(acked);
+                if self.rep.refused.is_some_and(|refused| seq >= refused) {
+                    self.rep.refused = None;
                 }
+                self.check_synced();
                 self.update_metrics();
             }
-            ReceiverMessage::Refused { seq, reason } => bail!("receiver refused operation {seq}: {reason}"),
+            ReceiverMessage::Durable { seq } => self.rep.backlog.confirmed(seq),
+            ReceiverMessage::Refused { seq, reason } => {
+                if self.rep.refused == Some(seq) {
+                    self.rep.engine.request_compare(format!("the receiver refused operation {seq} twice"));
+                }
+                self.rep.refused = Some(seq);
+                bail!("receiver refused operation {seq}: {reason}")
+            }
             ReceiverMessage::Hello { .. } => bail!("unexpected second Hello from the receiver"),
         }
         Ok(())
     }
 
-    /// Numbers and sends `pending`, several small ops to a frame.
-    async fn send(&mut self, pending: &mut Vec<PendingOp>) -> anyhow::Result<()> {
-        if pending.is_empty() {
-            return Ok(());
+    fn check_synced(&self) {
+        if self.synced && self.rep.backlog.in_flight() == 0 && self.rep.backlog.is_idle() {
+            self.rep.metrics.initial_sync_complete.set(1);
         }
-        if !self.synced {
-            self.metrics.initial_sync_complete.set(0);
-        }
-        let now_mono = monotonic_ns();
-        let now_unix = unix_ns();
-        let mut batch = Vec::new();
-        let mut batch_payload = 0;
-        for PendingOp { op, captured_ns } in pending.drain(..) {
-            let payload = op.payload_len();
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.in_flight.push_back(InFlight { seq, captured_ns, payload });
-            self.metrics.ops_sent.inc();
-            self.metrics.payload_bytes_sent.inc_by(payload);
-            let captured_unix_ns = now_unix.saturating_sub(now_mono.saturating_sub(captured_ns));
-            batch.push(SeqOp { seq, captured_unix_ns, op });
-            batch_payload += payload;
-            if batch_payload >= FRAME_PAYLOAD {
-                self.writer.write(&AgentMessage::Ops(std::mem::take(&mut batch))).await?;
-                batch_payload = 0;
-            }
-        }
-        if !batch.is_empty() {
-            self.writer.write(&AgentMessage::Ops(batch)).await?;
-        }
-        self.update_metrics();
-        Ok(())
     }
 
     fn update_metrics(&mut self) {
-        let now = monotonic_ns();
-        let oldest = [self.in_flight.front().map(|f| f.captured_ns), self.engine.oldest_dirty_ns()]
-            .into_iter()
-            .flatten()
-            .min();
-        let lag = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
-        self.metrics.lag_seconds.set(lag);
-        self.metrics.ops_in_flight.set(self.in_flight.len() as i64);
-        let bytes: u64 = self.in_flight.iter().map(|f| f.payload).sum::<u64>() + self.engine.dirty_bytes();
-        self.metrics.lag_bytes.set(bytes as i64);
+        self.rep.update_metrics();
+        let metrics = &self.rep.metrics;
         let stats = self.connection.stats();
         let (tx, rx) = (stats.udp_tx.bytes, stats.udp_rx.bytes);
-        self.metrics.wire_bytes_sent.inc_by(tx.saturating_sub(self.wire_seen.0));
-        self.metrics.wire_bytes_received.inc_by(rx.saturating_sub(self.wire_seen.1));
+        metrics.wire_bytes_sent.inc_by(tx.saturating_sub(self.wire_seen.0));
+        metrics.wire_bytes_received.inc_by(rx.saturating_sub(self.wire_seen.1));
         self.wire_seen = (tx, rx);
-        self.metrics.wire_bytes_lost.inc_by(stats.path.lost_bytes.saturating_sub(self.lost_seen));
+        metrics.wire_bytes_lost.inc_by(stats.path.lost_bytes.saturating_sub(self.lost_seen));
         self.lost_seen = stats.path.lost_bytes;
-        self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
-        self.read_seen = self.engine.bytes_read;
     }
 }

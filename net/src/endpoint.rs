@@ -22,14 +22,22 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Flow-control windows sized for bulk file data over a fast link: the defaults
 /// would cap a 1 Gbit/s, 10 ms path at a fraction of its capacity.
+/// How long a silent peer is given before its connection is declared dead. The
+/// agent keeps everything the standby has not made durable and resends it on the
+/// next connection, so a short timeout costs nothing but a reconnect, and a
+/// receiver that was killed is noticed within seconds.
+pub const IDLE_TIMEOUT_MS: u32 = 5_000;
+/// Keep-alives make an idle but healthy link send something well within the timeout.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 fn transport() -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     transport
         .stream_receive_window(VarInt::from_u32(32 << 20))
         .receive_window(VarInt::from_u32(64 << 20))
         .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(2)))
-        .max_idle_timeout(Some(VarInt::from_u32(15_000).into()));
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
     Arc::new(transport)
 }
 

@@ -8,7 +8,12 @@
 //! chunks and `ManifestEnd`; the receiver answers `Want` for every file whose copy
 //! differs (with the hashes of the blocks it holds) and `ManifestDone`; from then
 //! on the agent sends numbered [`Op`]s and the receiver acknowledges each applied
-//! sequence number with `Ack` (cumulative).
+//! sequence number with `Ack` (cumulative), and each sequence number it has made
+//! durable with `Durable`, so the agent can forget what it would otherwise resend.
+//!
+//! After a restart the agent may send a scoped manifest instead: entries listed
+//! one by one, ended by `ScopedManifestEnd`, which compares only those entries and
+//! deletes nothing.
 
 use crate::RelPath;
 use serde::{Deserialize, Serialize};
@@ -178,6 +183,9 @@ pub enum AgentMessage {
     Op(SeqOp),
     /// Several operations in one frame (small ops are batched to save overhead).
     Ops(Vec<SeqOp>),
+    /// Ends a manifest that lists only some entries: they are compared, and
+    /// nothing else on the standby is touched.
+    ScopedManifestEnd,
 }
 
 /// Messages from the receiver to the agent.
@@ -197,4 +205,7 @@ pub enum ReceiverMessage {
     Ack { seq: u64 },
     /// Operation `seq` could not be applied; the stream stops there.
     Refused { seq: u64, reason: String },
+    /// Every operation up to and including `seq` is on the standby's disk: the
+    /// agent no longer needs to be able to resend it.
+    Durable { seq: u64 },
 }

@@ -46,6 +46,8 @@ pub struct Session {
     last_applied: u64,
     durable: u64,
     acked: u64,
+    /// The durable sequence number last reported to the agent.
+    durable_reported: u64,
     /// Capture time of the newest applied barrier not yet made durable.
     barrier: Option<u64>,
 }
@@ -65,6 +67,7 @@ impl Session {
             last_applied: durable,
             durable,
             acked: durable,
+            durable_reported: durable,
             barrier: None,
         }
     }
@@ -74,6 +77,7 @@ impl Session {
         self.greeted = false;
         self.sync = None;
         self.acked = self.last_applied;
+        self.durable_reported = self.durable;
         // Names may have changed under cached fds while nobody was connected.
         self.applier.close_files();
     }
@@ -108,11 +112,16 @@ impl Session {
         self.barrier.is_some()
     }
 
-    /// A cumulative `Ack` when something was applied since the last one.
+    /// A cumulative `Ack` when something was applied since the last one, else a
+    /// `Durable` when more of it reached the disk since that was last reported.
     pub fn take_ack(&mut self) -> Option<ReceiverMessage> {
-        (self.last_applied > self.acked).then(|| {
+        if self.last_applied > self.acked {
             self.acked = self.last_applied;
-            ReceiverMessage::Ack { seq: self.acked }
+            return Some(ReceiverMessage::Ack { seq: self.acked });
+        }
+        (self.durable > self.durable_reported).then(|| {
+            self.durable_reported = self.durable;
+            ReceiverMessage::Durable { seq: self.durable }
         })
     }
 
@@ -150,12 +159,17 @@ impl Session {
                     .map_err(|e| refuse(e.to_string()))?;
                 out.extend(wants.into_iter().map(ReceiverMessage::from));
             }
-            AgentMessage::ManifestEnd => {
+            AgentMessage::ManifestEnd | AgentMessage::ScopedManifestEnd => {
+                let whole_tree = matches!(message, AgentMessage::ManifestEnd);
                 let sync = self.sync.take().unwrap_or_default();
                 let wanted = sync
-                    .finish(&mut self.applier)
+                    .finish(&mut self.applier, whole_tree)
                     .map_err(|e| refuse(e.to_string()))?;
-                tracing::info!(wanted, "initial sync listed; waiting for file contents");
+                tracing::info!(
+                    wanted,
+                    whole_tree,
+                    "manifest listed; waiting for file contents"
+                );
                 out.push(ReceiverMessage::ManifestDone { wanted });
             }
             AgentMessage::Op(op) => self.apply(op)?,
@@ -313,6 +327,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused.seq, 3);
         assert_eq!(s.last_applied(), 2);
+        // Once on disk, the agent hears that it may forget ops 1 and 2.
+        s.make_durable().unwrap();
+        assert_eq!(s.take_ack(), Some(ReceiverMessage::Durable { seq: 2 }));
+        assert_eq!(s.take_ack(), None);
 
         // The next connection's Hello reports what was flushed, and so does a restart.
         s.connected();

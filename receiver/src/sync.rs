@@ -201,10 +201,13 @@ impl InitialSync {
         }))
     }
 
-    /// Ends the sync: deletes what the manifest did not list, then sets the
-    /// deferred metadata deepest first. Returns how many files were wanted.
-    pub fn finish(self, applier: &mut Applier) -> Result<u64, SyncError> {
-        self.prune(applier, &RelPath::root())?;
+    /// Ends the sync: for a manifest of the `whole_tree`, deletes what it did not
+    /// list; then sets the deferred metadata deepest first. Returns how many files
+    /// were wanted.
+    pub fn finish(self, applier: &mut Applier, whole_tree: bool) -> Result<u64, SyncError> {
+        if whole_tree {
+            self.prune(applier, &RelPath::root())?;
+        }
         for (path, meta, _) in self.deferred.iter().rev() {
             let attrs = Attrs {
                 size: None,
@@ -345,7 +348,7 @@ mod tests {
                 hashes: vec![]
             }
         );
-        assert_eq!(sync.finish(&mut applier).unwrap(), 2);
+        assert_eq!(sync.finish(&mut applier, true).unwrap(), 2);
 
         let root = dir.path();
         assert_eq!(
@@ -389,11 +392,33 @@ mod tests {
             ),
         ];
         assert!(sync.entries(&mut applier, &entries).unwrap().is_empty());
-        assert_eq!(sync.finish(&mut applier).unwrap(), 0);
+        assert_eq!(sync.finish(&mut applier, true).unwrap(), 0);
         let mut left: Vec<_> = walk(root);
         left.sort();
         assert_eq!(left, [".sluice", "keep", "keep/file", "lost+found"]);
         assert_eq!(fs::metadata(root.join("keep")).unwrap().mtime(), 10);
+    }
+
+    #[test]
+    fn scoped_manifest_compares_only_what_it_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("unlisted"), b"x").unwrap();
+        fs::write(root.join("listed"), b"old").unwrap();
+        let mut applier = Applier::open(root).unwrap();
+        let mut sync = InitialSync::new();
+        let listed = Entry {
+            verify: true,
+            ..entry(
+                "listed",
+                EntryKind::File { size: 3 },
+                local_meta(&root.join("listed"), 0o644),
+            )
+        };
+        let wants = sync.entries(&mut applier, &[listed]).unwrap();
+        assert_eq!(wants.len(), 1, "verify compares blocks even when size and mtime match");
+        assert_eq!(sync.finish(&mut applier, false).unwrap(), 1);
+        assert!(root.join("unlisted").exists());
     }
 
     fn walk(root: &Path) -> Vec<String> {

@@ -8,7 +8,12 @@ use std::time::Duration;
 /// flight; returns the agent's metrics at that point.
 pub fn converge(pair: &Pair, timeout: Duration) -> Metrics {
     if let Err(e) = wait_until_identical(pair.master(), pair.standby(), timeout) {
-        panic!("{e:#}\n--- agent log ---\n{}\n--- receiver log ---\n{}", tail(&pair.agent_log()), tail(&pair.receiver_log()));
+        panic!(
+            "{e:#}\n--- agent ---\n{}\n--- agent log ---\n{}\n--- receiver log ---\n{}",
+            agent_state(pair),
+            tail(&pair.agent_log()),
+            tail(&pair.receiver_log())
+        );
     }
     idle(pair, timeout)
 }
@@ -23,6 +28,23 @@ pub fn idle(pair: &Pair, timeout: Duration) -> Metrics {
     // Wire counters are sampled every 100 ms.
     std::thread::sleep(Duration::from_millis(300));
     pair.agent_metrics().expect("agent metrics")
+}
+
+/// The agent's replication counters, for failure messages.
+pub fn agent_state(pair: &Pair) -> String {
+    let Ok(m) = pair.agent_metrics() else { return "metrics unavailable".into() };
+    let names = [
+        "sluice_connected",
+        "sluice_events_captured_total",
+        "sluice_ops_sent_total",
+        "sluice_ops_acked_total",
+        "sluice_ops_in_flight",
+        "sluice_backlog_ops",
+        "sluice_lag_bytes",
+        "sluice_lag_seconds",
+        "sluice_tree_compares_total",
+    ];
+    names.iter().map(|n| format!("{n} {}", m.get(n))).collect::<Vec<_>>().join("\n")
 }
 
 /// The last lines of a log, for failure messages.

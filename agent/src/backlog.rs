@@ -1,0 +1,434 @@
+//! Everything the standby does not yet hold on disk: operations not sent yet (a
+//! queue bounded in memory, drained oldest first) and operations sent but not yet
+//! reported durable by the receiver, kept without their file content so that a
+//! lost connection or a crashed receiver costs a resend of exactly those.
+//!
+//! Sequence numbers are given when an operation enters the backlog, so the order
+//! of the stream is fixed at capture time whether the link is up or not.
+
+use crate::engine::{DirtyInode, PendingOp};
+use serde::{Deserialize, Serialize};
+use sluice_proto::{Entry, Op, SeqOp};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How much the backlog may hold in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// File content held in unsent operations; past it, dirty data stays a list
+    /// of ranges in the engine and is read when it can be sent.
+    pub bytes: u64,
+    /// Operations held; past it, the backlog is dropped and the tree compared.
+    pub ops: usize,
+}
+
+/// An operation as kept once sent (or as stored in the journal): without content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A write (`range`) or a metadata change (`None`) of an inode: resending it
+    /// means reading the inode again.
+    Dirty { seq: u64, ino: u64, range: Option<(u64, u64)> },
+    /// Any other operation, resent as it was.
+    Op { seq: u64, op: Op },
+}
+
+impl Record {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Dirty { seq, .. } | Record::Op { seq, .. } => *seq,
+        }
+    }
+
+    fn of(seq: u64, pending: &PendingOp) -> Record {
+        match (&pending.op, pending.ino) {
+            (Op::Write { offset, data, .. }, Some(ino)) => {
+                Record::Dirty { seq, ino, range: Some((*offset, offset + data.len() as u64)) }
+            }
+            (Op::SetAttrs { .. }, Some(ino)) => Record::Dirty { seq, ino, range: None },
+            // A write without an inode to read it again from is kept with its bytes.
+            (op, _) => Record::Op { seq, op: op.clone() },
+        }
+    }
+}
+
+struct Queued {
+    seq: u64,
+    captured_ns: u64,
+    pending: PendingOp,
+}
+
+/// A manifest that must be sent, or was sent and is not settled yet.
+#[derive(Clone, Debug)]
+pub struct ManifestState {
+    /// The entries of a scoped manifest; `None` for a comparison of the whole tree.
+    pub scoped: Option<Vec<Entry>>,
+    /// Set when the receiver reported `ManifestDone`: the last sequence number given
+    /// by then, which covers the answers to its `Want`s.
+    pub done_seq: Option<u64>,
+    /// Lower bound (Unix seconds) of the inode change times the manifest verifies.
+    pub since: i64,
+}
+
+/// What to send next.
+pub enum Next {
+    Ops(Vec<SeqOp>),
+    Manifest(Vec<Entry>),
+}
+
+/// The ordered, bounded backlog of one agent (it outlives connections).
+pub struct Backlog {
+    next_seq: u64,
+    limits: Limits,
+    unsent: VecDeque<Queued>,
+    unsent_payload: u64,
+    /// A scoped manifest waiting to be sent after the unsent operations numbered below it.
+    queued_manifest: Option<(u64, ManifestState)>,
+    unconfirmed: BTreeMap<u64, (u64, Record)>,
+    /// The manifest sent last and not settled, with the sequence number it precedes.
+    manifest_in_flight: Option<(u64, ManifestState)>,
+    applied: u64,
+    durable: u64,
+    /// Set whenever the content changes, cleared when the journal is written.
+    pub changed: bool,
+}
+
+impl Backlog {
+    pub fn new(next_seq: u64, durable: u64, limits: Limits) -> Backlog {
+        Backlog {
+            next_seq: next_seq.max(durable + 1),
+            limits,
+            unsent: VecDeque::new(),
+            unsent_payload: 0,
+            queued_manifest: None,
+            unconfirmed: BTreeMap::new(),
+            manifest_in_flight: None,
+            applied: durable,
+            durable,
+            changed: false,
+        }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The highest sequence number the receiver reported durable.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Numbers `pending` and queues it.
+    pub fn push(&mut self, pending: PendingOp, captured_ns: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unsent_payload += pending.op.payload_len();
+        self.unsent.push_back(Queued { seq, captured_ns, pending });
+        self.changed = true;
+    }
+
+    /// Queues a scoped manifest after everything queued so far.
+    pub fn push_manifest(&mut self, state: ManifestState) {
+        self.queued_manifest = Some((self.next_seq, state));
+        self.changed = true;
+    }
+
+    /// True when unsent operations hold as much file content as allowed.
+    pub fn content_full(&self) -> bool {
+        self.unsent_payload >= self.limits.bytes
+    }
+
+    /// True when more operations are held than allowed.
+    pub fn overflowed(&self) -> bool {
+        self.unsent.len() + self.unconfirmed.len() > self.limits.ops
+    }
+
+    pub fn unsent_len(&self) -> usize {
+        self.unsent.len()
+    }
+
+    pub fn unsent_payload(&self) -> u64 {
+        self.unsent_payload
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.unsent.is_empty() && self.queued_manifest.is_none()
+    }
+
+    /// Operations sent and not yet acknowledged as applied.
+    pub fn in_flight(&self) -> usize {
+        self.unconfirmed.range(self.applied + 1..).count()
+    }
+
+    /// File bytes sent and not yet acknowledged as applied.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.unconfirmed
+            .range(self.applied + 1..)
+            .map(|(_, (_, record))| match record {
+                Record::Dirty { range: Some((start, end)), .. } => end - start,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Capture time (CLOCK_MONOTONIC ns) of the oldest change not yet applied.
+    pub fn oldest_unapplied_ns(&self) -> Option<u64> {
+        let unsent = self.unsent.front().map(|q| q.captured_ns);
+        let sent = self.unconfirmed.range(self.applied + 1..).map(|(_, (ns, _))| *ns).min();
+        unsent.into_iter().chain(sent).min()
+    }
+
+    /// Takes the next operations to send (up to about `max_payload` bytes of
+    /// content), or the queued manifest when its turn has come.
+    pub fn take(&mut self, max_payload: u64, now_mono: u64, now_unix: u64) -> Option<Next> {
+        if let Some((after, _)) = &self.queued_manifest {
+            if self.unsent.front().is_none_or(|q| q.seq >= *after) {
+                let (after, state) = self.queued_manifest.take().expect("checked above");
+                let entries = state.scoped.clone().unwrap_or_default();
+                self.manifest_in_flight = Some((after, state));
+                return Some(Next::Manifest(entries));
+            }
+        }
+        let mut batch = Vec::new();
+        let mut payload = 0;
+        while let Some(queued) = self.unsent.front() {
+            if self.queued_manifest.as_ref().is_some_and(|(after, _)| queued.seq >= *after) {
+                break;
+            }
+            let queued = self.unsent.pop_front().expect("front exists");
+            let len = queued.pending.op.payload_len();
+            self.unsent_payload -= len;
+            self.unconfirmed.insert(queued.seq, (queued.captured_ns, Record::of(queued.seq, &queued.pending)));
+            let captured_unix_ns = now_unix.saturating_sub(now_mono.saturating_sub(queued.captured_ns));
+            batch.push(SeqOp { seq: queued.seq, captured_unix_ns, op: queued.pending.op });
+            payload += len;
+            if payload >= max_payload {
+                break;
+            }
+        }
+        self.changed |= !batch.is_empty();
+        (!batch.is_empty()).then_some(Next::Ops(batch))
+    }
+
+    /// Records that a full comparison's manifest was sent.
+    pub fn full_manifest_sent(&mut self, since: i64) {
+        self.manifest_in_flight = Some((self.next_seq, ManifestState { scoped: None, done_seq: None, since }));
+        self.changed = true;
+    }
+
+    /// The receiver answered every entry of the manifest in flight.
+    pub fn manifest_done(&mut self) {
+        if let Some((_, state)) = &mut self.manifest_in_flight {
+            state.done_seq = Some(self.next_seq - 1);
+        }
+        self.settle_manifest();
+    }
+
+    fn settle_manifest(&mut self) {
+        if self.manifest_in_flight.as_ref().is_some_and(|(_, m)| m.done_seq.is_some_and(|done| done <= self.durable)) {
+            self.manifest_in_flight = None;
+            self.changed = true;
+        }
+    }
+
+    /// A manifest whose comparison is not yet durable on the standby, or one waiting to be sent.
+    pub fn unsettled_manifest(&self) -> Option<&ManifestState> {
+        self.manifest_in_flight.as_ref().or(self.queued_manifest.as_ref()).map(|(_, m)| m)
+    }
+
+    /// The receiver applied everything up to `seq`; returns how many operations that acknowledged.
+    pub fn applied(&mut self, seq: u64) -> u64 {
+        let newly = self.unconfirmed.range(self.applied + 1..=seq.max(self.applied)).count() as u64;
+        self.applied = self.applied.max(seq);
+        newly
+    }
+
+    /// The receiver made everything up to `seq` durable: forget it.
+    pub fn confirmed(&mut self, seq: u64) {
+        if seq <= self.durable {
+            return;
+        }
+        self.durable = seq;
+        self.applied = self.applied.max(seq);
+        self.unconfirmed = self.unconfirmed.split_off(&(seq + 1));
+        self.settle_manifest();
+        self.changed = true;
+    }
+
+    /// Starts a new connection whose receiver holds everything up to `durable`:
+    /// operations after it go back to the front of the queue, in order, and the
+    /// inodes whose writes must be read again are returned. A manifest not settled
+    /// is returned too: scoped ones are queued again, a full one must be redone.
+    pub fn rewind(&mut self, durable: u64, now_mono: u64) -> (Vec<DirtyInode>, Option<ManifestState>) {
+        self.confirmed(durable);
+        self.applied = self.durable;
+        let mut dirty: BTreeMap<u64, DirtyInode> = BTreeMap::new();
+        let mut resend = Vec::new();
+        for (seq, (captured_ns, record)) in std::mem::take(&mut self.unconfirmed) {
+            match record {
+                Record::Dirty { ino, range, .. } => {
+                    let entry = dirty.entry(ino).or_insert_with(|| DirtyInode { ino, ..DirtyInode::default() });
+                    match range {
+                        Some(range) => entry.ranges.push(range),
+                        None => entry.attrs = true,
+                    }
+                }
+                Record::Op { op, .. } => {
+                    let pending = PendingOp { op, captured_ns: captured_ns.min(now_mono), ino: None };
+                    resend.push(Queued { seq, captured_ns: pending.captured_ns, pending });
+                }
+            }
+        }
+        for queued in resend.into_iter().rev() {
+            self.unsent.push_front(queued);
+        }
+        let manifest = match self.manifest_in_flight.take() {
+            Some((after, state)) if state.scoped.is_some() => {
+                if self.queued_manifest.is_none() {
+                    self.queued_manifest = Some((after, ManifestState { done_seq: None, ..state }));
+                }
+                None
+            }
+            other => other.map(|(_, state)| state),
+        };
+        self.changed = true;
+        (dirty.into_values().collect(), manifest)
+    }
+
+    /// Drops everything: a comparison of the whole tree is about to cover it.
+    pub fn clear(&mut self) {
+        self.unsent.clear();
+        self.unsent_payload = 0;
+        self.unconfirmed.clear();
+        self.queued_manifest = None;
+        self.manifest_in_flight = None;
+        self.applied = self.applied.max(self.next_seq - 1);
+        self.changed = true;
+    }
+
+    /// What the journal must keep: operations in order, and inodes whose data
+    /// (or metadata) the standby may lack.
+    pub fn records(&self) -> (Vec<Record>, Vec<DirtyInode>) {
+        let mut ops = Vec::new();
+        let mut dirty: BTreeMap<u64, DirtyInode> = BTreeMap::new();
+        let sent = self.unconfirmed.iter().map(|(seq, (_, record))| (*seq, record.clone()));
+        let unsent = self.unsent.iter().map(|q| (q.seq, Record::of(q.seq, &q.pending)));
+        for (_, record) in sent.chain(unsent) {
+            match record {
+                Record::Dirty { ino, range, .. } => {
+                    let entry = dirty.entry(ino).or_insert_with(|| DirtyInode { ino, ..DirtyInode::default() });
+                    match range {
+                        Some(range) => entry.ranges.push(range),
+                        None => entry.attrs = true,
+                    }
+                }
+                Record::Op { .. } => ops.push(record),
+            }
+        }
+        (ops, dirty.into_values().collect())
+    }
+
+    /// Restores operations from the journal as sent-but-unconfirmed, so the next
+    /// connection resends those the receiver does not hold.
+    pub fn restore(&mut self, records: Vec<Record>, now_mono: u64) {
+        for record in records {
+            if record.seq() > self.durable {
+                self.next_seq = self.next_seq.max(record.seq() + 1);
+                self.unconfirmed.insert(record.seq(), (now_mono, record));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::{Attrs, RelPath};
+
+    fn p(s: &str) -> RelPath {
+        RelPath::from_bytes(s).unwrap()
+    }
+
+    fn write(ino: u64, offset: u64, len: usize) -> PendingOp {
+        let data = vec![1u8; len];
+        let hash = sluice_proto::blocks::hash(&data);
+        PendingOp { op: Op::Write { path: p("f"), offset, data, hash }, captured_ns: 1, ino: Some(ino) }
+    }
+
+    fn mkdir(name: &str) -> PendingOp {
+        PendingOp { op: Op::Mkdir { path: p(name), mode: 0o755 }, captured_ns: 1, ino: None }
+    }
+
+    fn seqs(next: Option<Next>) -> Vec<u64> {
+        match next {
+            Some(Next::Ops(ops)) => ops.iter().map(|o| o.seq).collect(),
+            Some(Next::Manifest(_)) => vec![0],
+            None => vec![],
+        }
+    }
+
+    #[test]
+    fn drains_in_order_and_forgets_what_is_durable() {
+        let mut backlog = Backlog::new(1, 0, Limits { bytes: 1 << 20, ops: 100 });
+        backlog.push(mkdir("a"), 1);
+        backlog.push(write(7, 0, 4096), 1);
+        backlog.push(mkdir("b"), 1);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1, 2, 3]);
+        assert_eq!(backlog.applied(3), 3);
+        assert_eq!(backlog.in_flight(), 0);
+        let (ops, dirty) = backlog.records();
+        assert_eq!(ops.len(), 2, "sent but not durable: still journaled");
+        assert_eq!(dirty, vec![DirtyInode { ino: 7, ranges: vec![(0, 4096)], attrs: false }]);
+        backlog.confirmed(3);
+        assert_eq!(backlog.records(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn rewind_resends_after_what_the_receiver_holds() {
+        let mut backlog = Backlog::new(1, 0, Limits { bytes: 1 << 20, ops: 100 });
+        backlog.push(mkdir("a"), 1);
+        backlog.push(write(7, 8192, 100), 1);
+        let attrs = PendingOp { op: Op::SetAttrs { path: p("f"), attrs: Attrs::default() }, captured_ns: 1, ino: Some(7) };
+        backlog.push(attrs, 1);
+        backlog.push(mkdir("b"), 1);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1, 2, 3, 4]);
+        backlog.push(mkdir("c"), 1);
+        let (dirty, manifest) = backlog.rewind(1, 1);
+        assert!(manifest.is_none());
+        assert_eq!(dirty, vec![DirtyInode { ino: 7, ranges: vec![(8192, 8292)], attrs: true }]);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![4, 5], "mkdir b again, then the unsent mkdir c");
+    }
+
+    #[test]
+    fn content_bound_and_op_bound() {
+        let mut backlog = Backlog::new(1, 0, Limits { bytes: 8192, ops: 3 });
+        backlog.push(write(1, 0, 4096), 1);
+        assert!(!backlog.content_full());
+        backlog.push(write(1, 4096, 4096), 1);
+        assert!(backlog.content_full());
+        backlog.push(mkdir("a"), 1);
+        assert!(!backlog.overflowed());
+        backlog.push(mkdir("b"), 1);
+        assert!(backlog.overflowed());
+        backlog.clear();
+        assert!(backlog.is_idle() && !backlog.content_full());
+    }
+
+    #[test]
+    fn scoped_manifest_goes_after_earlier_ops_and_is_redone_until_durable() {
+        let mut backlog = Backlog::new(1, 0, Limits { bytes: 1 << 20, ops: 100 });
+        backlog.push(mkdir("a"), 1);
+        backlog.push_manifest(ManifestState { scoped: Some(vec![]), done_seq: None, since: 5 });
+        backlog.push(mkdir("b"), 1);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1]);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![0], "then the manifest");
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![2]);
+        // The connection drops before the comparison settles: it is queued again.
+        let (_, full) = backlog.rewind(0, 1);
+        assert!(full.is_none());
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1]);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![0]);
+        backlog.manifest_done();
+        assert!(backlog.unsettled_manifest().is_some());
+        backlog.confirmed(2);
+        assert!(backlog.unsettled_manifest().is_none());
+    }
+}
