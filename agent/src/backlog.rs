@@ -179,14 +179,13 @@ impl Backlog {
     /// Takes the next operations to send (up to about `max_payload` bytes of
     /// content), or the queued manifest when its turn has come.
     pub fn take(&mut self, max_payload: u64, now_mono: u64, now_unix: u64) -> Option<Next> {
-        if let Some((after, _)) = &self.queued_manifest {
-            if self.unsent.front().is_none_or(|q| q.seq >= *after) {
+        if let Some((after, _)) = &self.queued_manifest
+            && self.unsent.front().is_none_or(|q| q.seq >= *after) {
                 let (after, state) = self.queued_manifest.take().expect("checked above");
                 let entries = state.scoped.clone().unwrap_or_default();
                 self.manifest_in_flight = Some((after, state));
                 return Some(Next::Manifest(entries));
             }
-        }
         let mut batch = Vec::new();
         let mut payload = 0;
         while let Some(queued) = self.unsent.front() {

@@ -447,11 +447,10 @@ impl Engine {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         for fd in fds.flatten() {
             let Ok(link) = std::fs::read_link(fd.path()) else { continue };
-            if let Place::Inside { parent, name, .. } = self.place_absolute(link.as_os_str().as_bytes()) {
-                if let Some(ino) = self.index.lookup(parent, &name) {
+            if let Place::Inside { parent, name, .. } = self.place_absolute(link.as_os_str().as_bytes())
+                && let Some(ino) = self.index.lookup(parent, &name) {
                     self.mark(ino, None, ts);
                 }
-            }
         }
     }
 
@@ -566,12 +565,11 @@ impl Engine {
             },
             EventKind::Rmdir { base, path } | EventKind::Unlink { base, path } => match self.place(*base, path) {
                 Place::Inside { parent, name, path } => {
-                    if let Some(ino) = self.index.unlink(parent, &name) {
-                        if !self.index.contains(ino) {
+                    if let Some(ino) = self.index.unlink(parent, &name)
+                        && !self.index.contains(ino) {
                             self.dirty.remove(&ino);
                             self.files.forget(ino);
                         }
-                    }
                     emit(Op::Remove { path });
                 }
                 Place::Outside => {}
@@ -658,11 +656,10 @@ impl Engine {
                 out.push(PendingOp { op: Op::Rename { from, to, exchange, noreplace }, captured_ns: ts, ino: None });
             }
             (Place::Inside { parent, name, path }, Place::Outside) => {
-                if let Some(ino) = self.index.unlink(parent, &name) {
-                    if !self.index.contains(ino) {
+                if let Some(ino) = self.index.unlink(parent, &name)
+                    && !self.index.contains(ino) {
                         self.dirty.remove(&ino);
                     }
-                }
                 out.push(PendingOp { op: Op::Remove { path }, captured_ns: ts, ino: None });
             }
             (Place::Outside, Place::Inside { parent, name, path }) => self.move_in(parent, &name, &path, ts, out),
@@ -736,11 +733,10 @@ impl Engine {
         let (Some("fd"), Some(fd)) = (parts.next(), parts.next()) else { return };
         match std::fs::read_link(format!("/proc/{owner}/fd/{fd}")) {
             Ok(link) => {
-                if let Place::Inside { parent, name, .. } = self.place_absolute(link.as_os_str().as_bytes()) {
-                    if let Some(ino) = self.index.lookup(parent, &name) {
+                if let Place::Inside { parent, name, .. } = self.place_absolute(link.as_os_str().as_bytes())
+                    && let Some(ino) = self.index.lookup(parent, &name) {
                         self.mark(ino, None, ts);
                     }
-                }
             }
             Err(_) => self.request_rescan(format!("metadata changed through {text} by a process that is gone")),
         }

@@ -54,11 +54,10 @@ impl Files {
         if !names_ino(self) {
             return;
         }
-        if let Ok(handle) = self.handle_of(path) {
-            if names_ino(self) {
+        if let Ok(handle) = self.handle_of(path)
+            && names_ino(self) {
                 self.handles.insert(ino, handle);
             }
-        }
     }
 
     pub fn forget(&mut self, ino: u64) {

@@ -193,7 +193,7 @@ impl Replicator {
     /// Work done every 100 ms while not connected.
     pub fn tick(&mut self) {
         self.ticks += 1;
-        if self.ticks % 10 == 0 {
+        if self.ticks.is_multiple_of(10) {
             self.engine.refresh_mapped(monotonic_ns());
         }
         self.update_metrics();
@@ -397,7 +397,7 @@ impl<'a> Session<'a> {
                 _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
                 _ = metrics_tick.tick() => {
                     ticks += 1;
-                    if ticks % 10 == 0 {
+                    if ticks.is_multiple_of(10) {
                         self.rep.engine.refresh_mapped(monotonic_ns());
                     }
                     self.update_metrics();

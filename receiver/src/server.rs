@@ -163,12 +163,11 @@ async fn connection(
     // Only the pinned agent gets this far, so a new connection means the old one
     // is dead (a killed or restarted agent whose close never arrived) or about to
     // be: close it now instead of holding the standby until QUIC's idle timeout.
-    if let Some(previous) = current.lock().expect("connection slot").replace(conn.clone()) {
-        if previous.close_reason().is_none() {
+    if let Some(previous) = current.lock().expect("connection slot").replace(conn.clone())
+        && previous.close_reason().is_none() {
             tracing::info!("agent {addr} supersedes the previous connection from {}", previous.remote_address());
             previous.close(VarInt::from_u32(CLOSE_SUPERSEDED), b"superseded by a new connection");
         }
-    }
     let Ok(guard) = timeout(HANDOVER_WAIT, session.lock_owned()).await else {
         tracing::warn!("refused agent {addr}: another agent is connected");
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"another agent is connected");
