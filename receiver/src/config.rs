@@ -41,6 +41,8 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub rollback: RollbackConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -57,6 +59,33 @@ pub struct TlsConfig {
 pub struct MetricsConfig {
     /// Address of the HTTP `/metrics` endpoint; none disables it.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[rollback]`: keeping what replication removes, truncates or overwrites under
+/// `<root>/.sluice/rollback/<UTC date>/`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Date directories more than this many days old are deleted.
+    #[serde(default = "RollbackConfig::default_keep_days")]
+    pub keep_days: u32,
+}
+
+impl RollbackConfig {
+    fn default_keep_days() -> u32 {
+        7
+    }
+}
+
+impl Default for RollbackConfig {
+    fn default() -> Self {
+        RollbackConfig {
+            enabled: false,
+            keep_days: Self::default_keep_days(),
+        }
+    }
 }
 
 impl Config {
@@ -92,6 +121,12 @@ impl Config {
         config.tls.peer_fingerprint =
             sluice_net::parse_fingerprint(&config.tls.peer_fingerprint)
                 .map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;
+        if config.rollback.keep_days < 1 {
+            return Err(invalid(
+                "rollback.keep_days",
+                "must be at least 1 (days a kept entry stays)".into(),
+            ));
+        }
         Ok(config)
     }
 }
@@ -116,12 +151,40 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
     fn accepts_minimal_config() {
         let config = parse(GOOD).unwrap();
         assert!(config.metrics.listen.is_none());
+        assert!(!config.rollback.enabled);
+        assert_eq!(config.rollback.keep_days, 7);
         assert!(config.tls.peer_fingerprint.ends_with("aa"));
         let config = parse(&format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9100\"\n")).unwrap();
         assert_eq!(
             config.metrics.listen,
             Some("127.0.0.1:9100".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn rollback_section_is_optional_and_checked() {
+        let config = parse(&format!("{GOOD}[rollback]\nenabled = true\n")).unwrap();
+        assert!(config.rollback.enabled);
+        assert_eq!(config.rollback.keep_days, 7);
+        let config = parse(&format!(
+            "{GOOD}[rollback]\nenabled = true\nkeep_days = 30\n"
+        ))
+        .unwrap();
+        assert_eq!(config.rollback.keep_days, 30);
+        let err = parse(&format!(
+            "{GOOD}[rollback]\nenabled = true\nkeep_days = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`rollback.keep_days`"), "{err}");
+        let err = parse(&format!("{GOOD}[rollback]\nkeep_days = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keep_days") && err.contains("line 8"), "{err}");
+        let err = parse(&format!("{GOOD}[rollback]\nenable = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enable"), "{err}");
     }
 
     #[test]

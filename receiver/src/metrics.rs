@@ -37,6 +37,10 @@ pub struct Metrics {
     /// Master capture time (Unix seconds) of the newest fsync barrier made durable;
     /// the age of the last durable epoch is `time() - this`.
     pub durable_epoch: Gauge<f64, AtomicU64>,
+    /// Bytes of file content moved or copied into the rollback directory.
+    pub rollback_bytes_kept: Counter,
+    /// Entries kept in the rollback directory.
+    pub rollback_entries_kept: Counter,
 }
 
 impl Metrics {
@@ -55,6 +59,8 @@ impl Metrics {
             // 100 µs .. ~1.6 s, then +Inf.
             apply_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             durable_epoch: Gauge::default(),
+            rollback_bytes_kept: Counter::default(),
+            rollback_entries_kept: Counter::default(),
         };
         registry.register(
             "sluice_durable_epoch_timestamp_seconds",
@@ -106,6 +112,16 @@ impl Metrics {
             "sluice_apply_latency_seconds",
             "Capture-to-apply time",
             metrics.apply_latency.clone(),
+        );
+        registry.register(
+            "sluice_rollback_bytes_kept",
+            "File bytes moved or copied into the rollback directory",
+            metrics.rollback_bytes_kept.clone(),
+        );
+        registry.register(
+            "sluice_rollback_entries_kept",
+            "Entries kept in the rollback directory",
+            metrics.rollback_entries_kept.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

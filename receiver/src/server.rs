@@ -7,8 +7,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use quinn::{Connection, Endpoint, Incoming, VarInt};
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::apply::Applier;
+use crate::apply::rollback::{self, RollbackCounters};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::session::Session;
@@ -34,6 +36,8 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 /// Frames buffered between the reading task and the applying loop.
 const FRAME_QUEUE: usize = 256;
+/// How often expired rollback date directories are looked for.
+const ROLLBACK_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// QUIC application close codes.
 const CLOSE_NORMAL: u32 = 0;
@@ -48,6 +52,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    rollback_expiry_task: Option<tokio::task::JoinHandle<()>>,
     session: Arc<Mutex<Session>>,
     /// The connection being served, so a newer one from the agent can replace it.
     current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
@@ -61,10 +66,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 impl Server {
     /// Opens the root and its state, binds the QUIC endpoint and the metrics server.
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
-        let applier = Applier::open(&config.root)?;
+        let metrics = Arc::new(Metrics::new());
+        let mut applier = Applier::open(&config.root)?;
+        if config.rollback.enabled {
+            applier.enable_rollback(RollbackCounters {
+                bytes_kept: metrics.rollback_bytes_kept.clone(),
+                entries_kept: metrics.rollback_entries_kept.clone(),
+            });
+        }
         let state = State::open(&config.root)?;
         let durable = state.load()?;
-        let metrics = Arc::new(Metrics::new());
         let session = Session::new(applier, state, durable, metrics.clone());
         let identity = Identity::load(&config.tls.identity)
             .with_context(|| format!("loading identity from {}", config.tls.identity.display()))?;
@@ -79,12 +90,17 @@ impl Server {
             }
             None => (None, None),
         };
+        let rollback_expiry_task = config
+            .rollback
+            .enabled
+            .then(|| spawn_rollback_expiry(config.root.clone(), config.rollback.keep_days));
         tracing::info!(root = %config.root.display(), durable_seq = durable, "listening on {}", endpoint.local_addr()?);
         Ok(Server {
             endpoint,
             metrics,
             metrics_addr,
             metrics_task,
+            rollback_expiry_task,
             session: Arc::new(Mutex::new(session)),
             current: Arc::new(std::sync::Mutex::new(None)),
         })
@@ -135,8 +151,38 @@ impl Server {
         if let Some(task) = self.metrics_task {
             task.abort();
         }
+        if let Some(task) = self.rollback_expiry_task {
+            task.abort();
+        }
         Ok(())
     }
+}
+
+/// Deletes the rollback date directories older than `keep_days` now and then
+/// every [`ROLLBACK_EXPIRY_INTERVAL`]. It runs beside the session: the applier
+/// only writes into today's directory, which is never old enough to expire.
+fn spawn_rollback_expiry(root: PathBuf, keep_days: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(ROLLBACK_EXPIRY_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let root = root.clone();
+            let expired = tokio::task::spawn_blocking(move || {
+                rollback::expire(&root, keep_days, SystemTime::now())
+            })
+            .await;
+            match expired {
+                Ok(Ok(days)) => {
+                    for day in days {
+                        tracing::info!(day, keep_days, "expired rollback directory");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("expiring rollback directories: {e}"),
+                Err(e) => tracing::warn!("rollback expiry task failed: {e}"),
+            }
+        }
+    })
 }
 
 /// Handshakes one incoming connection and serves it if it is the only agent.

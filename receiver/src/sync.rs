@@ -240,7 +240,7 @@ impl InitialSync {
             if !self.listed.contains(&child) {
                 tracing::debug!(path = %child, "not on the master; removed");
                 applier.invalidate(&child);
-                remove_any(fd.as_fd(), name).map_err(local(&child, "unlinkat"))?;
+                applier.keep_or_remove(fd.as_fd(), name, &child)?;
                 continue;
             }
             let is_dir = match kind {

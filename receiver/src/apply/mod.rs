@@ -9,9 +9,13 @@
 //! Writes go straight into the existing file (no temp file and rename): the
 //! standby may sit on flash, and a rewrite of a whole file for a 4 KiB change
 //! would multiply wear.
+//!
+//! With the rollback directory enabled ([`rollback`]), removals, overwriting
+//! renames and truncations keep the old content under `.sluice/rollback/` first.
 
 mod cache;
 pub(crate) mod fs;
+pub mod rollback;
 mod special;
 #[cfg(test)]
 mod tests;
@@ -32,6 +36,7 @@ use sluice_proto::{Attrs, Op, RelPath, blocks};
 
 use self::cache::FdCache;
 use self::fs::{chmod_nofollow, kind_of, lstat_at, open_beneath, remove_any};
+use self::rollback::Rollback;
 
 /// The receiver's own directory under the root; operations may not touch it.
 pub const STATE_DIR: &str = ".sluice";
@@ -79,6 +84,14 @@ pub enum ApplyError {
         call: &'static str,
         source: std::io::Error,
     },
+    /// Keeping old content in the rollback directory (or expiring it) failed; a
+    /// change that would destroy content is not made without its copy.
+    #[error("{path}: rollback directory: {call}: {source}")]
+    Rollback {
+        path: RelPath,
+        call: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// What an applied operation did, for metrics.
@@ -92,6 +105,8 @@ pub struct Applied {
 pub struct Applier {
     root: OwnedFd,
     cache: FdCache,
+    /// Present when destroyed content is kept in the rollback directory.
+    rollback: Option<Rollback>,
 }
 
 fn sys(path: &RelPath, call: &'static str) -> impl FnOnce(Errno) -> ApplyError {
@@ -155,6 +170,7 @@ impl Applier {
         Ok(Applier {
             root: root_fd,
             cache: FdCache::new(FD_CACHE_SIZE),
+            rollback: None,
         })
     }
 
@@ -307,6 +323,9 @@ impl Applier {
             // Only on a real change: ext4 truncates preallocated blocks past EOF
             // even when the size stays, undoing a replicated FALLOC_FL_KEEP_SIZE.
             if stat.st_size as u64 != size {
+                if size < stat.st_size as u64 {
+                    self.keep_copy(path, &stat)?;
+                }
                 self.writable(path, false)?
                     .set_len(size)
                     .map_err(io(path, "ftruncate"))?;
@@ -350,6 +369,7 @@ impl Applier {
         self.invalidate(path);
         let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW;
         if truncate {
+            self.keep_before_truncate(path, 0)?;
             flags |= OFlag::O_TRUNC;
         }
         let fd = open_beneath(self.root_fd(), path.as_path(), flags)
@@ -464,7 +484,8 @@ impl Applier {
         chmod_nofollow(dir, name, mode).map_err(sys(path, "fchmodat2"))
     }
 
-    /// Removes `path` (recursively for a directory); a missing path is already removed.
+    /// Removes `path` (recursively for a directory), or moves it to the rollback
+    /// directory; a missing path is already removed.
     pub fn remove(&mut self, path: &RelPath) -> Result<(), ApplyError> {
         check_entry(path, "removal")?;
         self.invalidate(path);
@@ -473,7 +494,7 @@ impl Applier {
             Err(ApplyError::MissingParent { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        remove_any(dir.as_fd(), name).map_err(sys(path, "unlinkat"))
+        self.keep_or_remove(dir.as_fd(), name, path)
     }
 
     /// Renames `from` to `to`. When `from` is gone and `to` exists the rename is
@@ -496,6 +517,15 @@ impl Applier {
             Err(ApplyError::MissingParent { .. }) => None,
             Err(e) => return Err(e),
         };
+        if !exchange
+            && !noreplace
+            && let Some((from_dir, from_name)) = &from_parent
+        {
+            self.keep_rename_target(
+                (from_dir.as_fd(), from_name, from),
+                (to_dir.as_fd(), to_name, to),
+            )?;
+        }
         let mut flags = RenameFlags::empty();
         flags.set(RenameFlags::RENAME_EXCHANGE, exchange);
         flags.set(RenameFlags::RENAME_NOREPLACE, noreplace);

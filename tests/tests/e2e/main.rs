@@ -20,3 +20,5 @@ mod write_paths;
 mod metadata;
 // Cut links, killed daemons, a full standby, lost events, changes while down.
 mod faults;
+// The receiver's rollback directory keeps what the master deletes, truncates or overwrites.
+mod rollback;
