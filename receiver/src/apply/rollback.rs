@@ -1059,7 +1059,7 @@ mod tests {
             verify: false,
         };
         sync.entries(&mut a, &[root_entry]).unwrap();
-        sync.finish(&mut a).unwrap();
+        sync.finish(&mut a, true).unwrap();
         assert!(!root.join("extra-dir").exists() && !root.join("extra-file").exists());
         let kept = kept_dir(root);
         assert_eq!(
