@@ -284,7 +284,12 @@ async fn serve(
             Ok(next) => Some(next),
             Err(mpsc::error::TryRecvError::Disconnected) => None,
             Err(mpsc::error::TryRecvError::Empty) => {
-                // Nothing more is immediately available: acknowledge what was applied.
+                // Nothing more is immediately available: acknowledge what was applied,
+                // after making an applied fsync barrier durable.
+                if session.get().barrier_pending() {
+                    session.with(|s| s.make_durable()).await??;
+                    last_flush = Instant::now();
+                }
                 if let Some(ack) = session.get().take_ack() {
                     writer.write(&ack).await?;
                 }
