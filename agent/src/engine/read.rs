@@ -1,0 +1,178 @@
+//! Reading dirty ranges into operations: writes, punched holes, attributes, and
+//! the answers to the receiver's `Want`s.
+
+use super::*;
+
+impl Engine {
+    /// Reads every dirty range and emits its writes and attributes, oldest first.
+    pub fn flush(&mut self, out: &mut Vec<PendingOp>) {
+        if self.dirty.is_empty() || self.data_held {
+            return;
+        }
+        let mut order: Vec<(u64, u64)> = self.dirty.iter().map(|(ino, d)| (d.first_ns, *ino)).collect();
+        order.sort_unstable();
+        for (_, ino) in order {
+            let Some(dirty) = self.dirty.remove(&ino) else { continue };
+            let Some(path) = self.index.path_of(ino) else { continue };
+            match self.index.kind(ino) {
+                Some(NodeKind::File) => {
+                    if let Err(dirty) = self.flush_file(ino, &path, dirty, out) {
+                        // Renamed after the change, and the rename event is still on its
+                        // way: try again once the index has caught up.
+                        if crate::session::monotonic_ns().saturating_sub(dirty.first_ns) > REOPEN_PATIENCE_NS {
+                            self.request_rescan(format!("{path} changed but cannot be opened"));
+                        } else {
+                            self.dirty.insert(ino, dirty);
+                        }
+                    }
+                }
+                Some(_) => self.flush_attrs(ino, &path, dirty.first_ns, dirty.xattrs, out),
+                None => {}
+            }
+        }
+    }
+
+    /// Emits the writes and attributes of a dirty file; gives `dirty` back when the
+    /// file cannot be found under its indexed path (yet).
+    pub(super) fn flush_file(&mut self, ino: u64, path: &RelPath, dirty: Dirty, out: &mut Vec<PendingOp>) -> Result<(), Dirty> {
+        let file = match self.files.open(ino, path.as_path()) {
+            Ok(file) => file,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESTALE)) => return Err(dirty),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(dirty),
+            Err(e) => {
+                self.request_rescan(format!("cannot open {path}: {e}"));
+                return Ok(());
+            }
+        };
+        let Ok(meta) = file.metadata() else { return Ok(()) };
+        let size = meta.len();
+        for (start, end) in dirty.ranges.iter() {
+            let end = end.min(size);
+            if start >= end {
+                continue;
+            }
+            if let Err(e) = self.emit_range(&file, ino, path, (start, end), dirty.first_ns, out) {
+                self.request_rescan(format!("cannot read {path}: {e}"));
+                return Ok(());
+            }
+        }
+        // Metadata after the data: the receiver's own writes move its mtime.
+        let meta = file.metadata().unwrap_or(meta);
+        let m = meta_of(&meta);
+        let attrs = Attrs { size: Some(meta.len()), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: dirty.first_ns, ino: Some(ino) });
+        if dirty.xattrs {
+            self.emit_xattrs(path, dirty.first_ns, out);
+        }
+        Ok(())
+    }
+
+    /// Emits `[start, end)` of `file`: writes for data, punched holes for holes.
+    pub(super) fn emit_range(
+        &mut self,
+        file: &std::fs::File,
+        ino: u64,
+        path: &RelPath,
+        (start, end): (u64, u64),
+        ts: u64,
+        out: &mut Vec<PendingOp>,
+    ) -> io::Result<()> {
+        for segment in segments(file, start, end)? {
+            if !segment.data {
+                let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset: segment.start, len: segment.end - segment.start };
+                out.push(PendingOp { op, captured_ns: ts, ino: None });
+                continue;
+            }
+            let mut offset = segment.start;
+            while offset < segment.end {
+                let data = read_range(file, offset, (segment.end - offset).min(MAX_WRITE))?;
+                if data.is_empty() {
+                    break;
+                }
+                self.bytes_read += data.len() as u64;
+                let read = data.len() as u64;
+                self.remember_mapped_pages(ino, offset, &data);
+                let hash = hash(&data);
+                out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: ts, ino: Some(ino) });
+                offset += read;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what was sent of a file's mapped pages, so a re-check sends a page
+    /// again only if it changed since.
+    pub(super) fn remember_mapped_pages(&mut self, ino: u64, offset: u64, data: &[u8]) {
+        let Some(mapped) = self.mapped.get_mut(&ino) else { return };
+        for (page, seen) in mapped.pages.range_mut(offset.div_ceil(PAGE)..(offset + data.len() as u64) / PAGE) {
+            let at = (page * PAGE - offset) as usize;
+            *seen = Some(hash(&data[at..at + PAGE as usize]));
+        }
+    }
+
+    pub(super) fn emit_xattrs(&mut self, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
+        match scan::read_xattrs(&self.root.join(path.as_path())) {
+            Ok(Some(xattrs)) => out.push(PendingOp { op: Op::SetXattrs { path: path.clone(), xattrs }, captured_ns: ts, ino: None }),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%path, "cannot read extended attributes: {e}"),
+        }
+    }
+
+    pub(super) fn flush_attrs(&mut self, ino: u64, path: &RelPath, ts: u64, xattrs: bool, out: &mut Vec<PendingOp>) {
+        let Ok(meta) = std::fs::symlink_metadata(self.root.join(path.as_path())) else { return };
+        if meta.ino() != ino {
+            return;
+        }
+        let m = meta_of(&meta);
+        let mode = (!meta.file_type().is_symlink()).then_some(m.mode);
+        let attrs = Attrs { size: None, mode, uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts, ino: Some(ino) });
+        if xattrs {
+            self.emit_xattrs(path, ts, out);
+        }
+    }
+
+    /// Answers the receiver's `Want`: the blocks whose hashes differ from `theirs`
+    /// (holes where the master has holes), then size and metadata.
+    pub fn answer_want(&mut self, path: &RelPath, theirs: &[Hash], ts: u64, out: &mut Vec<PendingOp>) {
+        let Some(ino) = self.index.resolve(path) else { return };
+        let Ok(file) = self.files.open(ino, path.as_path()) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let size = meta.len();
+        let holes: Vec<(u64, u64)> = segments(&file, 0, size)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.data)
+            .map(|s| (s.start, s.end))
+            .collect();
+        let in_hole = |start: u64, end: u64| holes.iter().any(|&(s, e)| s <= start && end <= e);
+        let mut block = 0usize;
+        let mut offset = 0;
+        while offset < size {
+            let end = (offset + BLOCK_SIZE).min(size);
+            let theirs_block = theirs.get(block);
+            if in_hole(offset, end) {
+                let zeros = hash(&vec![0u8; (end - offset) as usize]);
+                if theirs_block.is_some_and(|h| *h != zeros) {
+                    let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset, len: end - offset };
+                    out.push(PendingOp { op, captured_ns: ts, ino: None });
+                }
+            } else {
+                let data = match read_range(&file, offset, end - offset) {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => break,
+                };
+                self.bytes_read += data.len() as u64;
+                let ours = hash(&data);
+                if theirs_block != Some(&ours) {
+                    out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts, ino: Some(ino) });
+                }
+            }
+            offset = end;
+            block += 1;
+        }
+        let m = meta_of(&file.metadata().unwrap_or(meta));
+        let attrs = Attrs { size: Some(size), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
+        out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts, ino: Some(ino) });
+    }
+}
