@@ -119,6 +119,9 @@ impl Config {
         if !size.is_power_of_two() || size < 4096 {
             return Err(invalid("capture.ring_buffer_bytes", format!("{size} is not a power of two of at least 4096")));
         }
+        if config.state_dir.starts_with(&config.root) {
+            return Err(invalid("state_dir", format!("{} is inside the watched root: it would be replicated, and every write to it captured", config.state_dir.display())));
+        }
         if config.durability.backlog_ops == 0 {
             return Err(invalid("durability.backlog_ops", "must be at least 1".into()));
         }
@@ -139,7 +142,7 @@ mod tests {
     const GOOD: &str = r#"
 root = "/tmp"
 receiver = "127.0.0.1:7400"
-state_dir = "/tmp/state"
+state_dir = "/var/lib/sluice/agent-state"
 [tls]
 identity = "/tmp/id"
 peer_fingerprint = "0000000000000000000000000000000000000000000000000000000000000000"
@@ -158,6 +161,8 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
         assert!(err.contains("line 3") && err.contains("receiver"), "{err}");
         let err = parse(&format!("{GOOD}\n[capture]\nring_buffer_bytes = 1000\n")).unwrap_err().to_string();
         assert!(err.contains("capture.ring_buffer_bytes"), "{err}");
+        let err = parse(&GOOD.replace("/var/lib/sluice/agent-state", "/tmp/agent-state")).unwrap_err().to_string();
+        assert!(err.contains("state_dir") && err.contains("inside the watched root"), "{err}");
         let err = parse(&format!("{GOOD}\nbogus = 1\n")).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
     }

@@ -539,6 +539,7 @@ impl<'a> Session<'a> {
         metrics.wire_bytes_received.inc_by(rx.saturating_sub(self.wire_seen.1));
         self.wire_seen = (tx, rx);
         metrics.wire_bytes_lost.inc_by(stats.path.lost_bytes.saturating_sub(self.lost_seen));
+        metrics.path_mtu.set(i64::from(stats.path.current_mtu));
         self.lost_seen = stats.path.lost_bytes;
     }
 }

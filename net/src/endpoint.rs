@@ -90,9 +90,10 @@ fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
     for (forced, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
         // The FORCE variants pass net.core.*mem_max when privileged; the plain ones are capped by it.
         if set_socket_option(&socket, forced).is_err()
-            && let Err(e) = set_socket_option(&socket, plain) {
-                tracing::debug!("cannot enlarge UDP socket buffer: {e}");
-            }
+            && let Err(e) = set_socket_option(&socket, plain)
+        {
+            tracing::debug!("cannot enlarge UDP socket buffer: {e}");
+        }
     }
     Ok(socket)
 }

@@ -47,6 +47,9 @@ enum Command {
         /// Only these scenarios, e.g. `S1,S3` (default: all).
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
+        /// Only these replicators, e.g. `sluice` (default: all four).
+        #[arg(long, value_delimiter = ',')]
+        replicators: Vec<String>,
     },
 }
 
@@ -60,8 +63,8 @@ fn main() -> anyhow::Result<ExitCode> {
             cargo::build(true)?;
             demo::run(&cargo::release_dir()).context("demo failed")?;
         }
-        Command::Bench { quick, scenarios } => {
-            bench::run(quick, &scenarios).context("bench failed")?
+        Command::Bench { quick, scenarios, replicators } => {
+            bench::run(quick, &scenarios, &replicators).context("bench failed")?
         }
     }
     Ok(ExitCode::SUCCESS)

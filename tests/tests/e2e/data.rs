@@ -38,7 +38,8 @@ fn random_writes_cost_what_they_change(kind: FsKind) {
     let fixed_overhead = 64.0 * 1024.0;
     let lost = after.get("sluice_wire_bytes_lost_total") - before.get("sluice_wire_bytes_lost_total");
     let ops = after.get("sluice_ops_sent_total") - before.get("sluice_ops_sent_total");
-    eprintln!("{}: changed {changed} bytes, payload {payload}, wire {wire} ({:.3}x), lost {lost}, ops {ops}", kind.name(), wire / changed);
+    let mtu = after.get("sluice_path_mtu");
+    eprintln!("{}: changed {changed} bytes, payload {payload}, wire {wire} ({:.3}x), lost {lost}, ops {ops}, path MTU {mtu}", kind.name(), wire / changed);
     assert!(payload >= changed * 0.5, "payload {payload} cannot be below what changed ({changed}) minus overlaps");
     assert!(wire <= 1.1 * changed + fixed_overhead, "wire {wire} exceeds 1.1 x changed {changed} + {fixed_overhead}");
     assert!(after.get("sluice_events_captured_total") >= WRITES as f64);

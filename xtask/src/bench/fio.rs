@@ -47,8 +47,11 @@ fn measure(o: &mut Overhead, sizes: &Sizes, bin_dir: &Path) -> anyhow::Result<()
     if !sluice.wait_live(sizes.timeout)? {
         bail!("sluice not live:\n{}", sluice.logs());
     }
-    o.watched_with_agent = fio(master.path())?;
+    // The unrelated filesystem first, while the agent is idle: afterwards it would
+    // still be replicating the watched run's writes, and that catch-up is not a cost
+    // of writing elsewhere.
     o.other_with_agent = fio(other.path())?;
+    o.watched_with_agent = fio(master.path())?;
     sluice.check_alive()?;
     sluice.stop();
     o.watched_without_agent.push(fio(master.path())?);

@@ -148,7 +148,7 @@ impl Sizes {
 /// Debian packages of the peers and fio.
 const PEERS: &[&str] = &["rsync", "lsyncd", "syncthing", "fio"];
 
-pub fn run(quick: bool, scenarios: &[String]) -> anyhow::Result<()> {
+pub fn run(quick: bool, scenarios: &[String], replicators: &[String]) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
             "the bench must run as root: it mounts filesystems, creates network namespaces and loads BPF programs"
@@ -171,7 +171,14 @@ pub fn run(quick: bool, scenarios: &[String]) -> anyhow::Result<()> {
     };
     let sizes = Sizes::new(quick);
 
-    let rows = scenarios::run_all(&sizes, scenarios, &Kind::ALL, &bin_dir);
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| replicators.is_empty() || replicators.iter().any(|r| r.eq_ignore_ascii_case(k.name())))
+        .collect();
+    if kinds.is_empty() {
+        anyhow::bail!("--replicators names none of sluice, rsync, lsyncd, syncthing");
+    }
+    let rows = scenarios::run_all(&sizes, scenarios, &kinds, &bin_dir);
     let wants_s5 = scenarios.is_empty() || scenarios.iter().any(|s| s.eq_ignore_ascii_case("S5"));
     let overhead = wants_s5.then(|| fio::run(&sizes, &bin_dir));
 

@@ -457,17 +457,18 @@ fn method(md: &mut String) -> anyhow::Result<()> {
          split into master side (agent, lsyncd and its rsyncs, rsync client, Syncthing sender) and standby \
          side (receiver, rsync daemon, Syncthing receiver).\n\
          - **S5.** fio `randwrite`, 4 KiB, psync, buffered; without the agent, with the agent (and receiver) \
-         attached, then without again; on the watched filesystem and on a third, unrelated one.\n\n\
+         attached, then without again; on the watched filesystem and on a third, unrelated one (with the \
+         agent attached, the unrelated run comes first, while the agent is idle).\n\n\
          ## Limits\n\n\
          - One run per cell on a shared 2-core VM: expect noise of several percent on times, more on short ones.\n\
          - Loopback only: no network latency or bandwidth limit, which flatters whoever sends the most bytes.\n\
          - lsyncd acts on close-after-write (and create/move/delete), not on every write: a file held open, \
          like S1's, is replicated when it is closed. S1's writer closes the file when its writes end.\n\
          - lsyncd's `rsyncssh` (which turns moves into `mv` on the target) needs ssh and was not used.\n\
-         - S5: while the agent is attached it is still replicating the fio file just written on the watched \
-         filesystem when the unrelated filesystem's run starts, so the \"elsewhere\" figure includes that \
-         catch-up. Buffered fio on this shared machine varies by tens of percent between identical runs (see \
-         the noise figure); only differences well above it mean anything.\n"
+         - S5: on the watched filesystem the agent and the receiver replicate every write on the same two \
+         cores that fio runs on, so the figure is mostly their CPU, not the cost of the capture hooks. \
+         Buffered fio on this shared machine varies between identical runs (see the noise figure); only \
+         differences well above it mean anything.\n"
     )?;
     Ok(())
 }
