@@ -259,6 +259,20 @@ impl Backlog {
     pub fn rewind(&mut self, durable: u64, now_mono: u64) -> (Vec<DirtyInode>, Option<ManifestState>) {
         self.confirmed(durable);
         self.applied = self.durable;
+        // The receiver may hold operations numbered past what this agent's journal
+        // recorded (sent just before a crash): number everything not yet sent after
+        // them, or the receiver would take it for a replay and skip it.
+        if let Some(first) = self.unsent.front().map(|q| q.seq).filter(|&first| first <= durable) {
+            let shift = durable + 1 - first;
+            for queued in &mut self.unsent {
+                queued.seq += shift;
+            }
+            if let Some((after, _)) = &mut self.queued_manifest {
+                *after += shift;
+            }
+            self.next_seq += shift;
+        }
+        self.next_seq = self.next_seq.max(durable + 1);
         let mut dirty: BTreeMap<u64, DirtyInode> = BTreeMap::new();
         let mut resend = Vec::new();
         for (seq, (captured_ns, record)) in std::mem::take(&mut self.unconfirmed) {
@@ -394,6 +408,24 @@ mod tests {
         assert!(manifest.is_none());
         assert_eq!(dirty, vec![DirtyInode { ino: 7, ranges: vec![(8192, 8292)], attrs: true }]);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![4, 5], "mkdir b again, then the unsent mkdir c");
+    }
+
+    #[test]
+    fn unsent_ops_are_numbered_after_what_the_receiver_holds() {
+        // The journal knew of ops up to 4; the receiver applied up to 12 before the crash.
+        let mut backlog = Backlog::new(5, 4, Limits { bytes: 1 << 20, ops: 100 });
+        backlog.push(mkdir("a"), 1);
+        backlog.push(mkdir("b"), 1);
+        let (dirty, manifest) = backlog.rewind(12, 1);
+        assert!(dirty.is_empty() && manifest.is_none());
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![13, 14]);
+        backlog.push(mkdir("c"), 1);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![15]);
+        // With nothing unsent, new ops still follow the receiver's.
+        let mut backlog = Backlog::new(5, 4, Limits { bytes: 1 << 20, ops: 100 });
+        backlog.rewind(12, 1);
+        backlog.push(mkdir("d"), 1);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![13]);
     }
 
     #[test]

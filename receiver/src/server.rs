@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyError};
 use crate::apply::rollback::{self, RollbackCounters};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -210,10 +210,11 @@ async fn connection(
     // is dead (a killed or restarted agent whose close never arrived) or about to
     // be: close it now instead of holding the standby until QUIC's idle timeout.
     if let Some(previous) = current.lock().expect("connection slot").replace(conn.clone())
-        && previous.close_reason().is_none() {
-            tracing::info!("agent {addr} supersedes the previous connection from {}", previous.remote_address());
-            previous.close(VarInt::from_u32(CLOSE_SUPERSEDED), b"superseded by a new connection");
-        }
+        && previous.close_reason().is_none()
+    {
+        tracing::info!("agent {addr} supersedes the previous connection from {}", previous.remote_address());
+        previous.close(VarInt::from_u32(CLOSE_SUPERSEDED), b"superseded by a new connection");
+    }
     let Ok(guard) = timeout(HANDOVER_WAIT, session.lock_owned()).await else {
         tracing::warn!("refused agent {addr}: another agent is connected");
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"another agent is connected");
@@ -279,6 +280,9 @@ async fn serve(
     let _reader = AbortOnDrop(reader);
     let mut last_ack = Instant::now();
     let mut last_flush = Instant::now();
+    // A periodic flush runs beside the applying, so a slow syncfs (gigabytes of
+    // dirty pages after a bulk copy) does not hold the stream back.
+    let mut flushing: Option<tokio::task::JoinHandle<Result<u64, ApplyError>>> = None;
     loop {
         let next = match rx.try_recv() {
             Ok(next) => Some(next),
@@ -294,17 +298,19 @@ async fn serve(
                     writer.write(&ack).await?;
                 }
                 last_ack = Instant::now();
-                if session.get().needs_flush() {
-                    tokio::select! {
-                        next = rx.recv() => next,
-                        () = sleep_until(last_flush + FLUSH_INTERVAL) => {
-                            session.with(|s| s.make_durable()).await??;
-                            last_flush = Instant::now();
-                            continue;
-                        }
+                let flush_due = flushing.is_none() && session.get().needs_flush();
+                tokio::select! {
+                    next = rx.recv() => next,
+                    () = sleep_until(last_flush + FLUSH_INTERVAL), if flush_due => {
+                        flushing = start_flush(session.get())?;
+                        last_flush = Instant::now();
+                        continue;
                     }
-                } else {
-                    rx.recv().await
+                    flushed = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
+                        flushing = None;
+                        finish_flush(&mut session, flushed).await?;
+                        continue;
+                    }
                 }
             }
         };
@@ -357,8 +363,12 @@ async fn serve(
             }
             last_ack = Instant::now();
         }
-        if session.get().needs_flush() && last_flush.elapsed() >= FLUSH_INTERVAL {
-            session.with(|s| s.make_durable()).await??;
+        if flushing.as_ref().is_some_and(|f| f.is_finished()) {
+            let flushed = flushing.take().expect("checked").await;
+            finish_flush(&mut session, flushed).await?;
+        }
+        if flushing.is_none() && session.get().needs_flush() && last_flush.elapsed() >= FLUSH_INTERVAL {
+            flushing = start_flush(session.get())?;
             last_flush = Instant::now();
         }
     }
@@ -367,6 +377,24 @@ async fn serve(
         writer.write(&ack).await?;
     }
     let _ = timeout(FINISH_TIMEOUT, writer.finish()).await;
+    Ok(())
+}
+
+/// Starts making everything applied so far durable, in the background.
+fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<u64, ApplyError>>>> {
+    let Some((seq, handle)) = session.flush_target().context("starting a flush")? else {
+        return Ok(None);
+    };
+    Ok(Some(tokio::task::spawn_blocking(move || handle.sync().map(|()| seq))))
+}
+
+/// Records the result of a background flush.
+async fn finish_flush(
+    session: &mut Lent,
+    flushed: Result<Result<u64, ApplyError>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    let seq = flushed.context("flush task panicked")?.context("flushing applied data")?;
+    session.with(move |s| s.durable_reached(seq)).await??;
     Ok(())
 }
 

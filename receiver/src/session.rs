@@ -107,6 +107,25 @@ impl Session {
         Ok(())
     }
 
+    /// What a background flush must cover: the highest applied sequence number and
+    /// a handle to sync the standby's filesystem with; `None` when nothing is pending.
+    pub fn flush_target(&self) -> Result<Option<(u64, crate::apply::SyncHandle)>, ApplyError> {
+        if self.last_applied == self.durable {
+            return Ok(None);
+        }
+        Ok(Some((self.last_applied, self.applier.sync_handle()?)))
+    }
+
+    /// Records that a flush covering everything up to `seq` completed.
+    pub fn durable_reached(&mut self, seq: u64) -> Result<(), DurableError> {
+        if seq <= self.durable {
+            return Ok(());
+        }
+        self.state.store(seq)?;
+        self.durable = seq;
+        Ok(())
+    }
+
     /// True when an applied fsync barrier must be made durable before the next ack.
     pub fn barrier_pending(&self) -> bool {
         self.barrier.is_some()

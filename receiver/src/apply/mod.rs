@@ -101,6 +101,16 @@ pub struct Applied {
     pub bytes_written: u64,
 }
 
+/// The standby's root directory, opened to sync its filesystem.
+pub struct SyncHandle(std::os::fd::OwnedFd);
+
+impl SyncHandle {
+    /// syncfs(2): everything written to the filesystem so far reaches the disk.
+    pub fn sync(&self) -> Result<(), ApplyError> {
+        syncfs(&self.0).map_err(sys(&RelPath::root(), "syncfs"))
+    }
+}
+
 /// Applies operations beneath one root directory.
 pub struct Applier {
     root: OwnedFd,
@@ -237,14 +247,18 @@ impl Applier {
     /// Makes everything applied so far durable (one `syncfs` of the root's
     /// filesystem, cheaper than an fsync per touched file).
     pub fn sync_to_disk(&mut self) -> Result<(), ApplyError> {
-        let root = RelPath::root();
+        self.sync_handle()?.sync()
+    }
+
+    /// A handle that syncs the standby's filesystem, usable from another thread.
+    pub fn sync_handle(&self) -> Result<SyncHandle, ApplyError> {
         let fd = open_beneath(
             self.root_fd(),
             Path::new("."),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY,
         )
-        .map_err(sys(&root, "openat2"))?;
-        syncfs(fd).map_err(sys(&root, "syncfs"))
+        .map_err(sys(&RelPath::root(), "openat2"))?;
+        Ok(SyncHandle(fd))
     }
 
     /// Closes every cached fd.
