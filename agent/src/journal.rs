@@ -19,6 +19,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 8] = b"SLUICEJ1";
@@ -63,7 +65,7 @@ pub struct Journal {
     last_write: Option<Instant>,
     last_len: u64,
     /// Bytes written to the slots so far.
-    pub bytes_written: u64,
+    bytes_written: u64,
 }
 
 impl Journal {
@@ -113,6 +115,86 @@ impl Journal {
         self.last_len = bytes.len() as u64;
         self.bytes_written += bytes.len() as u64;
         Ok(())
+    }
+}
+
+/// Writes snapshots on a thread of its own: an fdatasync can wait for a journal
+/// commit of the whole filesystem, which must not stall capture and streaming.
+/// Only the newest snapshot handed over is written; one that is superseded
+/// before its turn is dropped, which only leaves an older `verify_since` on disk.
+pub struct JournalWriter {
+    shared: Arc<(Mutex<Handover>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    interval: Duration,
+    last_submit: Option<Instant>,
+    last_len: Arc<AtomicU64>,
+    bytes_written: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Handover {
+    pending: Option<Snapshot>,
+    stop: bool,
+}
+
+impl JournalWriter {
+    pub fn start(mut journal: Journal) -> JournalWriter {
+        let shared = Arc::new((Mutex::new(Handover::default()), Condvar::new()));
+        let (last_len, bytes_written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let interval = journal.interval;
+        let thread = {
+            let (shared, last_len, bytes_written) = (shared.clone(), last_len.clone(), bytes_written.clone());
+            std::thread::Builder::new()
+                .name("journal".into())
+                .spawn(move || loop {
+                    let (lock, ready) = &*shared;
+                    let mut handover = lock.lock().expect("journal handover");
+                    while handover.pending.is_none() && !handover.stop {
+                        handover = ready.wait(handover).expect("journal handover");
+                    }
+                    let Some(snapshot) = handover.pending.take() else { return };
+                    drop(handover);
+                    match journal.write(&snapshot) {
+                        Ok(()) => {
+                            last_len.store(journal.last_len, Ordering::Relaxed);
+                            bytes_written.store(journal.bytes_written, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!("cannot write the agent's durable state: {e}"),
+                    }
+                })
+                .expect("spawning the journal thread")
+        };
+        JournalWriter { shared, thread: Some(thread), interval, last_submit: None, last_len, bytes_written }
+    }
+
+    /// True when enough time has passed since the last snapshot for another.
+    pub fn due(&self) -> bool {
+        let len = self.last_len.load(Ordering::Relaxed);
+        let spacing = self.interval + Duration::from_secs_f64(len as f64 / BYTES_PER_SECOND as f64);
+        self.last_submit.is_none_or(|at| at.elapsed() >= spacing)
+    }
+
+    /// Hands `snapshot` to the writing thread.
+    pub fn submit(&mut self, snapshot: Snapshot) {
+        let (lock, ready) = &*self.shared;
+        lock.lock().expect("journal handover").pending = Some(snapshot);
+        ready.notify_one();
+        self.last_submit = Some(Instant::now());
+    }
+
+    /// Bytes written to the slots so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Writes what is pending and stops the thread.
+    pub fn finish(&mut self) {
+        let (lock, ready) = &*self.shared;
+        lock.lock().expect("journal handover").stop = true;
+        ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

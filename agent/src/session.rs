@@ -6,7 +6,7 @@
 use crate::backlog::{Backlog, Limits, ManifestState, Next};
 use crate::capture::Event;
 use crate::engine::{Engine, PendingOp, Recovery};
-use crate::journal::{Journal, Snapshot};
+use crate::journal::{Journal, JournalWriter, Snapshot};
 use crate::metrics::Metrics;
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
@@ -63,7 +63,7 @@ fn unix_secs() -> i64 {
 pub struct Replicator {
     pub engine: Engine,
     pub backlog: Backlog,
-    journal: Journal,
+    journal: JournalWriter,
     metrics: Metrics,
     last_written: Option<Snapshot>,
     dropped_seen: u64,
@@ -122,7 +122,7 @@ impl Replicator {
         Ok(Replicator {
             engine,
             backlog,
-            journal,
+            journal: JournalWriter::start(journal),
             metrics,
             last_written: None,
             dropped_seen: 0,
@@ -202,10 +202,11 @@ impl Replicator {
         }
     }
 
-    /// Writes the journal at once, as the agent stops.
+    /// Writes the journal at once and waits for it, as the agent stops.
     pub fn write_journal_now(&mut self) {
         self.last_written = None;
         self.write_journal();
+        self.journal.finish();
     }
 
     /// Writes the journal if what it would hold changed since the last write.
@@ -246,10 +247,8 @@ impl Replicator {
         if unchanged && !stale {
             return;
         }
-        match self.journal.write(&snapshot) {
-            Ok(()) => self.last_written = Some(snapshot),
-            Err(e) => tracing::error!("cannot write the agent's durable state: {e}"),
-        }
+        self.journal.submit(snapshot.clone());
+        self.last_written = Some(snapshot);
     }
 
     /// Marks the end of a connection.
@@ -270,8 +269,9 @@ impl Replicator {
         self.metrics.backlog_bytes.set(self.backlog.unsent_payload() as i64);
         self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
         self.read_seen = self.engine.bytes_read;
-        self.metrics.journal_bytes_written.inc_by(self.journal.bytes_written.saturating_sub(self.journal_seen));
-        self.journal_seen = self.journal.bytes_written;
+        let written = self.journal.bytes_written();
+        self.metrics.journal_bytes_written.inc_by(written.saturating_sub(self.journal_seen));
+        self.journal_seen = written;
     }
 }
 

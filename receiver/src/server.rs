@@ -19,11 +19,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::apply::{Applier, ApplyError};
+use crate::apply::Applier;
 use crate::apply::rollback::{self, RollbackCounters};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::session::Session;
+use crate::session::{DurableError, Session};
 use crate::state::State;
 
 /// Longest time between an applied op and its durable record while a stream is busy.
@@ -282,7 +282,7 @@ async fn serve(
     let mut last_flush = Instant::now();
     // A periodic flush runs beside the applying, so a slow syncfs (gigabytes of
     // dirty pages after a bulk copy) does not hold the stream back.
-    let mut flushing: Option<tokio::task::JoinHandle<Result<u64, ApplyError>>> = None;
+    let mut flushing: Option<tokio::task::JoinHandle<Result<u64, DurableError>>> = None;
     loop {
         let next = match rx.try_recv() {
             Ok(next) => Some(next),
@@ -381,20 +381,20 @@ async fn serve(
 }
 
 /// Starts making everything applied so far durable, in the background.
-fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<u64, ApplyError>>>> {
-    let Some((seq, handle)) = session.flush_target().context("starting a flush")? else {
+fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<u64, DurableError>>>> {
+    let Some(flush) = session.flush_target().context("starting a flush")? else {
         return Ok(None);
     };
-    Ok(Some(tokio::task::spawn_blocking(move || handle.sync().map(|()| seq))))
+    Ok(Some(tokio::task::spawn_blocking(move || flush.run())))
 }
 
 /// Records the result of a background flush.
 async fn finish_flush(
     session: &mut Lent,
-    flushed: Result<Result<u64, ApplyError>, tokio::task::JoinError>,
+    flushed: Result<Result<u64, DurableError>, tokio::task::JoinError>,
 ) -> anyhow::Result<()> {
     let seq = flushed.context("flush task panicked")?.context("flushing applied data")?;
-    session.with(move |s| s.durable_reached(seq)).await??;
+    session.get().durable_reached(seq);
     Ok(())
 }
 

@@ -36,6 +36,23 @@ pub enum DurableError {
     Store(#[from] StateError),
 }
 
+/// Makes applied operations durable away from the session: syncfs, then the
+/// sequence number it covers is stored.
+pub struct BackgroundFlush {
+    seq: u64,
+    sync: crate::apply::SyncHandle,
+    state: State,
+}
+
+impl BackgroundFlush {
+    /// Runs the flush (blocking); returns the sequence number now durable.
+    pub fn run(self) -> Result<u64, DurableError> {
+        self.sync.sync()?;
+        self.state.store(self.seq)?;
+        Ok(self.seq)
+    }
+}
+
 /// The receiver's replication state across connections.
 pub struct Session {
     applier: Applier,
@@ -109,21 +126,17 @@ impl Session {
 
     /// What a background flush must cover: the highest applied sequence number and
     /// a handle to sync the standby's filesystem with; `None` when nothing is pending.
-    pub fn flush_target(&self) -> Result<Option<(u64, crate::apply::SyncHandle)>, ApplyError> {
+    pub fn flush_target(&self) -> Result<Option<BackgroundFlush>, ApplyError> {
         if self.last_applied == self.durable {
             return Ok(None);
         }
-        Ok(Some((self.last_applied, self.applier.sync_handle()?)))
+        let sync = self.applier.sync_handle()?;
+        Ok(Some(BackgroundFlush { seq: self.last_applied, sync, state: self.state.clone() }))
     }
 
-    /// Records that a flush covering everything up to `seq` completed.
-    pub fn durable_reached(&mut self, seq: u64) -> Result<(), DurableError> {
-        if seq <= self.durable {
-            return Ok(());
-        }
-        self.state.store(seq)?;
-        self.durable = seq;
-        Ok(())
+    /// Records that a background flush made everything up to `seq` durable.
+    pub fn durable_reached(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
     }
 
     /// True when an applied fsync barrier must be made durable before the next ack.

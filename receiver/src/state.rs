@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::apply::STATE_DIR;
 
@@ -24,9 +25,13 @@ pub enum StateError {
 }
 
 /// The state file of one root.
+#[derive(Clone)]
 pub struct State {
     dir: PathBuf,
     file: PathBuf,
+    /// The highest sequence number stored, shared by clones: a background flush
+    /// that finishes after a newer one must not store an older number.
+    stored: Arc<Mutex<u64>>,
 }
 
 impl State {
@@ -46,7 +51,7 @@ impl State {
             Err(e) => return Err(io(e)),
         }
         let file = dir.join("state");
-        Ok(State { dir, file })
+        Ok(State { dir, file, stored: Arc::new(Mutex::new(0)) })
     }
 
     /// The durable sequence number, 0 when none was ever stored.
@@ -67,6 +72,16 @@ impl State {
     /// Stores `seq` atomically (temp file, fsync, rename, fsync of the directory),
     /// so a crash leaves either the old or the new number.
     pub fn store(&self, seq: u64) -> Result<(), StateError> {
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        if seq <= *stored {
+            return Ok(());
+        }
+        self.write(seq)?;
+        *stored = seq;
+        Ok(())
+    }
+
+    fn write(&self, seq: u64) -> Result<(), StateError> {
         let tmp = self.dir.join("state.tmp");
         let io = |path: &Path| {
             let path = path.to_owned();
