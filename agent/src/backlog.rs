@@ -7,6 +7,7 @@
 //! of the stream is fixed at capture time whether the link is up or not.
 
 use crate::engine::{DirtyInode, PendingOp};
+use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
 use sluice_proto::{Entry, Op, SeqOp};
 use std::collections::{BTreeMap, VecDeque};
@@ -35,6 +36,15 @@ impl Record {
     pub fn seq(&self) -> u64 {
         match self {
             Record::Dirty { seq, .. } | Record::Op { seq, .. } => *seq,
+        }
+    }
+
+    /// File bytes the record stands for.
+    fn content_len(&self) -> u64 {
+        match self {
+            Record::Dirty { range: Some((start, end)), .. } => end - start,
+            Record::Op { op, .. } => op.payload_len(),
+            Record::Dirty { .. } => 0,
         }
     }
 
@@ -85,6 +95,8 @@ pub struct Backlog {
     unconfirmed: BTreeMap<u64, (u64, Record)>,
     /// The manifest sent last and not settled, with the sequence number it precedes.
     manifest_in_flight: Option<(u64, ManifestState)>,
+    /// Operations and file bytes sent and not yet acknowledged as applied.
+    in_flight: (usize, u64),
     applied: u64,
     durable: u64,
     /// Set whenever the content changes, cleared when the journal is written.
@@ -101,6 +113,7 @@ impl Backlog {
             queued_manifest: None,
             unconfirmed: BTreeMap::new(),
             manifest_in_flight: None,
+            in_flight: (0, 0),
             applied: durable,
             durable,
             changed: false,
@@ -155,25 +168,35 @@ impl Backlog {
 
     /// Operations sent and not yet acknowledged as applied.
     pub fn in_flight(&self) -> usize {
-        self.unconfirmed.range(self.applied + 1..).count()
+        self.in_flight.0
     }
 
     /// File bytes sent and not yet acknowledged as applied.
     pub fn in_flight_bytes(&self) -> u64 {
-        self.unconfirmed
-            .range(self.applied + 1..)
-            .map(|(_, (_, record))| match record {
-                Record::Dirty { range: Some((start, end)), .. } => end - start,
-                _ => 0,
-            })
-            .sum()
+        self.in_flight.1
     }
 
-    /// Capture time (CLOCK_MONOTONIC ns) of the oldest change not yet applied.
+    /// Capture time (CLOCK_MONOTONIC ns) of the oldest change not yet applied
+    /// (that of the first one in sequence order, which is captured first).
     pub fn oldest_unapplied_ns(&self) -> Option<u64> {
         let unsent = self.unsent.front().map(|q| q.captured_ns);
-        let sent = self.unconfirmed.range(self.applied + 1..).map(|(_, (ns, _))| *ns).min();
+        let sent = self.unconfirmed.range(self.applied + 1..).next().map(|(_, (ns, _))| *ns);
         unsent.into_iter().chain(sent).min()
+    }
+
+    /// Moves the applied mark to `seq`, taking what it passes out of the in-flight counts.
+    fn advance_applied(&mut self, seq: u64) -> u64 {
+        if seq <= self.applied {
+            return 0;
+        }
+        let mut newly = 0;
+        for (_, (_, record)) in self.unconfirmed.range(self.applied + 1..=seq) {
+            newly += 1;
+            self.in_flight.0 -= 1;
+            self.in_flight.1 -= record.content_len();
+        }
+        self.applied = seq;
+        newly
     }
 
     /// Takes the next operations to send (up to about `max_payload` bytes of
@@ -195,7 +218,10 @@ impl Backlog {
             let queued = self.unsent.pop_front().expect("front exists");
             let len = queued.pending.op.payload_len();
             self.unsent_payload -= len;
-            self.unconfirmed.insert(queued.seq, (queued.captured_ns, Record::of(queued.seq, &queued.pending)));
+            let record = Record::of(queued.seq, &queued.pending);
+            self.in_flight.0 += 1;
+            self.in_flight.1 += record.content_len();
+            self.unconfirmed.insert(queued.seq, (queued.captured_ns, record));
             let captured_unix_ns = now_unix.saturating_sub(now_mono.saturating_sub(queued.captured_ns));
             batch.push(SeqOp { seq: queued.seq, captured_unix_ns, op: queued.pending.op });
             payload += len;
@@ -235,9 +261,7 @@ impl Backlog {
 
     /// The receiver applied everything up to `seq`; returns how many operations that acknowledged.
     pub fn applied(&mut self, seq: u64) -> u64 {
-        let newly = self.unconfirmed.range(self.applied + 1..=seq.max(self.applied)).count() as u64;
-        self.applied = self.applied.max(seq);
-        newly
+        self.advance_applied(seq)
     }
 
     /// The receiver made everything up to `seq` durable: forget it.
@@ -246,7 +270,7 @@ impl Backlog {
             return;
         }
         self.durable = seq;
-        self.applied = self.applied.max(seq);
+        self.advance_applied(seq);
         self.unconfirmed = self.unconfirmed.split_off(&(seq + 1));
         self.settle_manifest();
         self.changed = true;
@@ -259,6 +283,7 @@ impl Backlog {
     pub fn rewind(&mut self, durable: u64, now_mono: u64) -> (Vec<DirtyInode>, Option<ManifestState>) {
         self.confirmed(durable);
         self.applied = self.durable;
+        self.in_flight = (0, 0);
         // The receiver may hold operations numbered past what this agent's journal
         // recorded (sent just before a crash): number everything not yet sent after
         // them, or the receiver would take it for a replay and skip it.
@@ -311,6 +336,7 @@ impl Backlog {
         self.unsent.clear();
         self.unsent_payload = 0;
         self.unconfirmed.clear();
+        self.in_flight = (0, 0);
         self.queued_manifest = None;
         self.manifest_in_flight = None;
         self.applied = self.applied.max(self.next_seq - 1);
@@ -321,22 +347,26 @@ impl Backlog {
     /// (or metadata) the standby may lack.
     pub fn records(&self) -> (Vec<Record>, Vec<DirtyInode>) {
         let mut ops = Vec::new();
-        let mut dirty: BTreeMap<u64, DirtyInode> = BTreeMap::new();
+        let mut dirty: BTreeMap<u64, (RangeSet, bool)> = BTreeMap::new();
         let sent = self.unconfirmed.iter().map(|(seq, (_, record))| (*seq, record.clone()));
         let unsent = self.unsent.iter().map(|q| (q.seq, Record::of(q.seq, &q.pending)));
         for (_, record) in sent.chain(unsent) {
             match record {
                 Record::Dirty { ino, range, .. } => {
-                    let entry = dirty.entry(ino).or_insert_with(|| DirtyInode { ino, ..DirtyInode::default() });
+                    let (ranges, attrs) = dirty.entry(ino).or_default();
                     match range {
-                        Some(range) => entry.ranges.push(range),
-                        None => entry.attrs = true,
+                        Some((start, end)) => ranges.insert(start, end - start),
+                        None => *attrs = true,
                     }
                 }
                 Record::Op { .. } => ops.push(record),
             }
         }
-        (ops, dirty.into_values().collect())
+        let dirty = dirty
+            .into_iter()
+            .map(|(ino, (ranges, attrs))| DirtyInode { ino, ranges: ranges.iter().collect(), attrs })
+            .collect();
+        (ops, dirty)
     }
 
     /// Restores operations from the journal as sent-but-unconfirmed, so the next
@@ -345,6 +375,8 @@ impl Backlog {
         for record in records {
             if record.seq() > self.durable {
                 self.next_seq = self.next_seq.max(record.seq() + 1);
+                self.in_flight.0 += 1;
+                self.in_flight.1 += record.content_len();
                 self.unconfirmed.insert(record.seq(), (now_mono, record));
             }
         }

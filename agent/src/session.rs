@@ -10,7 +10,8 @@ use crate::journal::{Journal, JournalWriter, Snapshot};
 use crate::metrics::Metrics;
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
-use sluice_proto::{AgentMessage, Entry, PROTOCOL_VERSION, ReceiverMessage};
+use sluice_proto::{AgentMessage, Entry, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath};
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -33,6 +34,8 @@ const JOURNAL_SLACK_SECS: i64 = 2;
 /// resend of at most this much of the stream (QUIC's idle timeout ends the
 /// connection later; a link that comes back before then loses nothing).
 const STALL: Duration = Duration::from_secs(1);
+/// File content read ahead of sending while answering the receiver's wants.
+const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// File content in flight (sent, not acknowledged as applied), at most.
 const IN_FLIGHT_BYTES: u64 = 32 << 20;
 /// Why the tree is compared when there is no durable state to resume from.
@@ -292,6 +295,10 @@ pub struct Session<'a> {
     coalesce: Duration,
     /// When acknowledgements last moved forward (or sending started from nothing in flight).
     last_progress: Instant,
+    /// Files the receiver wants, not yet read.
+    wants: VecDeque<(RelPath, Vec<Hash>)>,
+    /// The receiver's `ManifestDone`, held until every want has been read.
+    manifest_done: Option<u64>,
 }
 
 impl<'a> Session<'a> {
@@ -364,6 +371,8 @@ impl<'a> Session<'a> {
             last_progress_log: Instant::now(),
             coalesce,
             last_progress: Instant::now(),
+            wants: VecDeque::new(),
+            manifest_done: None,
         })
     }
 
@@ -378,12 +387,14 @@ impl<'a> Session<'a> {
             self.rep.metrics.initial_sync_complete.set(1);
         }
         loop {
-            if self.rep.compare_owed() && self.rep.backlog.is_idle() && self.last_rescan.elapsed() >= RESCAN_SPACING {
+            let comparing = !self.wants.is_empty() || self.manifest_done.is_some();
+            if self.rep.compare_owed() && self.rep.backlog.is_idle() && !comparing && self.last_rescan.elapsed() >= RESCAN_SPACING {
                 self.compare_trees().await?;
             }
             let stalled = self.rep.backlog.in_flight() > 0
                 && (self.last_progress.elapsed() >= STALL || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES);
             let sendable = !self.rep.backlog.is_idle() && !stalled;
+            let answerable = !self.wants.is_empty() && self.rep.backlog.unsent_payload() < READ_AHEAD_BYTES;
             tokio::select! {
                 reply = self.replies.recv() => {
                     let reply = reply.ok_or_else(|| anyhow!("receiver reader stopped"))??;
@@ -394,6 +405,7 @@ impl<'a> Session<'a> {
                     self.rep.handle_batch(batch);
                 }
                 () = std::future::ready(()), if sendable => self.send_next().await?,
+                () = std::future::ready(()), if answerable => self.answer_next_want(),
                 _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
                 _ = metrics_tick.tick() => {
                     ticks += 1;
@@ -472,32 +484,12 @@ impl<'a> Session<'a> {
 
     fn on_reply(&mut self, reply: ReceiverMessage) -> anyhow::Result<()> {
         match reply {
-            ReceiverMessage::Want { path, hashes, .. } => {
-                let now = monotonic_ns();
-                let mut pending = Vec::new();
-                tokio::task::block_in_place(|| self.rep.engine.answer_want(&path, &hashes, now, &mut pending));
-                self.rep.queue(&mut pending);
-                self.wants_answered += 1;
-                let sent = self.rep.metrics.payload_bytes_sent.get();
-                if let Some(bar) = &self.progress {
-                    bar.set_message(format!("initial sync: {} files compared, {sent} bytes sent, now {path}", self.wants_answered));
-                } else if self.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
-                    self.last_progress_log = Instant::now();
-                    tracing::info!(files_compared = self.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
-                }
-            }
+            // Answered as the backlog makes room: reading every wanted file at once
+            // would hold the whole difference in memory.
+            ReceiverMessage::Want { path, hashes, .. } => self.wants.push_back((path, hashes)),
             ReceiverMessage::ManifestDone { wanted } => {
-                if let Some(bar) = self.progress.take() {
-                    bar.finish_and_clear();
-                }
-                tracing::info!(
-                    files_differing = wanted,
-                    seconds = self.sync_started.elapsed().as_secs_f64(),
-                    "standby compared; differing blocks are streaming"
-                );
-                self.rep.backlog.manifest_done();
-                self.synced = true;
-                self.check_synced();
+                self.manifest_done = Some(wanted);
+                self.finish_manifest_if_answered();
             }
             ReceiverMessage::Ack { seq } => {
                 let acked = self.rep.backlog.applied(seq);
@@ -522,6 +514,44 @@ impl<'a> Session<'a> {
             ReceiverMessage::Hello { .. } => bail!("unexpected second Hello from the receiver"),
         }
         Ok(())
+    }
+
+    /// Reads the blocks of the next wanted file that the standby lacks.
+    fn answer_next_want(&mut self) {
+        let Some((path, hashes)) = self.wants.pop_front() else { return };
+        let now = monotonic_ns();
+        let mut pending = Vec::new();
+        tokio::task::block_in_place(|| self.rep.engine.answer_want(&path, &hashes, now, &mut pending));
+        self.rep.queue(&mut pending);
+        self.wants_answered += 1;
+        let sent = self.rep.metrics.payload_bytes_sent.get();
+        if let Some(bar) = &self.progress {
+            bar.set_message(format!("initial sync: {} files compared, {sent} bytes sent, now {path}", self.wants_answered));
+        } else if self.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
+            self.last_progress_log = Instant::now();
+            tracing::info!(files_compared = self.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
+        }
+        self.finish_manifest_if_answered();
+    }
+
+    /// Once the receiver has listed every difference and each has been read, the
+    /// comparison is complete as far as the agent is concerned.
+    fn finish_manifest_if_answered(&mut self) {
+        if !self.wants.is_empty() {
+            return;
+        }
+        let Some(wanted) = self.manifest_done.take() else { return };
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
+        tracing::info!(
+            files_differing = wanted,
+            seconds = self.sync_started.elapsed().as_secs_f64(),
+            "standby compared; differing blocks are streaming"
+        );
+        self.rep.backlog.manifest_done();
+        self.synced = true;
+        self.check_synced();
     }
 
     fn check_synced(&self) {
