@@ -29,10 +29,12 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// that set the change time when it started). Changes later than the last
 /// write minus this are verified on restart.
 const JOURNAL_SLACK_SECS: i64 = 2;
-/// With operations in flight and no acknowledgement for this long, the link is
-/// presumed down: nothing more is sent until one arrives, so an outage costs a
-/// resend of at most this much of the stream (QUIC's idle timeout ends the
-/// connection later; a link that comes back before then loses nothing).
+/// With operations in flight and, for this long, neither an acknowledgement from
+/// the receiver nor a QUIC-level ACK from its endpoint, the link is presumed down:
+/// nothing more is sent until one arrives, so an outage costs a resend of at most
+/// this much of the stream (QUIC's idle timeout ends the connection later; a link
+/// that comes back before then loses nothing). A receiver that is merely slow
+/// (its disk throttling writes) keeps acknowledging packets and is not paused for.
 const STALL: Duration = Duration::from_secs(1);
 /// File content read ahead of sending while answering the receiver's wants.
 const READ_AHEAD_BYTES: u64 = 16 << 20;
@@ -286,6 +288,7 @@ pub struct Session<'a> {
     rep: &'a mut Replicator,
     wire_seen: (u64, u64),
     lost_seen: u64,
+    quic_acks_seen: u64,
     synced: bool,
     sync_started: Instant,
     last_rescan: Instant,
@@ -363,6 +366,7 @@ impl<'a> Session<'a> {
             rep,
             wire_seen: (0, 0),
             lost_seen: 0,
+            quic_acks_seen: 0,
             synced: false,
             sync_started: Instant::now(),
             last_rescan: Instant::now() - RESCAN_SPACING,
@@ -570,6 +574,10 @@ impl<'a> Session<'a> {
         self.wire_seen = (tx, rx);
         metrics.wire_bytes_lost.inc_by(stats.path.lost_bytes.saturating_sub(self.lost_seen));
         metrics.path_mtu.set(i64::from(stats.path.current_mtu));
+        if stats.frame_rx.acks > self.quic_acks_seen {
+            self.quic_acks_seen = stats.frame_rx.acks;
+            self.last_progress = Instant::now();
+        }
         self.lost_seen = stats.path.lost_bytes;
     }
 }
