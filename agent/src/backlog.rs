@@ -78,6 +78,16 @@ pub struct ManifestState {
     pub since: i64,
 }
 
+/// What a new connection must send again.
+pub struct Rewound {
+    /// Operations queued again, in order, ahead of what was never sent.
+    pub requeued: usize,
+    /// Inodes whose sent writes or metadata must be read again.
+    pub dirty: Vec<DirtyInode>,
+    /// A comparison of the whole tree that did not settle and must be redone.
+    pub unfinished: Option<ManifestState>,
+}
+
 /// What to send next.
 pub enum Next {
     Ops(Vec<SeqOp>),
@@ -99,8 +109,6 @@ pub struct Backlog {
     in_flight: (usize, u64),
     applied: u64,
     durable: u64,
-    /// Set whenever the content changes, cleared when the journal is written.
-    pub changed: bool,
 }
 
 impl Backlog {
@@ -116,7 +124,6 @@ impl Backlog {
             in_flight: (0, 0),
             applied: durable,
             durable,
-            changed: false,
         }
     }
 
@@ -135,13 +142,11 @@ impl Backlog {
         self.next_seq += 1;
         self.unsent_payload += pending.op.payload_len();
         self.unsent.push_back(Queued { seq, captured_ns, pending });
-        self.changed = true;
     }
 
     /// Queues a scoped manifest after everything queued so far.
     pub fn push_manifest(&mut self, state: ManifestState) {
         self.queued_manifest = Some((self.next_seq, state));
-        self.changed = true;
     }
 
     /// True when unsent operations hold as much file content as allowed.
@@ -229,14 +234,12 @@ impl Backlog {
                 break;
             }
         }
-        self.changed |= !batch.is_empty();
         (!batch.is_empty()).then_some(Next::Ops(batch))
     }
 
     /// Records that a full comparison's manifest was sent.
     pub fn full_manifest_sent(&mut self, since: i64) {
         self.manifest_in_flight = Some((self.next_seq, ManifestState { scoped: None, done_seq: None, since }));
-        self.changed = true;
     }
 
     /// The receiver answered every entry of the manifest in flight.
@@ -250,7 +253,6 @@ impl Backlog {
     fn settle_manifest(&mut self) {
         if self.manifest_in_flight.as_ref().is_some_and(|(_, m)| m.done_seq.is_some_and(|done| done <= self.durable)) {
             self.manifest_in_flight = None;
-            self.changed = true;
         }
     }
 
@@ -273,14 +275,13 @@ impl Backlog {
         self.advance_applied(seq);
         self.unconfirmed = self.unconfirmed.split_off(&(seq + 1));
         self.settle_manifest();
-        self.changed = true;
     }
 
     /// Starts a new connection whose receiver holds everything up to `durable`:
     /// operations after it go back to the front of the queue, in order, and the
     /// inodes whose writes must be read again are returned. A manifest not settled
     /// is returned too: scoped ones are queued again, a full one must be redone.
-    pub fn rewind(&mut self, durable: u64, now_mono: u64) -> (Vec<DirtyInode>, Option<ManifestState>) {
+    pub fn rewind(&mut self, durable: u64, now_mono: u64) -> Rewound {
         self.confirmed(durable);
         self.applied = self.durable;
         self.in_flight = (0, 0);
@@ -315,6 +316,7 @@ impl Backlog {
                 }
             }
         }
+        let requeued = resend.len();
         for queued in resend.into_iter().rev() {
             self.unsent.push_front(queued);
         }
@@ -327,8 +329,7 @@ impl Backlog {
             }
             other => other.map(|(_, state)| state),
         };
-        self.changed = true;
-        (dirty.into_values().collect(), manifest)
+        Rewound { requeued, dirty: dirty.into_values().collect(), unfinished: manifest }
     }
 
     /// Drops everything: a comparison of the whole tree is about to cover it.
@@ -340,7 +341,6 @@ impl Backlog {
         self.queued_manifest = None;
         self.manifest_in_flight = None;
         self.applied = self.applied.max(self.next_seq - 1);
-        self.changed = true;
     }
 
     /// What the journal must keep: operations in order, and inodes whose data
@@ -436,8 +436,9 @@ mod tests {
         backlog.push(mkdir("b"), 1);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1, 2, 3, 4]);
         backlog.push(mkdir("c"), 1);
-        let (dirty, manifest) = backlog.rewind(1, 1);
-        assert!(manifest.is_none());
+        let Rewound { requeued, dirty, unfinished } = backlog.rewind(1, 1);
+        assert!(unfinished.is_none());
+        assert_eq!(requeued, 1, "mkdir b");
         assert_eq!(dirty, vec![DirtyInode { ino: 7, ranges: vec![(8192, 8292)], attrs: true }]);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![4, 5], "mkdir b again, then the unsent mkdir c");
     }
@@ -448,8 +449,8 @@ mod tests {
         let mut backlog = Backlog::new(5, 4, Limits { bytes: 1 << 20, ops: 100 });
         backlog.push(mkdir("a"), 1);
         backlog.push(mkdir("b"), 1);
-        let (dirty, manifest) = backlog.rewind(12, 1);
-        assert!(dirty.is_empty() && manifest.is_none());
+        let rewound = backlog.rewind(12, 1);
+        assert!(rewound.dirty.is_empty() && rewound.unfinished.is_none());
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![13, 14]);
         backlog.push(mkdir("c"), 1);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![15]);
@@ -485,8 +486,7 @@ mod tests {
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![0], "then the manifest");
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![2]);
         // The connection drops before the comparison settles: it is queued again.
-        let (_, full) = backlog.rewind(0, 1);
-        assert!(full.is_none());
+        assert!(backlog.rewind(0, 1).unfinished.is_none());
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1]);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![0]);
         backlog.manifest_done();

@@ -6,7 +6,7 @@ use crate::capture::{Capture, CaptureOptions};
 use crate::config::Config;
 use crate::backlog::Limits;
 use crate::engine::Engine;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalWriter};
 use crate::metrics::{Metrics, ModeLabel};
 use crate::session::{CaptureBatch, Replicator, Session};
 use anyhow::Context;
@@ -41,7 +41,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let engine = Engine::new(&root, capture.watched_dev(), options)?;
     let durability = &config.durability;
     let interval = Duration::from_millis(durability.journal_interval_ms);
-    let (journal, loaded) = Journal::open(&config.state_dir, interval).context("opening the agent's durable state")?;
+    let (journal, loaded) = Journal::open(&config.state_dir).context("opening the agent's durable state")?;
+    let journal = JournalWriter::start(journal, interval);
     let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
     let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, metrics.clone()))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -61,8 +61,6 @@ pub struct Snapshot {
 pub struct Journal {
     dir: PathBuf,
     generation: u64,
-    interval: Duration,
-    last_write: Option<Instant>,
     last_len: u64,
     /// Bytes written to the slots so far.
     bytes_written: u64,
@@ -70,7 +68,7 @@ pub struct Journal {
 
 impl Journal {
     /// Opens the state in `dir` and loads the newest intact snapshot, if any.
-    pub fn open(dir: &Path, interval: Duration) -> Result<(Journal, Option<Snapshot>), JournalError> {
+    pub fn open(dir: &Path) -> Result<(Journal, Option<Snapshot>), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Io { path: dir.into(), source })?;
         let mut best: Option<(u64, Snapshot)> = None;
         for slot in 0..2 {
@@ -84,14 +82,8 @@ impl Journal {
             }
         }
         let generation = best.as_ref().map_or(0, |(g, _)| *g);
-        let journal = Journal { dir: dir.into(), generation, interval, last_write: None, last_len: 0, bytes_written: 0 };
+        let journal = Journal { dir: dir.into(), generation, last_len: 0, bytes_written: 0 };
         Ok((journal, best.map(|(_, s)| s)))
-    }
-
-    /// True when enough time has passed since the last write for another.
-    pub fn due(&self) -> bool {
-        let spacing = self.interval + Duration::from_secs_f64(self.last_len as f64 / BYTES_PER_SECOND as f64);
-        self.last_write.is_none_or(|at| at.elapsed() >= spacing)
     }
 
     /// Writes `snapshot` to the older slot and makes it durable.
@@ -111,7 +103,6 @@ impl Journal {
         file.set_len(bytes.len() as u64).map_err(io)?;
         file.sync_data().map_err(io)?;
         self.generation = generation;
-        self.last_write = Some(Instant::now());
         self.last_len = bytes.len() as u64;
         self.bytes_written += bytes.len() as u64;
         Ok(())
@@ -138,10 +129,11 @@ struct Handover {
 }
 
 impl JournalWriter {
-    pub fn start(mut journal: Journal) -> JournalWriter {
+    /// Starts the writing thread; snapshots are taken at most every `interval`
+    /// (more rarely as they grow, see [`JournalWriter::due`]).
+    pub fn start(mut journal: Journal, interval: Duration) -> JournalWriter {
         let shared = Arc::new((Mutex::new(Handover::default()), Condvar::new()));
         let (last_len, bytes_written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let interval = journal.interval;
         let thread = {
             let (shared, last_len, bytes_written) = (shared.clone(), last_len.clone(), bytes_written.clone());
             std::thread::Builder::new()
@@ -248,29 +240,33 @@ mod tests {
     #[test]
     fn newest_intact_slot_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, loaded) = Journal::open(dir.path(), Duration::ZERO).unwrap();
+        let (mut journal, loaded) = Journal::open(dir.path()).unwrap();
         assert!(loaded.is_none());
         journal.write(&snapshot(5)).unwrap();
         journal.write(&snapshot(6)).unwrap();
-        assert_eq!(Journal::open(dir.path(), Duration::ZERO).unwrap().1, Some(snapshot(6)));
+        assert_eq!(Journal::open(dir.path()).unwrap().1, Some(snapshot(6)));
         // A write torn by a crash leaves the previous snapshot.
         let newest = slot_path(dir.path(), 0);
         let mut torn = std::fs::read(&newest).unwrap();
         torn.truncate(torn.len() - 3);
         overwrite(&newest, &torn);
-        let (mut journal, loaded) = Journal::open(dir.path(), Duration::ZERO).unwrap();
+        let (mut journal, loaded) = Journal::open(dir.path()).unwrap();
         assert_eq!(loaded, Some(snapshot(5)));
         // The next write goes over the torn slot, not the intact one.
         journal.write(&snapshot(7)).unwrap();
-        assert_eq!(Journal::open(dir.path(), Duration::ZERO).unwrap().1, Some(snapshot(7)));
+        assert_eq!(Journal::open(dir.path()).unwrap().1, Some(snapshot(7)));
     }
 
     #[test]
-    fn writes_are_spaced() {
+    fn writes_are_spaced_and_finish_waits_for_the_last() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), Duration::from_secs(60)).unwrap();
-        assert!(journal.due());
-        journal.write(&snapshot(1)).unwrap();
-        assert!(!journal.due());
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let mut writer = JournalWriter::start(journal, Duration::from_secs(60));
+        assert!(writer.due());
+        writer.submit(snapshot(1));
+        assert!(!writer.due());
+        writer.finish();
+        assert_eq!(Journal::open(dir.path()).unwrap().1, Some(snapshot(1)));
+        assert!(writer.bytes_written() > 0);
     }
 }

@@ -3,10 +3,10 @@
 //! connection to the receiver ([`Session`]: handshake, resending what the standby
 //! lacks, tree comparisons, streaming and acknowledgements).
 
-use crate::backlog::{Backlog, Limits, ManifestState, Next};
+use crate::backlog::{Backlog, Limits, ManifestState, Next, Rewound};
 use crate::capture::Event;
 use crate::engine::{Engine, PendingOp, Recovery};
-use crate::journal::{Journal, JournalWriter, Snapshot};
+use crate::journal::{JournalWriter, Snapshot};
 use crate::metrics::Metrics;
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
@@ -88,7 +88,7 @@ impl Replicator {
     /// dirty ranges are queued for the standby, and the walk that rebuilds the
     /// index finds what changed after it (see [`Engine::recover`]). Without one,
     /// the whole tree is compared on the first connection.
-    pub fn new(mut engine: Engine, journal: Journal, loaded: Option<Snapshot>, limits: Limits, metrics: Metrics) -> anyhow::Result<Replicator> {
+    pub fn new(mut engine: Engine, journal: JournalWriter, loaded: Option<Snapshot>, limits: Limits, metrics: Metrics) -> anyhow::Result<Replicator> {
         let now = monotonic_ns();
         let (next_seq, durable) = loaded.as_ref().map_or((1, 0), |s| (s.next_seq, s.durable));
         let mut backlog = Backlog::new(next_seq, durable, limits);
@@ -127,7 +127,7 @@ impl Replicator {
         Ok(Replicator {
             engine,
             backlog,
-            journal: JournalWriter::start(journal),
+            journal,
             metrics,
             last_written: None,
             dropped_seen: 0,
@@ -183,6 +183,12 @@ impl Replicator {
             self.backlog.clear();
             self.engine.request_compare(reason);
         }
+        self.hold_data_if_needed();
+    }
+
+    /// Dirty data stays as ranges while the backlog is at its memory bound, or while
+    /// offline with a tree comparison owed (which will cover it).
+    fn hold_data_if_needed(&mut self) {
         self.engine.data_held = self.backlog.content_full() || (self.compare_owed() && !self.online);
     }
 
@@ -259,7 +265,7 @@ impl Replicator {
     /// Marks the end of a connection.
     pub fn offline(&mut self) {
         self.online = false;
-        self.engine.data_held = self.backlog.content_full() || self.compare_owed();
+        self.hold_data_if_needed();
         self.update_metrics();
     }
 
@@ -339,14 +345,16 @@ impl<'a> Session<'a> {
             ));
         }
         let now = monotonic_ns();
-        let (dirty, unfinished) = rep.backlog.rewind(durable_seq, now);
+        let Rewound { requeued, dirty, unfinished } = rep.backlog.rewind(durable_seq, now);
         if unfinished.is_some() {
             rep.engine.request_compare("the previous comparison of the tree did not finish");
         }
-        if rep.compare_owed() {
+        let resent = if rep.compare_owed() {
             rep.backlog.clear();
-        }
-        let resent = rep.backlog.unsent_len();
+            0
+        } else {
+            requeued
+        };
         for inode in &dirty {
             rep.engine.redirty(inode, now);
         }

@@ -308,7 +308,7 @@ async fn serve(
                     }
                     flushed = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
                         flushing = None;
-                        finish_flush(&mut session, flushed).await?;
+                        finish_flush(&mut session, flushed)?;
                         continue;
                     }
                 }
@@ -365,7 +365,7 @@ async fn serve(
         }
         if flushing.as_ref().is_some_and(|f| f.is_finished()) {
             let flushed = flushing.take().expect("checked").await;
-            finish_flush(&mut session, flushed).await?;
+            finish_flush(&mut session, flushed)?;
         }
         if flushing.is_none() && session.get().needs_flush() && last_flush.elapsed() >= FLUSH_INTERVAL {
             flushing = start_flush(session.get())?;
@@ -389,7 +389,7 @@ fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::Join
 }
 
 /// Records the result of a background flush.
-async fn finish_flush(
+fn finish_flush(
     session: &mut Lent,
     flushed: Result<Result<u64, DurableError>, tokio::task::JoinError>,
 ) -> anyhow::Result<()> {

@@ -165,18 +165,23 @@ fn check_entry(path: &RelPath, op: &'static str) -> Result<(), ApplyError> {
     check_reserved(path)
 }
 
+/// Opens the standby root (which must be a directory) as the anchor of confined access.
+pub(crate) fn open_root(root: &Path) -> Result<OwnedFd, ApplyError> {
+    nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| ApplyError::OpenRoot {
+        root: root.to_owned(),
+        source: errno.into(),
+    })
+}
+
 impl Applier {
     /// Opens `root` (which must be a directory) for confined access.
     pub fn open(root: &Path) -> Result<Applier, ApplyError> {
-        let root_fd = nix::fcntl::open(
-            root,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| ApplyError::OpenRoot {
-            root: root.to_owned(),
-            source: errno.into(),
-        })?;
+        let root_fd = open_root(root)?;
         Ok(Applier {
             root: root_fd,
             cache: FdCache::new(FD_CACHE_SIZE),

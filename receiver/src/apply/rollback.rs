@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use sluice_proto::RelPath;
 
 use super::fs::{kind_of, list_dir, lstat_at, open_beneath, remove_any, remove_tree};
-use super::{Applier, ApplyError, STATE_DIR, sys};
+use super::{Applier, ApplyError, STATE_DIR, open_root, sys};
 
 /// The rollback directory, inside [`STATE_DIR`].
 pub const ROLLBACK_DIR: &str = "rollback";
@@ -594,15 +594,7 @@ impl Applier {
 /// `keep_days` days before the UTC day of `now`, so everything kept stays at
 /// least `keep_days` full days; returns their names. Other names are left alone.
 pub fn expire(root: &Path, keep_days: u32, now: SystemTime) -> Result<Vec<String>, ApplyError> {
-    let root_fd = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| ApplyError::OpenRoot {
-        root: root.to_owned(),
-        source: errno.into(),
-    })?;
+    let root_fd = open_root(root)?;
     let rollback_path =
         RelPath::from_bytes(format!("{STATE_DIR}/{ROLLBACK_DIR}")).expect("a valid constant path");
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
@@ -637,27 +629,16 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use sluice_proto::{Attrs, Entry, EntryKind, Meta, Op, Timestamp, blocks};
+    use sluice_proto::{Attrs, Entry, EntryKind, Meta, Op, Timestamp};
 
     use super::*;
+    use crate::apply::tests::{p, write};
     use crate::sync::InitialSync;
 
     /// 2024-03-05 12:00 UTC.
     const NOW_SECS: u64 = 1_709_640_000;
     const TODAY: &str = "2024-03-05";
 
-    fn p(s: &str) -> RelPath {
-        RelPath::from_bytes(s).unwrap()
-    }
-
-    fn write(path: &str, offset: u64, data: &[u8]) -> Op {
-        Op::Write {
-            path: p(path),
-            offset,
-            data: data.to_vec(),
-            hash: blocks::hash(data),
-        }
-    }
 
     fn rename(from: &str, to: &str, exchange: bool, noreplace: bool) -> Op {
         Op::Rename {

@@ -6,11 +6,11 @@ use sluice_proto::{Attrs, Op, RelPath, Timestamp, blocks};
 
 use super::{Applier, ApplyError};
 
-fn p(s: &str) -> RelPath {
+pub(super) fn p(s: &str) -> RelPath {
     RelPath::from_bytes(s).unwrap()
 }
 
-fn write(path: &str, offset: u64, data: &[u8]) -> Op {
+pub(super) fn write(path: &str, offset: u64, data: &[u8]) -> Op {
     Op::Write {
         path: p(path),
         offset,
