@@ -9,7 +9,7 @@
 use crate::engine::{DirtyInode, PendingOp};
 use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
-use sluice_proto::{Entry, Op, SeqOp};
+use sluice_proto::{Entry, Op, RelPath, SeqOp};
 use std::collections::{BTreeMap, VecDeque};
 
 /// How much the backlog may hold in memory.
@@ -71,6 +71,9 @@ struct Queued {
 pub struct ManifestState {
     /// The entries of a scoped manifest; `None` for a comparison of the whole tree.
     pub scoped: Option<Vec<Entry>>,
+    /// For a scoped manifest, the paths below which the standby removes what it
+    /// does not list.
+    pub subtrees: Vec<RelPath>,
     /// Set when the receiver reported `ManifestDone`: the last sequence number given
     /// by then, which covers the answers to its `Want`s.
     pub done_seq: Option<u64>,
@@ -86,12 +89,15 @@ pub struct Rewound {
     pub dirty: Vec<DirtyInode>,
     /// A comparison of the whole tree that did not settle and must be redone.
     pub unfinished: Option<ManifestState>,
+    /// Operations sent and not durable that were not queued again, because the
+    /// standby may already have applied them (see [`Backlog::rewind`]).
+    pub unreplayed: Vec<Op>,
 }
 
 /// What to send next.
 pub enum Next {
     Ops(Vec<SeqOp>),
-    Manifest(Vec<Entry>),
+    Manifest { entries: Vec<Entry>, subtrees: Vec<RelPath> },
 }
 
 /// The ordered, bounded backlog of one agent (it outlives connections).
@@ -211,8 +217,9 @@ impl Backlog {
             && self.unsent.front().is_none_or(|q| q.seq >= *after) {
                 let (after, state) = self.queued_manifest.take().expect("checked above");
                 let entries = state.scoped.clone().unwrap_or_default();
+                let subtrees = state.subtrees.clone();
                 self.manifest_in_flight = Some((after, state));
-                return Some(Next::Manifest(entries));
+                return Some(Next::Manifest { entries, subtrees });
             }
         let mut batch = Vec::new();
         let mut payload = 0;
@@ -239,7 +246,7 @@ impl Backlog {
 
     /// Records that a full comparison's manifest was sent.
     pub fn full_manifest_sent(&mut self, since: i64) {
-        self.manifest_in_flight = Some((self.next_seq, ManifestState { scoped: None, done_seq: None, since }));
+        self.manifest_in_flight = Some((self.next_seq, ManifestState { scoped: None, subtrees: Vec::new(), done_seq: None, since }));
     }
 
     /// The receiver answered every entry of the manifest in flight.
@@ -281,7 +288,12 @@ impl Backlog {
     /// operations after it go back to the front of the queue, in order, and the
     /// inodes whose writes must be read again are returned. A manifest not settled
     /// is returned too: scoped ones are queued again, a full one must be redone.
-    pub fn rewind(&mut self, durable: u64, now_mono: u64) -> Rewound {
+    ///
+    /// Without `replay` (the receiver stopped uncleanly and may hold some of them
+    /// already), operations other than writes are not queued again but returned
+    /// in `unreplayed`: replaying a rename that was applied could do harm, so the
+    /// paths they name are compared instead.
+    pub fn rewind(&mut self, durable: u64, now_mono: u64, replay: bool) -> Rewound {
         self.confirmed(durable);
         self.applied = self.durable;
         self.in_flight = (0, 0);
@@ -301,6 +313,7 @@ impl Backlog {
         self.next_seq = self.next_seq.max(durable + 1);
         let mut dirty: BTreeMap<u64, DirtyInode> = BTreeMap::new();
         let mut resend = Vec::new();
+        let mut unreplayed = Vec::new();
         for (seq, (captured_ns, record)) in std::mem::take(&mut self.unconfirmed) {
             match record {
                 Record::Dirty { ino, range, .. } => {
@@ -310,6 +323,7 @@ impl Backlog {
                         None => entry.attrs = true,
                     }
                 }
+                Record::Op { op, .. } if !replay => unreplayed.push(op),
                 Record::Op { op, .. } => {
                     let pending = PendingOp { op, captured_ns: captured_ns.min(now_mono), ino: None };
                     resend.push(Queued { seq, captured_ns: pending.captured_ns, pending });
@@ -329,7 +343,7 @@ impl Backlog {
             }
             other => other.map(|(_, state)| state),
         };
-        Rewound { requeued, dirty: dirty.into_values().collect(), unfinished: manifest }
+        Rewound { requeued, dirty: dirty.into_values().collect(), unfinished: manifest, unreplayed }
     }
 
     /// Drops everything: a comparison of the whole tree is about to cover it.
@@ -405,7 +419,7 @@ mod tests {
     fn seqs(next: Option<Next>) -> Vec<u64> {
         match next {
             Some(Next::Ops(ops)) => ops.iter().map(|o| o.seq).collect(),
-            Some(Next::Manifest(_)) => vec![0],
+            Some(Next::Manifest { .. }) => vec![0],
             None => vec![],
         }
     }
@@ -436,11 +450,26 @@ mod tests {
         backlog.push(mkdir("b"), 1);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1, 2, 3, 4]);
         backlog.push(mkdir("c"), 1);
-        let Rewound { requeued, dirty, unfinished } = backlog.rewind(1, 1);
+        let Rewound { requeued, dirty, unfinished, unreplayed } = backlog.rewind(1, 1, true);
+        assert!(unreplayed.is_empty());
         assert!(unfinished.is_none());
         assert_eq!(requeued, 1, "mkdir b");
         assert_eq!(dirty, vec![DirtyInode { ino: 7, ranges: vec![(8192, 8292)], attrs: true }]);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![4, 5], "mkdir b again, then the unsent mkdir c");
+    }
+
+    #[test]
+    fn an_uncertain_receiver_gets_writes_again_but_not_renames() {
+        let mut backlog = Backlog::new(1, 0, Limits { bytes: 1 << 20, ops: 100 });
+        backlog.push(write(7, 0, 100), 1);
+        let rename = Op::Rename { from: p("a"), to: p("b"), exchange: false, noreplace: false };
+        backlog.push(PendingOp { op: rename.clone(), captured_ns: 1, ino: None }, 1);
+        assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1, 2]);
+        let rewound = backlog.rewind(0, 1, false);
+        assert_eq!(rewound.requeued, 0);
+        assert_eq!(rewound.unreplayed, vec![rename]);
+        assert_eq!(rewound.dirty, vec![DirtyInode { ino: 7, ranges: vec![(0, 100)], attrs: false }]);
+        assert!(backlog.is_idle());
     }
 
     #[test]
@@ -449,14 +478,14 @@ mod tests {
         let mut backlog = Backlog::new(5, 4, Limits { bytes: 1 << 20, ops: 100 });
         backlog.push(mkdir("a"), 1);
         backlog.push(mkdir("b"), 1);
-        let rewound = backlog.rewind(12, 1);
+        let rewound = backlog.rewind(12, 1, true);
         assert!(rewound.dirty.is_empty() && rewound.unfinished.is_none());
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![13, 14]);
         backlog.push(mkdir("c"), 1);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![15]);
         // With nothing unsent, new ops still follow the receiver's.
         let mut backlog = Backlog::new(5, 4, Limits { bytes: 1 << 20, ops: 100 });
-        backlog.rewind(12, 1);
+        backlog.rewind(12, 1, true);
         backlog.push(mkdir("d"), 1);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![13]);
     }
@@ -480,13 +509,13 @@ mod tests {
     fn scoped_manifest_goes_after_earlier_ops_and_is_redone_until_durable() {
         let mut backlog = Backlog::new(1, 0, Limits { bytes: 1 << 20, ops: 100 });
         backlog.push(mkdir("a"), 1);
-        backlog.push_manifest(ManifestState { scoped: Some(vec![]), done_seq: None, since: 5 });
+        backlog.push_manifest(ManifestState { scoped: Some(vec![]), subtrees: vec![], done_seq: None, since: 5 });
         backlog.push(mkdir("b"), 1);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1]);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![0], "then the manifest");
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![2]);
         // The connection drops before the comparison settles: it is queued again.
-        assert!(backlog.rewind(0, 1).unfinished.is_none());
+        assert!(backlog.rewind(0, 1, true).unfinished.is_none());
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1]);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![0]);
         backlog.manifest_done();

@@ -228,6 +228,14 @@ impl Index {
         }
     }
 
+    /// Forgets everything below directory `dir` (which stays).
+    pub fn clear_children(&mut self, dir: u64) {
+        let names: Vec<OsString> = self.children(dir).map(|(name, _)| name.to_os_string()).collect();
+        for name in names {
+            self.unlink(dir, &name);
+        }
+    }
+
     /// The entries of directory `dir`.
     pub fn children(&self, dir: u64) -> impl Iterator<Item = (&OsStr, u64)> {
         self.names

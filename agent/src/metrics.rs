@@ -28,6 +28,10 @@ pub struct Metrics {
     pub ops_acked: Counter,
     pub ops_in_flight: Gauge,
     pub rescans: Counter,
+    pub ops_diverged: Counter,
+    pub repairs: Counter,
+    pub repairs_abandoned: Gauge,
+    pub internal_errors: Counter,
     pub tree_compares: Counter,
     pub files_verified: Counter,
     pub ops_resent: Counter,
@@ -58,6 +62,10 @@ impl Metrics {
         r.register("sluice_ops_acked", "Operations acknowledged as applied", self.ops_acked.clone());
         r.register("sluice_ops_in_flight", "Operations sent on this connection and not yet acknowledged", self.ops_in_flight.clone());
         r.register("sluice_rescans", "Tree comparisons with the receiver after the first", self.rescans.clone());
+        r.register("sluice_ops_diverged", "Operations the standby could not apply to its copy, whose paths were then repaired", self.ops_diverged.clone());
+        r.register("sluice_repairs", "Paths of the standby compared and repaired without comparing the whole tree", self.repairs.clone());
+        r.register("sluice_repairs_abandoned", "Paths still differing after repeated repairs, left to the verifier", self.repairs_abandoned.clone());
+        r.register("sluice_internal_errors", "Events the agent failed to process (a bug); each is followed by a comparison of the whole tree", self.internal_errors.clone());
         r.register("sluice_tree_compares", "Comparisons of the whole tree with the standby (the first included)", self.tree_compares.clone());
         r.register("sluice_files_verified", "Files compared block by block after a restart because they changed after the last durable state", self.files_verified.clone());
         r.register("sluice_ops_resent", "Operations sent again on a new connection because the standby did not hold them durably", self.ops_resent.clone());

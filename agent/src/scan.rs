@@ -78,76 +78,132 @@ pub fn read_xattrs(path: &Path) -> io::Result<Option<Vec<Xattr>>> {
 pub fn scan(root: &Path, files: &mut Files, devices: bool, verify_since: Option<i64>) -> io::Result<Scan> {
     let root_meta = std::fs::symlink_metadata(root)?;
     let mut index = Index::new(root_meta.ino());
-    let mut entries = Vec::new();
-    let mut first_name_of: HashMap<u64, RelPath> = HashMap::new();
-    let mut file_bytes = 0;
-    let changed_since = |meta: &Metadata| verify_since.is_some_and(|since| meta.ctime() >= since);
     let mut changed_non_files = Vec::new();
-    if changed_since(&root_meta) {
+    if verify_since.is_some_and(|since| root_meta.ctime() >= since) {
         changed_non_files.push(RelPath::root());
     }
     files.clear();
-    let walker = walkdir::WalkDir::new(root).follow_links(false).same_file_system(true).min_depth(1);
-    let walker = walker.into_iter().filter_entry(|e| {
-        !(e.depth() == 1 && EXCLUDED_TOP_LEVEL.iter().any(|n| e.file_name().as_bytes() == n.as_bytes()))
-    });
-    for item in walker {
-        let item = match item {
-            Ok(item) => item,
-            // Entries vanish while a live tree is walked; the events that removed them follow.
-            Err(e) if e.io_error().is_some_and(|io| io.kind() == io::ErrorKind::NotFound) => continue,
-            Err(e) => return Err(io::Error::other(e)),
-        };
-        let relative = item.path().strip_prefix(root).map_err(io::Error::other)?;
-        let Ok(path) = RelPath::from_path(relative) else { continue };
-        let meta = match item.metadata() {
-            Ok(meta) => meta,
-            Err(_) => continue,
-        };
-        let parent_path = path.parent().unwrap_or_else(RelPath::root);
-        let Some(parent) = index.resolve(&parent_path) else { continue };
-        let kind = kind_of(&meta);
-        index.insert(parent, item.file_name(), meta.ino(), kind);
-        let file_type = meta.file_type();
-        let (entry_kind, hardlink_of) = if file_type.is_file() {
-            file_bytes += meta.len();
-            let hardlink_of = if meta.nlink() > 1 {
-                match first_name_of.get(&meta.ino()) {
-                    Some(first) => Some(first.clone()),
-                    None => {
-                        first_name_of.insert(meta.ino(), path.clone());
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            if hardlink_of.is_none() {
-                files.remember(meta.ino(), relative);
-            }
-            (EntryKind::File { size: meta.len() }, hardlink_of)
-        } else if file_type.is_dir() {
-            (EntryKind::Dir, None)
-        } else if file_type.is_symlink() {
-            let target = std::fs::read_link(item.path()).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
-            (EntryKind::Symlink { target }, None)
-        } else if file_type.is_fifo() {
-            (EntryKind::Fifo, None)
-        } else if devices && (file_type.is_char_device() || file_type.is_block_device()) {
-            (EntryKind::Device { block: file_type.is_block_device(), rdev: meta.rdev() }, None)
-        } else {
-            // Device nodes and sockets are not replicated.
-            continue;
-        };
-        let xattrs = if hardlink_of.is_some() { Vec::new() } else { read_xattrs(item.path()).ok().flatten().unwrap_or_default() };
-        // ctime, not mtime: it cannot be set back, and SetAttrs does not move it forward.
-        let verify = file_type.is_file() && changed_since(&meta);
-        if !file_type.is_file() && changed_since(&meta) {
-            changed_non_files.push(path.clone());
-        }
-        entries.push(Entry { path, kind: entry_kind, meta: meta_of(&meta), hardlink_of, xattrs, verify });
-    }
+    let mut walk = Walk { root, files, devices, verify_since, index: &mut index, entries: Vec::new(), file_bytes: 0, changed_non_files };
+    walk.below(&RelPath::root())?;
+    let Walk { entries, file_bytes, changed_non_files, .. } = walk;
     Ok(Scan { index, entries, file_bytes, changed_non_files })
+}
+
+/// Walks the part of the tree below `start` (a directory the index holds, named
+/// by its path), replacing what the index holds there and returning the manifest
+/// entries of everything below it.
+pub fn rescan_below(
+    root: &Path,
+    start: &RelPath,
+    index: &mut Index,
+    files: &mut Files,
+    devices: bool,
+    verify_since: Option<i64>,
+) -> io::Result<Vec<Entry>> {
+    let Some(dir) = index.resolve(start) else {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("{start} is not indexed")));
+    };
+    index.clear_children(dir);
+    let mut walk = Walk { root, files, devices, verify_since, index, entries: Vec::new(), file_bytes: 0, changed_non_files: Vec::new() };
+    walk.below(start)?;
+    Ok(walk.entries)
+}
+
+/// The manifest entry of one path (`None` for kinds that are not replicated).
+pub fn entry_of(root: &Path, path: &RelPath, meta: &Metadata, devices: bool, verify: bool) -> Option<Entry> {
+    let full = root.join(path.as_path());
+    let file_type = meta.file_type();
+    let kind = if file_type.is_file() {
+        EntryKind::File { size: meta.len() }
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else if file_type.is_symlink() {
+        let target = std::fs::read_link(&full).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+        EntryKind::Symlink { target }
+    } else if file_type.is_fifo() {
+        EntryKind::Fifo
+    } else if devices && (file_type.is_char_device() || file_type.is_block_device()) {
+        EntryKind::Device { block: file_type.is_block_device(), rdev: meta.rdev() }
+    } else {
+        // Device nodes and sockets are not replicated.
+        return None;
+    };
+    let xattrs = read_xattrs(&full).ok().flatten().unwrap_or_default();
+    Some(Entry { path: path.clone(), kind, meta: meta_of(meta), hardlink_of: None, xattrs, verify: verify && file_type.is_file() })
+}
+
+/// One walk of (part of) the tree into an index and a manifest.
+struct Walk<'a> {
+    root: &'a Path,
+    files: &'a mut Files,
+    devices: bool,
+    verify_since: Option<i64>,
+    index: &'a mut Index,
+    entries: Vec<Entry>,
+    file_bytes: u64,
+    changed_non_files: Vec<RelPath>,
+}
+
+impl Walk<'_> {
+    fn below(&mut self, start: &RelPath) -> io::Result<()> {
+        let mut first_name_of: HashMap<u64, RelPath> = HashMap::new();
+        let changed_since = |meta: &Metadata, since: Option<i64>| since.is_some_and(|since| meta.ctime() >= since);
+        let top = self.root.join(start.as_path());
+        let at_root = start.is_root();
+        let walker = walkdir::WalkDir::new(&top).follow_links(false).same_file_system(true).min_depth(1);
+        let walker = walker.into_iter().filter_entry(|e| {
+            !(at_root && e.depth() == 1 && EXCLUDED_TOP_LEVEL.iter().any(|n| e.file_name().as_bytes() == n.as_bytes()))
+        });
+        for item in walker {
+            let item = match item {
+                Ok(item) => item,
+                // Entries vanish while a live tree is walked; the events that removed them follow.
+                Err(e) if e.io_error().is_some_and(|io| io.kind() == io::ErrorKind::NotFound) => continue,
+                Err(e) => return Err(io::Error::other(e)),
+            };
+            let relative = item.path().strip_prefix(self.root).map_err(io::Error::other)?;
+            let Ok(path) = RelPath::from_path(relative) else { continue };
+            let meta = match item.metadata() {
+                Ok(meta) => meta,
+                Err(_) => continue,
+            };
+            let parent_path = path.parent().unwrap_or_else(RelPath::root);
+            let Some(parent) = self.index.resolve(&parent_path) else { continue };
+            let kind = kind_of(&meta);
+            // Files hard-linked from outside the part walked keep their other names
+            // in the index; the first of those is what the copy links to.
+            let linked_elsewhere = (meta.is_file() && meta.nlink() > 1 && !first_name_of.contains_key(&meta.ino()))
+                .then(|| self.index.path_of(meta.ino()))
+                .flatten();
+            self.index.insert(parent, item.file_name(), meta.ino(), kind);
+            let changed = changed_since(&meta, self.verify_since);
+            let Some(mut entry) = entry_of(self.root, &path, &meta, self.devices, changed) else { continue };
+            if meta.is_file() {
+                self.file_bytes += meta.len();
+                if meta.nlink() > 1 {
+                    entry.hardlink_of = match (first_name_of.get(&meta.ino()), linked_elsewhere) {
+                        (Some(first), _) => Some(first.clone()),
+                        (None, Some(elsewhere)) => Some(elsewhere),
+                        (None, None) => {
+                            first_name_of.insert(meta.ino(), path.clone());
+                            None
+                        }
+                    };
+                }
+                if entry.hardlink_of.is_none() {
+                    self.files.remember(meta.ino(), relative);
+                } else {
+                    entry.xattrs.clear();
+                }
+            }
+            // ctime, not mtime: it cannot be set back, and SetAttrs does not move it forward.
+            if !meta.is_file() && changed {
+                self.changed_non_files.push(path.clone());
+            }
+            self.entries.push(entry);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

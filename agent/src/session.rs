@@ -119,7 +119,7 @@ impl Replicator {
                             engine.redirty(dirty, now);
                         }
                         let since = snapshot.verify_since;
-                        backlog.push_manifest(ManifestState { scoped: Some(entries), done_seq: None, since });
+                        backlog.push_manifest(ManifestState { scoped: Some(entries), subtrees: Vec::new(), done_seq: None, since });
                     }
                 }
             }
@@ -150,7 +150,15 @@ impl Replicator {
         self.note_drops(batch.dropped_total);
         let mut pending = std::mem::take(&mut self.scratch);
         for event in &batch.events {
-            self.engine.handle(event, &mut pending);
+            // A bug in handling one event must not stop replication: the tree is
+            // compared instead (which rebuilds every piece of engine state).
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.engine.handle(event, &mut pending)));
+            if handled.is_err() {
+                self.metrics.internal_errors.inc();
+                tracing::error!(event = ?event, "failed to process an event; comparing the whole tree");
+                pending.clear();
+                self.engine.request_rescan("an event could not be processed");
+            }
         }
         self.queue(&mut pending);
         self.scratch = pending;
@@ -199,6 +207,23 @@ impl Replicator {
             self.dropped_seen = dropped_total;
             self.engine.request_rescan(format!("the kernel ring buffer overflowed, {lost} events lost"));
         }
+    }
+
+    /// Queues a scoped comparison of the paths waiting for repair, in stream order.
+    pub fn queue_repairs(&mut self) -> anyhow::Result<()> {
+        let mut pending = std::mem::take(&mut self.scratch);
+        // What was captured before the walk goes first, so the walk is not older
+        // than the operations ahead of it.
+        tokio::task::block_in_place(|| self.engine.flush(&mut pending));
+        self.queue(&mut pending);
+        self.scratch = pending;
+        let Some(repair) = tokio::task::block_in_place(|| self.engine.take_repairs()).context("walking the paths to repair")? else {
+            return Ok(());
+        };
+        self.metrics.repairs.inc_by(repair.subtrees.len() as u64);
+        let since = unix_secs() - JOURNAL_SLACK_SECS;
+        self.backlog.push_manifest(ManifestState { scoped: Some(repair.entries), subtrees: repair.subtrees, done_seq: None, since });
+        Ok(())
     }
 
     /// Work done every 100 ms while not connected.
@@ -276,6 +301,7 @@ impl Replicator {
         let bytes = self.backlog.unsent_payload() + self.backlog.in_flight_bytes() + self.engine.dirty_bytes();
         self.metrics.lag_bytes.set(bytes as i64);
         self.metrics.ops_in_flight.set(self.backlog.in_flight() as i64);
+        self.metrics.repairs_abandoned.set(self.engine.repairs_abandoned() as i64);
         self.metrics.backlog_ops.set(self.backlog.unsent_len() as i64);
         self.metrics.backlog_bytes.set(self.backlog.unsent_payload() as i64);
         self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
@@ -319,8 +345,10 @@ impl<'a> Session<'a> {
         let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent }).await?;
         let mut reader = FrameReader::new(recv);
-        let durable_seq = match reader.read::<ReceiverMessage>().await? {
-            Some(ReceiverMessage::Hello { version, durable_seq }) if version == PROTOCOL_VERSION => durable_seq,
+        let (durable_seq, uncertain) = match reader.read::<ReceiverMessage>().await? {
+            Some(ReceiverMessage::Hello { version, durable_seq, uncertain }) if version == PROTOCOL_VERSION => {
+                (durable_seq, uncertain)
+            }
             Some(ReceiverMessage::Hello { version, .. }) => {
                 bail!("receiver speaks protocol {version}, this agent {PROTOCOL_VERSION}")
             }
@@ -345,9 +373,21 @@ impl<'a> Session<'a> {
             ));
         }
         let now = monotonic_ns();
-        let Rewound { requeued, dirty, unfinished } = rep.backlog.rewind(durable_seq, now);
+        let Rewound { requeued, dirty, unfinished, unreplayed } = rep.backlog.rewind(durable_seq, now, !uncertain);
         if unfinished.is_some() {
             rep.engine.request_compare("the previous comparison of the tree did not finish");
+        }
+        if !unreplayed.is_empty() {
+            tracing::warn!(
+                receiver_durable = durable_seq,
+                operations = unreplayed.len(),
+                "the standby stopped uncleanly and may hold some operations after its durable state; comparing the paths they name instead of replaying them"
+            );
+        }
+        for op in &unreplayed {
+            for path in op.paths() {
+                rep.engine.request_repair(path.clone(), "operation sent before the standby stopped uncleanly");
+            }
         }
         let resent = if rep.compare_owed() {
             rep.backlog.clear();
@@ -403,6 +443,9 @@ impl<'a> Session<'a> {
             if self.rep.compare_owed() && self.rep.backlog.is_idle() && !comparing && self.last_rescan.elapsed() >= RESCAN_SPACING {
                 self.compare_trees().await?;
             }
+            if self.rep.engine.has_repairs() && self.rep.backlog.unsettled_manifest().is_none() && !self.rep.compare_owed() {
+                self.rep.queue_repairs()?;
+            }
             let stalled = self.rep.backlog.in_flight() > 0
                 && (self.last_progress.elapsed() >= STALL || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES);
             let sendable = !self.rep.backlog.is_idle() && !stalled;
@@ -449,12 +492,12 @@ impl<'a> Session<'a> {
                 }
                 self.writer.write(&AgentMessage::Ops(ops)).await?;
             }
-            Some(Next::Manifest(entries)) => {
-                tracing::info!(files = entries.len(), "verifying files changed after the last durable state, block by block");
+            Some(Next::Manifest { entries, subtrees }) => {
+                tracing::info!(entries = entries.len(), subtrees = subtrees.len(), "comparing part of the tree with the standby");
                 self.synced = false;
                 self.sync_started = Instant::now();
                 self.write_manifest(&entries).await?;
-                self.writer.write(&AgentMessage::ScopedManifestEnd).await?;
+                self.writer.write(&AgentMessage::ScopedManifestEnd { subtrees }).await?;
             }
             None => {}
         }
@@ -523,6 +566,14 @@ impl<'a> Session<'a> {
                 self.rep.refused = Some(seq);
                 bail!("receiver refused operation {seq}: {reason}")
             }
+            ReceiverMessage::Diverged { seq, paths, reason } => {
+                self.rep.metrics.ops_diverged.inc();
+                tracing::warn!(seq, paths = ?paths, %reason, "the standby's copy differs from the master's; repairing");
+                for path in paths {
+                    self.rep.engine.request_repair(path, format!("the standby could not apply operation {seq}: {reason}"));
+                }
+            }
+            ReceiverMessage::Hashes { id, .. } => tracing::debug!(id, "hashes for a verification that is no longer waited for"),
             ReceiverMessage::Hello { .. } => bail!("unexpected second Hello from the receiver"),
         }
         Ok(())

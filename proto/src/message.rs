@@ -11,9 +11,20 @@
 //! sequence number with `Ack` (cumulative), and each sequence number it has made
 //! durable with `Durable`, so the agent can forget what it would otherwise resend.
 //!
-//! After a restart the agent may send a scoped manifest instead: entries listed
-//! one by one, ended by `ScopedManifestEnd`, which compares only those entries and
-//! deletes nothing.
+//! The agent may also send a scoped manifest: entries listed one by one, ended by
+//! `ScopedManifestEnd`, which compares only those entries and deletes nothing but
+//! what the named subtrees hold and the manifest does not list (a targeted repair
+//! of part of the tree, or the files to verify after a restart).
+//!
+//! An operation the receiver cannot apply to its copy (the copy diverged from what
+//! the agent believes it holds) is skipped and reported with `Diverged`, so the
+//! stream goes on while the agent repairs those paths. Only a standby that cannot
+//! take writes at all (disk full, read-only, I/O errors) stops the stream with
+//! `Refused`.
+//!
+//! `Verify` asks for the blake3 hashes of some blocks of a file as the receiver
+//! holds it at that point of the stream (answered with `Hashes`): the background
+//! verifier compares them with the master's.
 
 use crate::RelPath;
 use serde::{Deserialize, Serialize};
@@ -126,6 +137,9 @@ pub enum Op {
     SetXattrs { path: RelPath, xattrs: Vec<Xattr> },
     /// Create a device node (`mode` includes S_IFCHR or S_IFBLK).
     Mknod { path: RelPath, mode: u32, rdev: u64 },
+    /// Set the size of an existing regular file, in stream order: a shrink must
+    /// happen before the writes that follow it, not at the end as a final size.
+    Truncate { path: RelPath, size: u64 },
     /// The master made `path` (or, for `None`, its whole filesystem) durable with
     /// fsync, fdatasync, sync_file_range, msync or syncfs: everything before this op
     /// must be durable on the standby before it is acknowledged.
@@ -148,9 +162,20 @@ impl Op {
             | Op::Fallocate { path, .. }
             | Op::SetXattrs { path, .. }
             | Op::Mknod { path, .. }
+            | Op::Truncate { path, .. }
             | Op::Remove { path } => path,
             Op::Rename { from, .. } => from,
             Op::Barrier { path } => path.as_ref().unwrap_or(&ROOT),
+        }
+    }
+
+    /// Every path the operation names (both names of a rename or a hard link).
+    pub fn paths(&self) -> Vec<&RelPath> {
+        match self {
+            Op::Rename { from, to, .. } => vec![from, to],
+            Op::HardLink { existing, path } => vec![existing, path],
+            Op::Barrier { path: None } => Vec::new(),
+            other => vec![other.path()],
         }
     }
 
@@ -183,9 +208,14 @@ pub enum AgentMessage {
     Op(SeqOp),
     /// Several operations in one frame (small ops are batched to save overhead).
     Ops(Vec<SeqOp>),
-    /// Ends a manifest that lists only some entries: they are compared, and
-    /// nothing else on the standby is touched.
-    ScopedManifestEnd,
+    /// Ends a manifest that lists only some entries: they are compared; below each
+    /// directory of `subtrees` (which the manifest lists whole) whatever is not
+    /// listed is removed; nothing else on the standby is touched.
+    ScopedManifestEnd { subtrees: Vec<RelPath> },
+    /// Asks for the hashes of `blocks` blocks of `path` from byte `offset` (a
+    /// multiple of [`crate::blocks::BLOCK_SIZE`]) as the receiver holds them once
+    /// everything sent before this message is applied. Answered with `Hashes`.
+    Verify { id: u64, path: RelPath, offset: u64, blocks: u32 },
 }
 
 /// Messages from the receiver to the agent.
@@ -195,6 +225,10 @@ pub enum ReceiverMessage {
         version: u32,
         /// Highest sequence number the receiver has applied and made durable.
         durable_seq: u64,
+        /// The receiver did not stop cleanly last time and has applied nothing
+        /// since: operations after `durable_seq` may or may not be applied, so
+        /// replaying one that is not idempotent (a rename) could do harm.
+        uncertain: bool,
     },
     /// The receiver's copy of `path` differs: `hashes` are blake3 of each
     /// [`crate::blocks::BLOCK_SIZE`] block of its copy (empty if it has none).
@@ -203,8 +237,17 @@ pub enum ReceiverMessage {
     ManifestDone { wanted: u64 },
     /// Every operation up to and including `seq` has been applied.
     Ack { seq: u64 },
-    /// Operation `seq` could not be applied; the stream stops there.
+    /// Operation `seq` could not be applied because the standby cannot take
+    /// writes (disk full, read-only, I/O errors); the stream stops there.
     Refused { seq: u64, reason: String },
+    /// Operation `seq` (0: an entry of a manifest) did not fit the standby's copy
+    /// and was skipped; the copy at `paths` differs from the master's and must be
+    /// repaired.
+    Diverged { seq: u64, paths: Vec<RelPath>, reason: String },
+    /// The answer to `Verify { id, .. }`: the file's size and the hashes of the
+    /// asked blocks that exist (fewer at the end of the file); `size` is `None`
+    /// when `path` is not a regular file on the standby.
+    Hashes { id: u64, size: Option<u64>, hashes: Vec<Hash> },
     /// Every operation up to and including `seq` is on the standby's disk: the
     /// agent no longer needs to be able to resend it.
     Durable { seq: u64 },

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub bytes_applied: Counter,
     /// Operations or frames refused (each one ends the connection).
     pub ops_refused: Counter,
+    /// Operations and manifest entries skipped because the standby's copy did not
+    /// fit them, reported to the agent for repair.
+    pub ops_diverged: Counter,
     /// Connections refused because the peer's certificate was not the pinned one.
     pub peers_refused: Counter,
     /// Frame bytes read from the agent.
@@ -51,6 +54,7 @@ impl Metrics {
             ops_applied: Counter::default(),
             bytes_applied: Counter::default(),
             ops_refused: Counter::default(),
+            ops_diverged: Counter::default(),
             peers_refused: Counter::default(),
             wire_bytes_received: Counter::default(),
             connected: Gauge::default(),
@@ -82,6 +86,11 @@ impl Metrics {
             "sluice_ops_refused",
             "Operations or frames refused",
             metrics.ops_refused.clone(),
+        );
+        registry.register(
+            "sluice_ops_diverged",
+            "Operations and manifest entries that did not fit the standby's copy, skipped and reported to the agent for repair",
+            metrics.ops_diverged.clone(),
         );
         registry.register(
             "sluice_peers_refused",

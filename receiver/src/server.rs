@@ -76,7 +76,11 @@ impl Server {
         }
         let state = State::open(&config.root)?;
         let durable = state.load()?;
-        let session = Session::new(applier, state, durable, metrics.clone());
+        let unclean = state.unclean();
+        if unclean {
+            tracing::warn!(durable_seq = durable, "the previous run did not stop cleanly; the agent will verify what it sent after the durable state instead of replaying it");
+        }
+        let session = Session::new(applier, state, durable, unclean, metrics.clone());
         let identity = Identity::load(&config.tls.identity)
             .with_context(|| format!("loading identity from {}", config.tls.identity.display()))?;
         let endpoint = server_endpoint(config.listen, &identity, &config.tls.peer_fingerprint)
@@ -143,7 +147,7 @@ impl Server {
             .close(VarInt::from_u32(CLOSE_NORMAL), b"receiver shutting down");
         while tasks.join_next().await.is_some() {}
         let mut session = self.session.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || session.make_durable())
+        tokio::task::spawn_blocking(move || session.stop_cleanly())
             .await
             .context("final flush panicked")?
             .context("final flush")?;

@@ -8,12 +8,17 @@
 
 use std::sync::Arc;
 
-use sluice_proto::{AgentMessage, PROTOCOL_VERSION, ReceiverMessage, SeqOp};
+use sluice_proto::blocks::BLOCK_SIZE;
+use sluice_proto::{AgentMessage, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath, SeqOp};
 
 use crate::apply::{Applier, ApplyError};
 use crate::metrics::Metrics;
 use crate::state::{State, StateError};
 use crate::sync::InitialSync;
+
+/// Most blocks one `Verify` may ask for (64 MiB of file content): hashing runs
+/// in the applying loop, so one request must not hold the stream for long.
+pub const MAX_VERIFY_BLOCKS: u32 = 1024;
 
 /// Why the session stops: sent to the agent as `Refused`, then the connection closes.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +72,17 @@ pub struct Session {
     durable_reported: u64,
     /// Capture time of the newest applied barrier not yet made durable.
     barrier: Option<u64>,
+    /// The previous run did not stop cleanly: until something is applied in this
+    /// one, operations after the durable sequence number may already be applied.
+    unclean_start: bool,
+    /// The durable sequence number this run started from.
+    started_at: u64,
 }
 
 impl Session {
-    /// A session resuming after `durable` (loaded from `state`).
-    pub fn new(applier: Applier, state: State, durable: u64, metrics: Arc<Metrics>) -> Session {
+    /// A session resuming after `durable` (loaded from `state`); `unclean_start`
+    /// when the previous run did not stop cleanly (see [`State::open`]).
+    pub fn new(applier: Applier, state: State, durable: u64, unclean_start: bool, metrics: Arc<Metrics>) -> Session {
         metrics
             .last_applied_seq
             .set(i64::try_from(durable).unwrap_or(i64::MAX));
@@ -86,7 +97,17 @@ impl Session {
             acked: durable,
             durable_reported: durable,
             barrier: None,
+            unclean_start,
+            started_at: durable,
         }
+    }
+
+    /// Records a clean stop once everything applied is durable, so the next run
+    /// reports no uncertainty.
+    pub fn stop_cleanly(&mut self) -> Result<(), DurableError> {
+        self.make_durable()?;
+        self.state.mark_stopped()?;
+        Ok(())
     }
 
     /// Resets the per-connection state for a new agent connection.
@@ -181,40 +202,70 @@ impl Session {
                 out.push(ReceiverMessage::Hello {
                     version: PROTOCOL_VERSION,
                     durable_seq: self.durable,
+                    uncertain: self.unclean_start && self.last_applied == self.started_at,
                 });
             }
             _ if !self.greeted => return Err(refuse("message before Hello".into())),
             AgentMessage::Manifest(entries) => {
                 let sync = self.sync.get_or_insert_with(InitialSync::new);
-                let wants = sync
+                let replies = sync
                     .entries(&mut self.applier, &entries)
                     .map_err(|e| refuse(e.to_string()))?;
-                out.extend(wants.into_iter().map(ReceiverMessage::from));
+                self.count_diverged(&replies);
+                out.extend(replies.into_iter().map(ReceiverMessage::from));
             }
-            AgentMessage::ManifestEnd | AgentMessage::ScopedManifestEnd => {
-                let whole_tree = matches!(message, AgentMessage::ManifestEnd);
+            AgentMessage::ManifestEnd | AgentMessage::ScopedManifestEnd { .. } => {
+                let subtrees = match message {
+                    AgentMessage::ScopedManifestEnd { subtrees } => subtrees,
+                    _ => vec![RelPath::root()],
+                };
                 let sync = self.sync.take().unwrap_or_default();
-                let wanted = sync
-                    .finish(&mut self.applier, whole_tree)
+                let (wanted, replies) = sync
+                    .finish(&mut self.applier, &subtrees)
                     .map_err(|e| refuse(e.to_string()))?;
                 tracing::info!(
                     wanted,
-                    whole_tree,
+                    subtrees = subtrees.len(),
                     "manifest listed; waiting for file contents"
                 );
+                self.count_diverged(&replies);
+                out.extend(replies.into_iter().map(ReceiverMessage::from));
                 out.push(ReceiverMessage::ManifestDone { wanted });
             }
-            AgentMessage::Op(op) => self.apply(op)?,
+            AgentMessage::Op(op) => self.apply(op, out)?,
             AgentMessage::Ops(ops) => {
                 for op in ops {
-                    self.apply(op)?;
+                    self.apply(op, out)?;
                 }
+            }
+            AgentMessage::Verify { id, path, offset, blocks } => {
+                out.push(self.verify(id, &path, offset, blocks).map_err(|e| refuse(e.to_string()))?);
             }
         }
         Ok(())
     }
 
-    fn apply(&mut self, op: SeqOp) -> Result<(), Refusal> {
+    fn count_diverged(&self, replies: &[crate::sync::SyncReply]) {
+        let diverged = replies.iter().filter(|r| matches!(r, crate::sync::SyncReply::Diverged { .. })).count();
+        self.metrics.ops_diverged.inc_by(diverged as u64);
+    }
+
+    /// The hashes of `blocks` blocks of `path` from `offset`, as the standby holds them.
+    fn verify(&mut self, id: u64, path: &RelPath, offset: u64, blocks: u32) -> Result<ReceiverMessage, ApplyError> {
+        if offset % BLOCK_SIZE != 0 || blocks > MAX_VERIFY_BLOCKS {
+            return Err(ApplyError::Invalid {
+                path: path.clone(),
+                reason: format!("verify of {blocks} blocks at offset {offset}: at most {MAX_VERIFY_BLOCKS} blocks from a block boundary"),
+            });
+        }
+        let hashes = match self.applier.block_hashes(path, offset, blocks)? {
+            Some((size, hashes)) => (Some(size), hashes),
+            None => (None, Vec::<Hash>::new()),
+        };
+        Ok(ReceiverMessage::Hashes { id, size: hashes.0, hashes: hashes.1 })
+    }
+
+    fn apply(&mut self, op: SeqOp, out: &mut Vec<ReceiverMessage>) -> Result<(), Refusal> {
         if self.sync.is_some() {
             // Deleting unlisted entries at ManifestEnd would undo such an op.
             return Err(Refusal {
@@ -236,12 +287,26 @@ impl Session {
                 }
                 Ok(())
             }
-            Err(e) => {
+            Err(e) if e.is_environmental() => {
                 tracing::error!(seq = op.seq, path = %op.op.path(), error = %e, "operation refused");
                 Err(Refusal {
                     seq: op.seq,
                     reason: e.to_string(),
                 })
+            }
+            Err(e) => {
+                // The copy is not what the agent believes: go on with the stream
+                // and let the agent repair these paths.
+                tracing::warn!(seq = op.seq, path = %op.op.path(), error = %e, "operation does not fit the standby's copy; skipped, reported for repair");
+                self.last_applied = op.seq;
+                self.metrics.last_applied_seq.set(i64::try_from(op.seq).unwrap_or(i64::MAX));
+                self.metrics.ops_diverged.inc();
+                out.push(ReceiverMessage::Diverged {
+                    seq: op.seq,
+                    paths: op.op.paths().into_iter().cloned().collect(),
+                    reason: e.to_string(),
+                });
+                Ok(())
             }
         }
     }
@@ -255,10 +320,12 @@ mod tests {
     fn session(root: &std::path::Path) -> Session {
         let state = State::open(root).unwrap();
         let durable = state.load().unwrap();
+        let unclean = state.unclean();
         Session::new(
             Applier::open(root).unwrap(),
             state,
             durable,
+            unclean,
             Arc::new(Metrics::new()),
         )
     }
@@ -296,7 +363,8 @@ mod tests {
             out.pop(),
             Some(ReceiverMessage::Hello {
                 version: PROTOCOL_VERSION,
-                durable_seq: 0
+                durable_seq: 0,
+                uncertain: false,
             })
         );
         let meta = Meta {
@@ -340,28 +408,36 @@ mod tests {
         s.handle(AgentMessage::Op(bad), &mut out).unwrap();
         assert!(s.needs_flush());
 
-        // A write with a wrong hash is refused with its seq; nothing is acked for it.
+        // A write with a wrong hash is skipped and reported for repair: the stream goes on.
         let op = Op::Write {
             path: RelPath::from_bytes("f").unwrap(),
             offset: 0,
             data: b"x".to_vec(),
             hash: blocks::hash(b"y"),
         };
-        let refused = s
-            .handle(
-                AgentMessage::Op(SeqOp {
-                    seq: 3,
-                    captured_unix_ns: 0,
-                    op,
-                }),
-                &mut out,
-            )
-            .unwrap_err();
-        assert_eq!(refused.seq, 3);
-        assert_eq!(s.last_applied(), 2);
-        // Once on disk, the agent hears that it may forget ops 1 and 2.
+        out.clear();
+        s.handle(AgentMessage::Op(SeqOp { seq: 3, captured_unix_ns: 0, op }), &mut out).unwrap();
+        assert!(
+            matches!(&out[..], [ReceiverMessage::Diverged { seq: 3, paths, reason }]
+                if paths == &vec![RelPath::from_bytes("f").unwrap()] && reason.contains("hash")),
+            "{out:?}"
+        );
+        assert!(!dir.path().join("f").exists(), "nothing was written");
+        // So is an operation on a path the standby lacks.
+        out.clear();
+        let rename = Op::Rename {
+            from: RelPath::from_bytes("nope").unwrap(),
+            to: RelPath::from_bytes("a/z").unwrap(),
+            exchange: false,
+            noreplace: false,
+        };
+        s.handle(AgentMessage::Op(SeqOp { seq: 4, captured_unix_ns: 0, op: rename }), &mut out).unwrap();
+        assert!(matches!(&out[..], [ReceiverMessage::Diverged { seq: 4, paths, .. }] if paths.len() == 2), "{out:?}");
+        assert_eq!(s.last_applied(), 4);
+        // Once on disk, the agent hears that it may forget ops 1 to 4.
         s.make_durable().unwrap();
-        assert_eq!(s.take_ack(), Some(ReceiverMessage::Durable { seq: 2 }));
+        assert_eq!(s.take_ack(), Some(ReceiverMessage::Ack { seq: 4 }));
+        assert_eq!(s.take_ack(), Some(ReceiverMessage::Durable { seq: 4 }));
         assert_eq!(s.take_ack(), None);
 
         // The next connection's Hello reports what was flushed, and so does a restart.
@@ -371,9 +447,12 @@ mod tests {
             out.pop(),
             Some(ReceiverMessage::Hello {
                 version: PROTOCOL_VERSION,
-                durable_seq: 2
+                durable_seq: 4,
+                uncertain: false,
             })
         );
+        // A run that ends without a clean stop leaves the next one uncertain about
+        // what follows its durable state, until it applies something.
         drop(s);
         let mut s = session(dir.path());
         s.connected();
@@ -382,13 +461,47 @@ mod tests {
             out.pop(),
             Some(ReceiverMessage::Hello {
                 version: PROTOCOL_VERSION,
-                durable_seq: 2
+                durable_seq: 4,
+                uncertain: true,
             })
         );
         assert!(
             s.handle(hello(), &mut out).is_err(),
             "one Hello per connection"
         );
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        s.handle(AgentMessage::Op(mkdir(5, "c")), &mut out).unwrap();
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        assert!(matches!(out.pop(), Some(ReceiverMessage::Hello { uncertain: false, .. })));
+        // After a clean stop the next run is certain again.
+        s.stop_cleanly().unwrap();
+        drop(s);
+        let mut s = session(dir.path());
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        assert!(matches!(out.pop(), Some(ReceiverMessage::Hello { durable_seq: 5, uncertain: false, .. })));
+    }
+
+    #[test]
+    fn verify_answers_block_hashes_of_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let mut out = Vec::new();
+        s.connected();
+        s.handle(hello(), &mut out).unwrap();
+        let data = vec![7u8; BLOCK_SIZE as usize * 2 + 5];
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        out.clear();
+        let verify = |offset, blocks| AgentMessage::Verify { id: 9, path: RelPath::from_bytes("f").unwrap(), offset, blocks };
+        s.handle(verify(BLOCK_SIZE, 10), &mut out).unwrap();
+        let expected = vec![blocks::hash(&data[BLOCK_SIZE as usize..2 * BLOCK_SIZE as usize]), blocks::hash(&data[2 * BLOCK_SIZE as usize..])];
+        assert_eq!(out.pop(), Some(ReceiverMessage::Hashes { id: 9, size: Some(data.len() as u64), hashes: expected }));
+        s.handle(AgentMessage::Verify { id: 1, path: RelPath::from_bytes("missing").unwrap(), offset: 0, blocks: 1 }, &mut out).unwrap();
+        assert_eq!(out.pop(), Some(ReceiverMessage::Hashes { id: 1, size: None, hashes: vec![] }));
+        assert!(s.handle(verify(1, 1), &mut out).is_err(), "unaligned");
+        assert!(s.handle(verify(0, MAX_VERIFY_BLOCKS + 1), &mut out).is_err(), "too large");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum StateError {
 pub struct State {
     dir: PathBuf,
     file: PathBuf,
+    /// Present while a receiver runs; found at start, it says the last run did
+    /// not stop cleanly.
+    running: PathBuf,
+    unclean: bool,
     /// The highest sequence number stored, shared by clones: a background flush
     /// that finishes after a newer one must not store an older number.
     stored: Arc<Mutex<u64>>,
@@ -51,7 +55,28 @@ impl State {
             Err(e) => return Err(io(e)),
         }
         let file = dir.join("state");
-        Ok(State { dir, file, stored: Arc::new(Mutex::new(0)) })
+        let running = dir.join("running");
+        let unclean = fs::symlink_metadata(&running).is_ok();
+        fs::File::create(&running).and_then(|_| fs::File::open(&dir)?.sync_all()).map_err(io)?;
+        Ok(State { dir, file, running, unclean, stored: Arc::new(Mutex::new(0)) })
+    }
+
+    /// True when the previous run did not stop cleanly (it was killed, or the
+    /// machine went down): what it applied after its last durable sequence number
+    /// may be on disk.
+    pub fn unclean(&self) -> bool {
+        self.unclean
+    }
+
+    /// Records a clean stop; call once everything applied is durable.
+    pub fn mark_stopped(&self) -> Result<(), StateError> {
+        let io = |source| StateError::Io { path: self.running.clone(), source };
+        match fs::remove_file(&self.running) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
     /// The durable sequence number, 0 when none was ever stored.

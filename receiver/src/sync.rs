@@ -5,9 +5,14 @@
 //! manifest. A regular file whose size or mtime differs is answered with a
 //! [`Want`] carrying the hashes of the blocks the standby already holds, so the
 //! agent sends only the blocks that differ (as `Write` ops) and then a `SetAttrs`.
-//! When the manifest ends, whatever it did not list is deleted and the metadata of
-//! directories is set, deepest first so creating children does not disturb a
-//! parent's mtime afterwards.
+//! When the manifest ends, whatever it did not list is deleted (below the root for
+//! a whole-tree manifest, below the named subtrees for a scoped one) and the
+//! metadata of directories is set, deepest first so creating children does not
+//! disturb a parent's mtime afterwards.
+//!
+//! An entry the standby cannot make as listed is skipped and reported as
+//! diverged, so the agent repairs it; only a standby that cannot take writes at
+//! all (see [`ApplyError::is_environmental`]) ends the comparison with an error.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -65,6 +70,24 @@ impl From<Want> for ReceiverMessage {
     }
 }
 
+/// What the receiver answers to part of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncReply {
+    /// A file whose copy differs.
+    Want(Want),
+    /// An entry that could not be made as listed.
+    Diverged { path: RelPath, reason: String },
+}
+
+impl From<SyncReply> for ReceiverMessage {
+    fn from(reply: SyncReply) -> Self {
+        match reply {
+            SyncReply::Want(want) => want.into(),
+            SyncReply::Diverged { path, reason } => ReceiverMessage::Diverged { seq: 0, paths: vec![path], reason },
+        }
+    }
+}
+
 /// The state of one initial sync, from the first manifest chunk to `ManifestEnd`.
 #[derive(Default)]
 pub struct InitialSync {
@@ -72,6 +95,28 @@ pub struct InitialSync {
     /// Metadata applied at the end, in manifest order (parents first).
     deferred: Vec<(RelPath, Meta, bool)>,
     wanted: u64,
+}
+
+/// Turns an entry's failure into a reply, unless the standby cannot take writes.
+fn diverged(path: &RelPath, error: SyncError, out: &mut Vec<SyncReply>) -> Result<(), SyncError> {
+    if error.is_environmental() {
+        return Err(error);
+    }
+    tracing::warn!(%path, %error, "entry does not fit the standby's copy; reported for repair");
+    out.push(SyncReply::Diverged { path: path.clone(), reason: error.to_string() });
+    Ok(())
+}
+
+impl SyncError {
+    /// See [`ApplyError::is_environmental`].
+    pub fn is_environmental(&self) -> bool {
+        match self {
+            SyncError::Apply(e) => e.is_environmental(),
+            SyncError::Hash { source, .. } | SyncError::Local { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::ENFILE | libc::EMFILE))
+            }
+        }
+    }
 }
 
 fn local(path: &RelPath, call: &'static str) -> impl FnOnce(nix::errno::Errno) -> SyncError {
@@ -87,25 +132,30 @@ impl InitialSync {
         Self::default()
     }
 
-    /// Applies one manifest chunk and returns the files the standby wants.
+    /// Applies one manifest chunk and returns the files the standby wants and the
+    /// entries it could not make.
     pub fn entries(
         &mut self,
         applier: &mut Applier,
         entries: &[Entry],
-    ) -> Result<Vec<Want>, SyncError> {
-        let mut wants = Vec::new();
+    ) -> Result<Vec<SyncReply>, SyncError> {
+        let mut replies = Vec::new();
         for entry in entries {
             if check_reserved(&entry.path).is_err() {
                 tracing::warn!(path = %entry.path, "manifest lists the receiver's reserved directory; skipped");
                 continue;
             }
             self.listed.insert(entry.path.clone());
-            if let Some(want) = self.entry(applier, entry)? {
-                self.wanted += 1;
-                wants.push(want);
+            match self.entry(applier, entry) {
+                Ok(Some(want)) => {
+                    self.wanted += 1;
+                    replies.push(SyncReply::Want(want));
+                }
+                Ok(None) => {}
+                Err(e) => diverged(&entry.path, e, &mut replies)?,
             }
         }
-        Ok(wants)
+        Ok(replies)
     }
 
     fn entry(&mut self, applier: &mut Applier, entry: &Entry) -> Result<Option<Want>, SyncError> {
@@ -201,12 +251,25 @@ impl InitialSync {
         }))
     }
 
-    /// Ends the sync: for a manifest of the `whole_tree`, deletes what it did not
-    /// list; then sets the deferred metadata deepest first. Returns how many files
-    /// were wanted.
-    pub fn finish(self, applier: &mut Applier, whole_tree: bool) -> Result<u64, SyncError> {
-        if whole_tree {
-            self.prune(applier, &RelPath::root())?;
+    /// Ends the sync: below each directory of `subtrees` (the root for a
+    /// whole-tree manifest), deletes what the manifest did not list; then sets the
+    /// deferred metadata deepest first. Returns how many files were wanted and the
+    /// entries that could not be made as listed.
+    pub fn finish(self, applier: &mut Applier, subtrees: &[RelPath]) -> Result<(u64, Vec<SyncReply>), SyncError> {
+        let mut replies = Vec::new();
+        for subtree in subtrees {
+            if check_reserved(subtree).is_err() {
+                continue;
+            }
+            let result = if subtree.is_root() || self.listed.contains(subtree) {
+                self.prune(applier, subtree, &mut replies)
+            } else {
+                // Gone from the master since the agent asked: the whole subtree goes.
+                applier.remove(subtree).map_err(SyncError::from)
+            };
+            if let Err(e) = result {
+                diverged(subtree, e, &mut replies)?;
+            }
         }
         for (path, meta, _) in self.deferred.iter().rev() {
             let attrs = Attrs {
@@ -216,14 +279,16 @@ impl InitialSync {
                 gid: Some(meta.gid),
                 mtime: Some(meta.mtime),
             };
-            applier.set_attrs(path, &attrs)?;
+            if let Err(e) = applier.set_attrs(path, &attrs) {
+                diverged(path, e.into(), &mut replies)?;
+            }
         }
-        Ok(self.wanted)
+        Ok((self.wanted, replies))
     }
 
     /// Removes every entry below directory `dir` that was not listed, and recurses
     /// into the listed directories.
-    fn prune(&self, applier: &mut Applier, dir: &RelPath) -> Result<(), SyncError> {
+    fn prune(&self, applier: &mut Applier, dir: &RelPath, replies: &mut Vec<SyncReply>) -> Result<(), SyncError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
         let fd =
             open_beneath(applier.root_fd(), dir.as_path(), flags).map_err(local(dir, "openat2"))?;
@@ -240,7 +305,9 @@ impl InitialSync {
             if !self.listed.contains(&child) {
                 tracing::debug!(path = %child, "not on the master; removed");
                 applier.invalidate(&child);
-                applier.keep_or_remove(fd.as_fd(), name, &child)?;
+                if let Err(e) = applier.keep_or_remove(fd.as_fd(), name, &child) {
+                    diverged(&child, e.into(), replies)?;
+                }
                 continue;
             }
             let is_dir = match kind {
@@ -249,8 +316,8 @@ impl InitialSync {
                     .map_err(local(&child, "fstatat"))?
                     .is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR),
             };
-            if is_dir {
-                self.prune(applier, &child)?;
+            if is_dir && let Err(e) = self.prune(applier, &child, replies) {
+                diverged(&child, e, replies)?;
             }
         }
         Ok(())
@@ -335,7 +402,7 @@ mod tests {
             ),
             entry("fifo", EntryKind::Fifo, meta(0o600, 5000)),
         ];
-        let wants = sync.entries(&mut applier, &entries).unwrap();
+        let wants = wants_of(sync.entries(&mut applier, &entries).unwrap());
         assert_eq!(wants.len(), 2);
         assert_eq!(wants[0].path, p("stale"));
         assert_eq!(wants[0].size, stale.len() as u64);
@@ -348,7 +415,7 @@ mod tests {
                 hashes: vec![]
             }
         );
-        assert_eq!(sync.finish(&mut applier, true).unwrap(), 2);
+        assert_eq!(sync.finish(&mut applier, &[RelPath::root()]).unwrap(), (2, vec![]));
 
         let root = dir.path();
         assert_eq!(
@@ -392,7 +459,7 @@ mod tests {
             ),
         ];
         assert!(sync.entries(&mut applier, &entries).unwrap().is_empty());
-        assert_eq!(sync.finish(&mut applier, true).unwrap(), 0);
+        assert_eq!(sync.finish(&mut applier, &[RelPath::root()]).unwrap(), (0, vec![]));
         let mut left: Vec<_> = walk(root);
         left.sort();
         assert_eq!(left, [".sluice", "keep", "keep/file", "lost+found"]);
@@ -417,8 +484,56 @@ mod tests {
         };
         let wants = sync.entries(&mut applier, &[listed]).unwrap();
         assert_eq!(wants.len(), 1, "verify compares blocks even when size and mtime match");
-        assert_eq!(sync.finish(&mut applier, false).unwrap(), 1);
+        assert_eq!(sync.finish(&mut applier, &[]).unwrap(), (1, vec![]));
         assert!(root.join("unlisted").exists());
+    }
+
+    #[test]
+    fn scoped_manifest_prunes_only_its_subtrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/sub")).unwrap();
+        fs::create_dir_all(root.join("b")).unwrap();
+        fs::create_dir_all(root.join("gone/deep")).unwrap();
+        fs::write(root.join("a/extra"), b"x").unwrap();
+        fs::write(root.join("a/sub/extra"), b"x").unwrap();
+        fs::write(root.join("b/extra"), b"x").unwrap();
+        let mut applier = Applier::open(root).unwrap();
+        let mut sync = InitialSync::new();
+        let entries = vec![entry("a", EntryKind::Dir, meta(0o755, 10)), entry("a/sub", EntryKind::Dir, meta(0o755, 10))];
+        assert!(sync.entries(&mut applier, &entries).unwrap().is_empty());
+        assert_eq!(sync.finish(&mut applier, &[p("a"), p("gone")]).unwrap(), (0, vec![]));
+        assert!(!root.join("a/extra").exists() && !root.join("a/sub/extra").exists());
+        assert!(!root.join("gone").exists(), "a subtree the master no longer has is removed");
+        assert!(root.join("b/extra").exists(), "outside the subtrees nothing is touched");
+    }
+
+    #[test]
+    fn an_entry_that_cannot_be_made_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut applier = Applier::open(root).unwrap();
+        let mut sync = InitialSync::new();
+        let entries = vec![
+            entry("missing/child", EntryKind::Dir, meta(0o755, 10)),
+            entry("ok", EntryKind::Dir, meta(0o755, 10)),
+        ];
+        let replies = sync.entries(&mut applier, &entries).unwrap();
+        assert!(
+            matches!(&replies[..], [SyncReply::Diverged { path, .. }] if *path == p("missing/child")),
+            "{replies:?}"
+        );
+        assert!(root.join("ok").is_dir(), "the entries after it are still made");
+    }
+
+    fn wants_of(replies: Vec<SyncReply>) -> Vec<Want> {
+        replies
+            .into_iter()
+            .map(|r| match r {
+                SyncReply::Want(want) => want,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
     }
 
     fn walk(root: &Path) -> Vec<String> {

@@ -110,7 +110,8 @@ async fn session_over_quic() {
         hello,
         ReceiverMessage::Hello {
             version: PROTOCOL_VERSION,
-            durable_seq: 0
+            durable_seq: 0,
+            uncertain: false,
         }
     );
 
@@ -189,7 +190,8 @@ async fn session_over_quic() {
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     }
 
-    // A bad op is refused with its seq and the connection closes.
+    // An op that does not fit the standby's copy is skipped and reported for
+    // repair; the stream goes on.
     let bad = op(
         3,
         Op::Write {
@@ -200,15 +202,16 @@ async fn session_over_quic() {
         },
     );
     writer.write(&AgentMessage::Op(bad)).await.unwrap();
-    let refused = expect(&mut reader, |m| {
-        matches!(m, ReceiverMessage::Refused { .. })
-    })
-    .await;
+    let diverged = expect(&mut reader, |m| matches!(m, ReceiverMessage::Diverged { .. })).await;
     assert!(
-        matches!(refused, ReceiverMessage::Refused { seq: 3, .. }),
-        "{refused:?}"
+        matches!(&diverged, ReceiverMessage::Diverged { seq: 3, paths, .. } if *paths == vec![p("d/g")]),
+        "{diverged:?}"
     );
+    expect(&mut reader, |m| *m == ReceiverMessage::Ack { seq: 3 }).await;
     assert!(!f.root.join("d/g").exists());
+    // A malformed frame is refused and the connection closes.
+    writer.write_frame(&[2, 0, 0, 0, 0, 0xff, 0xff]).await.unwrap();
+    expect(&mut reader, |m| matches!(m, ReceiverMessage::Refused { seq: 0, .. })).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .unwrap();
@@ -217,9 +220,10 @@ async fn session_over_quic() {
     for line in [
         "sluice_ops_applied_total 2",
         "sluice_bytes_applied_total 5",
+        "sluice_ops_diverged_total 1",
         "sluice_ops_refused_total 1",
         "sluice_peers_refused_total 1",
-        "sluice_last_applied_seq 2",
+        "sluice_last_applied_seq 3",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -240,7 +244,8 @@ async fn session_over_quic() {
         hello,
         ReceiverMessage::Hello {
             version: PROTOCOL_VERSION,
-            durable_seq: 2
+            durable_seq: 3,
+            uncertain: false,
         }
     );
 
@@ -265,6 +270,7 @@ async fn session_over_quic() {
         std::fs::read_to_string(f.root.join(".sluice/state"))
             .unwrap()
             .trim(),
-        "2"
+        "3"
     );
+    assert!(!f.root.join(".sluice/running").exists(), "a clean stop is recorded");
 }

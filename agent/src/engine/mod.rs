@@ -29,6 +29,8 @@ const AT_SYMLINK_NOFOLLOW: u32 = libc::AT_SYMLINK_NOFOLLOW as u32;
 const PUNCH_HOLE: u32 = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
 /// fallocate modes that move the data after `offset`.
 const SHIFTING: u32 = (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) as u32;
+/// fallocate modes that change what the range reads as.
+const CHANGES_CONTENT: u32 = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) as u32;
 /// How long memory-mapped pages are re-read after they were last seen dirtied: a
 /// page dirtied again before writeback cleans it raises no new event, and the
 /// kernel writes dirty pages back within `dirty_expire_centisecs` (30 s) plus one
@@ -86,6 +88,9 @@ const PAGE: u64 = 4096;
 enum Place {
     Inside { parent: u64, name: OsString, path: RelPath },
     Outside,
+    /// In the tree, but `path` (a leading part of it) is not in the index: the
+    /// standby's copy there cannot be trusted until that part is repaired.
+    Unindexed { path: RelPath },
     Unknown,
 }
 
@@ -111,6 +116,9 @@ pub struct Engine {
     /// range cost nothing) instead of being read into operations: the backlog of
     /// unsent operations is at its memory bound.
     pub data_held: bool,
+    /// Sync barriers seen while data was held: they follow that data.
+    held_barriers: Vec<(Option<RelPath>, u64)>,
+    repairs: repair::Repairs,
 }
 
 /// What the agent found when it restarted with durable state from its previous run.
@@ -150,6 +158,8 @@ impl Engine {
             mapped: HashMap::new(),
             bytes_read: 0,
             data_held: false,
+            held_barriers: Vec::new(),
+            repairs: repair::Repairs::default(),
         })
     }
 
@@ -191,6 +201,8 @@ impl Engine {
         self.index = scan.index;
         self.outside.clear();
         self.rescan = None;
+        // The comparison covers every path waiting for repair.
+        self.repairs.clear();
         self.dirty.retain(|ino, _| self.index.contains(*ino));
         Ok(scan.entries)
     }
@@ -307,9 +319,13 @@ impl Engine {
             EventKind::Fallocate { inode, offset, len, mode, fd } => {
                 self.fallocate(*inode, event.pid, *fd, (*offset, *len, *mode), ts, out)
             }
-            EventKind::Truncate { inode, fd, .. } | EventKind::FdMeta { inode, fd } => {
-                self.data(*inode, event.pid, *fd, None, ts, out)
+            EventKind::Truncate { inode, size, fd } => {
+                self.data(*inode, event.pid, *fd, None, ts, out);
+                if inode.dev == self.watched_dev {
+                    self.truncate(inode.ino, *size, ts, out);
+                }
             }
+            EventKind::FdMeta { inode, fd } => self.data(*inode, event.pid, *fd, None, ts, out),
             kind => {
                 self.flush(out);
                 self.namespace(event.pid, kind, ts, out);
@@ -317,20 +333,39 @@ impl Engine {
         }
     }
 
-    /// Replicates fallocate as the same call, after the data written before it.
+    /// Replicates fallocate. Modes that only allocate, punch or zero are replayed
+    /// as the same call; the range is read again afterwards, so data written
+    /// around the call converges whatever order its events arrived in. Collapse
+    /// and insert shift everything after `offset`: that tail is sent as data
+    /// instead, since the standby's copy of it may not yet hold what the master
+    /// shifted.
     fn fallocate(&mut self, inode: InodeId, pid: u32, fd: u32, (offset, len, mode): (u64, u64, u32), ts: u64, out: &mut Vec<PendingOp>) {
         self.data(inode, pid, fd, None, ts, out);
         if inode.dev != self.watched_dev || self.index.kind(inode.ino) != Some(NodeKind::File) {
             return;
         }
         let Some(path) = self.index.path_of(inode.ino) else { return };
-        self.flush(out);
-        out.push(PendingOp { op: Op::Fallocate { path, mode, offset, len }, captured_ns: ts, ino: None });
         if mode & SHIFTING != 0 {
-            // Data flushed just now was read after the shift; read the shifted tail again.
             self.mark(inode.ino, Some((offset, u64::MAX - offset)), ts);
+            return;
         }
-        self.mark(inode.ino, None, ts);
+        out.push(PendingOp { op: Op::Fallocate { path, mode, offset, len }, captured_ns: ts, ino: None });
+        if mode & CHANGES_CONTENT != 0 {
+            self.mark(inode.ino, Some((offset, len)), ts);
+        }
+    }
+
+    /// A size change of a file, replicated in order: a shrink is not just a final
+    /// size, since writes after it land in the cut range. What lies past the new
+    /// size is read again, so a write whose event arrived before the truncation's
+    /// still reaches the standby.
+    fn truncate(&mut self, ino: u64, size: u64, ts: u64, out: &mut Vec<PendingOp>) {
+        if self.index.kind(ino) != Some(NodeKind::File) {
+            return;
+        }
+        let Some(path) = self.index.path_of(ino) else { return };
+        out.push(PendingOp { op: Op::Truncate { path, size }, captured_ns: ts, ino: None });
+        self.mark(ino, Some((size, u64::MAX - size)), ts);
     }
 
     fn data(&mut self, inode: InodeId, pid: u32, fd: u32, range: Option<(u64, u64)>, ts: u64, out: &mut Vec<PendingOp>) {
@@ -368,12 +403,13 @@ impl Engine {
                     tracing::info!(%path, "found unindexed file through its writer, sending it whole");
                     self.send_whole(ino, &path, ts, out);
                 } else {
-                    self.request_rescan(format!("inode {ino} at {path} could not be indexed"));
+                    self.request_repair(path, format!("inode {ino} changed there but the name holds another now"));
                 }
             }
             Place::Outside => {
                 self.outside.insert(ino);
             }
+            Place::Unindexed { path } => self.request_repair(path, format!("inode {ino} changed below an unindexed directory")),
             Place::Unknown => self.request_rescan(format!("inode {ino} at {} is not in the index", link.display())),
         }
     }
@@ -409,6 +445,11 @@ impl Engine {
             Some(_) => return,
             None => None,
         };
+        if self.data_held {
+            // The data before it is not read yet; the barrier waits for it.
+            self.held_barriers.push((path, ts));
+            return;
+        }
         self.flush(out);
         out.push(PendingOp { op: Op::Barrier { path }, captured_ns: ts, ino: None });
     }
@@ -511,7 +552,12 @@ impl Engine {
             }
             match self.index.lookup(dir, name) {
                 Some(next) if self.index.kind(next) == Some(NodeKind::Dir) => dir = next,
-                _ => return Place::Unknown,
+                _ => {
+                    return match self.index.path_of(dir).and_then(|p| p.join(name).ok()) {
+                        Some(path) => Place::Unindexed { path },
+                        None => Place::Unknown,
+                    };
+                }
             }
         }
         if *last == b".." {
@@ -535,6 +581,9 @@ fn show(raw: &[u8]) -> String {
 
 mod namespace;
 mod read;
+mod repair;
+
+pub use repair::RepairManifest;
 
 #[cfg(test)]
 mod tests;

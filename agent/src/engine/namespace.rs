@@ -23,10 +23,17 @@ impl Engine {
                     self.index.insert(parent, &name, target.ino, NodeKind::File);
                     self.outside.remove(&target.ino);
                     self.files.remember(target.ino, path.as_path());
-                    emit(Op::CreateFile { path, mode: 0o600, truncate: flags & O_TRUNC != 0 });
+                    let truncate = flags & O_TRUNC != 0;
+                    emit(Op::CreateFile { path, mode: 0o600, truncate });
+                    if truncate {
+                        // Whatever the file holds now, written before or after the
+                        // truncation whatever order their events came in.
+                        self.mark(target.ino, Some((0, u64::MAX)), ts);
+                    }
                     self.mark(target.ino, None, ts);
                 }
                 Place::Outside => {}
+                Place::Unindexed { path } => self.request_repair(path, "file created below an unindexed directory"),
                 Place::Unknown => self.request_rescan(format!("file created at an unplaceable path {}", show(path))),
             },
             EventKind::Mkdir { base, path, mode } => match self.place(*base, path) {
@@ -37,6 +44,7 @@ impl Engine {
                     }
                 }
                 Place::Outside => {}
+                Place::Unindexed { path } => self.request_repair(path, "directory created below an unindexed directory"),
                 Place::Unknown => self.request_rescan(format!("directory created at an unplaceable path {}", show(path))),
             },
             EventKind::Rmdir { base, path } | EventKind::Unlink { base, path } => match self.place(*base, path) {
@@ -49,6 +57,7 @@ impl Engine {
                     emit(Op::Remove { path });
                 }
                 Place::Outside => {}
+                Place::Unindexed { path } => self.request_repair(path, "removal below an unindexed directory"),
                 Place::Unknown => self.request_rescan(format!("removal at an unplaceable path {}", show(path))),
             },
             EventKind::Rename { from_base, from, to_base, to, flags } => {
@@ -66,8 +75,11 @@ impl Engine {
                             None => self.move_in(parent, &name, &path, ts, out),
                         }
                     }
-                    (Place::Outside, Place::Inside { parent, name, path }) => self.move_in(parent, &name, &path, ts, out),
+                    (Place::Outside | Place::Unindexed { .. }, Place::Inside { parent, name, path }) => {
+                        self.move_in(parent, &name, &path, ts, out)
+                    }
                     (_, Place::Outside) => {}
+                    (_, Place::Unindexed { path }) => self.request_repair(path, "hard link below an unindexed directory"),
                     _ => self.request_rescan(format!("hard link at an unplaceable path {}", show(new))),
                 }
             }
@@ -82,12 +94,17 @@ impl Engine {
                     }
                 }
                 Place::Outside => {}
+                Place::Unindexed { path } => self.request_repair(path, "symlink below an unindexed directory"),
                 Place::Unknown => self.request_rescan(format!("symlink at an unplaceable path {}", show(path))),
             },
             EventKind::PathMeta { base, path, flags } => {
                 self.path_meta(pid, *base, path, flags & AT_SYMLINK_NOFOLLOW == 0, ts)
             }
-            EventKind::PathTruncate { base, path, .. } => self.path_change(*base, path, true, Change::Attrs, ts),
+            EventKind::PathTruncate { base, path, size } => {
+                if let Some(ino) = self.path_target(*base, path, true) {
+                    self.truncate(ino, *size, ts, out);
+                }
+            }
             EventKind::Mknod { base, path, mode, rdev } => match self.place(*base, path) {
                 Place::Inside { parent, name, path } if mode & libc::S_IFMT == libc::S_IFIFO => {
                     emit(Op::Mkfifo { path: path.clone(), mode: mode & 0o7777 });
@@ -105,6 +122,7 @@ impl Engine {
                 }
                 // Device nodes and sockets are not replicated.
                 Place::Inside { .. } | Place::Outside => {}
+                Place::Unindexed { path } => self.request_repair(path, "node created below an unindexed directory"),
                 Place::Unknown => self.request_rescan(format!("node created at an unplaceable path {}", show(path))),
             },
             EventKind::XattrPath { base, path, nofollow, .. } => self.path_change(*base, path, !nofollow, Change::Xattrs, ts),
@@ -120,27 +138,68 @@ impl Engine {
     }
 
     pub(super) fn rename(&mut self, from: Place, to: Place, flags: u32, ts: u64, out: &mut Vec<PendingOp>) {
+        let exchange = flags & RENAME_EXCHANGE != 0;
         match (from, to) {
             (Place::Inside { parent: fp, name: fname, path: from }, Place::Inside { parent: tp, name: tname, path: to }) => {
-                let exchange = flags & RENAME_EXCHANGE != 0;
+                let source = self.index.lookup(fp, &fname);
+                let target = self.index.lookup(tp, &tname);
+                if source.is_none() || (exchange && target.is_none()) {
+                    // What moved is not indexed, so the standby cannot be trusted to
+                    // hold it under the old name: both names are made to match.
+                    self.request_repair(from, "rename of an unindexed entry");
+                    self.request_repair(to, "rename of an unindexed entry");
+                    return;
+                }
                 if exchange {
                     self.index.exchange(fp, &fname, tp, &tname);
-                } else if self.index.rename(fp, &fname, tp, &tname).is_none() {
-                    self.learn(tp, &tname, &to);
+                } else {
+                    self.index.rename(fp, &fname, tp, &tname);
                 }
                 let noreplace = flags & RENAME_NOREPLACE != 0;
                 out.push(PendingOp { op: Op::Rename { from, to, exchange, noreplace }, captured_ns: ts, ino: None });
             }
             (Place::Inside { parent, name, path }, Place::Outside) => {
                 if let Some(ino) = self.index.unlink(parent, &name)
-                    && !self.index.contains(ino) {
-                        self.dirty.remove(&ino);
-                    }
-                out.push(PendingOp { op: Op::Remove { path }, captured_ns: ts, ino: None });
+                    && !self.index.contains(ino)
+                {
+                    self.dirty.remove(&ino);
+                }
+                if exchange {
+                    // What was outside now has this name.
+                    self.move_in(parent, &name, &path, ts, out);
+                } else {
+                    out.push(PendingOp { op: Op::Remove { path }, captured_ns: ts, ino: None });
+                }
             }
-            (Place::Outside, Place::Inside { parent, name, path }) => self.move_in(parent, &name, &path, ts, out),
+            (Place::Outside, Place::Inside { parent, name, path }) => {
+                if exchange
+                    && let Some(ino) = self.index.unlink(parent, &name)
+                    && !self.index.contains(ino)
+                {
+                    self.dirty.remove(&ino);
+                }
+                self.move_in(parent, &name, &path, ts, out)
+            }
             (Place::Outside, Place::Outside) => {}
-            _ => self.request_rescan("rename between unplaceable paths"),
+            (from, to) => {
+                let mut repaired = false;
+                for place in [from, to] {
+                    match place {
+                        Place::Inside { path, .. } | Place::Unindexed { path } => {
+                            self.request_repair(path, "rename involving an unindexed directory");
+                            repaired = true;
+                        }
+                        Place::Outside => {}
+                        Place::Unknown => {
+                            self.request_rescan("rename between unplaceable paths");
+                            return;
+                        }
+                    }
+                }
+                if !repaired {
+                    self.request_rescan("rename between unplaceable paths");
+                }
+            }
         }
     }
 
@@ -150,7 +209,8 @@ impl Engine {
         let Ok(meta) = std::fs::symlink_metadata(&full) else { return };
         let file_type = meta.file_type();
         if file_type.is_dir() {
-            return self.request_rescan(format!("directory {path} moved into the tree"));
+            // Its whole content is listed and compared, like a fresh tree.
+            return self.request_repair(path.clone(), "directory moved into the tree");
         }
         let Some(ino) = self.learn(parent, name, path) else { return };
         if file_type.is_file() {
@@ -171,28 +231,41 @@ impl Engine {
 
     /// A change addressed by path to an existing entry.
     pub(super) fn path_change(&mut self, base: InodeId, raw: &[u8], follow: bool, change: Change, ts: u64) {
+        if let Some(ino) = self.path_target(base, raw, follow) {
+            self.note(ino, change, ts);
+        }
+    }
+
+    /// The indexed inode a path addressed a change to (following a final symlink
+    /// with `follow`); asks for a repair or a rescan when it cannot be told.
+    pub(super) fn path_target(&mut self, base: InodeId, raw: &[u8], follow: bool) -> Option<u64> {
         if raw.is_empty() {
             // AT_EMPTY_PATH: the change is to the dirfd's own inode.
-            if base.dev == self.watched_dev && self.index.contains(base.ino) {
-                self.note(base.ino, change, ts);
-            }
-            return;
+            return (base.dev == self.watched_dev && self.index.contains(base.ino)).then_some(base.ino);
         }
         match self.place(base, raw) {
             Place::Inside { parent, name, path } => {
                 let Some(mut ino) = self.index.lookup(parent, &name) else {
-                    return self.request_rescan(format!("metadata change on unindexed {path}"));
+                    self.request_repair(path, "change to an unindexed entry");
+                    return None;
                 };
                 if follow && self.index.kind(ino) == Some(NodeKind::Symlink) {
                     match std::fs::metadata(self.root.join(path.as_path())) {
                         Ok(meta) if self.index.contains(meta.ino()) => ino = meta.ino(),
-                        _ => return,
+                        _ => return None,
                     }
                 }
-                self.note(ino, change, ts);
+                Some(ino)
             }
-            Place::Outside => {}
-            Place::Unknown => self.request_rescan(format!("metadata change at an unplaceable path {}", show(raw))),
+            Place::Outside => None,
+            Place::Unindexed { path } => {
+                self.request_repair(path, "change below an unindexed directory");
+                None
+            }
+            Place::Unknown => {
+                self.request_rescan(format!("change at an unplaceable path {}", show(raw)));
+                None
+            }
         }
     }
 

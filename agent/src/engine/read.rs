@@ -6,7 +6,11 @@ use super::*;
 impl Engine {
     /// Reads every dirty range and emits its writes and attributes, oldest first.
     pub fn flush(&mut self, out: &mut Vec<PendingOp>) {
-        if self.dirty.is_empty() || self.data_held {
+        if self.data_held {
+            return;
+        }
+        if self.dirty.is_empty() {
+            self.release_barriers(out);
             return;
         }
         let mut order: Vec<(u64, u64)> = self.dirty.iter().map(|(ino, d)| (d.first_ns, *ino)).collect();
@@ -29,6 +33,14 @@ impl Engine {
                 Some(_) => self.flush_attrs(ino, &path, dirty.first_ns, dirty.xattrs, out),
                 None => {}
             }
+        }
+        self.release_barriers(out);
+    }
+
+    /// Sends the barriers held back while data was held, now that it is read.
+    fn release_barriers(&mut self, out: &mut Vec<PendingOp>) {
+        for (path, ts) in self.held_barriers.drain(..) {
+            out.push(PendingOp { op: Op::Barrier { path }, captured_ns: ts, ino: None });
         }
     }
 
@@ -104,7 +116,12 @@ impl Engine {
     /// again only if it changed since.
     pub(super) fn remember_mapped_pages(&mut self, ino: u64, offset: u64, data: &[u8]) {
         let Some(mapped) = self.mapped.get_mut(&ino) else { return };
-        for (page, seen) in mapped.pages.range_mut(offset.div_ceil(PAGE)..(offset + data.len() as u64) / PAGE) {
+        // Whole pages inside what was read; a read shorter than a page covers none.
+        let (first, end) = (offset.div_ceil(PAGE), (offset + data.len() as u64) / PAGE);
+        if first >= end {
+            return;
+        }
+        for (page, seen) in mapped.pages.range_mut(first..end) {
             let at = (page * PAGE - offset) as usize;
             *seen = Some(hash(&data[at..at + PAGE as usize]));
         }

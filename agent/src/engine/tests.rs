@@ -184,3 +184,186 @@ fn mapped_pages_are_rechecked_and_resent_only_when_changed() {
     f.engine.refresh_mapped(now + MAPPED_PATIENCE_NS + 1);
     assert!(f.flush().is_empty());
 }
+
+#[test]
+fn a_short_read_of_a_mapped_file_does_not_panic() {
+    let mut f = Fixture::new(|root| fs::write(root.join("m"), vec![1u8; 10_000]).unwrap());
+    let ino = f.inode("m");
+    f.feed(EventKind::Writeback { inode: ino, offset: 8192, len: 4096 });
+    // The file shrinks to a few bytes inside a mapped page before the flush reads it.
+    fs::OpenOptions::new().write(true).open(f.root().join("m")).unwrap().set_len(8200).unwrap();
+    let ops = f.flush();
+    assert!(matches!(&ops[0], Op::Write { offset: 8192, data, .. } if data.len() == 8), "{ops:?}");
+}
+
+#[test]
+fn a_shrinking_truncate_is_replicated_in_order() {
+    // ftruncate(fd, 0); pwrite(fd, 4 KiB, 8192); ftruncate(fd, 1 MiB) on a 1 MiB file.
+    let old = vec![b'o'; 1 << 20];
+    let mut f = Fixture::new(|root| fs::write(root.join("f"), &old).unwrap());
+    let ino = f.inode("f");
+    let file = fs::OpenOptions::new().write(true).open(f.root().join("f")).unwrap();
+    file.set_len(0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[b'n'; 4096], 8192).unwrap();
+    file.set_len(1 << 20).unwrap();
+    let mut ops = f.feed(EventKind::Truncate { inode: ino, size: 0, fd: 3 });
+    ops.extend(f.feed(EventKind::Write { inode: ino, offset: 8192, len: 4096, fd: 3 }));
+    ops.extend(f.feed(EventKind::Truncate { inode: ino, size: 1 << 20, fd: 3 }));
+    ops.extend(f.flush());
+    let mut copy = old;
+    for op in &ops {
+        apply_to_copy(&mut copy, op);
+    }
+    assert_eq!(copy, fs::read(f.root().join("f")).unwrap(), "{ops:?}");
+}
+
+/// Applies the data operations of one file to an in-memory copy, as the receiver would.
+fn apply_to_copy(copy: &mut Vec<u8>, op: &Op) {
+    let zero = |copy: &mut Vec<u8>, offset: u64, len: u64| {
+        let start = (offset as usize).min(copy.len());
+        let end = (offset.saturating_add(len) as usize).min(copy.len());
+        copy[start..end].fill(0);
+    };
+    match op {
+        Op::Write { offset, data, .. } => {
+            let end = *offset as usize + data.len();
+            if copy.len() < end {
+                copy.resize(end, 0);
+            }
+            copy[*offset as usize..end].copy_from_slice(data);
+        }
+        Op::Truncate { size, .. } => copy.resize(*size as usize, 0),
+        Op::SetAttrs { attrs, .. } => {
+            if let Some(size) = attrs.size {
+                copy.resize(size as usize, 0);
+            }
+        }
+        Op::CreateFile { truncate: true, .. } => copy.clear(),
+        Op::Fallocate { mode, offset, len, .. } => {
+            let mode = *mode as i32;
+            assert_eq!(mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE), 0, "shifts are sent as data");
+            if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+                zero(copy, *offset, *len);
+            }
+            if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && copy.len() < (offset + len) as usize {
+                copy.resize((offset + len) as usize, 0);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// xorshift64*: a small deterministic generator for seeded test sequences.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Random writes, truncations and fallocate calls on one file; their events reach
+/// the engine late and sometimes out of order (as events of two CPUs can), with
+/// flushes in between. Whatever the order, the operations the engine emits must
+/// turn the old content into the new.
+#[test]
+fn random_data_changes_converge_whatever_the_event_order() {
+    const BLOCK: u64 = 4096;
+    for seed in 1..=150u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let initial: Vec<u8> = (0..rng.below(200_000)).map(|i| (i % 251) as u8).collect();
+        let mut f = Fixture::new(|root| fs::write(root.join("f"), &initial).unwrap());
+        let ino = f.inode("f");
+        let file = fs::OpenOptions::new().read(true).write(true).open(f.root().join("f")).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let mut events: Vec<EventKind> = Vec::new();
+        let mut ops = Vec::new();
+        let mut log = Vec::new();
+        for step in 0..60 {
+            let size = file.metadata().unwrap().len();
+            let offset = rng.below(size + 50_000);
+            let len = 1 + rng.below(40_000);
+            let event = match rng.below(8) {
+                0..=2 => {
+                    let data = vec![(step as u8).wrapping_add(seed as u8) | 1; len as usize];
+                    std::os::unix::fs::FileExt::write_all_at(&file, &data, offset).unwrap();
+                    Some(EventKind::Write { inode: ino, offset, len, fd: 3 })
+                }
+                3 => {
+                    let new = rng.below(size + 60_000);
+                    file.set_len(new).unwrap();
+                    Some(EventKind::Truncate { inode: ino, size: new, fd: 3 })
+                }
+                4..=6 => {
+                    let modes = [
+                        0,
+                        libc::FALLOC_FL_KEEP_SIZE,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        libc::FALLOC_FL_ZERO_RANGE,
+                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                        libc::FALLOC_FL_COLLAPSE_RANGE,
+                        libc::FALLOC_FL_INSERT_RANGE,
+                    ];
+                    let mode = modes[rng.below(modes.len() as u64) as usize];
+                    let (offset, len) = if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+                        (rng.below(size / BLOCK + 1) * BLOCK, (1 + rng.below(4)) * BLOCK)
+                    } else {
+                        (offset, len)
+                    };
+                    // SAFETY: fallocate on an fd this test owns.
+                    let rc = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
+                    (rc == 0).then_some(EventKind::Fallocate { inode: ino, offset, len, mode: mode as u32, fd: 3 })
+                }
+                _ => {
+                    if rng.below(2) == 0 {
+                        ops.extend(f.flush());
+                    }
+                    None
+                }
+            };
+            if let Some(event) = event {
+                log.push(format!("{event:?}"));
+                events.push(event);
+            }
+            // Events arrive in batches; two neighbours may have swapped places.
+            if rng.below(3) == 0 {
+                if events.len() >= 2 && rng.below(2) == 0 {
+                    let at = rng.below(events.len() as u64 - 1) as usize;
+                    events.swap(at, at + 1);
+                    log.push(format!("(events {at} and {} swapped)", at + 1));
+                }
+                for event in events.drain(..) {
+                    ops.extend(f.feed(event));
+                    if rng.below(4) == 0 {
+                        ops.extend(f.flush());
+                    }
+                }
+            }
+        }
+        for event in events.drain(..) {
+            ops.extend(f.feed(event));
+        }
+        ops.extend(f.flush());
+        let mut copy = initial.clone();
+        for op in &ops {
+            apply_to_copy(&mut copy, op);
+        }
+        let master = fs::read(f.root().join("f")).unwrap();
+        if copy != master {
+            let at = copy.iter().zip(&master).position(|(a, b)| a != b);
+            panic!(
+                "seed {seed}: copy of {} bytes differs from the master's {} bytes (first at {at:?})\nchanges:\n{}",
+                copy.len(),
+                master.len(),
+                log.join("\n")
+            );
+        }
+    }
+}

@@ -84,6 +84,9 @@ pub enum ApplyError {
         call: &'static str,
         source: std::io::Error,
     },
+    /// A request that makes no sense (unaligned, too large).
+    #[error("{path}: {reason}")]
+    Invalid { path: RelPath, reason: String },
     /// Keeping old content in the rollback directory (or expiring it) failed; a
     /// change that would destroy content is not made without its copy.
     #[error("{path}: rollback directory: {call}: {source}")]
@@ -92,6 +95,24 @@ pub enum ApplyError {
         call: &'static str,
         source: std::io::Error,
     },
+}
+
+impl ApplyError {
+    /// True when the standby cannot take writes at all (disk or quota full, a
+    /// read-only or failing disk, exhausted memory or descriptors): the operation is
+    /// not at fault, so replication waits instead of skipping it. Every other
+    /// failure means the copy differs from what the operation expects.
+    pub fn is_environmental(&self) -> bool {
+        let source = match self {
+            ApplyError::OpenRoot { .. } => return true,
+            ApplyError::Sys { source, .. } | ApplyError::Rollback { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::ENFILE | libc::EMFILE)
+        )
+    }
 }
 
 /// What an applied operation did, for metrics.
@@ -220,6 +241,34 @@ impl Applier {
         .map_err(|errno| open_error(path, errno, |path| ApplyError::NotFound { path }))
     }
 
+    /// The size of regular file `path` and the hashes of up to `blocks` blocks
+    /// from `offset`; `None` when `path` is missing or not a regular file.
+    pub fn block_hashes(&self, path: &RelPath, offset: u64, blocks: u32) -> Result<Option<(u64, Vec<sluice_proto::Hash>)>, ApplyError> {
+        check_reserved(path)?;
+        // Non-blocking, so a FIFO in its place cannot hold the stream.
+        let file = match open_beneath(self.root_fd(), path.as_path(), OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => return Ok(None),
+            Err(errno) => return Err(open_error(path, errno, |path| ApplyError::NotFound { path })),
+        };
+        let meta = file.metadata().map_err(io(path, "fstat"))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let mut hashes = Vec::new();
+        let mut buf = vec![0u8; blocks::BLOCK_SIZE as usize];
+        for block in 0..u64::from(blocks) {
+            let at = offset + block * blocks::BLOCK_SIZE;
+            if at >= meta.len() {
+                break;
+            }
+            let want = (meta.len() - at).min(blocks::BLOCK_SIZE) as usize;
+            file.read_exact_at(&mut buf[..want], at).map_err(io(path, "pread"))?;
+            hashes.push(blocks::hash(&buf[..want]));
+        }
+        Ok(Some((meta.len(), hashes)))
+    }
+
     /// The cached writable fd of `path`, opening (and with `create`, creating) it.
     fn writable(&mut self, path: &RelPath, create: bool) -> Result<&File, ApplyError> {
         if self.cache.get(path).is_none() {
@@ -315,6 +364,7 @@ impl Applier {
             } => self.rename(from, to, *exchange, *noreplace)?,
             Op::Fallocate { path, mode, offset, len } => self.fallocate(path, *mode, *offset, *len)?,
             Op::SetXattrs { path, xattrs } => self.set_xattrs(path, xattrs)?,
+            Op::Truncate { path, size } => self.truncate(path, *size)?,
             Op::Mknod { path, mode, rdev } => self.mknod(path, *mode, *rdev)?,
             // Durability is the session's business: it syncs before acknowledging.
             Op::Barrier { .. } => {}
@@ -339,16 +389,7 @@ impl Applier {
                     wanted: "regular file",
                 });
             }
-            // Only on a real change: ext4 truncates preallocated blocks past EOF
-            // even when the size stays, undoing a replicated FALLOC_FL_KEEP_SIZE.
-            if stat.st_size as u64 != size {
-                if size < stat.st_size as u64 {
-                    self.keep_copy(path, &stat)?;
-                }
-                self.writable(path, false)?
-                    .set_len(size)
-                    .map_err(io(path, "ftruncate"))?;
-            }
+            self.resize(path, &stat, size)?;
         }
         let uid = attrs.uid.filter(|&uid| uid != stat.st_uid);
         let gid = attrs.gid.filter(|&gid| gid != stat.st_gid);
@@ -381,6 +422,38 @@ impl Applier {
             .map_err(sys(path, "utimensat"))?;
         }
         Ok(())
+    }
+
+    /// Sets the size of regular file `path` in stream order.
+    fn truncate(&mut self, path: &RelPath, size: u64) -> Result<(), ApplyError> {
+        check_entry(path, "truncate")?;
+        let (dir, name) = self.parent(path)?;
+        let stat = lstat_at(dir.as_fd(), name)
+            .map_err(sys(path, "fstatat"))?
+            .ok_or_else(|| ApplyError::NotFound { path: path.clone() })?;
+        if kind_of(&stat) != SFlag::S_IFREG {
+            return Err(ApplyError::WrongKind {
+                path: path.clone(),
+                wanted: "regular file",
+            });
+        }
+        self.resize(path, &stat, size)
+    }
+
+    /// Gives regular file `path` (whose lstat is `stat`) `size` bytes, keeping the
+    /// old content in the rollback directory first when it shrinks.
+    fn resize(&mut self, path: &RelPath, stat: &nix::sys::stat::FileStat, size: u64) -> Result<(), ApplyError> {
+        // Only on a real change: ext4 truncates preallocated blocks past EOF
+        // even when the size stays, undoing a replicated FALLOC_FL_KEEP_SIZE.
+        if stat.st_size as u64 == size {
+            return Ok(());
+        }
+        if size < stat.st_size as u64 {
+            self.keep_copy(path, stat)?;
+        }
+        self.writable(path, false)?
+            .set_len(size)
+            .map_err(io(path, "ftruncate"))
     }
 
     fn create_file(&mut self, path: &RelPath, mode: u32, truncate: bool) -> Result<(), ApplyError> {

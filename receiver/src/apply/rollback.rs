@@ -1040,7 +1040,7 @@ mod tests {
             verify: false,
         };
         sync.entries(&mut a, &[root_entry]).unwrap();
-        sync.finish(&mut a, true).unwrap();
+        sync.finish(&mut a, &[RelPath::root()]).unwrap();
         assert!(!root.join("extra-dir").exists() && !root.join("extra-file").exists());
         let kept = kept_dir(root);
         assert_eq!(
