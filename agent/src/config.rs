@@ -37,6 +37,23 @@ pub struct Config {
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub durability: DurabilityConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+/// The background verifier.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// File content compared per second, on the master and on the standby alike
+    /// (0: no background verification; `sluice-agent verify` still works).
+    pub bytes_per_second: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig { bytes_per_second: 8 << 20 }
+    }
 }
 
 /// How much the agent holds for the standby, and how often it records it on disk.

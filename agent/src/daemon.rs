@@ -44,7 +44,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (journal, loaded) = Journal::open(&config.state_dir).context("opening the agent's durable state")?;
     let journal = JournalWriter::start(journal, interval);
     let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
-    let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, metrics.clone()))?;
+    let verifier = crate::verify::Verifier::new(config.verify.bytes_per_second);
+    let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, verifier, metrics.clone()))?;
+    let (control_tx, mut control) = mpsc::unbounded_channel();
+    let control_task = crate::control::serve(&config.state_dir, control_tx).context("control socket")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let capture_task = tokio::spawn(async move {
         loop {
@@ -77,6 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     },
                     _ = flush_tick.tick(), if rep.engine.has_dirty() => rep.flush(),
                     _ = tick.tick() => rep.tick(),
+                    Some(request) = control.recv() => rep.handle_control(request),
                 }
             }
         };
@@ -84,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics.connected.set(1);
         let attempt = async {
             let mut session = Session::open(connection, &mut rep, coalesce).await?;
-            session.run(&mut events).await
+            session.run(&mut events, &mut control).await
         };
         let result = tokio::select! {
             _ = &mut shutdown => None,
@@ -102,6 +106,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             break;
         }
     }
+    control_task.abort();
+    let _ = std::fs::remove_file(crate::control::socket_path(&config.state_dir));
     rep.write_journal_now();
     endpoint.close(0u32.into(), b"agent stopping");
     // Let the close reach the receiver, so it frees its session at once.

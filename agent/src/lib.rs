@@ -11,6 +11,8 @@
 //! - [`backlog`]: operations the standby does not hold durably yet, bounded in memory.
 //! - [`journal`]: the durable record of that backlog, for restarts.
 //! - [`session`]: replication across connections, and one connection to the receiver.
+//! - [`verify`]: the verifier comparing the standby's copy with the master's.
+//! - [`control`]: the local control socket (`sluice-agent verify`).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`config`]: the TOML configuration.
 //! - [`daemon`]: `run(config, shutdown)`, tying it all together.
@@ -27,3 +29,5 @@ pub mod metrics;
 pub mod ranges;
 pub mod scan;
 pub mod session;
+pub mod verify;
+pub mod control;

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub repairs: Counter,
     pub repairs_abandoned: Gauge,
     pub internal_errors: Counter,
+    pub verify_bytes: Counter,
+    pub verify_mismatches: Counter,
+    pub verify_passes: Counter,
+    pub verify_last_pass: Gauge<f64, AtomicU64>,
     pub tree_compares: Counter,
     pub files_verified: Counter,
     pub ops_resent: Counter,
@@ -65,6 +69,10 @@ impl Metrics {
         r.register("sluice_ops_diverged", "Operations the standby could not apply to its copy, whose paths were then repaired", self.ops_diverged.clone());
         r.register("sluice_repairs", "Paths of the standby compared and repaired without comparing the whole tree", self.repairs.clone());
         r.register("sluice_repairs_abandoned", "Paths still differing after repeated repairs, left to the verifier", self.repairs_abandoned.clone());
+        r.register("sluice_verify_bytes", "File content compared by the verifier, on both sides", self.verify_bytes.clone());
+        r.register("sluice_verify_mismatches", "Differences between the standby and the master found by the verifier (each means capture missed a change)", self.verify_mismatches.clone());
+        r.register("sluice_verify_passes", "Complete verification passes over the tree", self.verify_passes.clone());
+        r.register("sluice_verify_last_pass_timestamp_seconds", "When the last complete verification pass ended (Unix time)", self.verify_last_pass.clone());
         r.register("sluice_internal_errors", "Events the agent failed to process (a bug); each is followed by a comparison of the whole tree", self.internal_errors.clone());
         r.register("sluice_tree_compares", "Comparisons of the whole tree with the standby (the first included)", self.tree_compares.clone());
         r.register("sluice_files_verified", "Files compared block by block after a restart because they changed after the last durable state", self.files_verified.clone());

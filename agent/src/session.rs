@@ -7,7 +7,9 @@ use crate::backlog::{Backlog, Limits, ManifestState, Next, Rewound};
 use crate::capture::Event;
 use crate::engine::{Engine, PendingOp, Recovery};
 use crate::journal::{JournalWriter, Snapshot};
+use crate::control::{ControlRequest, Request};
 use crate::metrics::Metrics;
+use crate::verify::Verifier;
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
 use sluice_proto::{AgentMessage, Entry, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath};
@@ -81,6 +83,8 @@ pub struct Replicator {
     last_event_secs: i64,
     ticks: u64,
     scratch: Vec<PendingOp>,
+    pub verifier: Verifier,
+    verify_seen: crate::verify::Stats,
 }
 
 impl Replicator {
@@ -88,7 +92,14 @@ impl Replicator {
     /// dirty ranges are queued for the standby, and the walk that rebuilds the
     /// index finds what changed after it (see [`Engine::recover`]). Without one,
     /// the whole tree is compared on the first connection.
-    pub fn new(mut engine: Engine, journal: JournalWriter, loaded: Option<Snapshot>, limits: Limits, metrics: Metrics) -> anyhow::Result<Replicator> {
+    pub fn new(
+        mut engine: Engine,
+        journal: JournalWriter,
+        loaded: Option<Snapshot>,
+        limits: Limits,
+        verifier: Verifier,
+        metrics: Metrics,
+    ) -> anyhow::Result<Replicator> {
         let now = monotonic_ns();
         let (next_seq, durable) = loaded.as_ref().map_or((1, 0), |s| (s.next_seq, s.durable));
         let mut backlog = Backlog::new(next_seq, durable, limits);
@@ -138,6 +149,8 @@ impl Replicator {
             last_event_secs: 0,
             ticks: 0,
             scratch: Vec::new(),
+            verifier,
+            verify_seen: crate::verify::Stats::default(),
         })
     }
 
@@ -287,9 +300,20 @@ impl Replicator {
         self.last_written = Some(snapshot);
     }
 
+    /// Takes a request from the control socket.
+    pub fn handle_control(&mut self, control: ControlRequest) {
+        match control.request {
+            Request::Verify { repair } => {
+                tracing::info!(repair, "verification of the whole tree asked for");
+                self.verifier.start_demand(repair, control.reply);
+            }
+        }
+    }
+
     /// Marks the end of a connection.
     pub fn offline(&mut self) {
         self.online = false;
+        self.verifier.connection_lost();
         self.hold_data_if_needed();
         self.update_metrics();
     }
@@ -302,6 +326,16 @@ impl Replicator {
         self.metrics.lag_bytes.set(bytes as i64);
         self.metrics.ops_in_flight.set(self.backlog.in_flight() as i64);
         self.metrics.repairs_abandoned.set(self.engine.repairs_abandoned() as i64);
+        let stats = self.verifier.stats;
+        self.metrics.verify_bytes.inc_by(stats.bytes.saturating_sub(self.verify_seen.bytes));
+        self.metrics.verify_mismatches.inc_by(stats.mismatches.saturating_sub(self.verify_seen.mismatches));
+        self.metrics.verify_passes.inc_by(stats.passes.saturating_sub(self.verify_seen.passes));
+        if let Some(last) = stats.last_pass_unix {
+            self.metrics.verify_last_pass.set(last);
+        }
+        self.verify_seen = stats;
+        let oldest = self.verifier.oldest_change_asked().unwrap_or(self.engine.change_count());
+        self.engine.forget_changes_before(oldest);
         self.metrics.backlog_ops.set(self.backlog.unsent_len() as i64);
         self.metrics.backlog_bytes.set(self.backlog.unsent_payload() as i64);
         self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
@@ -429,7 +463,11 @@ impl<'a> Session<'a> {
     }
 
     /// Runs until the connection fails or `events` closes.
-    pub async fn run(&mut self, events: &mut mpsc::UnboundedReceiver<CaptureBatch>) -> anyhow::Result<()> {
+    pub async fn run(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<CaptureBatch>,
+        control: &mut mpsc::UnboundedReceiver<ControlRequest>,
+    ) -> anyhow::Result<()> {
         let mut flush_tick = tokio::time::interval(self.coalesce.max(Duration::from_millis(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_millis(100));
@@ -446,6 +484,17 @@ impl<'a> Session<'a> {
             if self.rep.engine.has_repairs() && self.rep.backlog.unsettled_manifest().is_none() && !self.rep.compare_owed() {
                 self.rep.queue_repairs()?;
             }
+            // Verification goes between bursts of replication, when the standby
+            // holds (or is about to hold) everything captured so far.
+            let quiet = self.synced
+                && !comparing
+                && self.rep.backlog.unsent_len() == 0
+                && self.rep.backlog.unsettled_manifest().is_none()
+                && !self.rep.compare_owed()
+                && !self.rep.engine.has_repairs();
+            if quiet && let Some(request) = self.rep.verifier.next_request(&self.rep.engine, Instant::now()) {
+                self.writer.write(&request).await?;
+            }
             let stalled = self.rep.backlog.in_flight() > 0
                 && (self.last_progress.elapsed() >= STALL || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES);
             let sendable = !self.rep.backlog.is_idle() && !stalled;
@@ -459,6 +508,7 @@ impl<'a> Session<'a> {
                     let Some(batch) = batch else { return Ok(()) };
                     self.rep.handle_batch(batch);
                 }
+                Some(request) = control.recv() => self.rep.handle_control(request),
                 () = std::future::ready(()), if sendable => self.send_next().await?,
                 () = std::future::ready(()), if answerable => self.answer_next_want(),
                 _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
@@ -573,7 +623,10 @@ impl<'a> Session<'a> {
                     self.rep.engine.request_repair(path, format!("the standby could not apply operation {seq}: {reason}"));
                 }
             }
-            ReceiverMessage::Hashes { id, .. } => tracing::debug!(id, "hashes for a verification that is no longer waited for"),
+            ReceiverMessage::Hashes { id, size, hashes } => self.rep.verifier.on_hashes(&mut self.rep.engine, id, size, &hashes),
+            ReceiverMessage::Listing { id, exists, entries, more } => {
+                self.rep.verifier.on_listing(&mut self.rep.engine, id, exists, entries, more)
+            }
             ReceiverMessage::Hello { .. } => bail!("unexpected second Hello from the receiver"),
         }
         Ok(())

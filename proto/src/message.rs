@@ -91,6 +91,31 @@ pub struct Entry {
     pub verify: bool,
 }
 
+/// One directory entry as the standby holds it, for the verifier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub kind: EntryKind,
+    pub meta: Meta,
+    /// [`xattrs_digest`] of its extended attributes (files and directories only).
+    pub xattrs: Hash,
+}
+
+/// A digest of a set of extended attributes, whatever order they are listed in.
+pub fn xattrs_digest(xattrs: &[Xattr]) -> Hash {
+    let mut sorted: Vec<&Xattr> = xattrs.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hasher = blake3::Hasher::new();
+    for xattr in sorted {
+        hasher.update(&(xattr.name.len() as u64).to_le_bytes());
+        hasher.update(&xattr.name);
+        hasher.update(&(xattr.value.len() as u64).to_le_bytes());
+        hasher.update(&xattr.value);
+    }
+    *hasher.finalize().as_bytes()
+}
+
 /// Attribute changes; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attrs {
@@ -212,6 +237,16 @@ pub enum AgentMessage {
     /// directory of `subtrees` (which the manifest lists whole) whatever is not
     /// listed is removed; nothing else on the standby is touched.
     ScopedManifestEnd { subtrees: Vec<RelPath> },
+    /// Asks for the entries of directory `path` as the receiver holds them once
+    /// everything sent before this message is applied: at most `max` of them, in
+    /// byte order of their names, starting after `after`. Answered with `Listing`.
+    List {
+        id: u64,
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        after: Vec<u8>,
+        max: u32,
+    },
     /// Asks for the hashes of `blocks` blocks of `path` from byte `offset` (a
     /// multiple of [`crate::blocks::BLOCK_SIZE`]) as the receiver holds them once
     /// everything sent before this message is applied. Answered with `Hashes`.
@@ -244,6 +279,11 @@ pub enum ReceiverMessage {
     /// and was skipped; the copy at `paths` differs from the master's and must be
     /// repaired.
     Diverged { seq: u64, paths: Vec<RelPath>, reason: String },
+    /// The answer to `List { id, .. }`: entries in name order (without the
+    /// receiver's own top-level `.sluice` and `lost+found`), `more` when the
+    /// directory holds further ones; `entries` empty and `exists` false when
+    /// `path` is not a directory on the standby.
+    Listing { id: u64, exists: bool, entries: Vec<Listed>, more: bool },
     /// The answer to `Verify { id, .. }`: the file's size and the hashes of the
     /// asked blocks that exist (fewer at the end of the file); `size` is `None`
     /// when `path` is not a regular file on the standby.

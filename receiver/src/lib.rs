@@ -7,6 +7,7 @@
 //! - [`config`]: the TOML configuration, parsed then validated.
 //! - [`apply`]: [`apply::Applier`], which applies one [`sluice_proto::Op`] beneath the root.
 //! - [`sync`]: the initial sync against the agent's manifest.
+//! - [`listing`]: directory listings for the agent's verifier.
 //! - [`session`]: the replication protocol state machine, free of I/O.
 //! - [`state`]: the durable "last applied sequence number" kept under `.sluice/`.
 //! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
@@ -14,6 +15,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod listing;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -238,6 +238,13 @@ impl Session {
                     self.apply(op, out)?;
                 }
             }
+            AgentMessage::List { id, path, after, max } => {
+                let listing = self.applier.list(&path, &after, max).map_err(|e| refuse(e.to_string()))?;
+                out.push(match listing {
+                    Some((entries, more)) => ReceiverMessage::Listing { id, exists: true, entries, more },
+                    None => ReceiverMessage::Listing { id, exists: false, entries: Vec::new(), more: false },
+                });
+            }
             AgentMessage::Verify { id, path, offset, blocks } => {
                 out.push(self.verify(id, &path, offset, blocks).map_err(|e| refuse(e.to_string()))?);
             }
@@ -501,6 +508,24 @@ mod tests {
         s.handle(AgentMessage::Verify { id: 1, path: RelPath::from_bytes("missing").unwrap(), offset: 0, blocks: 1 }, &mut out).unwrap();
         assert_eq!(out.pop(), Some(ReceiverMessage::Hashes { id: 1, size: None, hashes: vec![] }));
         assert!(s.handle(verify(1, 1), &mut out).is_err(), "unaligned");
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/b"), b"12345").unwrap();
+        std::os::unix::fs::symlink("b", dir.path().join("d/a")).unwrap();
+        std::fs::create_dir(dir.path().join("d/c")).unwrap();
+        let list = |after: &[u8], max| AgentMessage::List { id: 3, path: RelPath::from_bytes("d").unwrap(), after: after.to_vec(), max };
+        s.handle(list(b"", 2), &mut out).unwrap();
+        let Some(ReceiverMessage::Listing { id: 3, exists: true, entries, more: true }) = out.pop() else { panic!("{out:?}") };
+        let names: Vec<&[u8]> = entries.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, [&b"a"[..], b"b"]);
+        assert_eq!(entries[0].kind, sluice_proto::EntryKind::Symlink { target: b"b".to_vec() });
+        assert_eq!(entries[1].kind, sluice_proto::EntryKind::File { size: 5 });
+        s.handle(list(b"b", 2), &mut out).unwrap();
+        assert!(matches!(out.pop(), Some(ReceiverMessage::Listing { entries, more: false, .. }) if entries.len() == 1 && entries[0].name == b"c"));
+        s.handle(AgentMessage::List { id: 4, path: RelPath::root(), after: Vec::new(), max: 100 }, &mut out).unwrap();
+        let Some(ReceiverMessage::Listing { entries, .. }) = out.pop() else { panic!() };
+        assert!(!entries.iter().any(|e| e.name == b".sluice"), "the receiver's own state is not listed");
+        s.handle(AgentMessage::List { id: 5, path: RelPath::from_bytes("d/b").unwrap(), after: Vec::new(), max: 1 }, &mut out).unwrap();
+        assert!(matches!(out.pop(), Some(ReceiverMessage::Listing { exists: false, .. })));
         assert!(s.handle(verify(0, MAX_VERIFY_BLOCKS + 1), &mut out).is_err(), "too large");
     }
 

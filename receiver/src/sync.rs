@@ -92,6 +92,8 @@ impl From<SyncReply> for ReceiverMessage {
 #[derive(Default)]
 pub struct InitialSync {
     listed: HashSet<RelPath>,
+    /// The listed directories, whose unlisted content a subtree prune removes.
+    listed_dirs: HashSet<RelPath>,
     /// Metadata applied at the end, in manifest order (parents first).
     deferred: Vec<(RelPath, Meta, bool)>,
     wanted: u64,
@@ -146,6 +148,9 @@ impl InitialSync {
                 continue;
             }
             self.listed.insert(entry.path.clone());
+            if entry.kind == EntryKind::Dir {
+                self.listed_dirs.insert(entry.path.clone());
+            }
             match self.entry(applier, entry) {
                 Ok(Some(want)) => {
                     self.wanted += 1;
@@ -262,7 +267,12 @@ impl InitialSync {
                 continue;
             }
             let result = if subtree.is_root() || self.listed.contains(subtree) {
-                self.prune(applier, subtree, &mut replies)
+                if subtree.is_root() || self.listed_dirs.contains(subtree) {
+                    self.prune(applier, subtree, &mut replies)
+                } else {
+                    // A file or other leaf: listing it was the whole comparison.
+                    Ok(())
+                }
             } else {
                 // Gone from the master since the agent asked: the whole subtree goes.
                 applier.remove(subtree).map_err(SyncError::from)
@@ -502,7 +512,9 @@ mod tests {
         let mut sync = InitialSync::new();
         let entries = vec![entry("a", EntryKind::Dir, meta(0o755, 10)), entry("a/sub", EntryKind::Dir, meta(0o755, 10))];
         assert!(sync.entries(&mut applier, &entries).unwrap().is_empty());
-        assert_eq!(sync.finish(&mut applier, &[p("a"), p("gone")]).unwrap(), (0, vec![]));
+        let file = entry("b/extra", EntryKind::File { size: 1 }, local_meta(&root.join("b/extra"), 0o644));
+        assert!(sync.entries(&mut applier, &[file]).unwrap().is_empty());
+        assert_eq!(sync.finish(&mut applier, &[p("a"), p("gone"), p("b/extra")]).unwrap(), (0, vec![]));
         assert!(!root.join("a/extra").exists() && !root.join("a/sub/extra").exists());
         assert!(!root.join("gone").exists(), "a subtree the master no longer has is removed");
         assert!(root.join("b/extra").exists(), "outside the subtrees nothing is touched");

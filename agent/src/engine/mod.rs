@@ -118,6 +118,10 @@ pub struct Engine {
     pub data_held: bool,
     /// Sync barriers seen while data was held: they follow that data.
     held_barriers: Vec<(Option<RelPath>, u64)>,
+    /// Changes seen to any inode so far, and the count at each inode's last one,
+    /// so the verifier can tell a copy that only lags from one that diverged.
+    changes: u64,
+    last_change: HashMap<u64, u64>,
     repairs: repair::Repairs,
 }
 
@@ -159,6 +163,8 @@ impl Engine {
             bytes_read: 0,
             data_held: false,
             held_barriers: Vec::new(),
+            changes: 0,
+            last_change: HashMap::new(),
             repairs: repair::Repairs::default(),
         })
     }
@@ -205,6 +211,47 @@ impl Engine {
         self.repairs.clear();
         self.dirty.retain(|ino, _| self.index.contains(*ino));
         Ok(scan.entries)
+    }
+
+    /// How many changes the engine has seen so far.
+    pub fn change_count(&self) -> u64 {
+        self.changes
+    }
+
+    /// True when `ino` changed after the engine had seen `count` changes.
+    pub fn changed_since(&self, ino: u64, count: u64) -> bool {
+        self.last_change.get(&ino).is_some_and(|&last| last > count)
+    }
+
+    /// Stops remembering changes older than `count` (nobody asks about them).
+    pub fn forget_changes_before(&mut self, count: u64) {
+        self.last_change.retain(|_, last| *last >= count);
+    }
+
+    /// True when the standby should hold what the master has of `ino`: nothing of
+    /// it waits to be read, and no mapping may be storing into it unseen.
+    pub fn is_settled(&self, ino: u64) -> bool {
+        !self.dirty.contains_key(&ino) && !self.mapped.contains_key(&ino)
+    }
+
+    /// Opens indexed file `ino` at `path` for reading.
+    pub fn open_file(&self, ino: u64, path: &RelPath) -> io::Result<std::fs::File> {
+        self.files.open(ino, path.as_path())
+    }
+
+    /// The watched root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether device nodes are replicated.
+    pub fn replicates_devices(&self) -> bool {
+        self.options.devices
+    }
+
+    /// The absolute path of `path` on the master.
+    pub fn full_path(&self, path: &RelPath) -> PathBuf {
+        self.root.join(path.as_path())
     }
 
     /// Bytes of file data known dirty and not yet read.
@@ -284,6 +331,8 @@ impl Engine {
     }
 
     fn dirty_entry(&mut self, ino: u64, ts: u64) -> &mut Dirty {
+        self.changes += 1;
+        self.last_change.insert(ino, self.changes);
         let dirty = self.dirty.entry(ino).or_insert_with(|| Dirty { first_ns: ts, ..Dirty::default() });
         dirty.first_ns = dirty.first_ns.min(ts);
         dirty
@@ -531,6 +580,16 @@ impl Engine {
         }
     }
 
+    /// Where symlink `name` in directory `dir` leads now: `Some(Some(dir))` for an
+    /// indexed directory, `Some(None)` outside the tree, `None` when unknown.
+    fn follow_symlink(&self, dir: u64, name: &OsStr) -> Option<Option<u64>> {
+        let path = self.index.path_of(dir)?.join(name).ok()?;
+        let real = std::fs::canonicalize(self.root.join(path.as_path())).ok()?;
+        let Ok(rest) = real.strip_prefix(&self.root) else { return Some(None) };
+        let target = self.index.resolve(&RelPath::from_path(rest).ok()?)?;
+        (self.index.kind(target) == Some(NodeKind::Dir)).then_some(Some(target))
+    }
+
     /// Resolves `relative` lexically from directory `dir` of the index.
     fn place_from(&self, mut dir: u64, relative: &[u8]) -> Place {
         let components: Vec<&[u8]> = relative.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
@@ -552,6 +611,14 @@ impl Engine {
             }
             match self.index.lookup(dir, name) {
                 Some(next) if self.index.kind(next) == Some(NodeKind::Dir) => dir = next,
+                Some(next) if self.index.kind(next) == Some(NodeKind::Symlink) => {
+                    // Through a symlink inside the tree: follow it as the kernel did.
+                    match self.follow_symlink(dir, name) {
+                        Some(Some(target)) => dir = target,
+                        Some(None) => return Place::Outside,
+                        None => return Place::Unknown,
+                    }
+                }
                 _ => {
                     return match self.index.path_of(dir).and_then(|p| p.join(name).ok()) {
                         Some(path) => Place::Unindexed { path },

@@ -22,3 +22,5 @@ mod metadata;
 mod faults;
 // The receiver's rollback directory keeps what the master deletes, truncates or overwrites.
 mod rollback;
+// The verifier finds and repairs differences planted on the standby.
+mod verify;

@@ -132,7 +132,9 @@ async fn paths_escaping_the_root_are_refused() {
         let answer = send_raw_write(addr, &agent, &fp, &path).await;
         eprintln!("{name}: {answer}");
         assert!(!answer.contains("Ack"), "{name}: escape was acknowledged: {answer}");
-        assert!(answer.contains("Refused"), "{name}: expected an explicit refusal, got {answer}");
+        // Refused (the frame is malformed) or skipped and reported as diverged
+        // (the path escapes through the standby's own symlink): never applied.
+        assert!(answer.contains("Refused") || answer.contains("Diverged"), "{name}: expected an explicit refusal, got {answer}");
         let why = if name == "symlink" { "outside the root" } else if name == "absolute" { "is absolute" } else { "`..`" };
         assert!(answer.contains(why), "{name}: the refusal should say {why:?}: {answer}");
         assert_absent(&parent_escape);

@@ -1,0 +1,136 @@
+//! The verifier: differences planted on the standby behind the agent's back (a
+//! block rewritten with size and mtime kept, a file deleted, a stray file) are
+//! found by content and repaired, in the background and on demand with
+//! `sluice-agent verify`.
+
+use crate::common::{converge, tail};
+use sluice_tests::{Binaries, FsKind, LoopFs, Pair, PairOptions, compare_trees, random_bytes, wait_until};
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+/// Rewrites `len` bytes at `offset` of `path` and puts its mtime back, so size and
+/// mtime say nothing changed.
+fn corrupt_keeping_mtime(path: &Path, offset: u64, len: usize) {
+    let before = fs::metadata(path).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&vec![0xA5; len], offset).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    assert_eq!(fs::metadata(path).unwrap().modified().unwrap(), before.modified().unwrap());
+}
+
+fn populate(master: &Path) -> usize {
+    fs::create_dir_all(master.join("docs/old")).unwrap();
+    let mut bytes = 0;
+    for i in 0..20 {
+        let data = random_bytes(256 * 1024, i);
+        bytes += data.len();
+        fs::write(master.join(format!("docs/f{i}")), data).unwrap();
+    }
+    fs::write(master.join("docs/old/notes"), b"kept").unwrap();
+    let big = random_bytes(16 * MIB, 99);
+    bytes += big.len();
+    fs::write(master.join("big.img"), big).unwrap();
+    bytes
+}
+
+#[test]
+fn background_verifier_finds_and_repairs_planted_differences() {
+    let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let tree_bytes = populate(master.path());
+    let pair = Pair::start(master.path(), standby.path()).unwrap();
+    converge(&pair, Duration::from_secs(60));
+    let before = pair.agent_metrics().unwrap().get("sluice_verify_mismatches_total");
+
+    let s = standby.path();
+    corrupt_keeping_mtime(&s.join("big.img"), 9 * MIB as u64 + 4096, 4096);
+    fs::remove_file(s.join("docs/old/notes")).unwrap();
+    assert!(compare_trees(master.path(), s).is_err(), "the plant must be visible to the comparison");
+    let planted = Instant::now();
+    wait_until("the verifier to find and repair both differences", Duration::from_secs(120), || {
+        let m = pair.agent_metrics()?;
+        Ok(m.get("sluice_verify_mismatches_total") - before >= 2.0 && compare_trees(master.path(), s).is_ok())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n--- agent log ---\n{}", tail(&pair.agent_log())));
+    let detected = planted.elapsed();
+    let metrics = pair.agent_metrics().unwrap();
+    println!(
+        "verifier: {} planted differences found and repaired {:.1} s after planting, in a tree of {:.1} MiB at the default rate; {} bytes compared so far, {} passes",
+        metrics.get("sluice_verify_mismatches_total") - before,
+        detected.as_secs_f64(),
+        tree_bytes as f64 / MIB as f64,
+        metrics.get("sluice_verify_bytes_total"),
+        metrics.get("sluice_verify_passes_total"),
+    );
+    assert_eq!(metrics.get("sluice_verify_mismatches_total") - before, 2.0, "each difference counted once");
+    wait_until("a whole pass to end", Duration::from_secs(60), || {
+        let m = pair.agent_metrics()?;
+        Ok(m.get("sluice_verify_passes_total") >= 1.0 && m.get("sluice_verify_last_pass_timestamp_seconds") > 1.7e9)
+    })
+    .unwrap();
+    let log = pair.agent_log();
+    assert!(log.contains("big.img") && log.contains("bytes 9437184..9502720"), "the mismatch is logged with its path and range:\n{}", tail(&log));
+    assert!(log.contains("docs/old/notes") && log.contains("missing on the standby"), "{}", tail(&log));
+}
+
+/// Runs `sluice-agent verify` for `pair`, returning its exit code and stdout.
+fn verify_command(pair: &Pair, repair: bool) -> (i32, String) {
+    let binaries = Binaries::locate().unwrap();
+    let mut command = Command::new(&binaries.agent);
+    command.arg("verify").arg("--config").arg(pair.dir().join("agent.toml")).args(["--timeout", "120"]);
+    if repair {
+        command.arg("--repair");
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("$ sluice-agent verify{}\n{stdout}{}", if repair { " --repair" } else { "" }, String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), stdout)
+}
+
+#[test]
+fn verify_command_reports_differences_and_repairs_only_when_asked() {
+    let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    populate(master.path());
+    // Background verification off: only the command looks.
+    let options = PairOptions { agent_toml: "[verify]\nbytes_per_second = 0\n".into(), ..PairOptions::default() };
+    let pair = Pair::start_with(master.path(), standby.path(), options).unwrap();
+    converge(&pair, Duration::from_secs(60));
+    let (code, stdout) = verify_command(&pair, false);
+    assert_eq!(code, 0, "an identical standby verifies clean: {stdout}");
+    assert!(stdout.contains("0 difference(s)"), "{stdout}");
+
+    let s = standby.path();
+    corrupt_keeping_mtime(&s.join("docs/f3"), 1000, 10);
+    fs::write(s.join("docs/stray"), b"only here").unwrap();
+    let (code, stdout) = verify_command(&pair, false);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("differs: docs/f3: bytes 0..65536"), "{stdout}");
+    assert!(stdout.contains("differs: docs/stray: on the standby only"), "{stdout}");
+    assert!(stdout.contains("2 difference(s)"), "{stdout}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(compare_trees(master.path(), s).is_err(), "without --repair nothing is changed");
+
+    let (code, stdout) = verify_command(&pair, true);
+    assert_eq!(code, 1, "differences were found: {stdout}");
+    assert!(stdout.contains("(repaired)"), "{stdout}");
+    converge(&pair, Duration::from_secs(30));
+    let (code, stdout) = verify_command(&pair, false);
+    assert_eq!(code, 0, "{stdout}");
+
+    // No agent, no verification: a clear error.
+    let mut pair = pair;
+    pair.stop_agent().unwrap();
+    let (code, _) = verify_command(&pair, false);
+    assert_ne!(code, 0);
+    let binaries = Binaries::locate().unwrap();
+    let output = Command::new(&binaries.agent).arg("verify").arg("--config").arg(pair.dir().join("agent.toml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach the agent"), "{stderr}");
+}
