@@ -107,11 +107,14 @@ pub struct CaptureConfig {
     pub ring_buffer_bytes: u32,
     /// How long changes to a file are coalesced before they are read and sent.
     pub coalesce_ms: u64,
+    /// Check capture against fanotify's view of the filesystem and repair what
+    /// capture missed.
+    pub cross_check: bool,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        CaptureConfig { ring_buffer_bytes: 8 << 20, coalesce_ms: 2 }
+        CaptureConfig { ring_buffer_bytes: 8 << 20, coalesce_ms: 2, cross_check: true }
     }
 }
 

@@ -46,6 +46,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
     let verifier = crate::verify::Verifier::new(config.verify.bytes_per_second);
     let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, verifier, metrics.clone()))?;
+    let (notices_tx, mut notices) = mpsc::unbounded_channel();
+    let notices_task = if config.capture.cross_check {
+        match crate::crosscheck::Notices::start(&root) {
+            Ok(mut source) => Some(tokio::spawn(async move {
+                loop {
+                    let mut batch = Vec::new();
+                    if let Err(e) = source.next_batch(&mut batch).await {
+                        tracing::warn!("fanotify stopped: {e}; capture is no longer cross-checked");
+                        return;
+                    }
+                    if notices_tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })),
+            Err(e) => {
+                tracing::warn!("fanotify is not available on {} ({e}); capture is not cross-checked", root.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (control_tx, mut control) = mpsc::unbounded_channel();
     let control_task = crate::control::serve(&config.state_dir, control_tx).context("control socket")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -81,6 +104,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     _ = flush_tick.tick(), if rep.engine.has_dirty() => rep.flush(),
                     _ = tick.tick() => rep.tick(),
                     Some(request) = control.recv() => rep.handle_control(request),
+                    Some(batch) = notices.recv() => rep.handle_notices(batch),
                 }
             }
         };
@@ -88,7 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics.connected.set(1);
         let attempt = async {
             let mut session = Session::open(connection, &mut rep, coalesce).await?;
-            session.run(&mut events, &mut control).await
+            session.run(&mut events, &mut control, &mut notices).await
         };
         let result = tokio::select! {
             _ = &mut shutdown => None,
@@ -107,6 +131,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     control_task.abort();
+    if let Some(task) = notices_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(crate::control::socket_path(&config.state_dir));
     rep.write_journal_now();
     endpoint.close(0u32.into(), b"agent stopping");

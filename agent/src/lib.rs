@@ -11,6 +11,7 @@
 //! - [`backlog`]: operations the standby does not hold durably yet, bounded in memory.
 //! - [`journal`]: the durable record of that backlog, for restarts.
 //! - [`session`]: replication across connections, and one connection to the receiver.
+//! - [`crosscheck`]: fanotify notices, checked against what capture reported.
 //! - [`verify`]: the verifier comparing the standby's copy with the master's.
 //! - [`control`]: the local control socket (`sluice-agent verify`).
 //! - [`metrics`]: the Prometheus registry.
@@ -31,3 +32,4 @@ pub mod scan;
 pub mod session;
 pub mod verify;
 pub mod control;
+pub mod crosscheck;

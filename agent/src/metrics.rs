@@ -32,6 +32,8 @@ pub struct Metrics {
     pub repairs: Counter,
     pub repairs_abandoned: Gauge,
     pub internal_errors: Counter,
+    pub crosscheck_misses: Counter,
+    pub crosscheck_overflows: Counter,
     pub verify_bytes: Counter,
     pub verify_mismatches: Counter,
     pub verify_passes: Counter,
@@ -69,6 +71,8 @@ impl Metrics {
         r.register("sluice_ops_diverged", "Operations the standby could not apply to its copy, whose paths were then repaired", self.ops_diverged.clone());
         r.register("sluice_repairs", "Paths of the standby compared and repaired without comparing the whole tree", self.repairs.clone());
         r.register("sluice_repairs_abandoned", "Paths still differing after repeated repairs, left to the verifier", self.repairs_abandoned.clone());
+        r.register("sluice_crosscheck_misses", "Changes fanotify reported that capture did not; each path was repaired", self.crosscheck_misses.clone());
+        r.register("sluice_crosscheck_overflows", "Times fanotify's queue overflowed and changes went unchecked", self.crosscheck_overflows.clone());
         r.register("sluice_verify_bytes", "File content compared by the verifier, on both sides", self.verify_bytes.clone());
         r.register("sluice_verify_mismatches", "Differences between the standby and the master found by the verifier (each means capture missed a change)", self.verify_mismatches.clone());
         r.register("sluice_verify_passes", "Complete verification passes over the tree", self.verify_passes.clone());

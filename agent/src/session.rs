@@ -85,6 +85,8 @@ pub struct Replicator {
     scratch: Vec<PendingOp>,
     pub verifier: Verifier,
     verify_seen: crate::verify::Stats,
+    pub crosscheck: crate::crosscheck::CrossCheck,
+    crosscheck_seen: (u64, u64),
 }
 
 impl Replicator {
@@ -151,6 +153,8 @@ impl Replicator {
             scratch: Vec::new(),
             verifier,
             verify_seen: crate::verify::Stats::default(),
+            crosscheck: crate::crosscheck::CrossCheck::default(),
+            crosscheck_seen: (0, 0),
         })
     }
 
@@ -300,6 +304,11 @@ impl Replicator {
         self.last_written = Some(snapshot);
     }
 
+    /// Takes fanotify's notices, to be checked against capture.
+    pub fn handle_notices(&mut self, notices: Vec<crate::crosscheck::Notice>) {
+        self.crosscheck.add(notices, Instant::now());
+    }
+
     /// Takes a request from the control socket.
     pub fn handle_control(&mut self, control: ControlRequest) {
         match control.request {
@@ -335,7 +344,12 @@ impl Replicator {
         }
         self.verify_seen = stats;
         let oldest = self.verifier.oldest_change_asked().unwrap_or(self.engine.change_count());
-        self.engine.forget_changes_before(oldest);
+        // The cross-check looks a few seconds back at most.
+        self.engine.forget_changes_before(oldest, monotonic_ns().saturating_sub(10_000_000_000));
+        self.crosscheck.judge(&mut self.engine, Instant::now(), monotonic_ns());
+        self.metrics.crosscheck_misses.inc_by(self.crosscheck.misses.saturating_sub(self.crosscheck_seen.0));
+        self.metrics.crosscheck_overflows.inc_by(self.crosscheck.overflows.saturating_sub(self.crosscheck_seen.1));
+        self.crosscheck_seen = (self.crosscheck.misses, self.crosscheck.overflows);
         self.metrics.backlog_ops.set(self.backlog.unsent_len() as i64);
         self.metrics.backlog_bytes.set(self.backlog.unsent_payload() as i64);
         self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
@@ -467,6 +481,7 @@ impl<'a> Session<'a> {
         &mut self,
         events: &mut mpsc::UnboundedReceiver<CaptureBatch>,
         control: &mut mpsc::UnboundedReceiver<ControlRequest>,
+        notices: &mut mpsc::UnboundedReceiver<Vec<crate::crosscheck::Notice>>,
     ) -> anyhow::Result<()> {
         let mut flush_tick = tokio::time::interval(self.coalesce.max(Duration::from_millis(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -509,6 +524,7 @@ impl<'a> Session<'a> {
                     self.rep.handle_batch(batch);
                 }
                 Some(request) = control.recv() => self.rep.handle_control(request),
+                Some(batch) = notices.recv() => self.rep.handle_notices(batch),
                 () = std::future::ready(()), if sendable => self.send_next().await?,
                 () = std::future::ready(()), if answerable => self.answer_next_want(),
                 _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),

@@ -38,6 +38,9 @@ const CONFIRM_AFTER: Duration = Duration::from_secs(1);
 const LIST_ENTRY_COST: u64 = 512;
 /// The rate of a pass asked for on demand.
 const DEMAND_RATE: u64 = 1 << 30;
+/// A path found differing again within this long of its last report is being
+/// repaired already: it is not counted twice.
+const REPORTED_FOR: Duration = Duration::from_secs(30);
 
 /// One difference found (and seen twice).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +122,8 @@ pub struct Verifier {
     outstanding: HashMap<u64, Request>,
     confirm: VecDeque<(Instant, Work)>,
     demand: Option<Demand>,
+    /// Paths reported lately, and when.
+    reported: HashMap<RelPath, Instant>,
     pub stats: Stats,
 }
 
@@ -134,6 +139,7 @@ impl Verifier {
             outstanding: HashMap::new(),
             confirm: VecDeque::new(),
             demand: None,
+            reported: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -259,6 +265,13 @@ impl Verifier {
 
     /// Records a difference seen twice: counted, logged, reported, repaired.
     fn confirmed(&mut self, engine: &mut Engine, path: RelPath, what: String, from_pass: u64) {
+        let now = Instant::now();
+        self.reported.retain(|_, at| now.duration_since(*at) < REPORTED_FOR);
+        if self.reported.insert(path.clone(), now).is_some() && self.demand.is_none() {
+            // Still being repaired from the last report.
+            engine.request_repair(path, format!("verifier: {what}"));
+            return;
+        }
         self.stats.mismatches += 1;
         if from_pass == self.pass.number {
             self.pass.mismatches += 1;

@@ -121,7 +121,8 @@ pub struct Engine {
     /// Changes seen to any inode so far, and the count at each inode's last one,
     /// so the verifier can tell a copy that only lags from one that diverged.
     changes: u64,
-    last_change: HashMap<u64, u64>,
+    /// Per inode: the change count and capture time (CLOCK_MONOTONIC ns) of its last change.
+    last_change: HashMap<u64, (u64, u64)>,
     repairs: repair::Repairs,
 }
 
@@ -220,12 +221,19 @@ impl Engine {
 
     /// True when `ino` changed after the engine had seen `count` changes.
     pub fn changed_since(&self, ino: u64, count: u64) -> bool {
-        self.last_change.get(&ino).is_some_and(|&last| last > count)
+        self.last_change.get(&ino).is_some_and(|&(last, _)| last > count)
     }
 
-    /// Stops remembering changes older than `count` (nobody asks about them).
-    pub fn forget_changes_before(&mut self, count: u64) {
-        self.last_change.retain(|_, last| *last >= count);
+    /// When capture last reported a change to `ino` (CLOCK_MONOTONIC ns), if it
+    /// is still remembered.
+    pub fn last_change_ns(&self, ino: u64) -> Option<u64> {
+        self.last_change.get(&ino).map(|&(_, ts)| ts)
+    }
+
+    /// Stops remembering changes older than change `count` and capture time
+    /// `before_ns`: nobody asks about them.
+    pub fn forget_changes_before(&mut self, count: u64, before_ns: u64) {
+        self.last_change.retain(|_, (last, ts)| *last >= count || *ts >= before_ns);
     }
 
     /// True when the standby should hold what the master has of `ino`: nothing of
@@ -332,7 +340,7 @@ impl Engine {
 
     fn dirty_entry(&mut self, ino: u64, ts: u64) -> &mut Dirty {
         self.changes += 1;
-        self.last_change.insert(ino, self.changes);
+        self.last_change.insert(ino, (self.changes, ts));
         let dirty = self.dirty.entry(ino).or_insert_with(|| Dirty { first_ns: ts, ..Dirty::default() });
         dirty.first_ns = dirty.first_ns.min(ts);
         dirty
