@@ -24,3 +24,5 @@ mod faults;
 mod rollback;
 // The verifier finds and repairs differences planted on the standby.
 mod verify;
+// Operations that do not fit the standby's copy are repaired, not fatal.
+mod repair;
