@@ -229,10 +229,10 @@ impl CrossCheck {
             match &notice {
                 Notice::Modified { ino } => self.judge_modified(engine, *ino, arrived_ns),
                 Notice::Name { dir, name } => {
-                    if let Err(again) = self.judge_name(engine, *dir, name, looks) {
-                        if self.queued.insert(notice.clone()) {
-                            self.pending.push_back((now + again, notice, looks + 1));
-                        }
+                    if let Err(again) = self.judge_name(engine, *dir, name, looks)
+                        && self.queued.insert(notice.clone())
+                    {
+                        self.pending.push_back((now + again, notice, looks + 1));
                     }
                 }
                 Notice::Overflow => {}

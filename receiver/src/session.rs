@@ -259,7 +259,7 @@ impl Session {
 
     /// The hashes of `blocks` blocks of `path` from `offset`, as the standby holds them.
     fn verify(&mut self, id: u64, path: &RelPath, offset: u64, blocks: u32) -> Result<ReceiverMessage, ApplyError> {
-        if offset % BLOCK_SIZE != 0 || blocks > MAX_VERIFY_BLOCKS {
+        if !offset.is_multiple_of(BLOCK_SIZE) || blocks > MAX_VERIFY_BLOCKS {
             return Err(ApplyError::Invalid {
                 path: path.clone(),
                 reason: format!("verify of {blocks} blocks at offset {offset}: at most {MAX_VERIFY_BLOCKS} blocks from a block boundary"),
