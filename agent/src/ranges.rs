@@ -20,9 +20,10 @@ impl RangeSet {
         self.ranges.iter().copied()
     }
 
-    /// Total bytes covered.
+    /// Total bytes covered. A range open to the end of the file ("whatever lies
+    /// past this offset", usually nothing) counts for nothing.
     pub fn bytes(&self) -> u64 {
-        self.ranges.iter().map(|(s, e)| e - s).sum()
+        self.ranges.iter().filter(|(_, e)| *e != u64::MAX).fold(0u64, |sum, (s, e)| sum.saturating_add(e - s))
     }
 
     pub fn insert(&mut self, start: u64, len: u64) {

@@ -264,7 +264,7 @@ impl Engine {
 
     /// Bytes of file data known dirty and not yet read.
     pub fn dirty_bytes(&self) -> u64 {
-        self.dirty.values().map(|d| d.ranges.bytes()).sum()
+        self.dirty.values().fold(0u64, |sum, d| sum.saturating_add(d.ranges.bytes()))
     }
 
     /// Capture time of the oldest change not yet turned into an operation.
