@@ -119,7 +119,7 @@ impl Notices {
                 out.push(Notice::Overflow);
                 continue;
             }
-            let mut info = &event[meta.metadata_len as usize..];
+            let Some(mut info) = event.get(meta.metadata_len as usize..) else { continue };
             while info.len() >= 4 {
                 let (kind, info_len) = (info[0], u16::from_ne_bytes([info[2], info[3]]) as usize);
                 if info_len < 4 || info_len > info.len() {
