@@ -68,6 +68,9 @@ impl Server {
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let mut applier = Applier::open(&config.root)?;
+        if config.replication.devices {
+            applier.enable_devices();
+        }
         if config.rollback.enabled {
             applier.enable_rollback(RollbackCounters {
                 bytes_kept: metrics.rollback_bytes_kept.clone(),

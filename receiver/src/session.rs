@@ -197,7 +197,7 @@ impl Session {
                 }
                 // The agent resumes after what we report, so report only what is on disk.
                 self.make_durable().map_err(|e| refuse(e.to_string()))?;
-                tracing::info!(%agent, durable_seq = self.durable, "agent said hello");
+                tracing::info!(agent = ?agent, durable_seq = self.durable, "agent said hello");
                 self.greeted = true;
                 out.push(ReceiverMessage::Hello {
                     version: PROTOCOL_VERSION,

@@ -25,7 +25,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
 use sluice_proto::{Attrs, Entry, EntryKind, Hash, Meta, Op, ReceiverMessage, RelPath, blocks};
 
-use crate::apply::fs::{kind_of, list_dir, lstat_at, open_beneath, remove_any};
+use crate::apply::fs::{kind_of, list_dir, lstat_at, open_beneath};
 use crate::apply::{Applier, ApplyError, STATE_DIR, check_reserved};
 
 /// Top-level names the manifest never lists but that are not deleted.
@@ -168,6 +168,10 @@ impl InitialSync {
 
     fn entry_kind(&mut self, applier: &mut Applier, entry: &Entry) -> Result<Option<Want>, SyncError> {
         let path = &entry.path;
+        if path.is_root() && entry.kind != EntryKind::Dir {
+            // Replacing the root would empty the standby, `.sluice` included.
+            return Err(ApplyError::Root { op: "replacing by a non-directory" }.into());
+        }
         match &entry.kind {
             EntryKind::Dir => {
                 applier.mkdir(path, entry.meta.mode)?;
@@ -213,7 +217,7 @@ impl InitialSync {
             other => {
                 if other.is_some() {
                     applier.invalidate(path);
-                    remove_any(dir.as_fd(), name).map_err(local(path, "unlinkat"))?;
+                    applier.keep_or_remove(dir.as_fd(), name, path)?;
                 }
                 applier.apply(&Op::CreateFile {
                     path: path.clone(),
@@ -286,9 +290,23 @@ impl InitialSync {
         Ok((self.wanted, replies))
     }
 
-    /// Removes every entry below directory `dir` that was not listed, and recurses
-    /// into the listed directories.
-    fn prune(&self, applier: &mut Applier, dir: &RelPath, replies: &mut Vec<SyncReply>) -> Result<(), SyncError> {
+    /// Removes every entry below directory `top` that was not listed, and goes
+    /// on into the listed directories (from a work list, not by recursion: a
+    /// tree can be deeper than the stack).
+    fn prune(&self, applier: &mut Applier, top: &RelPath, replies: &mut Vec<SyncReply>) -> Result<(), SyncError> {
+        let mut dirs = vec![top.clone()];
+        while let Some(dir) = dirs.pop() {
+            let result = self.prune_dir(applier, &dir, replies, &mut dirs);
+            match result {
+                Err(e) if dir != *top => diverged(&dir, e, replies)?,
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the unlisted entries of `dir` and adds its listed directories to `dirs`.
+    fn prune_dir(&self, applier: &mut Applier, dir: &RelPath, replies: &mut Vec<SyncReply>, dirs: &mut Vec<RelPath>) -> Result<(), SyncError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
         let fd =
             open_beneath(applier.root_fd(), dir.as_path(), flags).map_err(local(dir, "openat2"))?;
@@ -316,8 +334,8 @@ impl InitialSync {
                     .map_err(local(&child, "fstatat"))?
                     .is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR),
             };
-            if is_dir && let Err(e) = self.prune(applier, &child, replies) {
-                diverged(&child, e, replies)?;
+            if is_dir {
+                dirs.push(child);
             }
         }
         Ok(())
