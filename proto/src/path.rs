@@ -154,6 +154,7 @@ pub(crate) fn take_last_refused() -> Option<PathError> {
 impl<'de> Deserialize<'de> for RelPath {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
+        crate::limit::charge::<D::Error>(bytes.len())?;
         RelPath::from_bytes(bytes.into_vec()).map_err(|e| {
             let message = e.to_string();
             LAST_REFUSED.with(|cell| *cell.borrow_mut() = Some(e));

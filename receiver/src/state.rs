@@ -85,6 +85,20 @@ impl State {
         Ok(state)
     }
 
+    /// Opens `<root>/.sluice/` of a receiver set up before, without marking
+    /// anything (for the operator's commands beside a running receiver).
+    pub fn open_existing(root: &Path) -> Result<State, StateError> {
+        let dir = root.join(STATE_DIR);
+        let root_fd = crate::apply::open_root(root).map_err(|e| StateError::Io {
+            path: root.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(root_fd.as_fd(), STATE_DIR, flags, Mode::empty())
+            .map_err(|errno| StateError::Io { path: dir.clone(), source: errno.into() })?;
+        Ok(State { dir, fd: Arc::new(fd), unclean: false, stored: Arc::new(Mutex::new(0)) })
+    }
+
     /// True when the previous run did not stop cleanly (it was killed, or the
     /// machine went down): what it applied after its last durable sequence number
     /// may be on disk.

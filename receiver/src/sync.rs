@@ -15,6 +15,7 @@
 //! all (see [`ApplyError::is_environmental`]) ends the comparison with an error.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -23,9 +24,10 @@ use std::path::Path;
 use nix::dir::Type;
 use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
-use sluice_proto::{Attrs, Entry, EntryKind, Hash, Meta, Op, ReceiverMessage, RelPath, blocks};
+use sluice_proto::{Attrs, Entry, EntryKind, Meta, Op, ReceiverMessage, RelPath};
 
 use crate::apply::fs::{kind_of, list_dir, lstat_at, open_beneath};
+use crate::apply::hashes::{Run, data_block_hashes};
 use crate::apply::{Applier, ApplyError, STATE_DIR, check_reserved};
 
 /// Top-level names the manifest never lists but that are not deleted.
@@ -50,23 +52,39 @@ pub enum SyncError {
         call: &'static str,
         source: std::io::Error,
     },
+    /// The manifest lists more entries than one comparison may.
+    #[error("the manifest lists more than {max} entries (`[safety] max_manifest_entries`)")]
+    TooManyEntries { max: u64 },
 }
 
-/// A file the standby needs: its local size and block hashes.
+/// A file the standby needs: its local size and the hashes of the blocks of
+/// its copy that hold data (holes are left out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
     pub path: RelPath,
     pub size: u64,
-    pub hashes: Vec<Hash>,
+    pub runs: Vec<Run>,
 }
 
-impl From<Want> for ReceiverMessage {
-    fn from(want: Want) -> Self {
-        ReceiverMessage::Want {
-            path: want.path,
-            size: want.size,
-            hashes: want.hashes,
+impl Want {
+    /// One `Want` message per run of hashes (at least one), so no message
+    /// outgrows a frame however large the file.
+    pub fn into_messages(self) -> Vec<ReceiverMessage> {
+        let mut runs = self.runs;
+        if runs.is_empty() {
+            runs.push(Run { first_block: 0, hashes: Vec::new() });
         }
+        let count = runs.len();
+        runs.into_iter()
+            .enumerate()
+            .map(|(i, run)| ReceiverMessage::Want {
+                path: self.path.clone(),
+                size: self.size,
+                first_block: run.first_block,
+                hashes: run.hashes,
+                last: i + 1 == count,
+            })
+            .collect()
     }
 }
 
@@ -79,19 +97,25 @@ pub enum SyncReply {
     Diverged { path: RelPath, reason: String },
 }
 
-impl From<SyncReply> for ReceiverMessage {
-    fn from(reply: SyncReply) -> Self {
-        match reply {
-            SyncReply::Want(want) => want.into(),
-            SyncReply::Diverged { path, reason } => ReceiverMessage::Diverged { seq: 0, paths: vec![path], reason },
+impl SyncReply {
+    /// The messages that carry the reply.
+    pub fn into_messages(self) -> Vec<ReceiverMessage> {
+        match self {
+            SyncReply::Want(want) => want.into_messages(),
+            SyncReply::Diverged { path, reason } => vec![ReceiverMessage::Diverged { seq: 0, paths: vec![path], reason }],
         }
     }
 }
 
 /// The state of one initial sync, from the first manifest chunk to `ManifestEnd`.
-#[derive(Default)]
 pub struct InitialSync {
-    listed: HashSet<RelPath>,
+    /// Keyed hashes of the listed paths: a large manifest costs 8 bytes an
+    /// entry, not its paths. Two paths sharing a hash (unlikely, and not
+    /// something a peer can aim for with a random key) only mean an unlisted
+    /// entry is kept, never that a listed one is deleted.
+    listed: HashSet<u64>,
+    keys: RandomState,
+    max_entries: u64,
     /// Metadata applied at the end, in manifest order (parents first).
     deferred: Vec<(RelPath, Meta, bool)>,
     wanted: u64,
@@ -112,6 +136,7 @@ impl SyncError {
     pub fn is_environmental(&self) -> bool {
         match self {
             SyncError::Apply(e) => e.is_environmental(),
+            SyncError::TooManyEntries { .. } => false,
             SyncError::Hash { source, .. } | SyncError::Local { source, .. } => {
                 matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::ENFILE | libc::EMFILE))
             }
@@ -127,9 +152,71 @@ fn local(path: &RelPath, call: &'static str) -> impl FnOnce(nix::errno::Errno) -
     }
 }
 
+/// Entries one comparison lists at most, unless configured otherwise.
+pub const DEFAULT_MAX_ENTRIES: u64 = 50_000_000;
+
+impl Default for InitialSync {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_MAX_ENTRIES)
+    }
+}
+
 impl InitialSync {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sync that refuses a manifest of more than `max_entries` entries.
+    pub fn with_limit(max_entries: u64) -> Self {
+        InitialSync {
+            listed: HashSet::new(),
+            keys: RandomState::new(),
+            max_entries,
+            deferred: Vec::new(),
+            wanted: 0,
+        }
+    }
+
+    fn key(&self, path: &RelPath) -> u64 {
+        self.keys.hash_one(path.as_bytes())
+    }
+
+    fn is_listed(&self, path: &RelPath) -> bool {
+        self.listed.contains(&self.key(path))
+    }
+
+    /// How many entries of the standby a comparison of the whole tree would
+    /// delete, and how many it holds (both counting everything below a
+    /// directory, and leaving out `.sluice` and `lost+found`).
+    pub fn deletions(&self, applier: &Applier) -> Result<(u64, u64), SyncError> {
+        let (mut doomed, mut total) = (0u64, 0u64);
+        let mut dirs = vec![RelPath::root()];
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+        while let Some(dir) = dirs.pop() {
+            let Ok(fd) = open_beneath(applier.root_fd(), dir.as_path(), flags) else { continue };
+            for (name, kind) in list_dir(fd.as_fd()).map_err(local(&dir, "readdir"))? {
+                let name = OsStr::from_bytes(&name);
+                if dir.is_root() && KEPT_AT_TOP.iter().any(|kept| name == OsStr::new(kept)) {
+                    continue;
+                }
+                let Ok(child) = dir.join(name) else { continue };
+                let is_dir = match kind {
+                    Some(kind) => kind == Type::Directory,
+                    None => lstat_at(fd.as_fd(), name).ok().flatten().is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR),
+                };
+                if self.is_listed(&child) {
+                    total += 1;
+                    if is_dir {
+                        dirs.push(child);
+                    }
+                } else {
+                    let below = crate::apply::fs::count_tree(fd.as_fd(), name);
+                    doomed += below;
+                    total += below;
+                }
+            }
+        }
+        Ok((doomed, total))
     }
 
     /// Applies one manifest chunk and returns the files the standby wants and the
@@ -145,7 +232,11 @@ impl InitialSync {
                 tracing::warn!(path = %entry.path, "manifest lists the receiver's reserved directory; skipped");
                 continue;
             }
-            self.listed.insert(entry.path.clone());
+            if self.listed.len() as u64 >= self.max_entries {
+                return Err(SyncError::TooManyEntries { max: self.max_entries });
+            }
+            let key = self.key(&entry.path);
+            self.listed.insert(key);
             match self.entry(applier, entry) {
                 Ok(Some(want)) => {
                     self.wanted += 1;
@@ -227,7 +318,7 @@ impl InitialSync {
                 return Ok(Some(Want {
                     path: path.clone(),
                     size: 0,
-                    hashes: Vec::new(),
+                    runs: Vec::new(),
                 }));
             }
         };
@@ -244,14 +335,14 @@ impl InitialSync {
             return Ok(None);
         }
         let file = applier.open_read(path)?;
-        let hashes = blocks::hash_blocks(&file).map_err(|source| SyncError::Hash {
+        let runs = data_block_hashes(&file, stat.st_size as u64).map_err(|source| SyncError::Hash {
             path: path.clone(),
             source,
         })?;
         Ok(Some(Want {
             path: path.clone(),
             size: stat.st_size as u64,
-            hashes,
+            runs,
         }))
     }
 
@@ -265,7 +356,7 @@ impl InitialSync {
             if check_reserved(subtree).is_err() {
                 continue;
             }
-            let result = if subtree.is_root() || self.listed.contains(subtree) {
+            let result = if subtree.is_root() || self.is_listed(subtree) {
                 self.prune(applier, subtree, &mut replies)
             } else {
                 // Gone from the master since the agent asked: the whole subtree goes.
@@ -320,7 +411,7 @@ impl InitialSync {
                 call: "readdir",
                 source: std::io::Error::other(format!("unusable name {:?}", Path::new(name))),
             })?;
-            if !self.listed.contains(&child) {
+            if !self.is_listed(&child) {
                 tracing::debug!(path = %child, "not on the master; removed");
                 applier.invalidate(&child);
                 if let Err(e) = applier.keep_or_remove(fd.as_fd(), name, &child) {
@@ -345,7 +436,7 @@ impl InitialSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_proto::Timestamp;
+    use sluice_proto::{Timestamp, blocks};
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 
@@ -424,13 +515,13 @@ mod tests {
         assert_eq!(wants.len(), 2);
         assert_eq!(wants[0].path, p("stale"));
         assert_eq!(wants[0].size, stale.len() as u64);
-        assert_eq!(wants[0].hashes, blocks::hash_blocks(&stale[..]).unwrap());
+        assert_eq!(wants[0].runs, vec![Run { first_block: 0, hashes: blocks::hash_blocks(&stale[..]).unwrap() }]);
         assert_eq!(
             wants[1],
             Want {
                 path: p("d/new"),
                 size: 0,
-                hashes: vec![]
+                runs: vec![]
             }
         );
         assert_eq!(sync.finish(&mut applier, &[RelPath::root()]).unwrap(), (2, vec![]));

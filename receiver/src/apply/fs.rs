@@ -183,6 +183,24 @@ fn descend(
     Ok(Some((fd, Level { name: name.clone(), id: (stat.st_dev, stat.st_ino), pending })))
 }
 
+/// How many entries `name` in `parent` is: 1, or for a directory, 1 and all
+/// below it. Unreadable parts count as nothing more.
+pub(crate) fn count_tree(parent: BorrowedFd<'_>, name: &OsStr) -> u64 {
+    let count = std::cell::Cell::new(0u64);
+    let add = |_: BorrowedFd<'_>, _: &OsStr| {
+        count.set(count.get() + 1);
+        Ok(())
+    };
+    match lstat_at(parent, name) {
+        Ok(Some(stat)) if kind_of(&stat) == SFlag::S_IFDIR => {
+            let _ = walk(parent, name, |dir, child, _| add(dir, child), add);
+            count.get().max(1)
+        }
+        Ok(Some(_)) => 1,
+        _ => 0,
+    }
+}
+
 /// Lists the names in directory `dir` (without `.` and `..`).
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> nix::Result<Vec<(Vec<u8>, Option<Type>)>> {
     let fd = openat(

@@ -22,6 +22,7 @@
 
 mod cache;
 pub(crate) mod fs;
+pub mod hashes;
 pub mod rollback;
 mod special;
 #[cfg(test)]
