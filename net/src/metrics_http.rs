@@ -4,7 +4,8 @@
 //! a web framework out of a daemon whose job is replication. Whoever can reach
 //! the port can open connections, so their number, the time a request may take
 //! and its size are bounded, and a failing `accept` (out of descriptors) backs
-//! off instead of spinning.
+//! off instead of spinning. When all slots are taken the oldest connection
+//! goes, so clients that connect and say nothing cannot lock a scraper out.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Requests answered at once; further connections wait in the kernel's backlog.
+/// Connections served at once; a new one beyond it replaces the oldest.
 const MAX_CONNECTIONS: usize = 16;
 /// Time a client gets to send its request and read the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,10 +40,9 @@ pub fn serve_metrics_on(
     let listener = TcpListener::from_std(listener)?;
     let bound = listener.local_addr()?;
     tracing::info!("metrics on http://{bound}/metrics");
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
+        let mut active: std::collections::VecDeque<tokio::task::JoinHandle<()>> = std::collections::VecDeque::new();
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -51,15 +51,20 @@ pub fn serve_metrics_on(
                     continue;
                 }
             };
+            active.retain(|request| !request.is_finished());
+            if active.len() >= MAX_CONNECTIONS
+                && let Some(oldest) = active.pop_front()
+            {
+                oldest.abort();
+            }
             let registry = registry.clone();
-            tokio::spawn(async move {
+            active.push_back(tokio::spawn(async move {
                 match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry)).await {
                     Ok(Err(e)) => tracing::debug!("metrics request failed: {e}"),
                     Err(_) => tracing::debug!("metrics request timed out"),
                     Ok(Ok(())) => {}
                 }
-                drop(slot);
-            });
+            }));
         }
     });
     Ok((bound, task))
@@ -114,11 +119,12 @@ mod tests {
             stream.read_to_string(&mut answer).await.unwrap();
             answer
         };
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT * 4, scrape).await.expect("a scrape was starved");
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT / 2, scrape).await.expect("a scrape was starved");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         // A silent client is hung up on once its time is up.
         let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(REQUEST_TIMEOUT * 2, idle[0].read(&mut buf)).await.expect("idle connection kept open");
+        let last = idle.last_mut().unwrap();
+        let read = tokio::time::timeout(REQUEST_TIMEOUT * 2, last.read(&mut buf)).await.expect("idle connection kept open");
         assert!(matches!(read, Ok(0) | Err(_)));
         task.abort();
     }
