@@ -59,7 +59,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn any_frame_decodes_or_fails_without_panicking(flags in 0u8..2, body in prop::collection::vec(any::<u8>(), 0..4096)) {

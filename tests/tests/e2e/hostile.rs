@@ -341,3 +341,54 @@ fn the_receiver_keeps_only_the_capabilities_it_needs() {
     std::os::unix::fs::chown(master.path().join("f"), Some(1234), Some(5678)).unwrap();
     wait_until_identical(master.path(), standby.path(), Duration::from_secs(30)).unwrap();
 }
+
+#[test]
+fn a_sparse_200_gib_file_does_not_stall_the_initial_sync() {
+    let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let (m, s) = (master.path(), standby.path());
+    let size = 200u64 << 30;
+    // The standby holds an older copy: a comparison must hash it, and its hashes
+    // alone (3.2 million blocks) are larger than a frame.
+    for (dir, content) in [(m, b"master's"), (s, b"standby ")] {
+        let file = std::fs::File::create(dir.join("huge")).unwrap();
+        file.set_len(size).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, content, 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, content, size - 8).unwrap();
+    }
+    // Same size; an older mtime makes the copy differ for the comparison.
+    sluice_tests::run(&format!("touch -d 2020-01-01 {}", s.join("huge").display())).unwrap();
+    // Returns once the agent reports the initial sync complete.
+    let pair = Pair::start(m, s).unwrap();
+    // Comparing whole trees would read 400 GiB of holes: the data and the metadata suffice.
+    let copy = std::fs::File::open(s.join("huge")).unwrap();
+    let mut head = [0u8; 8];
+    let mut tail = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&copy, &mut head, 0).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&copy, &mut tail, size - 8).unwrap();
+    assert_eq!((&head, &tail), (b"master's", b"master's"), "agent:\n{}\nreceiver:\n{}", pair.agent_log(), pair.receiver_log());
+    let (a, b) = (std::fs::metadata(m.join("huge")).unwrap(), copy.metadata().unwrap());
+    assert_eq!((a.len(), a.mtime(), a.mtime_nsec()), (b.len(), b.mtime(), b.mtime_nsec()));
+    let sent = pair.agent_metrics().unwrap().get("sluice_payload_bytes_sent_total");
+    assert!(sent <= 2.0 * 64.0 * 1024.0, "sent {sent} bytes for two differing blocks");
+}
+
+#[test]
+fn an_agent_whose_tree_vanished_refuses_to_start() {
+    let master = LoopFs::new(FsKind::Ext4, 64).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 64).unwrap();
+    let (m, s) = (master.path(), standby.path());
+    for i in 0..5 {
+        std::fs::write(m.join(format!("f{i}")), b"data").unwrap();
+    }
+    let mut pair = Pair::start(m, s).unwrap();
+    wait_until_identical(m, s, Duration::from_secs(30)).unwrap();
+    pair.stop_agent().unwrap();
+    // What an unmounted filesystem looks like from the agent's side.
+    for i in 0..5 {
+        std::fs::remove_file(m.join(format!("f{i}"))).unwrap();
+    }
+    assert!(pair.start_agent().is_err(), "the agent started on an empty tree");
+    assert!(pair.agent_log().contains("is its filesystem mounted"), "{}", pair.agent().log_tail(20));
+    assert_eq!(std::fs::read_dir(s).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with('f')).count(), 5);
+}
