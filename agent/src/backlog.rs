@@ -227,8 +227,14 @@ impl Backlog {
             if self.queued_manifest.as_ref().is_some_and(|(after, _)| queued.seq >= *after) {
                 break;
             }
+            if batch.len() >= sluice_proto::MAX_OPS {
+                break;
+            }
             let queued = self.unsent.pop_front().expect("front exists");
             let len = queued.pending.op.payload_len();
+            // Frames are bounded by what operations take encoded, not only by the
+            // file content they carry: a backlog of creates holds no content.
+            let encoded = queued.pending.op.encoded_len_hint() as u64;
             self.unsent_payload -= len;
             let record = Record::of(queued.seq, &queued.pending);
             self.in_flight.0 += 1;
@@ -236,7 +242,7 @@ impl Backlog {
             self.unconfirmed.insert(queued.seq, (queued.captured_ns, record));
             let captured_unix_ns = now_unix.saturating_sub(now_mono.saturating_sub(queued.captured_ns));
             batch.push(SeqOp { seq: queued.seq, captured_unix_ns, op: queued.pending.op });
-            payload += len;
+            payload += encoded;
             if payload >= max_payload {
                 break;
             }

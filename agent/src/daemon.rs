@@ -25,6 +25,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let identity = Identity::load(&config.tls.identity).context("loading the agent identity")?;
     let endpoint = client_endpoint(&identity, &config.tls.peer_fingerprint)?;
 
+    let (journal, loaded) = Journal::open(&config.state_dir).context("opening the agent's durable state")?;
+    if loaded.as_ref().is_some_and(|s| s.tree_nonempty) && tree_is_empty(&root)? {
+        anyhow::bail!(
+            "the watched root {} is empty, but held files when the agent last ran: is its filesystem mounted? \
+             Replicating it would empty the standby. If the tree is meant to be empty, remove {} and start again",
+            root.display(),
+            config.state_dir.display()
+        );
+    }
+
     let options = CaptureOptions { ring_buffer_bytes: config.capture.ring_buffer_bytes };
     let mut capture = Capture::start(&root, &options).context("starting eBPF capture")?;
     tracing::info!(mode = capture.mode(), root = %root.display(), "capturing changes");
@@ -41,7 +51,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let engine = Engine::new(&root, capture.watched_dev(), options)?;
     let durability = &config.durability;
     let interval = Duration::from_millis(durability.journal_interval_ms);
-    let (journal, loaded) = Journal::open(&config.state_dir).context("opening the agent's durable state")?;
     let journal = JournalWriter::start(journal, interval);
     let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
     let verifier = crate::verify::Verifier::new(config.verify.bytes_per_second);
@@ -149,6 +158,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     capture_task.abort();
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// True when `root` holds nothing but what is never replicated.
+fn tree_is_empty(root: &std::path::Path) -> anyhow::Result<bool> {
+    let entries = std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))?;
+    for entry in entries {
+        let name = entry.with_context(|| format!("listing {}", root.display()))?.file_name();
+        if !crate::scan::EXCLUDED_TOP_LEVEL.iter().any(|excluded| name == *excluded) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Connects to the receiver, trying again every [`RECONNECT_DELAY`] until it answers.

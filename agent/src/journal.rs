@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 8] = b"SLUICEJ1";
+/// J2 added `tree_nonempty`; a J1 snapshot is ignored (a comparison of the tree follows).
+const MAGIC: &[u8; 8] = b"SLUICEJ2";
 const HEADER_LEN: usize = 8 + 8 + 8 + 32;
 /// Bytes of snapshot written per second, at most, once snapshots grow large.
 const BYTES_PER_SECOND: u64 = 4 << 20;
@@ -55,6 +56,10 @@ pub struct Snapshot {
     pub ops: Vec<Record>,
     /// Inodes with ranges (or metadata) the standby may lack.
     pub dirty: Vec<DirtyInode>,
+    /// The watched tree held something besides its root: an empty root at the
+    /// next start means the filesystem is not mounted (or was wiped), and
+    /// replicating that would empty the standby.
+    pub tree_nonempty: bool,
 }
 
 /// The two snapshot slots of `state_dir`.
@@ -234,6 +239,7 @@ mod tests {
             verify_since: 100,
             ops: vec![Record::Op { seq: 4, op: Op::Mkdir { path: RelPath::from_bytes("d").unwrap(), mode: 0o755 } }],
             dirty: vec![DirtyInode { ino: 12, ranges: vec![(0, 4096)], attrs: true }],
+            tree_nonempty: true,
         }
     }
 

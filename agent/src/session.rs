@@ -18,8 +18,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Manifest entries per frame.
-const MANIFEST_CHUNK: usize = 2048;
+/// Encoded manifest bytes per frame, about (entries with large extended
+/// attributes make few entries a frame).
+const MANIFEST_CHUNK_BYTES: usize = 1 << 20;
 /// Payload bytes per frame of operations; small ops share a frame.
 const FRAME_PAYLOAD: u64 = 1 << 20;
 /// Rescans closer together than this are deferred, so a burst of unplaceable events costs one.
@@ -78,6 +79,9 @@ pub struct Replicator {
     journal_seen: u64,
     /// The operation the receiver refused on the previous connection.
     refused: Option<u64>,
+    /// The backlog was cleared while connected: the next operations sent do not
+    /// follow the last ones, which the receiver must be told.
+    skip_owed: bool,
     online: bool,
     /// When the last event was handled (Unix seconds).
     last_event_secs: i64,
@@ -147,6 +151,7 @@ impl Replicator {
             read_seen: 0,
             journal_seen: 0,
             refused: None,
+            skip_owed: false,
             online: false,
             last_event_secs: 0,
             ticks: 0,
@@ -206,6 +211,7 @@ impl Replicator {
             self.metrics.backlog_overflows.inc();
             let reason = format!("more than {} operations waited for the standby", self.backlog.unsent_len());
             self.backlog.clear();
+            self.skip_owed = true;
             self.engine.request_compare(reason);
         }
         self.hold_data_if_needed();
@@ -283,6 +289,7 @@ impl Replicator {
             verify_since,
             ops,
             dirty,
+            tree_nonempty: !self.engine.index().is_empty(),
         };
         // Skipping an unchanged snapshot leaves an older `verify_since` on disk,
         // which only makes a restart verify more.
@@ -380,6 +387,8 @@ pub struct Session<'a> {
     last_progress: Instant,
     /// Files the receiver wants, not yet read.
     wants: VecDeque<(RelPath, Vec<Hash>)>,
+    /// A file whose hashes have come in part.
+    partial_want: Option<(RelPath, Vec<Hash>)>,
     /// The receiver's `ManifestDone`, held until every want has been read.
     manifest_done: Option<u64>,
 }
@@ -443,6 +452,10 @@ impl<'a> Session<'a> {
         } else {
             requeued
         };
+        // What is resent may skip numbers (re-read writes get new ones), and so
+        // may what follows a cleared backlog; the receiver refuses any other gap.
+        writer.write(&AgentMessage::Skip { next_seq: rep.backlog.next_seq() }).await?;
+        rep.skip_owed = false;
         for inode in &dirty {
             rep.engine.redirty(inode, now);
         }
@@ -472,6 +485,7 @@ impl<'a> Session<'a> {
             coalesce,
             last_progress: Instant::now(),
             wants: VecDeque::new(),
+            partial_want: None,
             manifest_done: None,
         })
     }
@@ -549,6 +563,10 @@ impl<'a> Session<'a> {
         }
         match self.rep.backlog.take(FRAME_PAYLOAD, monotonic_ns(), unix_ns()) {
             Some(Next::Ops(ops)) => {
+                if self.rep.skip_owed {
+                    self.rep.skip_owed = false;
+                    self.writer.write(&AgentMessage::Skip { next_seq: ops[0].seq }).await?;
+                }
                 if !self.synced {
                     self.rep.metrics.initial_sync_complete.set(0);
                 }
@@ -571,7 +589,7 @@ impl<'a> Session<'a> {
     }
 
     async fn write_manifest(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
-        for chunk in entries.chunks(MANIFEST_CHUNK) {
+        for chunk in sluice_proto::manifest_chunks(entries, MANIFEST_CHUNK_BYTES) {
             self.writer.write(&AgentMessage::Manifest(chunk.to_vec())).await?;
         }
         Ok(())
@@ -607,7 +625,24 @@ impl<'a> Session<'a> {
         match reply {
             // Answered as the backlog makes room: reading every wanted file at once
             // would hold the whole difference in memory.
-            ReceiverMessage::Want { path, hashes, .. } => self.wants.push_back((path, hashes)),
+            ReceiverMessage::Want { path, first_block, hashes, last, .. } => {
+                // A large file's hashes come in parts; blocks no part covers are holes.
+                let mut assembled = match self.partial_want.take() {
+                    Some((partial, assembled)) if partial == path => assembled,
+                    _ => Vec::new(),
+                };
+                let first = usize::try_from(first_block).unwrap_or(usize::MAX);
+                if first > assembled.len() {
+                    assembled.resize(first, sluice_proto::blocks::zero_block_hash());
+                }
+                assembled.truncate(first);
+                assembled.extend(hashes);
+                if last {
+                    self.wants.push_back((path, assembled));
+                } else {
+                    self.partial_want = Some((path, assembled));
+                }
+            }
             ReceiverMessage::ManifestDone { wanted } => {
                 self.manifest_done = Some(wanted);
                 self.finish_manifest_if_answered();

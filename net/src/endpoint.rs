@@ -30,20 +30,38 @@ pub const IDLE_TIMEOUT_MS: u32 = 5_000;
 /// Keep-alives make an idle but healthy link send something well within the timeout.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
-fn transport() -> Arc<TransportConfig> {
+/// The transport both sides use. Replication is one bidirectional stream the
+/// agent opens: the receiver accepts one such stream and no unidirectional
+/// ones, the agent accepts none, and neither takes datagrams, so a peer cannot
+/// make the other hold buffers for streams nobody reads.
+fn transport(accept_bidi: u32) -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     transport
         .stream_receive_window(VarInt::from_u32(32 << 20))
         .receive_window(VarInt::from_u32(64 << 20))
         .send_window(64 << 20)
+        .max_concurrent_bidi_streams(VarInt::from_u32(accept_bidi))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
     Arc::new(transport)
 }
 
+/// Connections still in their handshake that the server holds state for at
+/// once; more are refused before any cryptography is spent on them.
+pub const MAX_INCOMING: usize = 64;
+
 /// A server endpoint on `listen` that only completes handshakes with a client
 /// presenting the certificate pinned by `peer_fingerprint`.
 pub fn server_endpoint(listen: SocketAddr, identity: &Identity, peer_fingerprint: &str) -> Result<Endpoint, NetError> {
+    server_endpoint_on(bind_udp(listen)?, identity, peer_fingerprint)
+}
+
+/// [`server_endpoint`] on a socket bound earlier with [`bind_udp`] (by a
+/// process that drops its privileges in between).
+pub fn server_endpoint_on(socket: std::net::UdpSocket, identity: &Identity, peer_fingerprint: &str) -> Result<Endpoint, NetError> {
+    let listen = socket.local_addr().map_err(|source| NetError::Bind { addr: "0.0.0.0:0".parse().expect("literal address"), source })?;
     let provider = provider();
     let verifier = PinnedVerifier::new(parse_fingerprint(peer_fingerprint)?, provider.clone());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -53,8 +71,10 @@ pub fn server_endpoint(listen: SocketAddr, identity: &Identity, peer_fingerprint
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::QuicTls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
-    let socket = bind_socket(listen)?;
+    config.transport_config(transport(1));
+    config.max_incoming(MAX_INCOMING);
+    config.incoming_buffer_size(64 << 10);
+    config.incoming_buffer_size_total(4 << 20);
     Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| NetError::Bind { addr: listen, source })
 }
@@ -72,9 +92,9 @@ pub fn client_endpoint(identity: &Identity, peer_fingerprint: &str) -> Result<En
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::QuicTls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(0));
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
-    let socket = bind_socket(bind)?;
+    let socket = bind_udp(bind)?;
     let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
@@ -85,7 +105,8 @@ pub fn client_endpoint(identity: &Identity, peer_fingerprint: &str) -> Result<En
 /// kernel's default (about 200 KiB), or QUIC resends what the kernel dropped.
 const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
-fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
+/// Binds a UDP socket for QUIC with large kernel buffers.
+pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
     for (forced, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
         // The FORCE variants pass net.core.*mem_max when privileged; the plain ones are capped by it.

@@ -9,11 +9,12 @@ pub struct FrameReader {
     recv: quinn::RecvStream,
     body: Vec<u8>,
     bytes_read: u64,
+    last_cost: usize,
 }
 
 impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
-        FrameReader { recv, body: Vec::new(), bytes_read: 0 }
+        FrameReader { recv, body: Vec::new(), bytes_read: 0, last_cost: 0 }
     }
 
     /// The next message, or `None` when the peer finished the stream between frames.
@@ -29,9 +30,15 @@ impl FrameReader {
             return Err(NetError::TruncatedFrame);
         }
         let message = decode_body(flags, &body);
+        self.last_cost = len + sluice_proto::limit::decoded_cost();
         self.body = body;
         self.bytes_read += (FRAME_HEADER_LEN + len) as u64;
         Ok(Some(message?))
+    }
+
+    /// Memory the last message read takes: its frame and what it decoded into.
+    pub fn last_cost(&self) -> usize {
+        self.last_cost
     }
 
     /// Frame bytes read so far.

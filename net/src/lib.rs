@@ -21,10 +21,10 @@ pub mod identity;
 pub mod metrics_http;
 pub mod pinned;
 
-pub use endpoint::{SERVER_NAME, client_endpoint, is_unknown_peer, server_endpoint};
+pub use endpoint::{SERVER_NAME, bind_udp, client_endpoint, is_unknown_peer, server_endpoint, server_endpoint_on};
 pub use framed::{FrameReader, FrameWriter};
 pub use identity::{Identity, parse_fingerprint};
-pub use metrics_http::serve_metrics;
+pub use metrics_http::{serve_metrics, serve_metrics_on};
 
 use std::path::PathBuf;
 

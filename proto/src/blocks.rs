@@ -15,6 +15,12 @@ pub fn hash(data: &[u8]) -> Hash {
     *blake3::hash(data).as_bytes()
 }
 
+/// blake3 of a whole block of zeros: what a hole hashes to.
+pub fn zero_block_hash() -> Hash {
+    static ZERO: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| hash(&[0u8; BLOCK_SIZE as usize]))
+}
+
 /// Hashes every block of `reader`.
 pub fn hash_blocks(mut reader: impl Read) -> io::Result<Vec<Hash>> {
     let mut hashes = Vec::new();

@@ -10,8 +10,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Bytes before the body: the length and the flags.
 pub const FRAME_HEADER_LEN: usize = 5;
-/// Largest body accepted; a peer announcing more is refused before any allocation.
-pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+/// Largest body accepted, before and after decompression; a peer announcing
+/// more is refused before any allocation. The agent sends about 1 MiB of file
+/// content per frame, so this leaves room for one more write and the framing.
+pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 /// Bodies shorter than this are never compressed.
 const COMPRESS_MIN: usize = 256;
 const FLAG_ZSTD: u8 = 1;
@@ -37,6 +39,9 @@ pub enum FrameError {
     /// The body is not a valid message.
     #[error("malformed message: {source}")]
     Malformed { source: postcard::Error },
+    /// The message holds more than a message may (see [`crate::limit`]).
+    #[error("message over its limits: {source}")]
+    Limit { source: crate::limit::LimitError },
     /// The message could not be encoded.
     #[error("cannot encode message: {source}")]
     Encode { source: postcard::Error },
@@ -45,6 +50,10 @@ pub enum FrameError {
 /// Encodes `message` into a complete frame, compressing when `compress` is set and it pays.
 pub fn encode_frame<T: Serialize>(message: &T, compress: bool) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(message).map_err(|source| FrameError::Encode { source })?;
+    // Checked before compression: the receiving side bounds what it decompresses by it.
+    if body.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len: body.len() });
+    }
     let (flags, body) = if compress && body.len() >= COMPRESS_MIN && sample_compresses(&body) {
         match zstd::bulk::compress(&body, 1) {
             Ok(small) if small.len() < body.len() - body.len() / 8 => (FLAG_ZSTD, small),
@@ -86,20 +95,42 @@ pub fn parse_header(header: [u8; FRAME_HEADER_LEN]) -> Result<(usize, u8), Frame
     Ok((len, flags))
 }
 
-/// Decodes a frame body read after a header with `flags`.
+/// Decodes a frame body read after a header with `flags`. What the message
+/// costs in memory is then [`crate::limit::decoded_cost`].
 pub fn decode_body<T: DeserializeOwned>(flags: u8, body: &[u8]) -> Result<T, FrameError> {
     crate::path::take_last_refused();
+    crate::limit::reset();
     let decoded = if flags & FLAG_ZSTD != 0 {
-        let plain = zstd::bulk::decompress(body, MAX_FRAME_LEN)
-            .map_err(|source| FrameError::Decompress { source })?;
+        let plain = decompress(body)?;
         postcard::from_bytes(&plain)
     } else {
         postcard::from_bytes(body)
     };
-    decoded.map_err(|source| match crate::path::take_last_refused() {
-        Some(source) => FrameError::Path { source },
-        None => FrameError::Malformed { source },
+    decoded.map_err(|source| {
+        if let Some(source) = crate::limit::take_exceeded() {
+            return FrameError::Limit { source };
+        }
+        match crate::path::take_last_refused() {
+            Some(source) => FrameError::Path { source },
+            None => FrameError::Malformed { source },
+        }
     })
+}
+
+/// Decompresses a body into at most [`MAX_FRAME_LEN`] bytes, growing the
+/// buffer as data comes rather than reserving the limit for every frame.
+fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|source| FrameError::Decompress { source })?;
+    let mut plain = Vec::with_capacity(body.len().saturating_mul(2).min(MAX_FRAME_LEN));
+    decoder
+        .take(MAX_FRAME_LEN as u64 + 1)
+        .read_to_end(&mut plain)
+        .map_err(|source| FrameError::Decompress { source })?;
+    if plain.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len: plain.len() });
+    }
+    Ok(plain)
 }
 
 #[cfg(test)]
@@ -147,6 +178,41 @@ mod tests {
         assert_eq!(frame[4], 0, "random data must not be compressed");
         assert!(frame.len() < 65_536 + 80);
         assert_eq!(roundtrip(&message, true).0, message);
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        // 64 MiB of zeros compress to a few KiB: a bomb.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+        let err = decode_body::<AgentMessage>(FLAG_ZSTD, &bomb).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+        let too_big = AgentMessage::Manifest(Vec::new());
+        assert!(encode_frame(&too_big, true).is_ok());
+    }
+
+    #[test]
+    fn tiny_operations_cannot_inflate_a_frame() {
+        // The most operations a frame can hold, each as small as can be: decoded,
+        // they would take far more memory than the frame.
+        let op = SeqOp { seq: 1, captured_unix_ns: 0, op: Op::Barrier { path: None } };
+        let flood = AgentMessage::Ops(vec![op; crate::MAX_OPS + 1]);
+        let frame = encode_frame(&flood, false).unwrap();
+        let err = decode_body::<AgentMessage>(frame[4], &frame[5..]).unwrap_err();
+        assert!(matches!(err, FrameError::Limit { .. }), "{err}");
+        assert!(err.to_string().contains("at most 4096"), "{err}");
+        // Under the count, the budget still holds: every op with 1,000 empty xattrs.
+        let xattrs = vec![crate::Xattr { name: Vec::new(), value: Vec::new() }; 1000];
+        let op = SeqOp { seq: 1, captured_unix_ns: 0, op: Op::SetXattrs { path: RelPath::root(), xattrs } };
+        let flood = AgentMessage::Ops(vec![op; 1000]);
+        let frame = encode_frame(&flood, false).unwrap();
+        assert!(frame.len() < MAX_FRAME_LEN);
+        let err = decode_body::<AgentMessage>(frame[4], &frame[5..]).unwrap_err();
+        assert!(matches!(err, FrameError::Limit { source: crate::limit::LimitError::Budget }), "{err}");
+        // An honest frame decodes, and its cost is known.
+        let ok = AgentMessage::Ops(vec![SeqOp { seq: 1, captured_unix_ns: 0, op: Op::Barrier { path: None } }; 100]);
+        let frame = encode_frame(&ok, false).unwrap();
+        decode_body::<AgentMessage>(frame[4], &frame[5..]).unwrap();
+        assert_eq!(crate::limit::decoded_cost(), 100 * std::mem::size_of::<SeqOp>());
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! - [`path`]: [`RelPath`], a path relative to the replicated root, validated.
 //! - [`frame`]: length-prefixed frames with optional zstd compression.
 //! - [`blocks`]: fixed-size block hashing used by the initial sync.
+//! - [`limit`]: element counts and the memory budget checked while decoding.
 
 pub mod blocks;
 pub mod frame;
+pub mod limit;
 pub mod message;
 pub mod path;
 
@@ -17,4 +19,4 @@ pub use message::*;
 pub use path::{PathError, RelPath};
 
 /// Bumped whenever a message changes shape; peers with different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -27,7 +27,32 @@
 //! verifier compares them with the master's.
 
 use crate::RelPath;
+use crate::limit;
 use serde::{Deserialize, Serialize};
+
+/// Most entries in one `Manifest` message.
+pub const MAX_MANIFEST_ENTRIES: usize = 4096;
+/// Most operations in one `Ops` message.
+pub const MAX_OPS: usize = 4096;
+/// Most block hashes in one `Want` or `Hashes` message (4 GiB of file content);
+/// a larger file's hashes take several `Want`s.
+pub const MAX_WANT_HASHES: usize = 65_536;
+/// Most bytes of file content in one `Write`.
+pub const MAX_WRITE_LEN: usize = 4 << 20;
+/// Longest symlink target (`PATH_MAX`).
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+/// Most extended attributes of one entry: Linux lists at most 64 KiB of names.
+pub const MAX_XATTRS: usize = 10_000;
+/// Longest extended attribute name (`XATTR_NAME_MAX`) and value (`XATTR_SIZE_MAX`).
+pub const MAX_XATTR_NAME: usize = 255;
+pub const MAX_XATTR_VALUE: usize = 65_536;
+/// Most subtrees one scoped manifest names, and paths one `Diverged` names.
+pub const MAX_PATHS: usize = 4096;
+/// Longest agent name in `Hello`, and reason in `Refused` or `Diverged`.
+pub const MAX_NAME: usize = 256;
+pub const MAX_REASON: usize = 64 * 1024;
+/// Entries in one `Listing` (the receiver sends at most 1024).
+pub const MAX_LISTED: usize = 4096;
 
 /// A 32-byte blake3 digest.
 pub type Hash = [u8; 32];
@@ -47,7 +72,7 @@ pub enum EntryKind {
     Dir,
     /// A symbolic link and its target text.
     Symlink {
-        #[serde(with = "serde_bytes")]
+        #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_SYMLINK_TARGET>")]
         target: Vec<u8>,
     },
     Fifo,
@@ -59,9 +84,9 @@ pub enum EntryKind {
 /// `system.posix_acl_access` / `system.posix_acl_default`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Xattr {
-    #[serde(with = "serde_bytes")]
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_XATTR_NAME>")]
     pub name: Vec<u8>,
-    #[serde(with = "serde_bytes")]
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_XATTR_VALUE>")]
     pub value: Vec<u8>,
 }
 
@@ -85,6 +110,7 @@ pub struct Entry {
     /// listed for the same inode, so the receiver makes a hard link, not a copy.
     pub hardlink_of: Option<RelPath>,
     /// Extended attributes, sorted by name.
+    #[serde(deserialize_with = "limit::vec::<_, _, MAX_XATTRS>")]
     pub xattrs: Vec<Xattr>,
     /// Compare this file block by block even if size and mtime match: it changed
     /// while events were lost, and a size/mtime check could be fooled.
@@ -94,7 +120,7 @@ pub struct Entry {
 /// One directory entry as the standby holds it, for the verifier.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
-    #[serde(with = "serde_bytes")]
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_NAME>")]
     pub name: Vec<u8>,
     pub kind: EntryKind,
     pub meta: Meta,
@@ -116,6 +142,42 @@ pub fn xattrs_digest(xattrs: &[Xattr]) -> Hash {
     *hasher.finalize().as_bytes()
 }
 
+fn xattrs_len(xattrs: &[Xattr]) -> usize {
+    xattrs.iter().map(|x| x.name.len() + x.value.len() + 8).sum()
+}
+
+impl Entry {
+    /// About how many bytes the entry takes encoded (an upper estimate).
+    pub fn encoded_len_hint(&self) -> usize {
+        let target = match &self.kind {
+            EntryKind::Symlink { target } => target.len(),
+            _ => 0,
+        };
+        let link = self.hardlink_of.as_ref().map_or(0, |p| p.as_bytes().len());
+        64 + self.path.as_bytes().len() + target + link + xattrs_len(&self.xattrs)
+    }
+}
+
+/// Splits a manifest into chunks for `Manifest` messages: at most
+/// [`MAX_MANIFEST_ENTRIES`] entries and about `max_bytes` encoded each (a chunk
+/// holds at least one entry).
+pub fn manifest_chunks(entries: &[Entry], max_bytes: usize) -> Vec<&[Entry]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, entry) in entries.iter().enumerate() {
+        let len = entry.encoded_len_hint();
+        if i > start && (i - start >= MAX_MANIFEST_ENTRIES || bytes + len > max_bytes) {
+            chunks.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < entries.len() {
+        chunks.push(&entries[start..]);
+    }
+    chunks
+}
+
 /// Attribute changes; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attrs {
@@ -134,7 +196,7 @@ pub enum Op {
     Write {
         path: RelPath,
         offset: u64,
-        #[serde(with = "serde_bytes")]
+        #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_WRITE_LEN>")]
         data: Vec<u8>,
         hash: Hash,
     },
@@ -145,7 +207,7 @@ pub enum Op {
     Mkdir { path: RelPath, mode: u32 },
     Symlink {
         path: RelPath,
-        #[serde(with = "serde_bytes")]
+        #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_SYMLINK_TARGET>")]
         target: Vec<u8>,
     },
     HardLink { existing: RelPath, path: RelPath },
@@ -159,7 +221,11 @@ pub enum Op {
     /// ranges zeroed, collapsed or inserted on the standby exactly as on the master.
     Fallocate { path: RelPath, mode: u32, offset: u64, len: u64 },
     /// Replace the entry's extended attributes with exactly `xattrs`.
-    SetXattrs { path: RelPath, xattrs: Vec<Xattr> },
+    SetXattrs {
+        path: RelPath,
+        #[serde(deserialize_with = "limit::vec::<_, _, MAX_XATTRS>")]
+        xattrs: Vec<Xattr>,
+    },
     /// Create a device node (`mode` includes S_IFCHR or S_IFBLK).
     Mknod { path: RelPath, mode: u32, rdev: u64 },
     /// Set the size of an existing regular file, in stream order: a shrink must
@@ -204,6 +270,19 @@ impl Op {
         }
     }
 
+    /// About how many bytes the operation takes encoded (an upper estimate), to
+    /// size frames.
+    pub fn encoded_len_hint(&self) -> usize {
+        let paths: usize = self.paths().iter().map(|p| p.as_bytes().len()).sum();
+        let extra = match self {
+            Op::Write { data, .. } => data.len(),
+            Op::Symlink { target, .. } => target.len(),
+            Op::SetXattrs { xattrs, .. } => xattrs_len(xattrs),
+            _ => 0,
+        };
+        64 + paths + extra
+    }
+
     /// Bytes of file content the operation carries.
     pub fn payload_len(&self) -> u64 {
         match self {
@@ -225,25 +304,32 @@ pub struct SeqOp {
 /// Messages from the agent to the receiver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMessage {
-    Hello { version: u32, agent: String },
+    Hello {
+        version: u32,
+        #[serde(deserialize_with = "limit::string::<_, MAX_NAME>")]
+        agent: String,
+    },
     /// Part of the master's tree, in walk order (parents before children).
-    Manifest(Vec<Entry>),
+    Manifest(#[serde(deserialize_with = "limit::vec::<_, _, MAX_MANIFEST_ENTRIES>")] Vec<Entry>),
     /// The whole tree has been listed.
     ManifestEnd,
     Op(SeqOp),
     /// Several operations in one frame (small ops are batched to save overhead).
-    Ops(Vec<SeqOp>),
+    Ops(#[serde(deserialize_with = "limit::vec::<_, _, MAX_OPS>")] Vec<SeqOp>),
     /// Ends a manifest that lists only some entries: they are compared; below each
     /// directory of `subtrees` (which the manifest lists whole) whatever is not
     /// listed is removed; nothing else on the standby is touched.
-    ScopedManifestEnd { subtrees: Vec<RelPath> },
+    ScopedManifestEnd {
+        #[serde(deserialize_with = "limit::vec::<_, _, MAX_PATHS>")]
+        subtrees: Vec<RelPath>,
+    },
     /// Asks for the entries of directory `path` as the receiver holds them once
     /// everything sent before this message is applied: at most `max` of them, in
     /// byte order of their names, starting after `after`. Answered with `Listing`.
     List {
         id: u64,
         path: RelPath,
-        #[serde(with = "serde_bytes")]
+        #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "limit::bytes::<_, MAX_NAME>")]
         after: Vec<u8>,
         max: u32,
     },
@@ -251,6 +337,12 @@ pub enum AgentMessage {
     /// multiple of [`crate::blocks::BLOCK_SIZE`]) as the receiver holds them once
     /// everything sent before this message is applied. Answered with `Hashes`.
     Verify { id: u64, path: RelPath, offset: u64, blocks: u32 },
+    /// Operations numbered below `next_seq` that follow may skip numbers: they
+    /// are resent after a reconnection (the data writes among them are read
+    /// again and sent under new numbers), or follow operations dropped for a
+    /// comparison of the whole tree. From `next_seq` on, each operation is
+    /// numbered one after the one before; anything else is refused.
+    Skip { next_seq: u64 },
 }
 
 /// Messages from the receiver to the agent.
@@ -265,29 +357,60 @@ pub enum ReceiverMessage {
         /// replaying one that is not idempotent (a rename) could do harm.
         uncertain: bool,
     },
-    /// The receiver's copy of `path` differs: `hashes` are blake3 of each
-    /// [`crate::blocks::BLOCK_SIZE`] block of its copy (empty if it has none).
-    Want { path: RelPath, size: u64, hashes: Vec<Hash> },
+    /// The receiver's copy of `path` (`size` bytes) differs: `hashes` are blake3
+    /// of its [`crate::blocks::BLOCK_SIZE`] blocks from block `first_block` on.
+    /// A file's hashes come in as many `Want`s as it takes, in block order, the
+    /// last one marked `last`; blocks no `Want` covers are holes (all zeros) in
+    /// the copy, so a sparse file costs no hashes for its holes.
+    Want {
+        path: RelPath,
+        size: u64,
+        first_block: u64,
+        #[serde(deserialize_with = "limit::vec::<_, _, MAX_WANT_HASHES>")]
+        hashes: Vec<Hash>,
+        last: bool,
+    },
     /// Every `Want` for the manifest has been sent; `wanted` counts them.
     ManifestDone { wanted: u64 },
     /// Every operation up to and including `seq` has been applied.
     Ack { seq: u64 },
     /// Operation `seq` could not be applied because the standby cannot take
     /// writes (disk full, read-only, I/O errors); the stream stops there.
-    Refused { seq: u64, reason: String },
+    Refused {
+        seq: u64,
+        #[serde(deserialize_with = "limit::string::<_, MAX_REASON>")]
+        reason: String,
+    },
     /// Operation `seq` (0: an entry of a manifest) did not fit the standby's copy
     /// and was skipped; the copy at `paths` differs from the master's and must be
     /// repaired.
-    Diverged { seq: u64, paths: Vec<RelPath>, reason: String },
+    Diverged {
+        seq: u64,
+        #[serde(deserialize_with = "limit::vec::<_, _, MAX_PATHS>")]
+        paths: Vec<RelPath>,
+        #[serde(deserialize_with = "limit::string::<_, MAX_REASON>")]
+        reason: String,
+    },
     /// The answer to `List { id, .. }`: entries in name order (without the
     /// receiver's own top-level `.sluice` and `lost+found`), `more` when the
     /// directory holds further ones; `entries` empty and `exists` false when
     /// `path` is not a directory on the standby.
-    Listing { id: u64, exists: bool, entries: Vec<Listed>, more: bool },
+    Listing {
+        id: u64,
+        exists: bool,
+        #[serde(deserialize_with = "limit::vec::<_, _, MAX_LISTED>")]
+        entries: Vec<Listed>,
+        more: bool,
+    },
     /// The answer to `Verify { id, .. }`: the file's size and the hashes of the
     /// asked blocks that exist (fewer at the end of the file); `size` is `None`
     /// when `path` is not a regular file on the standby.
-    Hashes { id: u64, size: Option<u64>, hashes: Vec<Hash> },
+    Hashes {
+        id: u64,
+        size: Option<u64>,
+        #[serde(deserialize_with = "limit::vec::<_, _, MAX_WANT_HASHES>")]
+        hashes: Vec<Hash>,
+    },
     /// Every operation up to and including `seq` is on the standby's disk: the
     /// agent no longer needs to be able to resend it.
     Durable { seq: u64 },

@@ -154,6 +154,7 @@ pub(crate) fn take_last_refused() -> Option<PathError> {
 impl<'de> Deserialize<'de> for RelPath {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
+        crate::limit::charge::<D::Error>(bytes.len())?;
         RelPath::from_bytes(bytes.into_vec()).map_err(|e| {
             let message = e.to_string();
             LAST_REFUSED.with(|cell| *cell.borrow_mut() = Some(e));
@@ -168,13 +169,31 @@ impl fmt::Debug for RelPath {
     }
 }
 
+/// Shows the path for logs and messages: it comes from the peer, so control
+/// characters (a newline could forge a log line, an escape sequence could
+/// rewrite a terminal), backslashes and bytes that are not UTF-8 are escaped
+/// (`\n`, `\\`, `\x1b`, `\xff`); everything else is shown as it is.
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
-            f.write_str(".")
-        } else {
-            f.write_str(&String::from_utf8_lossy(&self.0))
+            return f.write_str(".");
         }
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => f.write_str("\\\\")?,
+                    '\n' => f.write_str("\\n")?,
+                    '\r' => f.write_str("\\r")?,
+                    '\t' => f.write_str("\\t")?,
+                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                    c => fmt::Write::write_char(f, c)?,
+                }
+            }
+            for byte in chunk.invalid() {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -190,6 +209,16 @@ mod tests {
         assert!(matches!(RelPath::from_bytes("a//b"), Err(PathError::EmptyComponent { .. })));
         assert!(matches!(RelPath::from_bytes(b"a\0b".to_vec()), Err(PathError::Nul { .. })));
         assert!(RelPath::from_bytes("a/b c/d").is_ok());
+    }
+
+    #[test]
+    fn display_escapes_what_could_forge_a_log_line() {
+        let forged = RelPath::from_bytes(b"a\n2026-01-01T00:00:00Z INFO forged\x1b[2J\\b\xff".to_vec()).unwrap();
+        let shown = forged.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "a\\n2026-01-01T00:00:00Z INFO forged\\u{1b}[2J\\\\b\\xff");
+        assert_eq!(RelPath::from_bytes("plain/ünïcode").unwrap().to_string(), "plain/ünïcode");
+        assert_eq!(RelPath::root().to_string(), ".");
     }
 
     #[test]

@@ -43,6 +43,56 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub rollback: RollbackConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub safety: SafetyConfig,
+}
+
+/// `[replication]`: what the receiver is willing to make.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Make character and block device nodes the agent sends. Off by default:
+    /// a device node is a door to the standby's own hardware.
+    #[serde(default)]
+    pub devices: bool,
+}
+
+/// `[safety]`: guards against a master that lists far less than the standby holds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// A comparison of the whole tree that would delete more than this fraction
+    /// of the standby's entries is refused until an operator allows it.
+    #[serde(default = "SafetyConfig::default_max_delete_fraction")]
+    pub max_delete_fraction: f64,
+    /// Allow such comparisons without asking (the guard off).
+    #[serde(default)]
+    pub allow_mass_delete: bool,
+    /// Most entries one comparison may list (memory the receiver spends on it).
+    #[serde(default = "SafetyConfig::default_max_manifest_entries")]
+    pub max_manifest_entries: u64,
+}
+
+impl SafetyConfig {
+    fn default_max_delete_fraction() -> f64 {
+        0.5
+    }
+
+    fn default_max_manifest_entries() -> u64 {
+        50_000_000
+    }
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        SafetyConfig {
+            max_delete_fraction: Self::default_max_delete_fraction(),
+            allow_mass_delete: false,
+            max_manifest_entries: Self::default_max_manifest_entries(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -121,6 +171,15 @@ impl Config {
         config.tls.peer_fingerprint =
             sluice_net::parse_fingerprint(&config.tls.peer_fingerprint)
                 .map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;
+        if !(0.0..=1.0).contains(&config.safety.max_delete_fraction) {
+            return Err(invalid(
+                "safety.max_delete_fraction",
+                "must be between 0 and 1 (the share of the standby one comparison may delete)".into(),
+            ));
+        }
+        if config.safety.max_manifest_entries == 0 {
+            return Err(invalid("safety.max_manifest_entries", "must be at least 1".into()));
+        }
         if config.rollback.keep_days < 1 {
             return Err(invalid(
                 "rollback.keep_days",
@@ -152,6 +211,9 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
         let config = parse(GOOD).unwrap();
         assert!(config.metrics.listen.is_none());
         assert!(!config.rollback.enabled);
+        assert!(!config.replication.devices, "device nodes are off unless asked for");
+        assert_eq!(config.safety.max_delete_fraction, 0.5);
+        assert!(!config.safety.allow_mass_delete);
         assert_eq!(config.rollback.keep_days, 7);
         assert!(config.tls.peer_fingerprint.ends_with("aa"));
         let config = parse(&format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9100\"\n")).unwrap();
@@ -185,6 +247,15 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
             .unwrap_err()
             .to_string();
         assert!(err.contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn safety_and_replication_sections_are_checked() {
+        let config = parse(&format!("{GOOD}[replication]\ndevices = true\n[safety]\nmax_delete_fraction = 0.9\n")).unwrap();
+        assert!(config.replication.devices);
+        assert_eq!(config.safety.max_delete_fraction, 0.9);
+        let err = parse(&format!("{GOOD}[safety]\nmax_delete_fraction = 1.5\n")).unwrap_err().to_string();
+        assert!(err.contains("safety.max_delete_fraction"), "{err}");
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! - [`session`]: the replication protocol state machine, free of I/O.
 //! - [`state`]: the durable "last applied sequence number" kept under `.sluice/`.
 //! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
+//! - [`privileges`]: the capabilities the daemon keeps, and dropping the rest.
 //! - [`server`]: [`server::run`], the daemon: QUIC endpoint and connection loop.
 
 pub mod apply;
 pub mod config;
 pub mod listing;
 pub mod metrics;
+pub mod privileges;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_net::daemon;
 use sluice_receiver::config::Config;
+use sluice_receiver::server::{Server, Sockets};
+use sluice_receiver::state::State;
 
 #[derive(Parser)]
 #[command(name = "sluice-receiver", version, about = "The sluice standby daemon")]
@@ -31,6 +33,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Allow the next comparison of the whole tree to delete more than
+    /// `[safety] max_delete_fraction` of the standby (once).
+    AllowMassDelete {
+        /// Path of receiver.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,11 +53,27 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             daemon::init_logging();
             let config = Config::load(&config).context("invalid configuration")?;
+            let sockets = Sockets::bind(&config)?;
+            // Capabilities are per thread and inherited: dropped while this is the
+            // only thread, every thread the runtime starts has only what is left.
+            sluice_receiver::privileges::restrict(config.replication.devices)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
-                sluice_receiver::server::run(config, shutdown).await
+                Server::bind_on(&config, sockets).await?.run(shutdown).await
             })
+        }
+        Command::AllowMassDelete { config } => {
+            let config = Config::load(&config).context("invalid configuration")?;
+            State::open_existing(&config.root)
+                .and_then(|state| state.grant_mass_delete_permit())
+                .context("recording the permission")?;
+            println!(
+                "the next comparison may delete more than {} of {}",
+                config.safety.max_delete_fraction,
+                config.root.display()
+            );
+            Ok(())
         }
     }
 }

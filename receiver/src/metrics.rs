@@ -44,6 +44,12 @@ pub struct Metrics {
     pub rollback_bytes_kept: Counter,
     /// Entries kept in the rollback directory.
     pub rollback_entries_kept: Counter,
+    /// Comparisons refused because they would delete most of the standby.
+    pub mass_deletes_refused: Counter,
+    /// Such comparisons an operator allowed.
+    pub mass_deletes_allowed: Counter,
+    /// Incoming connections refused before their handshake (too many at once).
+    pub handshakes_refused: Counter,
 }
 
 impl Metrics {
@@ -65,7 +71,25 @@ impl Metrics {
             durable_epoch: Gauge::default(),
             rollback_bytes_kept: Counter::default(),
             rollback_entries_kept: Counter::default(),
+            mass_deletes_refused: Counter::default(),
+            mass_deletes_allowed: Counter::default(),
+            handshakes_refused: Counter::default(),
         };
+        registry.register(
+            "sluice_mass_deletes_refused",
+            "Comparisons refused because they would delete more than [safety] max_delete_fraction of the standby",
+            metrics.mass_deletes_refused.clone(),
+        );
+        registry.register(
+            "sluice_mass_deletes_allowed",
+            "Comparisons deleting most of the standby that an operator allowed",
+            metrics.mass_deletes_allowed.clone(),
+        );
+        registry.register(
+            "sluice_handshakes_refused",
+            "Incoming connections refused before their handshake because too many were in progress",
+            metrics.handshakes_refused.clone(),
+        );
         registry.register(
             "sluice_durable_epoch_timestamp_seconds",
             "Master capture time of the newest fsync barrier made durable on the standby",

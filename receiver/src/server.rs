@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use quinn::{Connection, Endpoint, Incoming, VarInt};
-use sluice_net::{FrameReader, FrameWriter, Identity, NetError, is_unknown_peer, server_endpoint};
+use sluice_net::{FrameReader, FrameWriter, Identity, NetError, is_unknown_peer, server_endpoint_on};
 use sluice_proto::{AgentMessage, ReceiverMessage};
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -34,8 +34,13 @@ const ACK_INTERVAL: Duration = Duration::from_millis(5);
 const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new connection waits for the previous one to release the session.
 const HANDOVER_WAIT: Duration = Duration::from_secs(10);
-/// Frames buffered between the reading task and the applying loop.
-const FRAME_QUEUE: usize = 256;
+/// Memory the messages read ahead of the applying loop may take (frames and
+/// what they decoded into): counted in bytes, not messages, because one
+/// message can be a thousand times the size of another.
+const QUEUE_BYTES: usize = 64 << 20;
+/// Handshakes in progress at once; more incoming connections are refused
+/// before any cryptography is spent on them (an unauthenticated peer can ask).
+const MAX_HANDSHAKES: usize = 8;
 /// How often expired rollback date directories are looked for.
 const ROLLBACK_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -63,11 +68,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Server::bind(&config).await?.run(shutdown).await
 }
 
+/// The sockets a receiver serves on, bound before it drops its privileges.
+pub struct Sockets {
+    quic: std::net::UdpSocket,
+    metrics: Option<std::net::TcpListener>,
+}
+
+impl Sockets {
+    /// Binds the QUIC and metrics addresses of `config` (no runtime needed).
+    pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
+        let quic = sluice_net::bind_udp(config.listen).with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
+        let metrics = match config.metrics.listen {
+            Some(listen) => Some(std::net::TcpListener::bind(listen).with_context(|| format!("binding metrics on {listen}"))?),
+            None => None,
+        };
+        Ok(Sockets { quic, metrics })
+    }
+}
+
 impl Server {
     /// Opens the root and its state, binds the QUIC endpoint and the metrics server.
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
+        Server::bind_on(config, Sockets::bind(config)?).await
+    }
+
+    /// [`Server::bind`] on sockets bound earlier.
+    pub async fn bind_on(config: &Config, sockets: Sockets) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let mut applier = Applier::open(&config.root)?;
+        if config.replication.devices {
+            applier.enable_devices();
+        }
         if config.rollback.enabled {
             applier.enable_rollback(RollbackCounters {
                 bytes_kept: metrics.rollback_bytes_kept.clone(),
@@ -80,16 +111,20 @@ impl Server {
         if unclean {
             tracing::warn!(durable_seq = durable, "the previous run did not stop cleanly; the agent will verify what it sent after the durable state instead of replaying it");
         }
-        let session = Session::new(applier, state, durable, unclean, metrics.clone());
+        let mut session = Session::new(applier, state, durable, unclean, metrics.clone());
+        session.set_limits(crate::session::SyncLimits {
+            max_entries: config.safety.max_manifest_entries,
+            max_delete_fraction: config.safety.max_delete_fraction,
+            allow_mass_delete: config.safety.allow_mass_delete,
+        });
         let identity = Identity::load(&config.tls.identity)
             .with_context(|| format!("loading identity from {}", config.tls.identity.display()))?;
-        let endpoint = server_endpoint(config.listen, &identity, &config.tls.peer_fingerprint)
-            .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
-        let (metrics_addr, metrics_task) = match config.metrics.listen {
-            Some(listen) => {
-                let (addr, task) = sluice_net::serve_metrics(listen, metrics.registry.clone())
-                    .await
-                    .with_context(|| format!("binding metrics on {listen}"))?;
+        let endpoint = server_endpoint_on(sockets.quic, &identity, &config.tls.peer_fingerprint)
+            .with_context(|| format!("starting the QUIC endpoint on {}", config.listen))?;
+        let (metrics_addr, metrics_task) = match sockets.metrics {
+            Some(listener) => {
+                let (addr, task) = sluice_net::serve_metrics_on(listener, metrics.registry.clone())
+                    .context("serving metrics")?;
                 (Some(addr), Some(task))
             }
             None => (None, None),
@@ -130,13 +165,19 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    tasks.spawn(connection(incoming, self.session.clone(), self.current.clone(), self.metrics.clone(), stop.subscribe()));
+                    let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                        self.metrics.handshakes_refused.inc();
+                        incoming.refuse();
+                        continue;
+                    };
+                    tasks.spawn(connection(incoming, handshake, self.session.clone(), self.current.clone(), self.metrics.clone(), stop.subscribe()));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -192,13 +233,16 @@ fn spawn_rollback_expiry(root: PathBuf, keep_days: u32) -> tokio::task::JoinHand
 /// Handshakes one incoming connection and serves it if it is the only agent.
 async fn connection(
     incoming: Incoming,
+    handshake: OwnedSemaphorePermit,
     session: Arc<Mutex<Session>>,
     current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let addr = incoming.remote_address();
-    let conn = match incoming.await {
+    let handshaken = incoming.await;
+    drop(handshake);
+    let conn = match handshaken {
         Ok(conn) => conn,
         Err(e) if is_unknown_peer(&e) => {
             tracing::warn!("refused peer {addr}: certificate not pinned");
@@ -275,10 +319,11 @@ async fn serve(
         .await
         .context("waiting for the replication stream")?;
     let mut writer = FrameWriter::new(send, false);
-    let (tx, mut rx) = mpsc::channel(FRAME_QUEUE);
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_frames(
         FrameReader::new(recv),
         tx,
+        Arc::new(Semaphore::new(QUEUE_BYTES)),
         metrics.wire_bytes_received.clone(),
     ));
     let _reader = AbortOnDrop(reader);
@@ -320,8 +365,8 @@ async fn serve(
         };
         let message = match next {
             None => break,
-            Some(Ok(message)) => message,
-            Some(Err(NetError::Frame(e))) => {
+            Some((Ok(message), _room)) => message,
+            Some((Err(NetError::Frame(e)), _)) => {
                 tracing::error!("malformed frame from the agent: {e}");
                 return refuse(
                     conn,
@@ -333,7 +378,7 @@ async fn serve(
                 )
                 .await;
             }
-            Some(Err(e)) => return Err(e).context("reading from the agent"),
+            Some((Err(e), _)) => return Err(e).context("reading from the agent"),
         };
         let (replies, result) = session
             .with(move |s| {
@@ -426,12 +471,18 @@ async fn refuse(
     durable?.map_err(Into::into)
 }
 
+/// A message read ahead, with the share of [`QUEUE_BYTES`] it holds until handled.
+type Queued = (Result<AgentMessage, NetError>, Option<OwnedSemaphorePermit>);
+
 /// Reads frames into `tx` until the stream ends, an error occurs or the receiver
 /// side of the queue is gone. Runs as its own task because a frame read cannot be
-/// cancelled halfway, which the applying loop's timers would otherwise do.
+/// cancelled halfway, which the applying loop's timers would otherwise do. Each
+/// message takes room in `room` for what it costs in memory, and reading waits
+/// while the queue is full.
 async fn read_frames(
     mut reader: FrameReader,
-    tx: mpsc::Sender<Result<AgentMessage, NetError>>,
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
     wire_bytes: prometheus_client::metrics::counter::Counter,
 ) {
     loop {
@@ -439,12 +490,16 @@ async fn read_frames(
         let result = reader.read::<AgentMessage>().await;
         wire_bytes.inc_by(reader.bytes_read() - before);
         let item = match result {
-            Ok(Some(message)) => Ok(message),
+            Ok(Some(message)) => {
+                let cost = reader.last_cost().clamp(1, QUEUE_BYTES) as u32;
+                let Ok(permit) = room.clone().acquire_many_owned(cost).await else { return };
+                (Ok(message), Some(permit))
+            }
             Ok(None) => return,
-            Err(e) => Err(e),
+            Err(e) => (Err(e), None),
         };
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
+        let failed = item.0.is_err();
+        if tx.send(item).is_err() || failed {
             return;
         }
     }

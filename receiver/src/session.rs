@@ -19,6 +19,30 @@ use crate::sync::InitialSync;
 /// Most blocks one `Verify` may ask for (64 MiB of file content): hashing runs
 /// in the applying loop, so one request must not hold the stream for long.
 pub const MAX_VERIFY_BLOCKS: u32 = 1024;
+/// Sequence numbers stay below this: a stream cannot use up the number space
+/// and leave the standby refusing everything after it.
+pub const MAX_SEQ: u64 = 1 << 62;
+/// Largest forward jump one `Skip` may announce: more operations than an agent
+/// could have dropped (it holds each in memory first) in centuries.
+pub const MAX_SEQ_JUMP: u64 = 1 << 48;
+
+/// What the comparisons of the tree may do.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncLimits {
+    /// Entries one comparison may list.
+    pub max_entries: u64,
+    /// Share of the standby's entries a comparison of the whole tree may delete
+    /// without an operator's permission.
+    pub max_delete_fraction: f64,
+    /// Never ask (the guard off).
+    pub allow_mass_delete: bool,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        SyncLimits { max_entries: crate::sync::DEFAULT_MAX_ENTRIES, max_delete_fraction: 0.5, allow_mass_delete: false }
+    }
+}
 
 /// Why the session stops: sent to the agent as `Refused`, then the connection closes.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +101,9 @@ pub struct Session {
     unclean_start: bool,
     /// The durable sequence number this run started from.
     started_at: u64,
+    /// Operations numbered below this may skip numbers (announced by `Skip`).
+    skip_to: u64,
+    limits: SyncLimits,
 }
 
 impl Session {
@@ -99,7 +126,14 @@ impl Session {
             barrier: None,
             unclean_start,
             started_at: durable,
+            skip_to: 0,
+            limits: SyncLimits::default(),
         }
+    }
+
+    /// Sets what comparisons of the tree may do.
+    pub fn set_limits(&mut self, limits: SyncLimits) {
+        self.limits = limits;
     }
 
     /// Records a clean stop once everything applied is durable, so the next run
@@ -114,6 +148,7 @@ impl Session {
     pub fn connected(&mut self) {
         self.greeted = false;
         self.sync = None;
+        self.skip_to = 0;
         self.acked = self.last_applied;
         self.durable_reported = self.durable;
         // Names may have changed under cached fds while nobody was connected.
@@ -197,7 +232,7 @@ impl Session {
                 }
                 // The agent resumes after what we report, so report only what is on disk.
                 self.make_durable().map_err(|e| refuse(e.to_string()))?;
-                tracing::info!(%agent, durable_seq = self.durable, "agent said hello");
+                tracing::info!(agent = ?agent, durable_seq = self.durable, "agent said hello");
                 self.greeted = true;
                 out.push(ReceiverMessage::Hello {
                     version: PROTOCOL_VERSION,
@@ -207,12 +242,13 @@ impl Session {
             }
             _ if !self.greeted => return Err(refuse("message before Hello".into())),
             AgentMessage::Manifest(entries) => {
-                let sync = self.sync.get_or_insert_with(InitialSync::new);
+                let max_entries = self.limits.max_entries;
+                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries));
                 let replies = sync
                     .entries(&mut self.applier, &entries)
                     .map_err(|e| refuse(e.to_string()))?;
                 self.count_diverged(&replies);
-                out.extend(replies.into_iter().map(ReceiverMessage::from));
+                out.extend(replies.into_iter().flat_map(crate::sync::SyncReply::into_messages));
             }
             AgentMessage::ManifestEnd | AgentMessage::ScopedManifestEnd { .. } => {
                 let subtrees = match message {
@@ -220,6 +256,9 @@ impl Session {
                     _ => vec![RelPath::root()],
                 };
                 let sync = self.sync.take().unwrap_or_default();
+                if subtrees.iter().any(RelPath::is_root) {
+                    self.guard_mass_deletion(&sync).map_err(refuse)?;
+                }
                 let (wanted, replies) = sync
                     .finish(&mut self.applier, &subtrees)
                     .map_err(|e| refuse(e.to_string()))?;
@@ -229,7 +268,7 @@ impl Session {
                     "manifest listed; waiting for file contents"
                 );
                 self.count_diverged(&replies);
-                out.extend(replies.into_iter().map(ReceiverMessage::from));
+                out.extend(replies.into_iter().flat_map(crate::sync::SyncReply::into_messages));
                 out.push(ReceiverMessage::ManifestDone { wanted });
             }
             AgentMessage::Op(op) => self.apply(op, out)?,
@@ -248,8 +287,43 @@ impl Session {
             AgentMessage::Verify { id, path, offset, blocks } => {
                 out.push(self.verify(id, &path, offset, blocks).map_err(|e| refuse(e.to_string()))?);
             }
+            AgentMessage::Skip { next_seq } => {
+                let floor = self.last_applied.saturating_add(1);
+                if next_seq >= MAX_SEQ || next_seq.saturating_sub(floor) > MAX_SEQ_JUMP {
+                    return Err(refuse(format!(
+                        "the agent skips to operation {next_seq} from {}: more than any agent could have dropped; refusing to move the sequence that far",
+                        self.last_applied
+                    )));
+                }
+                self.skip_to = self.skip_to.max(next_seq);
+            }
         }
         Ok(())
+    }
+
+    /// Refuses a comparison of the whole tree that would delete more than the
+    /// configured share of the standby, unless an operator allowed it (by
+    /// config, or once with `sluice-receiver allow-mass-delete`).
+    fn guard_mass_deletion(&mut self, sync: &InitialSync) -> Result<(), String> {
+        if self.limits.allow_mass_delete || self.limits.max_delete_fraction >= 1.0 {
+            return Ok(());
+        }
+        let (doomed, total) = sync.deletions(&self.applier).map_err(|e| e.to_string())?;
+        if doomed == 0 || (doomed as f64) <= self.limits.max_delete_fraction * total as f64 {
+            return Ok(());
+        }
+        if self.state.take_mass_delete_permit().map_err(|e| e.to_string())? {
+            tracing::warn!(doomed, total, "comparison deletes most of the standby; allowed once by the operator");
+            self.metrics.mass_deletes_allowed.inc();
+            return Ok(());
+        }
+        self.metrics.mass_deletes_refused.inc();
+        let reason = format!(
+            "the master lists so little that comparing would delete {doomed} of the standby's {total} entries (more than `[safety] max_delete_fraction` = {}); nothing was deleted. If the master's tree is meant to be like this, run `sluice-receiver allow-mass-delete --config <receiver.toml>` on the standby (or set `[safety] allow_mass_delete = true`)",
+            self.limits.max_delete_fraction
+        );
+        tracing::error!("{reason}");
+        Err(reason)
     }
 
     fn count_diverged(&self, replies: &[crate::sync::SyncReply]) {
@@ -280,9 +354,18 @@ impl Session {
                 reason: "operation in the middle of a manifest".into(),
             });
         }
-        if op.seq <= self.last_applied {
-            tracing::trace!(seq = op.seq, "already applied; skipped");
-            return Ok(());
+        // Numbers only go forward, one at a time, except where the agent said
+        // some are skipped: a replay or a gap is a bug (or a forgery) that
+        // would otherwise lose operations or make the standby skip later ones.
+        let expected = self.last_applied.saturating_add(1).max(self.skip_to);
+        if op.seq <= self.last_applied || op.seq > expected || op.seq >= MAX_SEQ {
+            let reason = if op.seq <= self.last_applied {
+                format!("operation {} is not after {}, the last one applied: the stream went backwards", op.seq, self.last_applied)
+            } else {
+                format!("operation {} leaves a gap after {}, the last one applied (expected {expected})", op.seq, self.last_applied)
+            };
+            tracing::error!(seq = op.seq, "{reason}");
+            return Err(Refusal { seq: op.seq, reason });
         }
         match self.applier.apply(&op.op) {
             Ok(applied) => {
@@ -404,7 +487,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.take_ack(), Some(ReceiverMessage::Ack { seq: 2 }));
         assert_eq!(s.take_ack(), None);
-        // Replayed ops are skipped, even ones that would now fail.
+        // A replayed op is refused: the stream must go forward.
         let bad = SeqOp {
             seq: 2,
             captured_unix_ns: 0,
@@ -412,7 +495,7 @@ mod tests {
                 path: RelPath::root(),
             },
         };
-        s.handle(AgentMessage::Op(bad), &mut out).unwrap();
+        assert!(s.handle(AgentMessage::Op(bad), &mut out).is_err());
         assert!(s.needs_flush());
 
         // A write with a wrong hash is skipped and reported for repair: the stream goes on.

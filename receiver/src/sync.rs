@@ -15,6 +15,7 @@
 //! all (see [`ApplyError::is_environmental`]) ends the comparison with an error.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -23,9 +24,10 @@ use std::path::Path;
 use nix::dir::Type;
 use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
-use sluice_proto::{Attrs, Entry, EntryKind, Hash, Meta, Op, ReceiverMessage, RelPath, blocks};
+use sluice_proto::{Attrs, Entry, EntryKind, Meta, Op, ReceiverMessage, RelPath};
 
-use crate::apply::fs::{kind_of, list_dir, lstat_at, open_beneath, remove_any};
+use crate::apply::fs::{kind_of, list_dir, lstat_at, open_beneath};
+use crate::apply::hashes::{Run, data_block_hashes};
 use crate::apply::{Applier, ApplyError, STATE_DIR, check_reserved};
 
 /// Top-level names the manifest never lists but that are not deleted.
@@ -50,23 +52,39 @@ pub enum SyncError {
         call: &'static str,
         source: std::io::Error,
     },
+    /// The manifest lists more entries than one comparison may.
+    #[error("the manifest lists more than {max} entries (`[safety] max_manifest_entries`)")]
+    TooManyEntries { max: u64 },
 }
 
-/// A file the standby needs: its local size and block hashes.
+/// A file the standby needs: its local size and the hashes of the blocks of
+/// its copy that hold data (holes are left out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
     pub path: RelPath,
     pub size: u64,
-    pub hashes: Vec<Hash>,
+    pub runs: Vec<Run>,
 }
 
-impl From<Want> for ReceiverMessage {
-    fn from(want: Want) -> Self {
-        ReceiverMessage::Want {
-            path: want.path,
-            size: want.size,
-            hashes: want.hashes,
+impl Want {
+    /// One `Want` message per run of hashes (at least one), so no message
+    /// outgrows a frame however large the file.
+    pub fn into_messages(self) -> Vec<ReceiverMessage> {
+        let mut runs = self.runs;
+        if runs.is_empty() {
+            runs.push(Run { first_block: 0, hashes: Vec::new() });
         }
+        let count = runs.len();
+        runs.into_iter()
+            .enumerate()
+            .map(|(i, run)| ReceiverMessage::Want {
+                path: self.path.clone(),
+                size: self.size,
+                first_block: run.first_block,
+                hashes: run.hashes,
+                last: i + 1 == count,
+            })
+            .collect()
     }
 }
 
@@ -79,21 +97,28 @@ pub enum SyncReply {
     Diverged { path: RelPath, reason: String },
 }
 
-impl From<SyncReply> for ReceiverMessage {
-    fn from(reply: SyncReply) -> Self {
-        match reply {
-            SyncReply::Want(want) => want.into(),
-            SyncReply::Diverged { path, reason } => ReceiverMessage::Diverged { seq: 0, paths: vec![path], reason },
+impl SyncReply {
+    /// The messages that carry the reply.
+    pub fn into_messages(self) -> Vec<ReceiverMessage> {
+        match self {
+            SyncReply::Want(want) => want.into_messages(),
+            SyncReply::Diverged { path, reason } => vec![ReceiverMessage::Diverged { seq: 0, paths: vec![path], reason }],
         }
     }
 }
 
 /// The state of one initial sync, from the first manifest chunk to `ManifestEnd`.
-#[derive(Default)]
 pub struct InitialSync {
-    listed: HashSet<RelPath>,
-    /// The listed directories, whose unlisted content a subtree prune removes.
-    listed_dirs: HashSet<RelPath>,
+    /// Keyed hashes of the listed paths: a large manifest costs 8 bytes an
+    /// entry, not its paths. Two paths sharing a hash (unlikely, and not
+    /// something a peer can aim for with a random key) only mean an unlisted
+    /// entry is kept, never that a listed one is deleted.
+    listed: HashSet<u64>,
+    keys: RandomState,
+    max_entries: u64,
+    /// Keyed hashes of the listed directories, whose unlisted content a subtree
+    /// prune removes.
+    listed_dirs: HashSet<u64>,
     /// Metadata applied at the end, in manifest order (parents first).
     deferred: Vec<(RelPath, Meta, bool)>,
     wanted: u64,
@@ -114,6 +139,7 @@ impl SyncError {
     pub fn is_environmental(&self) -> bool {
         match self {
             SyncError::Apply(e) => e.is_environmental(),
+            SyncError::TooManyEntries { .. } => false,
             SyncError::Hash { source, .. } | SyncError::Local { source, .. } => {
                 matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::ENFILE | libc::EMFILE))
             }
@@ -129,9 +155,72 @@ fn local(path: &RelPath, call: &'static str) -> impl FnOnce(nix::errno::Errno) -
     }
 }
 
+/// Entries one comparison lists at most, unless configured otherwise.
+pub const DEFAULT_MAX_ENTRIES: u64 = 50_000_000;
+
+impl Default for InitialSync {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_MAX_ENTRIES)
+    }
+}
+
 impl InitialSync {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sync that refuses a manifest of more than `max_entries` entries.
+    pub fn with_limit(max_entries: u64) -> Self {
+        InitialSync {
+            listed: HashSet::new(),
+            keys: RandomState::new(),
+            max_entries,
+            listed_dirs: HashSet::new(),
+            deferred: Vec::new(),
+            wanted: 0,
+        }
+    }
+
+    fn key(&self, path: &RelPath) -> u64 {
+        self.keys.hash_one(path.as_bytes())
+    }
+
+    fn is_listed(&self, path: &RelPath) -> bool {
+        self.listed.contains(&self.key(path))
+    }
+
+    /// How many entries of the standby a comparison of the whole tree would
+    /// delete, and how many it holds (both counting everything below a
+    /// directory, and leaving out `.sluice` and `lost+found`).
+    pub fn deletions(&self, applier: &Applier) -> Result<(u64, u64), SyncError> {
+        let (mut doomed, mut total) = (0u64, 0u64);
+        let mut dirs = vec![RelPath::root()];
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+        while let Some(dir) = dirs.pop() {
+            let Ok(fd) = open_beneath(applier.root_fd(), dir.as_path(), flags) else { continue };
+            for (name, kind) in list_dir(fd.as_fd()).map_err(local(&dir, "readdir"))? {
+                let name = OsStr::from_bytes(&name);
+                if dir.is_root() && KEPT_AT_TOP.iter().any(|kept| name == OsStr::new(kept)) {
+                    continue;
+                }
+                let Ok(child) = dir.join(name) else { continue };
+                let is_dir = match kind {
+                    Some(kind) => kind == Type::Directory,
+                    None => lstat_at(fd.as_fd(), name).ok().flatten().is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR),
+                };
+                if self.is_listed(&child) {
+                    total += 1;
+                    if is_dir {
+                        dirs.push(child);
+                    }
+                } else {
+                    let below = crate::apply::fs::count_tree(fd.as_fd(), name);
+                    doomed += below;
+                    total += below;
+                }
+            }
+        }
+        Ok((doomed, total))
     }
 
     /// Applies one manifest chunk and returns the files the standby wants and the
@@ -147,9 +236,13 @@ impl InitialSync {
                 tracing::warn!(path = %entry.path, "manifest lists the receiver's reserved directory; skipped");
                 continue;
             }
-            self.listed.insert(entry.path.clone());
+            if self.listed.len() as u64 >= self.max_entries {
+                return Err(SyncError::TooManyEntries { max: self.max_entries });
+            }
+            let key = self.key(&entry.path);
+            self.listed.insert(key);
             if entry.kind == EntryKind::Dir {
-                self.listed_dirs.insert(entry.path.clone());
+                self.listed_dirs.insert(key);
             }
             match self.entry(applier, entry) {
                 Ok(Some(want)) => {
@@ -173,6 +266,10 @@ impl InitialSync {
 
     fn entry_kind(&mut self, applier: &mut Applier, entry: &Entry) -> Result<Option<Want>, SyncError> {
         let path = &entry.path;
+        if path.is_root() && entry.kind != EntryKind::Dir {
+            // Replacing the root would empty the standby, `.sluice` included.
+            return Err(ApplyError::Root { op: "replacing by a non-directory" }.into());
+        }
         match &entry.kind {
             EntryKind::Dir => {
                 applier.mkdir(path, entry.meta.mode)?;
@@ -218,7 +315,7 @@ impl InitialSync {
             other => {
                 if other.is_some() {
                     applier.invalidate(path);
-                    remove_any(dir.as_fd(), name).map_err(local(path, "unlinkat"))?;
+                    applier.keep_or_remove(dir.as_fd(), name, path)?;
                 }
                 applier.apply(&Op::CreateFile {
                     path: path.clone(),
@@ -228,7 +325,7 @@ impl InitialSync {
                 return Ok(Some(Want {
                     path: path.clone(),
                     size: 0,
-                    hashes: Vec::new(),
+                    runs: Vec::new(),
                 }));
             }
         };
@@ -245,14 +342,14 @@ impl InitialSync {
             return Ok(None);
         }
         let file = applier.open_read(path)?;
-        let hashes = blocks::hash_blocks(&file).map_err(|source| SyncError::Hash {
+        let runs = data_block_hashes(&file, stat.st_size as u64).map_err(|source| SyncError::Hash {
             path: path.clone(),
             source,
         })?;
         Ok(Some(Want {
             path: path.clone(),
             size: stat.st_size as u64,
-            hashes,
+            runs,
         }))
     }
 
@@ -266,8 +363,8 @@ impl InitialSync {
             if check_reserved(subtree).is_err() {
                 continue;
             }
-            let result = if subtree.is_root() || self.listed.contains(subtree) {
-                if subtree.is_root() || self.listed_dirs.contains(subtree) {
+            let result = if subtree.is_root() || self.is_listed(subtree) {
+                if subtree.is_root() || self.listed_dirs.contains(&self.key(subtree)) {
                     self.prune(applier, subtree, &mut replies)
                 } else {
                     // A file or other leaf: listing it was the whole comparison.
@@ -296,9 +393,23 @@ impl InitialSync {
         Ok((self.wanted, replies))
     }
 
-    /// Removes every entry below directory `dir` that was not listed, and recurses
-    /// into the listed directories.
-    fn prune(&self, applier: &mut Applier, dir: &RelPath, replies: &mut Vec<SyncReply>) -> Result<(), SyncError> {
+    /// Removes every entry below directory `top` that was not listed, and goes
+    /// on into the listed directories (from a work list, not by recursion: a
+    /// tree can be deeper than the stack).
+    fn prune(&self, applier: &mut Applier, top: &RelPath, replies: &mut Vec<SyncReply>) -> Result<(), SyncError> {
+        let mut dirs = vec![top.clone()];
+        while let Some(dir) = dirs.pop() {
+            let result = self.prune_dir(applier, &dir, replies, &mut dirs);
+            match result {
+                Err(e) if dir != *top => diverged(&dir, e, replies)?,
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the unlisted entries of `dir` and adds its listed directories to `dirs`.
+    fn prune_dir(&self, applier: &mut Applier, dir: &RelPath, replies: &mut Vec<SyncReply>, dirs: &mut Vec<RelPath>) -> Result<(), SyncError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
         let fd =
             open_beneath(applier.root_fd(), dir.as_path(), flags).map_err(local(dir, "openat2"))?;
@@ -312,7 +423,7 @@ impl InitialSync {
                 call: "readdir",
                 source: std::io::Error::other(format!("unusable name {:?}", Path::new(name))),
             })?;
-            if !self.listed.contains(&child) {
+            if !self.is_listed(&child) {
                 tracing::debug!(path = %child, "not on the master; removed");
                 applier.invalidate(&child);
                 if let Err(e) = applier.keep_or_remove(fd.as_fd(), name, &child) {
@@ -326,8 +437,8 @@ impl InitialSync {
                     .map_err(local(&child, "fstatat"))?
                     .is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR),
             };
-            if is_dir && let Err(e) = self.prune(applier, &child, replies) {
-                diverged(&child, e, replies)?;
+            if is_dir {
+                dirs.push(child);
             }
         }
         Ok(())
@@ -337,7 +448,7 @@ impl InitialSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_proto::Timestamp;
+    use sluice_proto::{Timestamp, blocks};
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 
@@ -416,13 +527,13 @@ mod tests {
         assert_eq!(wants.len(), 2);
         assert_eq!(wants[0].path, p("stale"));
         assert_eq!(wants[0].size, stale.len() as u64);
-        assert_eq!(wants[0].hashes, blocks::hash_blocks(&stale[..]).unwrap());
+        assert_eq!(wants[0].runs, vec![Run { first_block: 0, hashes: blocks::hash_blocks(&stale[..]).unwrap() }]);
         assert_eq!(
             wants[1],
             Want {
                 path: p("d/new"),
                 size: 0,
-                hashes: vec![]
+                runs: vec![]
             }
         );
         assert_eq!(sync.finish(&mut applier, &[RelPath::root()]).unwrap(), (2, vec![]));

@@ -150,7 +150,9 @@ async fn session_over_quic() {
         ReceiverMessage::Want {
             path: p("d/f"),
             size: 0,
-            hashes: vec![]
+            first_block: 0,
+            hashes: vec![],
+            last: true,
         }
     );
     assert_eq!(

@@ -7,10 +7,12 @@
 //! - [`test`]: the full test run CI uses.
 //! - [`demo`]: a master and a standby on loop devices, replicating a scripted workload.
 //! - [`bench`]: sluice side by side with rsync, lsyncd and Syncthing.
+//! - [`fuzz`]: the cargo-fuzz targets of `fuzz/`, run for a given time.
 
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -39,6 +41,12 @@ enum Command {
     Test,
     /// Set up, build, and replicate a scripted workload between two loop filesystems.
     Demo,
+    /// Run the fuzz targets (frame decoding, operations on a scratch root).
+    Fuzz {
+        /// Minutes in all, shared among the targets.
+        #[arg(long, default_value_t = 2.0)]
+        minutes: f64,
+    },
     /// Set up, build, and measure sluice side by side with rsync, lsyncd and Syncthing.
     Bench {
         /// Smaller data and shorter runs (sizes in the report).
@@ -63,6 +71,7 @@ fn main() -> anyhow::Result<ExitCode> {
             cargo::build(true)?;
             demo::run(&cargo::release_dir()).context("demo failed")?;
         }
+        Command::Fuzz { minutes } => fuzz::run(minutes)?,
         Command::Bench { quick, scenarios, replicators } => {
             bench::run(quick, &scenarios, &replicators).context("bench failed")?
         }

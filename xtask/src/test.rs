@@ -17,6 +17,9 @@ struct Counts {
     ignored: u64,
 }
 
+/// Seconds each fuzz target runs in the full test run.
+const FUZZ_SECONDS: u64 = 15;
+
 pub fn run() -> anyhow::Result<ExitCode> {
     crate::setup::run()?;
     let bin_dir = release_dir();
@@ -55,6 +58,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
         command.env("SLUICE_BIN_DIR", &bin_dir);
         if !run_counting(command, &mut counts)? {
             failures.push(label.to_owned());
+        }
+    }
+
+    // Each fuzz target for a short fixed time: long enough to catch a target that
+    // no longer holds its invariants on easy inputs, short enough for CI.
+    match crate::fuzz::run_for(FUZZ_SECONDS) {
+        Ok(results) => {
+            for (target, executions) in results {
+                println!("fuzz {target}: {executions} executions in {FUZZ_SECONDS} s, nothing found");
+            }
+        }
+        Err(e) => {
+            println!("fuzzing failed: {e:#}");
+            failures.push("fuzzing".to_owned());
         }
     }
 

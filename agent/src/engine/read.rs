@@ -169,7 +169,11 @@ impl Engine {
             let end = (offset + BLOCK_SIZE).min(size);
             let theirs_block = theirs.get(block);
             if in_hole(offset, end) {
-                let zeros = hash(&vec![0u8; (end - offset) as usize]);
+                let zeros = if end - offset == BLOCK_SIZE {
+                    sluice_proto::blocks::zero_block_hash()
+                } else {
+                    hash(&vec![0u8; (end - offset) as usize])
+                };
                 if theirs_block.is_some_and(|h| *h != zeros) {
                     let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset, len: end - offset };
                     out.push(PendingOp { op, captured_ns: ts, ino: None });

@@ -1,10 +1,17 @@
 //! Applies replicated [`Op`]s to the standby tree, in place and confined to the root.
 //!
 //! Every path is resolved by the kernel beneath an `O_PATH` fd of the root
-//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`); namespace changes
+//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); namespace changes
 //! open the parent that way and then act on the final name relative to it with the
 //! `*at` calls, never following a symlink at the last component. A path that
-//! resolves outside the root is refused with [`ApplyError::Escapes`].
+//! resolves outside the root is refused with [`ApplyError::Escapes`], one that
+//! goes through a symlink with [`ApplyError::Symlink`]: the agent names real
+//! directories, so the text of a path is exactly where it leads, and the
+//! reserved `.sluice` directory can be recognised by its first component.
+//!
+//! Only regular files are opened for content, and without blocking: a FIFO or a
+//! device node in a file's place is reported, never written (device nodes are
+//! only made with [`Applier::enable_devices`]).
 //!
 //! Writes go straight into the existing file (no temp file and rename): the
 //! standby may sit on flash, and a rewrite of a whole file for a 4 KiB change
@@ -15,8 +22,11 @@
 
 mod cache;
 pub(crate) mod fs;
+pub mod hashes;
 pub mod rollback;
 mod special;
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
@@ -35,7 +45,7 @@ use nix::unistd::{Gid, Uid, fchownat, linkat, mkfifoat, symlinkat, syncfs};
 use sluice_proto::{Attrs, Op, RelPath, blocks};
 
 use self::cache::FdCache;
-use self::fs::{chmod_nofollow, kind_of, lstat_at, open_beneath, remove_any};
+use self::fs::{chmod_nofollow, kind_of, lstat_at, open_beneath};
 use self::rollback::Rollback;
 
 /// The receiver's own directory under the root; operations may not touch it.
@@ -55,6 +65,12 @@ pub enum ApplyError {
     /// The path resolves outside the root (through a symlink or a mount point).
     #[error("{path}: resolves outside the root")]
     Escapes { path: RelPath },
+    /// A component of the path is a symlink, which is never followed.
+    #[error("{path}: goes through a symlink")]
+    Symlink { path: RelPath },
+    /// The receiver is configured not to do this.
+    #[error("{path}: {reason}")]
+    Forbidden { path: RelPath, reason: &'static str },
     /// The path lies in the receiver's own state directory.
     #[error("{path}: lies in the receiver's reserved `{STATE_DIR}` directory")]
     Reserved { path: RelPath },
@@ -138,6 +154,8 @@ pub struct Applier {
     cache: FdCache,
     /// Present when destroyed content is kept in the rollback directory.
     rollback: Option<Rollback>,
+    /// Device nodes may be made (`[replication] devices`).
+    devices: bool,
 }
 
 fn sys(path: &RelPath, call: &'static str) -> impl FnOnce(Errno) -> ApplyError {
@@ -160,6 +178,7 @@ fn io(path: &RelPath, call: &'static str) -> impl FnOnce(std::io::Error) -> Appl
 fn open_error(path: &RelPath, errno: Errno, missing: fn(RelPath) -> ApplyError) -> ApplyError {
     match errno {
         Errno::EXDEV => ApplyError::Escapes { path: path.clone() },
+        Errno::ELOOP => ApplyError::Symlink { path: path.clone() },
         Errno::ENOENT => missing(path.clone()),
         errno => sys(path, "openat2")(errno),
     }
@@ -207,7 +226,13 @@ impl Applier {
             root: root_fd,
             cache: FdCache::new(FD_CACHE_SIZE),
             rollback: None,
+            devices: false,
         })
+    }
+
+    /// Lets `Mknod` and device entries make character and block device nodes.
+    pub fn enable_devices(&mut self) {
+        self.devices = true;
     }
 
     pub(crate) fn root_fd(&self) -> BorrowedFd<'_> {
@@ -230,31 +255,56 @@ impl Applier {
         Ok((fd, name))
     }
 
-    /// Opens `path` read-only beneath the root, not following a final symlink.
+    /// Opens regular file `path` read-only beneath the root.
     pub(crate) fn open_read(&self, path: &RelPath) -> Result<File, ApplyError> {
-        open_beneath(
-            self.root_fd(),
-            path.as_path(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
-        )
-        .map(File::from)
-        .map_err(|errno| open_error(path, errno, |path| ApplyError::NotFound { path }))
+        self.open_regular(path, OFlag::O_RDONLY)
+    }
+
+    /// Opens `path` with `flags` if it is a regular file (or, with `O_CREAT`, if
+    /// it is missing). Anything else in its place is [`ApplyError::WrongKind`]
+    /// and is never opened: opening a device can have effects of its own, and
+    /// opening a FIFO would wait for a peer. The type is checked before the open
+    /// and again on the open file, which is opened non-blocking in case it changed.
+    fn open_regular(&self, path: &RelPath, flags: OFlag) -> Result<File, ApplyError> {
+        let create = flags.contains(OFlag::O_CREAT);
+        let (dir, name) = self.parent(path).map_err(|e| match e {
+            ApplyError::MissingParent { path } if !create => ApplyError::NotFound { path },
+            other => other,
+        })?;
+        let wrong_kind = || ApplyError::WrongKind { path: path.clone(), wanted: "regular file" };
+        match lstat_at(dir.as_fd(), name).map_err(sys(path, "fstatat"))? {
+            Some(stat) if kind_of(&stat) != SFlag::S_IFREG => return Err(wrong_kind()),
+            None if !create => return Err(ApplyError::NotFound { path: path.clone() }),
+            _ => {}
+        }
+        let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        // Created private; the real mode follows in a SetAttrs.
+        let fd = nix::fcntl::openat(dir.as_fd(), name, flags, Mode::from_bits_truncate(0o600))
+            .map_err(|errno| open_error(path, errno, |path| ApplyError::NotFound { path }))?;
+        let file = File::from(fd);
+        if !file.metadata().map_err(io(path, "fstat"))?.is_file() {
+            return Err(wrong_kind());
+        }
+        Ok(file)
     }
 
     /// The size of regular file `path` and the hashes of up to `blocks` blocks
     /// from `offset`; `None` when `path` is missing or not a regular file.
     pub fn block_hashes(&self, path: &RelPath, offset: u64, blocks: u32) -> Result<Option<(u64, Vec<sluice_proto::Hash>)>, ApplyError> {
         check_reserved(path)?;
-        // Non-blocking, so a FIFO in its place cannot hold the stream.
-        let file = match open_beneath(self.root_fd(), path.as_path(), OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK) {
-            Ok(fd) => File::from(fd),
-            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => return Ok(None),
-            Err(errno) => return Err(open_error(path, errno, |path| ApplyError::NotFound { path })),
+        let file = match self.open_read(path) {
+            Ok(file) => file,
+            Err(
+                ApplyError::NotFound { .. }
+                | ApplyError::MissingParent { .. }
+                | ApplyError::WrongKind { .. }
+                | ApplyError::Symlink { .. }
+                | ApplyError::Root { .. },
+            ) => return Ok(None),
+            Err(ApplyError::Sys { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let meta = file.metadata().map_err(io(path, "fstat"))?;
-        if !meta.is_file() {
-            return Ok(None);
-        }
         let mut hashes = Vec::new();
         let mut buf = vec![0u8; blocks::BLOCK_SIZE as usize];
         for block in 0..u64::from(blocks) {
@@ -269,21 +319,16 @@ impl Applier {
         Ok(Some((meta.len(), hashes)))
     }
 
-    /// The cached writable fd of `path`, opening (and with `create`, creating) it.
+    /// The cached writable fd of regular file `path`, opening (and with
+    /// `create`, creating) it.
     fn writable(&mut self, path: &RelPath, create: bool) -> Result<&File, ApplyError> {
         if self.cache.get(path).is_none() {
-            let mut flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW;
+            let mut flags = OFlag::O_WRONLY;
             if create {
                 flags |= OFlag::O_CREAT;
             }
-            let missing = if create {
-                |path| ApplyError::MissingParent { path }
-            } else {
-                |path| ApplyError::NotFound { path }
-            };
-            let fd = open_beneath(self.root_fd(), path.as_path(), flags)
-                .map_err(|errno| open_error(path, errno, missing))?;
-            return Ok(self.cache.insert(path.clone(), File::from(fd)));
+            let file = self.open_regular(path, flags)?;
+            return self.cache.insert(path.clone(), file).map_err(io(path, "fstat"));
         }
         Ok(self.cache.get(path).expect("checked above"))
     }
@@ -459,15 +504,14 @@ impl Applier {
     fn create_file(&mut self, path: &RelPath, mode: u32, truncate: bool) -> Result<(), ApplyError> {
         check_entry(path, "create")?;
         self.invalidate(path);
-        let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW;
+        let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT;
         if truncate {
             self.keep_before_truncate(path, 0)?;
             flags |= OFlag::O_TRUNC;
         }
-        let fd = open_beneath(self.root_fd(), path.as_path(), flags)
-            .map_err(|errno| open_error(path, errno, |path| ApplyError::MissingParent { path }))?;
-        fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777)).map_err(sys(path, "fchmod"))?;
-        self.cache.insert(path.clone(), File::from(fd));
+        let file = self.open_regular(path, flags)?;
+        fchmod(&file, Mode::from_bits_truncate(mode & 0o7777)).map_err(sys(path, "fchmod"))?;
+        self.cache.insert(path.clone(), file).map_err(io(path, "fstat"))?;
         Ok(())
     }
 
@@ -489,7 +533,7 @@ impl Applier {
                     return Ok(());
                 }
                 self.invalidate(path);
-                remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+                self.keep_or_remove(dir, name, path)?;
                 mkdirat(dir, name, Mode::from_bits_truncate(0o700))
                     .map_err(sys(path, "mkdirat"))?;
             }
@@ -513,7 +557,7 @@ impl Applier {
             return Ok(());
         }
         self.invalidate(path);
-        remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+        self.keep_or_remove(dir, name, path)?;
         symlinkat(target, dir, name).map_err(sys(path, "symlinkat"))
     }
 
@@ -550,7 +594,7 @@ impl Applier {
             return Ok(());
         }
         self.invalidate(path);
-        remove_any(dir.as_fd(), name).map_err(sys(path, "unlinkat"))?;
+        self.keep_or_remove(dir.as_fd(), name, path)?;
         link().map_err(sys(path, "linkat"))
     }
 
@@ -568,7 +612,7 @@ impl Applier {
                     return Ok(());
                 }
                 self.invalidate(path);
-                remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+                self.keep_or_remove(dir, name, path)?;
                 mkfifoat(dir, name, private).map_err(sys(path, "mkfifoat"))?;
             }
             Err(errno) => return Err(sys(path, "mkfifoat")(errno)),
@@ -609,15 +653,13 @@ impl Applier {
             Err(ApplyError::MissingParent { .. }) => None,
             Err(e) => return Err(e),
         };
-        if !exchange
-            && !noreplace
-            && let Some((from_dir, from_name)) = &from_parent
-        {
-            self.keep_rename_target(
+        let kept = match &from_parent {
+            Some((from_dir, from_name)) if !exchange && !noreplace => self.keep_rename_target(
                 (from_dir.as_fd(), from_name, from),
                 (to_dir.as_fd(), to_name, to),
-            )?;
-        }
+            )?,
+            _ => None,
+        };
         let mut flags = RenameFlags::empty();
         flags.set(RenameFlags::RENAME_EXCHANGE, exchange);
         flags.set(RenameFlags::RENAME_NOREPLACE, noreplace);
@@ -627,6 +669,14 @@ impl Applier {
             }
             None => Err(Errno::ENOENT),
         };
+        if let Some(kept) = kept {
+            // The target was kept before the rename; only a rename that happened
+            // may leave it out of the live tree.
+            match &result {
+                Ok(()) => kept.commit(),
+                Err(_) => kept.undo(to_dir.as_fd(), to_name, to)?,
+            }
+        }
         match result {
             Ok(()) => Ok(()),
             Err(Errno::ENOENT) => {

@@ -27,7 +27,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, Whence, fchown, lseek, unlinkat};
 use prometheus_client::metrics::counter::Counter;
 use sluice_proto::RelPath;
 
-use super::fs::{kind_of, list_dir, lstat_at, open_beneath, remove_any, remove_tree};
+use super::fs::{is_dot, kind_of, list_dir, lstat_at, open_beneath, remove_any, remove_tree, walk};
 use super::{Applier, ApplyError, STATE_DIR, open_root, sys};
 
 /// The rollback directory, inside [`STATE_DIR`].
@@ -182,23 +182,29 @@ fn tree_usage(parent: BorrowedFd<'_>, name: &OsStr) -> (u64, u64) {
     let Ok(Some(stat)) = lstat_at(parent, name) else {
         return (0, 0);
     };
-    match kind_of(&stat) {
-        SFlag::S_IFREG => (1, stat.st_size as u64),
-        SFlag::S_IFDIR => {
-            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            let Ok(dir) = openat(parent, name, flags, Mode::empty()) else {
-                return (1, 0);
-            };
-            let children = list_dir(dir.as_fd()).unwrap_or_default();
-            children
-                .iter()
-                .fold((1, 0), |(entries, bytes), (child, _)| {
-                    let (e, b) = tree_usage(dir.as_fd(), OsStr::from_bytes(child));
-                    (entries + e, bytes + b)
-                })
-        }
-        _ => (1, 0),
+    if kind_of(&stat) != SFlag::S_IFDIR {
+        let bytes = if kind_of(&stat) == SFlag::S_IFREG { stat.st_size as u64 } else { 0 };
+        return (1, bytes);
     }
+    let usage = std::cell::Cell::new((0u64, 0u64));
+    let add = |entries: u64, bytes: u64| {
+        let (e, b) = usage.get();
+        usage.set((e + entries, b + bytes));
+    };
+    let _ = walk(
+        parent,
+        name,
+        |_, _, stat| {
+            add(1, if kind_of(stat) == SFlag::S_IFREG { stat.st_size as u64 } else { 0 });
+            Ok(())
+        },
+        |_, _| {
+            add(1, 0);
+            Ok(())
+        },
+    );
+    let (entries, bytes) = usage.get();
+    (entries.max(1), bytes)
 }
 
 /// Moves `name` in `dir` to the first free name among `slot_name`, `slot_name.1`,
@@ -209,7 +215,7 @@ fn tree_usage(parent: BorrowedFd<'_>, name: &OsStr) -> (u64, u64) {
 fn move_to_free_name(
     dir: BorrowedFd<'_>,
     name: &OsStr,
-    is_dir: bool,
+    collapse_empty_dir: bool,
     slot_dir: BorrowedFd<'_>,
     slot_name: &OsStr,
 ) -> nix::Result<Option<OsString>> {
@@ -244,7 +250,7 @@ fn move_to_free_name(
             Err(Errno::EINVAL) if no_replace => no_replace = false,
             Err(Errno::EEXIST) => {
                 if n == 0
-                    && is_dir
+                    && collapse_empty_dir
                     && lstat_at(slot_dir, &candidate)?
                         .is_some_and(|s| kind_of(&s) == SFlag::S_IFDIR)
                 {
@@ -258,6 +264,51 @@ fn move_to_free_name(
             }
             Err(errno) => return Err(errno),
         }
+    }
+}
+
+/// Makes a hard link to `name` in `dir` at the first free name among
+/// `slot_name`, `slot_name.1`, ... in `slot_dir`, and returns the name it got.
+fn link_to_free_name(dir: BorrowedFd<'_>, name: &OsStr, slot_dir: BorrowedFd<'_>, slot_name: &OsStr) -> nix::Result<OsString> {
+    let mut n = 0;
+    loop {
+        let candidate = suffixed(slot_name, n);
+        match nix::unistd::linkat(dir, name, slot_dir, candidate.as_os_str(), nix::fcntl::AtFlags::empty()) {
+            Ok(()) => return Ok(candidate),
+            Err(Errno::EEXIST) => n += 1,
+            Err(errno) => return Err(errno),
+        }
+    }
+}
+
+/// A rename target kept in the rollback directory before the rename that
+/// replaces it: counted once the rename happened, put back if it failed.
+pub(crate) struct KeptTarget {
+    slot_dir: OwnedFd,
+    kept_name: OsString,
+    /// The target itself was moved (a directory), rather than linked (a file).
+    moved: bool,
+    entries: u64,
+    bytes: u64,
+    counters: RollbackCounters,
+}
+
+impl KeptTarget {
+    /// The rename happened: what was kept is the only copy now.
+    pub(crate) fn commit(self) {
+        self.counters.entries_kept.inc_by(self.entries);
+        self.counters.bytes_kept.inc_by(self.bytes);
+        tracing::debug!(kept = %Path::new(&self.kept_name).display(), entries = self.entries, bytes = self.bytes, "rename target kept in the rollback directory");
+    }
+
+    /// The rename failed: puts the live tree back as it was.
+    pub(crate) fn undo(self, to_dir: BorrowedFd<'_>, to_name: &OsStr, to: &RelPath) -> Result<(), ApplyError> {
+        let result = if self.moved {
+            renameat2(self.slot_dir.as_fd(), self.kept_name.as_os_str(), to_dir, to_name, RenameFlags::RENAME_NOREPLACE)
+        } else {
+            unlinkat(self.slot_dir.as_fd(), self.kept_name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+        };
+        result.map_err(kept(to, "undo"))
     }
 }
 
@@ -408,6 +459,9 @@ impl Applier {
         name: &OsStr,
         path: &RelPath,
     ) -> Result<(), ApplyError> {
+        if is_dot(name) || path.is_root() {
+            return Err(ApplyError::Root { op: "removal" });
+        }
         if self.rollback.is_none() {
             return remove_any(dir, name).map_err(sys(path, "unlinkat"));
         }
@@ -425,25 +479,32 @@ impl Applier {
     }
 
     /// Before a rename of `from` over `to`: keeps the `to` that would be
-    /// overwritten. Nothing is kept when the rename cannot overwrite it (a
+    /// overwritten, and returns what was kept so the caller can undo it if the
+    /// rename fails. Nothing is kept when the rename cannot overwrite it (a
     /// missing source, kinds that do not replace each other, the same inode under
     /// two names) or would not destroy content (a file with other names).
+    ///
+    /// A file is kept as a second hard link, so its name stays in the live tree
+    /// until the rename itself replaces it; a directory (empty on the master, as
+    /// the rename would have failed there otherwise) is moved, and moved back if
+    /// the rename fails.
     pub(crate) fn keep_rename_target(
         &mut self,
         (from_dir, from_name, from): (BorrowedFd<'_>, &OsStr, &RelPath),
         (to_dir, to_name, to): (BorrowedFd<'_>, &OsStr, &RelPath),
-    ) -> Result<(), ApplyError> {
-        if self.rollback.is_none() {
-            return Ok(());
-        }
+    ) -> Result<Option<KeptTarget>, ApplyError> {
+        let Some(rollback) = &self.rollback else {
+            return Ok(None);
+        };
+        let counters = rollback.counters.clone();
         let Some(source) = lstat_at(from_dir, from_name).map_err(sys(from, "fstatat"))? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(target) = lstat_at(to_dir, to_name).map_err(sys(to, "fstatat"))? else {
-            return Ok(());
+            return Ok(None);
         };
         if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino) {
-            return Ok(());
+            return Ok(None);
         }
         let source_is_dir = kind_of(&source) == SFlag::S_IFDIR;
         let replaced = match kind_of(&target) {
@@ -452,10 +513,31 @@ impl Applier {
             SFlag::S_IFDIR => source_is_dir && !from.starts_with(to) && !to.starts_with(from),
             _ => false,
         };
-        if replaced {
-            self.keep_by_moving(to_dir, to_name, to, &target)?;
+        if !replaced {
+            return Ok(None);
         }
-        Ok(())
+        let (slot_dir, slot_name) = self.rollback_slot(to)?;
+        let is_file = kind_of(&target) == SFlag::S_IFREG;
+        let result = if is_file {
+            link_to_free_name(to_dir, to_name, slot_dir.as_fd(), &slot_name).map(|name| (name, false))
+        } else {
+            move_to_free_name(to_dir, to_name, false, slot_dir.as_fd(), &slot_name)
+                .map(|name| (name.expect("only collapsed when asked"), true))
+        };
+        let (kept_name, moved) = match result {
+            Ok(kept) => kept,
+            Err(Errno::EXDEV) => {
+                tracing::warn!(path = %to, "on another filesystem than the rollback directory; replaced without keeping");
+                return Ok(None);
+            }
+            Err(errno) => return Err(kept(to, if is_file { "linkat" } else { "renameat2" })(errno)),
+        };
+        let (entries, bytes) = if is_file {
+            (1, target.st_size as u64)
+        } else {
+            tree_usage(slot_dir.as_fd(), &kept_name)
+        };
+        Ok(Some(KeptTarget { slot_dir, kept_name, moved, entries, bytes, counters }))
     }
 
     /// Before `path` is truncated (or recreated empty): copies its content to the

@@ -11,7 +11,7 @@ use nix::sys::stat::{Mode, SFlag, mknodat};
 use sluice_proto::{RelPath, Xattr};
 use xattr::FileExt as _;
 
-use super::fs::{chmod_nofollow, kind_of, lstat_at, open_beneath, remove_any};
+use super::fs::{chmod_nofollow, kind_of, lstat_at, open_beneath};
 use super::{Applier, ApplyError, check_entry, check_reserved, io, open_error, sys};
 
 impl Applier {
@@ -44,7 +44,7 @@ impl Applier {
                     // A namespace this filesystem or this receiver's privileges do
                     // not allow: the rest of the entry is still worth replicating.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM)) => {
-                        tracing::warn!(%path, name = %String::from_utf8_lossy(name), "extended attribute not replicated: {e}");
+                        tracing::warn!(%path, name = ?String::from_utf8_lossy(name), "extended attribute not replicated: {e}");
                     }
                     Err(e) => return Err(io(path, "fsetxattr")(e)),
                 }
@@ -66,7 +66,7 @@ impl Applier {
             return Err(ApplyError::NotFound { path: path.clone() });
         };
         let flags = match kind_of(&stat) {
-            SFlag::S_IFREG => OFlag::O_RDONLY,
+            SFlag::S_IFREG => return self.open_read(path).map(Some),
             SFlag::S_IFDIR => OFlag::O_RDONLY | OFlag::O_DIRECTORY,
             _ => return Ok(None),
         };
@@ -78,6 +78,12 @@ impl Applier {
     /// Creates a device node; an identical one is kept, anything else is replaced.
     pub fn mknod(&mut self, path: &RelPath, mode: u32, rdev: u64) -> Result<(), ApplyError> {
         check_entry(path, "mknod")?;
+        if !self.devices {
+            return Err(ApplyError::Forbidden {
+                path: path.clone(),
+                reason: "device nodes are not replicated (`[replication] devices` is off on the receiver)",
+            });
+        }
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         if kind != SFlag::S_IFCHR && kind != SFlag::S_IFBLK {
             return Err(ApplyError::WrongKind { path: path.clone(), wanted: "character or block device" });
@@ -91,7 +97,7 @@ impl Applier {
                 let stat = lstat_at(dir, name).map_err(sys(path, "fstatat"))?;
                 if !stat.is_some_and(|s| kind_of(&s) == kind && s.st_rdev == rdev as libc::dev_t) {
                     self.invalidate(path);
-                    remove_any(dir, name).map_err(sys(path, "unlinkat"))?;
+                    self.keep_or_remove(dir, name, path)?;
                     mknodat(dir, name, kind, private, rdev as libc::dev_t).map_err(sys(path, "mknodat"))?;
                 }
             }

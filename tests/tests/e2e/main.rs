@@ -14,6 +14,8 @@ mod namespace;
 mod initial_sync;
 // Unpinned peers and paths escaping the standby root are refused.
 mod security;
+// A hostile agent holding the pinned certificate: escapes, exhaustion, destruction.
+mod hostile;
 // fallocate modes, holes, O_DIRECT, copy_file_range/sendfile, mmap stores.
 mod write_paths;
 // Extended attributes, POSIX ACLs, device nodes.

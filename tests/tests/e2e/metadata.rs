@@ -33,7 +33,11 @@ fn device_nodes_when_enabled() {
     let standby = LoopFs::new(FsKind::Ext4, 64).unwrap();
     let m = master.path();
     sh(m, "mknod -m 0640 null c 1 3 && mknod -m 0600 loopish b 7 200");
-    let options = PairOptions { agent_toml: "[replication]\ndevices = true\n".into(), ..PairOptions::default() };
+    let options = PairOptions {
+        agent_toml: "[replication]\ndevices = true\n".into(),
+        receiver_toml: "[replication]\ndevices = true\n".into(),
+        ..PairOptions::default()
+    };
     let pair = Pair::start_with(m, standby.path(), options).unwrap();
     converge(&pair, Duration::from_secs(30));
 }
