@@ -104,6 +104,12 @@ pub fn scan(root: &Path, files: &mut Files, devices: bool, verify_since: Option<
             Ok(meta) => meta,
             Err(_) => continue,
         };
+        if meta.dev() != root_meta.dev() {
+            // A mount point or a nested btrfs subvolume (its own st_dev, and inode
+            // numbers that collide with the tree's): not replicated, like `rsync -x`
+            // minus the empty directory. The capture ignores its inodes too.
+            continue;
+        }
         let parent_path = path.parent().unwrap_or_else(RelPath::root);
         let Some(parent) = index.resolve(&parent_path) else { continue };
         let kind = kind_of(&meta);

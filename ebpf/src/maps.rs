@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sluice_common::{Calibration, Config};
+use sluice_common::{AncestorKey, Calibration, Config};
 
 /// Completed operations. The agent overrides the size at load time.
 #[map(name = "EVENTS")]
@@ -27,6 +27,29 @@ pub static CALIBRATION: Array<Calibration> = Array::with_max_entries(1, 0);
 /// is simply announced again.
 #[map(name = "IO_URING_SEEN")]
 pub static IO_URING_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// The directories above the watched root (key) and their position in the
+/// agent's list (value), written by the agent before capture is enabled.
+#[map(name = "ANCESTORS")]
+pub static ANCESTORS: HashMap<AncestorKey, u64> = HashMap::with_max_entries(256, 0);
+
+/// What the entry of a write-family syscall saw, for its exit (see
+/// `probes::entry`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WriteEntry {
+    /// The fd the syscall was given.
+    pub fd: u64,
+    /// `file->f_pos` at entry.
+    pub pos: u64,
+    /// `inode->i_size` at entry.
+    pub size: u64,
+}
+
+/// Thread id → [`WriteEntry`] of its write-family syscall in progress. LRU: an
+/// entry lost to eviction makes the exit fall back to a conservative range.
+#[map(name = "WRITE_ENTRY")]
+pub static WRITE_ENTRY: LruHashMap<u32, WriteEntry> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 pub fn count_drop() {

@@ -62,15 +62,15 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FExit, ProgramError},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use events::{DecodeError, Event, EventKind, SyncKind};
+pub use events::{DecodeError, Event, EventKind, Repair, SyncKind};
 pub use offsets::OffsetsError;
-use sluice_common::{Calibration, Config, names, vfs};
-pub use sluice_common::{InodeId, NO_FD, TO_END};
+use sluice_common::{AncestorKey, Calibration, Config, ENTRY_SYSCALLS, names, vfs};
+pub use sluice_common::{ANCESTOR_DEV, InodeId, NO_FD, TO_END};
 
 /// The compiled programs, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
@@ -138,6 +138,8 @@ pub struct Capture {
     drops: PerCpuArray<MapData, u64>,
     watched_dev: u64,
     root: InodeId,
+    watched_subvol: u64,
+    ancestors: Vec<PathBuf>,
     io_uring_writes: bool,
     mode: &'static str,
 }
@@ -231,6 +233,8 @@ impl Capture {
 
         let mut config: Array<MapData, Config> = take_map(&mut ebpf, names::CONFIG)?;
         let mut calibration: Array<MapData, Calibration> = take_map(&mut ebpf, names::CALIBRATION)?;
+        let mut ancestor_map: BpfHashMap<MapData, AncestorKey, u64> =
+            take_map(&mut ebpf, names::ANCESTORS)?;
         let drops: PerCpuArray<MapData, u64> = take_map(&mut ebpf, names::DROPS)?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, names::EVENTS)?;
 
@@ -255,7 +259,8 @@ impl Capture {
             calibrating: 1,
             offsets,
             data_from_vfs,
-            _reserved: 0,
+            write_entry: 0,
+            watched_subvol: 0,
         };
         config.set(0, cfg, 0)?;
 
@@ -280,17 +285,60 @@ impl Capture {
                 }
             };
 
+        // Where a write to a shared or appending file went is checked against what
+        // its entry saw; without the entry program such writes report the whole file.
+        cfg.write_entry = match attach_write_entry(&mut ebpf) {
+            Ok(()) => 1,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "syscall entry tracepoints not attached: writes to shared or appending files will be reported as whole files"
+                );
+                0
+            }
+        };
+
         let kernel_root = calibrate(root, root_meta.ino(), &mut calibration)?;
-        cfg.watched_dev = kernel_root.dev;
+        if is_btrfs(root) && kernel_root.subvol == 0 {
+            return Err(CaptureError::Calibration {
+                path: root.to_owned(),
+                reason: "the root is on btrfs but the kernel's BTF does not describe btrfs inodes, so snapshots could not be told apart from the watched subvolume".to_owned(),
+            });
+        }
+        // The directories above the root: a relative path from one of them (the
+        // cwd of `cd /srv && mv data/a data/b`) can lead into the tree.
+        let mut ancestors = Vec::new();
+        for dir in root.ancestors().skip(1) {
+            let named = std::fs::metadata(dir).map(|m| m.ino()).and_then(|ino| {
+                calibrate(dir, ino, &mut calibration).map_err(|e| io::Error::other(e.to_string()))
+            });
+            match named {
+                Ok(c) => {
+                    let key = AncestorKey { dev: c.root.dev, ino: c.root.ino, subvol: c.subvol };
+                    ancestor_map.insert(key, ancestors.len() as u64, 0)?;
+                    ancestors.push(dir.to_owned());
+                }
+                Err(error) => tracing::warn!(
+                    dir = %dir.display(),
+                    %error,
+                    "relative paths used from this directory will not be seen"
+                ),
+            }
+        }
+        cfg.watched_dev = kernel_root.root.dev;
+        cfg.watched_subvol = kernel_root.subvol;
         cfg.calibrating = 0;
         config.set(0, cfg, 0)?;
         tracing::info!(
             root = %root.display(),
-            dev = kernel_root.dev,
-            ino = kernel_root.ino,
+            dev = kernel_root.root.dev,
+            ino = kernel_root.root.ino,
+            subvol = kernel_root.subvol,
+            ancestors = ancestors.len(),
             mode,
             data_from_vfs,
             io_uring_writes,
+            write_entry = cfg.write_entry,
             "eBPF capture started"
         );
 
@@ -298,8 +346,10 @@ impl Capture {
             _ebpf: ebpf,
             events: register(events)?,
             drops,
-            watched_dev: kernel_root.dev,
-            root: kernel_root,
+            watched_dev: kernel_root.root.dev,
+            root: kernel_root.root,
+            watched_subvol: kernel_root.subvol,
+            ancestors,
             io_uring_writes,
             mode,
         })
@@ -327,6 +377,18 @@ impl Capture {
     /// The kernel's id of the watched root directory.
     pub fn root(&self) -> InodeId {
         self.root
+    }
+
+    /// The btrfs subvolume id of the watched root, or zero on other filesystems.
+    pub fn watched_subvol(&self) -> u64 {
+        self.watched_subvol
+    }
+
+    /// The directories above the root (its parent first, `/` last) that relative
+    /// paths may be based on: a path event's base `{ dev: ANCESTOR_DEV, ino: k }`
+    /// is `ancestors()[k]`.
+    pub fn ancestors(&self) -> &[PathBuf] {
+        &self.ancestors
     }
 
     /// Waits until the ring buffer is readable, then drains every available record
@@ -370,6 +432,24 @@ fn attach(
     program.load(tracepoint, btf)?;
     program.attach()?;
     Ok(())
+}
+
+/// Loads the write-family entry program and attaches it to each of
+/// [`ENTRY_SYSCALLS`] (classic tracepoints: tracefs must be mounted).
+fn attach_write_entry(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(names::SYS_ENTER_WRITE)
+        .ok_or(CaptureError::Missing(names::SYS_ENTER_WRITE))?
+        .try_into()?;
+    program.load()?;
+    for name in ENTRY_SYSCALLS {
+        program.attach("syscalls", name)?;
+    }
+    Ok(())
+}
+
+fn is_btrfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
 }
 
 /// Loads and attaches the fexit programs of [`VFS_PROGRAMS`] and returns the
@@ -454,13 +534,13 @@ where
     Ok(T::try_from(map)?)
 }
 
-/// Opens `root` while the program is calibrating until it records a directory
-/// with the root's inode number, and returns that kernel id.
+/// Opens directory `root` while the program is calibrating until it records a
+/// directory with the root's inode number, and returns what the kernel saw.
 fn calibrate(
     root: &Path,
     ino: u64,
     slot: &mut Array<MapData, Calibration>,
-) -> Result<InodeId, CaptureError> {
+) -> Result<Calibration, CaptureError> {
     let mut last = None;
     for _ in 0..CALIBRATION_ATTEMPTS {
         slot.set(0, Calibration::default(), 0)?;
@@ -472,7 +552,7 @@ fn calibrate(
         let seen = slot.get(&0, 0)?;
         drop(dir);
         if seen.seen != 0 && seen.root.ino == ino {
-            return Ok(seen.root);
+            return Ok(seen);
         }
         last = Some(seen);
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -115,7 +115,9 @@ impl Engine {
             | EventKind::Writeback { .. }
             | EventKind::Sync { .. }
             | EventKind::XattrFd { .. }
-            | EventKind::IoUringUser { .. } => {}
+            | EventKind::IoUringUser { .. }
+            | EventKind::Changed { .. }
+            | EventKind::Repair { .. } => {}
         }
     }
 

@@ -11,9 +11,13 @@
 //! functions instead (every writer, in-kernel ones included) and `sys_exit`
 //! leaves those syscalls to it (`Config::data_from_vfs`).
 
+mod aio;
 mod calibrate;
+mod clone;
+mod compat;
 mod copy;
 mod data;
+mod entry;
 mod fault;
 mod io_uring;
 mod path;
@@ -28,6 +32,16 @@ use sluice_common::EventHeader;
 
 /// The six syscall argument registers, in argument order.
 pub type SysArgs = [u64; 6];
+
+/// A completed syscall, decoded to its 64-bit number and argument layout
+/// (passed by reference: BPF functions take at most five arguments).
+pub struct Syscall {
+    pub n: u64,
+    pub args: SysArgs,
+    pub ret: i64,
+    /// Made as a 32-bit (ia32) syscall.
+    pub compat: bool,
+}
 
 #[inline(always)]
 fn header(kind: u32, op: u32) -> EventHeader {

@@ -1,11 +1,14 @@
 //! Namespace operations addressed by path.
 //!
 //! Paths are copied as the caller passed them, with the directory they are
-//! relative to (`base`: the dirfd's inode, or the cwd's for `AT_FDCWD`). An event
-//! is kept when a path is absolute or its base is on the watched filesystem, so a
-//! relative path used from a cwd outside the watched tree is dropped here even if
-//! it leads back into it (e.g. `../watched/x`). Absolute paths anywhere on the
-//! system pass; userspace filters them by prefix.
+//! relative to (`base`: the dirfd's inode, or the cwd's for `AT_FDCWD`, see
+//! `kernel::base_dir`). An event is kept when a path is absolute, or its base is
+//! in the watched tree's filesystem (and btrfs subvolume), or its base is one of
+//! the watched root's ancestors (`cd /srv && mv data/a data/b` with `/srv/data`
+//! watched). A relative path from any other directory is dropped here even if it
+//! leads back into the tree through `..` or a symlink (e.g. `../srv/data/x` from
+//! `/tmp`). Absolute paths anywhere on the system pass; userspace places them by
+//! prefix, or by looking up their parent directory.
 //!
 //! Prototypes:
 //! - `int open(const char *path, int flags, mode_t mode)`, `int creat(const char *path, mode_t mode)`
@@ -30,11 +33,11 @@
 //!   be recreated with the same numbers
 
 use aya_ebpf::{cty::c_void, helpers::bpf_probe_read_user, helpers::generated};
-use sluice_common::{Config, InodeId, PATH_LEN, PathEvent, kind, op};
+use sluice_common::{ANCESTOR_DEV, Config, InodeId, PATH_LEN, PathEvent, kind, op};
 
 use super::{SysArgs, header, sys_exit::nr};
 use crate::{
-    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, inode_id},
+    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, watched},
     maps::{EVENTS, count_drop},
 };
 
@@ -184,14 +187,14 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
             return Ok(());
         }
         // The new fd names the file exactly, so filter on it rather than the path.
-        target = inode_id(o, fd_inode(o, task, ret as i32)?)?;
-        if target.dev != cfg.watched_dev {
+        let Some(id) = watched(cfg, fd_inode(o, task, ret as i32)?)? else {
             return Ok(());
-        }
+        };
+        target = id;
     }
-    let base1 = base_dir(o, task, p.dfd1);
+    let base1 = base_dir(cfg, task, p.dfd1);
     let base2 = if p.second == Second::Path {
-        base_dir(o, task, p.dfd2)
+        base_dir(cfg, task, p.dfd2)
     } else {
         InodeId::default()
     };
@@ -219,11 +222,11 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
         } else {
             copy_user_str(path2, p.p2);
         }
-        let watched = cfg.watched_dev;
+        let near = |base: InodeId| base.dev == cfg.watched_dev || base.dev == ANCESTOR_DEV;
         p.op == op::OPEN_CREATE
             || *path1 == b'/'
-            || base1.dev == watched
-            || (p.second == Second::Path && (*path2 == b'/' || base2.dev == watched))
+            || near(base1)
+            || (p.second == Second::Path && (*path2 == b'/' || near(base2)))
     };
     if keep {
         entry.submit(0);
