@@ -22,3 +22,6 @@ mod metadata;
 mod faults;
 // The receiver's rollback directory keeps what the master deletes, truncates or overwrites.
 mod rollback;
+// Reflinks, appending pwrite, native AIO, paths from above the root or through
+// aliases, btrfs snapshots, 32-bit syscalls, shared fds, io_uring beyond writes.
+mod exact_capture;
