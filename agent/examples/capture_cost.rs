@@ -6,6 +6,8 @@
 //! process (the capture ignores its own process):
 //! - `pwrite`: ITERATIONS 4 KiB `pwrite64`s to a file under DIR,
 //! - `getppid`: ITERATIONS `getppid()`s, a syscall no program decodes,
+//! - `devnull`: ITERATIONS 1-byte `write`s to `/dev/null` (what a write to a pipe
+//!   or socket costs: the syscall is decoded, the file is elsewhere),
 //!
 //! and prints, for each load and each program of ours, the run count and the
 //! average nanoseconds per run from `/proc/self/fdinfo/<prog fd>` (`run_cnt`,
@@ -48,7 +50,7 @@ fn main() -> anyhow::Result<()> {
             }
         });
         let names = program_names();
-        for kind in ["pwrite", "getppid"] {
+        for kind in ["pwrite", "getppid", "devnull"] {
             let before = stats();
             let start = Instant::now();
             let status = Command::new(std::env::current_exe()?)
@@ -129,6 +131,13 @@ fn load(kind: &str, dir: &Path, iterations: u64) -> anyhow::Result<()> {
             let buf = vec![0x5a_u8; PAGE];
             for i in 0..iterations {
                 file.write_all_at(&buf, (i % 256) * PAGE as u64)?;
+            }
+        }
+        "devnull" => {
+            use std::io::Write as _;
+            let mut null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            for _ in 0..iterations {
+                null.write_all(b"x")?;
             }
         }
         _ => {

@@ -163,6 +163,12 @@ pub fn file_shared(o: &KernelOffsets, task: u64, file: u64) -> Res<bool> {
     if refs > o.file_ref_one as i64 {
         return Ok(true);
     }
+    fd_table_shared(o, task)
+}
+
+/// Whether `task`'s fd table is shared with other threads (`files->count > 1`).
+#[inline(always)]
+pub fn fd_table_shared(o: &KernelOffsets, task: u64) -> Res<bool> {
     let files = read_ptr(task, o.task_files)?;
     let count: i32 = read(files, o.files_count)?;
     Ok(count > 1)

@@ -46,6 +46,33 @@ pub struct WriteEntry {
     pub size: u64,
 }
 
+/// Processes (tgid) whose writes to the watched tree need their entry looked at,
+/// and which ones ([`writer`] bits): a write to a socket or pipe, or a `pwrite`
+/// of a database, costs a hash lookup there. Bits are added by the exit of a
+/// write that needed a record and had none, and by O_CREAT/O_TRUNC opens. LRU: an
+/// evicted process is added again by its next such write.
+#[map(name = "WRITERS")]
+pub static WRITERS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Bits of a [`WRITERS`] value.
+pub mod writer {
+    /// Writes at the file position through a file others may use too
+    /// (`write`, `writev`, `pwritev2` at -1).
+    pub const SHARED: u64 = 1;
+    /// Positioned writes that append (`O_APPEND`, `RWF_APPEND`).
+    pub const APPENDS: u64 = 2;
+}
+
+/// Adds `bits` to what the entry looks at for process `tgid`.
+#[inline(always)]
+pub fn note_writer(tgid: u32, bits: u64) {
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { WRITERS.get(&tgid) }.copied().unwrap_or(0);
+    if known & bits != bits {
+        let _ = WRITERS.insert(&tgid, &(known | bits), 0);
+    }
+}
+
 /// Thread id → [`WriteEntry`] of its write-family syscall in progress. LRU: an
 /// entry lost to eviction makes the exit fall back to a conservative range.
 #[map(name = "WRITE_ENTRY")]

@@ -90,14 +90,14 @@ mod nr32 {
 
 /// Whether `n` is an ia32 syscall [`translate`] decodes (cheap: no reads).
 #[inline(always)]
-pub fn decoded(n: u64) -> bool {
+pub const fn decoded(n: u64) -> bool {
     target(n).is_some()
 }
 
 /// The 64-bit syscall an ia32 one means, when its arguments need no rework
 /// (`Some(0)` when they do; see [`translate`]).
 #[inline(always)]
-fn target(n: u64) -> Option<u64> {
+const fn target(n: u64) -> Option<u64> {
     use nr32::*;
     Some(match n {
         WRITE => nr::WRITE,

@@ -22,10 +22,11 @@
 //! - `pwrite64`/`pwritev`/`pwritev2` write at their offset, except on an
 //!   `O_APPEND` file or with `RWF_APPEND`, where Linux ignores the offset and
 //!   appends: those end at `i_size`.
-//! - A 32-bit (compat) write has no entry record (classic syscall tracepoints skip
-//!   compat syscalls), nor does any write when the entry program could not be
-//!   attached; when its position could have been moved by someone else (a shared
-//!   file, an append) the whole file `[0, i_size)` is reported.
+//! - A write with no entry record (the first of its process to the watched tree,
+//!   a 32-bit one: classic syscall tracepoints skip compat syscalls, or any when
+//!   the entry program could not be attached) whose position someone else could
+//!   have moved (a shared file, an append) is reported as the whole file
+//!   `[0, i_size)`.
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use sluice_common::{Config, DataEvent, InodeId, kind, op};
@@ -41,11 +42,11 @@ use crate::{
         Res, current_task, file_flags, file_inode, file_of_fd, file_pos, file_shared, inode_size,
         watched,
     },
-    maps::{EVENTS, WRITE_ENTRY, WriteEntry, count_drop},
+    maps::{EVENTS, WRITE_ENTRY, WriteEntry, count_drop, note_writer, writer},
 };
 
 pub fn on_exit(cfg: &Config, call: &Syscall) -> Res<()> {
-    let (n, a, ret, compat) = (call.n, &call.args, call.ret, call.compat);
+    let (n, a, ret) = (call.n, &call.args, call.ret);
     let write = matches!(
         n,
         nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV | nr::PWRITEV2
@@ -76,9 +77,6 @@ pub fn on_exit(cfg: &Config, call: &Syscall) -> Res<()> {
         inode: inode_ptr,
         fd: fd as u64,
         len: ret as u64,
-        // No entry record to check against: a 32-bit syscall (the classic syscall
-        // tracepoints skip those), or no entry program attached.
-        blind: compat || cfg.write_entry == 0,
     };
     let (op, offset, len, flags) = match n {
         nr::WRITE | nr::WRITEV => {
@@ -112,7 +110,6 @@ struct Written {
     inode: u64,
     fd: u64,
     len: u64,
-    blind: bool,
 }
 
 impl Written {
@@ -147,7 +144,11 @@ impl Written {
             let start = min(entry.pos, end - self.len);
             return Ok((start, end - start));
         }
-        if self.blind && file_shared(&cfg.offsets, self.task, self.file)? {
+        // Without a record the write was not looked at on entry (the first write
+        // of this process to the tree, a 32-bit one): if someone else could move
+        // the position, nothing bounds where it started.
+        if file_shared(&cfg.offsets, self.task, self.file)? {
+            note_writer((bpf_get_current_pid_tgid() >> 32) as u32, writer::SHARED);
             return self.whole(cfg, end);
         }
         Ok((end.saturating_sub(self.len), self.len))
@@ -166,10 +167,9 @@ impl Written {
             let start = min(entry.size, end - self.len);
             return Ok((start, end - start));
         }
-        if self.blind {
-            return Ok((0, end));
-        }
-        Ok((end.saturating_sub(self.len), self.len))
+        // Not looked at on entry: another appender may have grown the file since.
+        note_writer((bpf_get_current_pid_tgid() >> 32) as u32, writer::APPENDS);
+        Ok((0, end))
     }
 }
 

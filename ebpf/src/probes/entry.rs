@@ -15,16 +15,22 @@
 //!   reports `[min(size_at_entry, i_size - ret), i_size)`.
 //!
 //! Classic tracepoints (`syscalls/sys_enter_write` ...) cost only those syscalls,
-//! not every syscall of the system like `tp_btf/sys_enter` would. They do not
-//! fire for 32-bit (compat) syscalls; the exit reports those conservatively.
-//! Only files of the watched tree that need it (shared, appending) get a record,
-//! keyed by thread id (`WRITE_ENTRY`) and removed by the exit.
+//! not every syscall of the system like `tp_btf/sys_enter` would. Writes to
+//! sockets and pipes are among them, so only processes known to make writes of
+//! the kind that needs a record to the watched tree (`WRITERS`, filled by the
+//! exit of such a write and by O_CREAT/O_TRUNC opens) are looked at beyond a
+//! hash lookup; the first such write of a process, which the exit sees without a
+//! record, is reported conservatively (the whole file), as are 32-bit (compat)
+//! syscalls, for which the classic syscall tracepoints do not fire. Only files
+//! of the watched tree that need it (shared, appending) get a record, keyed by
+//! thread id (`WRITE_ENTRY`) and removed by the exit.
 //!
 //! Context (`/sys/kernel/tracing/events/syscalls/sys_enter_write/format`):
 //! `int __syscall_nr` at offset 8, then the six arguments as 8-byte fields from 16.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext as _, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
+    programs::TracePointContext,
 };
 
 use super::sys_exit::nr;
@@ -33,7 +39,7 @@ use crate::{
         Res, current_task, file_flags, file_inode, file_of_fd, file_pos, file_shared, inode_size,
         watched,
     },
-    maps::{CONFIG, WRITE_ENTRY, WriteEntry},
+    maps::{CONFIG, WRITE_ENTRY, WRITERS, WriteEntry, writer},
 };
 
 const SYSCALL_NR: usize = 8;
@@ -58,9 +64,20 @@ pub fn appends(f_flags: u32, rwf: u64) -> bool {
     (f_flags & O_APPEND != 0 || rwf & RWF_APPEND != 0) && rwf & RWF_NOAPPEND == 0
 }
 
+/// The fd, the first argument, loaded straight from the tracepoint record. The
+/// kernel refuses to attach a program whose context loads go past the record of
+/// any of its tracepoints, and `sys_enter_write` has three arguments: later ones
+/// are read with the helper.
+#[inline(always)]
+fn first_arg(ctx: &TracePointContext) -> u64 {
+    // SAFETY: every syscall record has its first argument at `ARGS`.
+    unsafe { *(ctx.as_ptr() as *const u8).add(ARGS).cast::<u64>() }
+}
+
+/// Argument `i` of the syscall (for `pwritev2`, which has six).
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> Res<u64> {
-    // SAFETY: the tracepoint context holds six argument slots after the number.
+    // SAFETY: bpf_probe_read_kernel reports faults instead of trapping.
     unsafe { ctx.read_at::<u64>(ARGS + 8 * i) }.map_err(|e| e as i64)
 }
 
@@ -69,26 +86,42 @@ fn try_enter(ctx: &TracePointContext) -> Res<()> {
         return Ok(());
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if cfg.watched_dev == 0 || (pid_tgid >> 32) as u32 == cfg.agent_tgid {
+    let tgid = (pid_tgid >> 32) as u32;
+    if cfg.watched_dev == 0 || tgid == cfg.agent_tgid {
         return Ok(());
     }
+    // SAFETY: the value is copied out at once.
+    let Some(bits) = unsafe { WRITERS.get(&tgid) }.copied() else {
+        return Ok(());
+    };
     let o = &cfg.offsets;
-    // SAFETY: as in `arg`.
-    let n = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.map_err(|e| e as i64)? as u64;
-    let fd = arg(ctx, 0)?;
+    // SAFETY: every syscall record has its number at `SYSCALL_NR`.
+    let n = unsafe { *(ctx.as_ptr() as *const u8).add(SYSCALL_NR).cast::<i32>() } as u64;
+    // Which case this syscall could be, before any pointer is followed.
+    let at_pos = match n {
+        nr::WRITE | nr::WRITEV => true,
+        nr::PWRITE64 | nr::PWRITEV => false,
+        nr::PWRITEV2 => arg(ctx, 3)? == AT_F_POS,
+        _ => return Ok(()),
+    };
+    if bits
+        & (if at_pos {
+            writer::SHARED
+        } else {
+            writer::APPENDS
+        })
+        == 0
+    {
+        return Ok(());
+    }
+    let fd = first_arg(ctx);
     let task = current_task();
     let file = file_of_fd(o, task, fd as i32)?;
-    let record = match n {
-        nr::WRITE | nr::WRITEV => file_shared(o, task, file)?,
-        nr::PWRITE64 | nr::PWRITEV => appends(file_flags(o, file)?, 0),
-        nr::PWRITEV2 => {
-            if arg(ctx, 3)? == AT_F_POS {
-                file_shared(o, task, file)?
-            } else {
-                appends(file_flags(o, file)?, arg(ctx, 5)?)
-            }
-        }
-        _ => false,
+    let record = if at_pos {
+        file_shared(o, task, file)?
+    } else {
+        let rwf = if n == nr::PWRITEV2 { arg(ctx, 5)? } else { 0 };
+        appends(file_flags(o, file)?, rwf)
     };
     if !record {
         return Ok(());

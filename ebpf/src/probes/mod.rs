@@ -39,8 +39,6 @@ pub struct Syscall {
     pub n: u64,
     pub args: SysArgs,
     pub ret: i64,
-    /// Made as a 32-bit (ia32) syscall.
-    pub compat: bool,
 }
 
 #[inline(always)]

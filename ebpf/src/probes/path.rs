@@ -32,18 +32,23 @@
 //!   the 32-bit userspace encoding (`makedev`), carried in `size` so device nodes can
 //!   be recreated with the same numbers
 
-use aya_ebpf::{cty::c_void, helpers::bpf_probe_read_user, helpers::generated};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+};
 use sluice_common::{ANCESTOR_DEV, Config, InodeId, PATH_LEN, PathEvent, kind, op};
 
 use super::{SysArgs, header, sys_exit::nr};
 use crate::{
-    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, watched},
-    maps::{EVENTS, count_drop},
+    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, fd_table_shared, watched},
+    maps::{EVENTS, count_drop, note_writer, writer},
 };
 
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const O_WRONLY: u64 = 0o1;
+const O_APPEND: u64 = 0o2000;
+const O_ACCMODE: u64 = 0o3;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 
@@ -183,13 +188,32 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
     let task = current_task();
     let mut target = InodeId::default();
     if p.op == op::OPEN_CREATE {
-        if p.flags & (O_CREAT | O_TRUNC) == 0 {
+        let creates = p.flags & (O_CREAT | O_TRUNC) != 0;
+        let writable = p.flags & O_ACCMODE != 0;
+        // Read-only opens, by far the most common, cost nothing more.
+        if !creates && !writable {
             return Ok(());
         }
         // The new fd names the file exactly, so filter on it rather than the path.
         let Some(id) = watched(cfg, fd_inode(o, task, ret as i32)?)? else {
             return Ok(());
         };
+        // It will most likely write there: from now on look at the entry of its
+        // writes that need it (see `entry`).
+        let mut bits = if fd_table_shared(o, task).unwrap_or(true) {
+            writer::SHARED
+        } else {
+            0
+        };
+        if p.flags & O_APPEND != 0 {
+            bits |= writer::APPENDS;
+        }
+        if bits != 0 {
+            note_writer((bpf_get_current_pid_tgid() >> 32) as u32, bits);
+        }
+        if !creates {
+            return Ok(());
+        }
         target = id;
     }
     let base1 = base_dir(cfg, task, p.dfd1);

@@ -107,6 +107,41 @@ pub struct ArgRegs {
 /// `__X32_SYSCALL_BIT`: an x32-ABI syscall (kernels built with `CONFIG_X86_X32_ABI`).
 const X32_SYSCALL_BIT: u64 = 0x4000_0000;
 
+/// Both syscall tables end below this (the highest number decoded is 466).
+const TABLE_END: u64 = 512;
+
+/// One bit per syscall number below [`TABLE_END`] that the 64-bit or the ia32
+/// table decodes: the first test of every syscall, a load and a mask instead of
+/// two chains of comparisons (BPF has no jump tables).
+static DECODED: [u64; (TABLE_END / 64) as usize] = decoded_numbers();
+
+const fn decoded_numbers() -> [u64; (TABLE_END / 64) as usize] {
+    let mut bits = [0u64; (TABLE_END / 64) as usize];
+    let mut n = 0;
+    while n < TABLE_END {
+        if family(n).is_some() || compat::decoded(n) {
+            bits[(n / 64) as usize] |= 1 << (n % 64);
+        }
+        n += 1;
+    }
+    bits
+}
+
+/// Whether syscall `n` is decoded by either table.
+#[inline(always)]
+fn decoded(n: u64) -> bool {
+    if n >= TABLE_END {
+        return false;
+    }
+    let Some(word) = DECODED.get((n / 64) as usize) else {
+        return false;
+    };
+    // SAFETY: a read of an immutable static (volatile: a load from the program's
+    // read-only data rather than code LLVM could turn back into comparisons).
+    let word = unsafe { core::ptr::read_volatile(word) };
+    word & (1 << (n % 64)) != 0
+}
+
 /// `TRACE_EVENT_FN(sys_exit, TP_PROTO(struct pt_regs *regs, long ret), ...)`
 /// (include/trace/events/syscalls.h), attached as `tp_btf/sys_exit`.
 #[btf_tracepoint(function = "sys_exit")]
@@ -130,7 +165,7 @@ fn arg_regs(regs: u64) -> Result<ArgRegs, i64> {
 }
 
 #[inline(always)]
-fn is_data(n: u64) -> bool {
+const fn is_data(n: u64) -> bool {
     matches!(
         n,
         nr::WRITE
@@ -175,7 +210,7 @@ enum Family {
 }
 
 #[inline(always)]
-fn family(n: u64) -> Option<Family> {
+const fn family(n: u64) -> Option<Family> {
     if is_data(n) {
         return Some(Family::Data);
     }
@@ -203,7 +238,7 @@ fn family(n: u64) -> Option<Family> {
 }
 
 #[inline(always)]
-fn is_path(n: u64) -> bool {
+const fn is_path(n: u64) -> bool {
     matches!(
         n,
         nr::OPEN
@@ -246,13 +281,13 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let n = reg(regs, regs::ORIG_AX)?;
     // Cheapest test first: this runs on every syscall of the system, and most are
     // in neither table.
-    let native = family(n);
-    if native.is_none() && !compat::decoded(n) {
+    if !decoded(n) {
         if n & X32_SYSCALL_BIT != 0 {
             return x32(n);
         }
         return Ok(0);
     }
+    let native = family(n);
     let Some(cfg) = CONFIG.get(0) else {
         return Ok(0);
     };
@@ -291,12 +326,7 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     if family == Family::Data && from_vfs(cfg.data_from_vfs, n) {
         return Ok(0);
     }
-    let call = Syscall {
-        n,
-        args,
-        ret,
-        compat,
-    };
+    let call = Syscall { n, args, ret };
     match family {
         Family::Path if n == nr::UTIMENSAT && args[1] == 0 => data::on_exit(cfg, &call)?,
         Family::Data => data::on_exit(cfg, &call)?,
