@@ -63,6 +63,19 @@ pub mod writer {
     pub const APPENDS: u64 = 2;
 }
 
+/// The union of every [`WRITERS`] value: while no process has a bit, the entry
+/// of the syscalls it covers is left before the hash lookup (a `pwrite` where
+/// nothing appends costs an array lookup). Updated without atomics: a bit lost
+/// to a race is set again by the next write that needed it.
+#[map(name = "WRITER_KINDS")]
+pub static WRITER_KINDS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether some process has any of `bits`.
+#[inline(always)]
+pub fn some_writer(bits: u64) -> bool {
+    WRITER_KINDS.get(0).is_some_and(|kinds| kinds & bits != 0)
+}
+
 /// Adds `bits` to what the entry looks at for process `tgid`.
 #[inline(always)]
 pub fn note_writer(tgid: u32, bits: u64) {
@@ -70,6 +83,14 @@ pub fn note_writer(tgid: u32, bits: u64) {
     let known = unsafe { WRITERS.get(&tgid) }.copied().unwrap_or(0);
     if known & bits != bits {
         let _ = WRITERS.insert(&tgid, &(known | bits), 0);
+    }
+    if let Some(kinds) = WRITER_KINDS.get_ptr_mut(0) {
+        // SAFETY: the map's single slot; see WRITER_KINDS for the lack of atomics.
+        unsafe {
+            if *kinds & bits != bits {
+                *kinds |= bits;
+            }
+        }
     }
 }
 

@@ -39,7 +39,7 @@ use crate::{
         Res, current_task, file_flags, file_inode, file_of_fd, file_pos, file_shared, inode_size,
         watched,
     },
-    maps::{CONFIG, WRITE_ENTRY, WRITERS, WriteEntry, writer},
+    maps::{CONFIG, WRITE_ENTRY, WRITERS, WriteEntry, some_writer, writer},
 };
 
 const SYSCALL_NR: usize = 8;
@@ -90,10 +90,6 @@ fn try_enter(ctx: &TracePointContext) -> Res<()> {
     if cfg.watched_dev == 0 || tgid == cfg.agent_tgid {
         return Ok(());
     }
-    // SAFETY: the value is copied out at once.
-    let Some(bits) = unsafe { WRITERS.get(&tgid) }.copied() else {
-        return Ok(());
-    };
     let o = &cfg.offsets;
     // SAFETY: every syscall record has its number at `SYSCALL_NR`.
     let n = unsafe { *(ctx.as_ptr() as *const u8).add(SYSCALL_NR).cast::<i32>() } as u64;
@@ -104,14 +100,17 @@ fn try_enter(ctx: &TracePointContext) -> Res<()> {
         nr::PWRITEV2 => arg(ctx, 3)? == AT_F_POS,
         _ => return Ok(()),
     };
-    if bits
-        & (if at_pos {
-            writer::SHARED
-        } else {
-            writer::APPENDS
-        })
-        == 0
-    {
+    let need = if at_pos {
+        writer::SHARED
+    } else {
+        writer::APPENDS
+    };
+    if !some_writer(need) {
+        return Ok(());
+    }
+    // SAFETY: the value is copied out at once.
+    let bits = unsafe { WRITERS.get(&tgid) }.copied().unwrap_or(0);
+    if bits & need == 0 {
         return Ok(());
     }
     let fd = first_arg(ctx);
