@@ -15,12 +15,28 @@
 //!   and write events carry [`NO_FD`].
 //! - `"tp_btf"`: the fallback, everything below.
 //!
-//! What is seen: file-system syscalls at exit (writes, copies, namespace changes,
-//! metadata, xattrs, sync barriers), page-cache folios becoming dirty outside the
-//! write syscalls (`tp_btf/writeback_dirty_folio`: mmap stores, in-kernel writers
-//! that go through the page cache), user write faults on shared file mappings
+//! What is seen: file-system syscalls at exit, 64-bit and 32-bit (ia32: `int
+//! 0x80`, sysenter, 32-bit programs; `TS_COMPAT` tells them apart), namely writes,
+//! copies, reflinks (`FICLONE`, `FICLONERANGE`, btrfs encoded writes), native AIO
+//! (`io_submit` and again at `io_getevents`/`io_pgetevents` completion), namespace
+//! changes, metadata, xattrs and sync barriers; the entry of the write family
+//! (classic `syscalls/sys_enter_*` tracepoints) for writes whose position can
+//! move under them; page-cache folios becoming dirty outside the write syscalls
+//! (`tp_btf/writeback_dirty_folio`: mmap stores, in-kernel writers that go
+//! through the page cache), user write faults on shared file mappings
 //! (`tp_btf/page_fault_user`: mmap stores to folios that were already dirty) and
-//! io_uring write completions (`tp_btf/io_uring_complete`).
+//! every io_uring completion (`tp_btf/io_uring_complete`).
+//!
+//! Inodes are the watched tree's when their superblock is the watched one and,
+//! on btrfs, their subvolume is the root's (snapshots share `s_dev` and inode
+//! numbers). Relative paths are reported when their base is in the watched
+//! filesystem or is one of the root's ancestors ([`Capture::ancestors`]).
+//!
+//! Detected rather than decoded ([`EventKind::Changed`]: re-read the file;
+//! [`EventKind::Repair`]: compare the tree): io_uring operations other than writes
+//! and syncs (namespace opcodes, opens into fixed slots, fallocate, ftruncate,
+//! fsetxattr, splice, uring_cmd), AIO completions that cannot be attributed or
+//! exceed [`sluice_common::AIO_BATCH`] per call, x32-ABI syscalls.
 //!
 //! Limits:
 //! - mmap stores are seen per folio on its clean → dirty transition and per page
@@ -34,20 +50,24 @@
 //!   resolves the address with `bpf_find_vma` with interrupts off, where the
 //!   helper fails (-EBUSY) if another BPF program already used it during the same
 //!   fault: with two captures loaded at once, the later one misses write faults.
-//! - io_uring: only WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED are decoded. Other ring
-//!   operations that change files (openat, renameat, unlinkat, mkdirat, linkat,
-//!   symlinkat, fallocate, ftruncate, splice, setxattr, uring_cmd) are not; a
-//!   process using a ring is announced with [`EventKind::IoUringUser`] so the agent
-//!   can verify what it touches. Buffered ring writes may also show up as
-//!   `Writeback` for the same range.
+//! - A write through a file another thread uses at the same time is reported as
+//!   `[position at entry, position at exit)`, which contains it when the others
+//!   only write or read; an `lseek` backwards by another thread between the two
+//!   is caught only when it leaves the position below where the write started
+//!   (then the whole file is reported). Concurrent appenders are bounded the same
+//!   way by the size at entry.
+//! - Native AIO completions reaped from the mapped ring without `io_getevents`
+//!   (fio `--userspace_reap`) are reported at submission only, possibly before
+//!   the data is in the file.
 //! - nfsd and other in-kernel writers that dirty no page cache (direct I/O from
-//!   the kernel) are invisible. `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE` ioctls
-//!   and `O_TMPFILE` + `linkat` publication are not captured.
+//!   the kernel) are invisible.
 //! - msync resolves only the mapping containing its start address.
 //! - Paths are as passed (at most 255 bytes) and relative to `base`; a relative
-//!   path used from a cwd/dirfd outside the watched filesystem is dropped in the
-//!   kernel even if it leads back inside. Absolute paths are reported for every
-//!   filesystem and must be filtered by prefix in userspace.
+//!   path from a cwd/dirfd that is neither in the watched filesystem nor one of
+//!   the root's ancestors is dropped in the kernel even if it leads back inside
+//!   (`../srv/data/x` from `/tmp`, or through a symlink). Absolute paths are
+//!   reported for every filesystem and placed in userspace by prefix or by
+//!   looking up their parent directory.
 //! - x86_64 only (syscall numbers and `pt_regs` layout).
 
 pub mod events;
