@@ -1287,7 +1287,8 @@ fn compat_child(dir: &Path) {
     let at = |off: usize| (base + off) as u32;
     // SAFETY: all within the 64 KiB mapping.
     unsafe {
-        std::ptr::copy_nonoverlapping(b"compat.dat\0".as_ptr(), mem as *mut u8, 11);
+        let name = c"compat.dat".to_bytes_with_nul();
+        std::ptr::copy_nonoverlapping(name.as_ptr(), mem as *mut u8, name.len());
         std::ptr::write_bytes((base + 4096) as *mut u8, b'c', 8192);
         // Two `struct compat_iovec { u32 base; u32 len; }`.
         let iov = (base + 2048) as *mut u32;

@@ -87,6 +87,9 @@ struct MappedPages {
 
 const PAGE: u64 = 4096;
 
+/// Directory path → (indexed directory it leads to, monotonic ns of the lookup).
+type AliasCache = HashMap<Vec<u8>, (Option<u64>, u64)>;
+
 /// Where a path from an event lies.
 enum Place {
     Inside { parent: u64, name: OsString, path: RelPath },
@@ -122,7 +125,7 @@ pub struct Engine {
     ancestors: Vec<PathBuf>,
     /// Directory paths outside the root's prefix → the indexed directory they lead
     /// to (`None`: somewhere else), and when that was looked up.
-    aliases: RefCell<HashMap<Vec<u8>, (Option<u64>, u64)>>,
+    aliases: RefCell<AliasCache>,
     /// Inodes changed without a descriptor that could not be found: if the next
     /// comparison does not index them either, they are outside the tree.
     unresolved: HashSet<u64>,
