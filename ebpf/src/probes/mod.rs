@@ -1,10 +1,13 @@
 //! Program entry points, one file per hook family.
 //!
-//! Syscalls are seen at `sys_exit` only: a syscall's arguments are still in its
-//! saved `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
-//! single hook sees each completed operation once. Two kernel tracepoints cover
+//! Syscalls are seen at `sys_exit`: a syscall's arguments are still in its saved
+//! `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
+//! single hook sees each completed operation once. 32-bit syscalls arrive there
+//! too and are translated (`compat`). The one exception is `entry`: the write
+//! family's entry (classic syscall tracepoints) records the file position or size
+//! when a write's exit could not tell where it went. Kernel tracepoints cover
 //! what involves no syscall of its own: `writeback_dirty_folio` and
-//! `page_fault_user` (mmap stores) and `io_uring_complete` (writes submitted
+//! `page_fault_user` (mmap stores) and `io_uring_complete` (requests submitted
 //! through a ring).
 //!
 //! Where the kernel allows fexit, `vfs` hooks the VFS write/fallocate/truncate
