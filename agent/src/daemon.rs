@@ -48,7 +48,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let options = crate::engine::Options { devices: config.replication.devices };
-    let engine = Engine::new(&root, capture.watched_dev(), options)?;
+    let mut engine = Engine::new(&root, capture.watched_dev(), options)?;
+    engine.set_ancestors(capture.ancestors().to_vec());
     let durability = &config.durability;
     let interval = Duration::from_millis(durability.journal_interval_ms);
     let journal = JournalWriter::start(journal, interval);

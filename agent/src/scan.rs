@@ -83,7 +83,7 @@ pub fn scan(root: &Path, files: &mut Files, devices: bool, verify_since: Option<
         changed_non_files.push(RelPath::root());
     }
     files.clear();
-    let mut walk = Walk { root, files, devices, verify_since, index: &mut index, entries: Vec::new(), file_bytes: 0, changed_non_files };
+    let mut walk = Walk { root, root_dev: root_meta.dev(), files, devices, verify_since, index: &mut index, entries: Vec::new(), file_bytes: 0, changed_non_files };
     walk.below(&RelPath::root())?;
     let Walk { entries, file_bytes, changed_non_files, .. } = walk;
     Ok(Scan { index, entries, file_bytes, changed_non_files })
@@ -104,7 +104,8 @@ pub fn rescan_below(
         return Err(io::Error::new(io::ErrorKind::NotFound, format!("{start} is not indexed")));
     };
     index.clear_children(dir);
-    let mut walk = Walk { root, files, devices, verify_since, index, entries: Vec::new(), file_bytes: 0, changed_non_files: Vec::new() };
+    let root_dev = std::fs::symlink_metadata(root)?.dev();
+    let mut walk = Walk { root, root_dev, files, devices, verify_since, index, entries: Vec::new(), file_bytes: 0, changed_non_files: Vec::new() };
     walk.below(start)?;
     Ok(walk.entries)
 }
@@ -135,6 +136,9 @@ pub fn entry_of(root: &Path, path: &RelPath, meta: &Metadata, devices: bool, ver
 /// One walk of (part of) the tree into an index and a manifest.
 struct Walk<'a> {
     root: &'a Path,
+    /// `st_dev` of the root: entries of another (a mount point, a nested btrfs
+    /// subvolume) are not replicated.
+    root_dev: u64,
     files: &'a mut Files,
     devices: bool,
     verify_since: Option<i64>,
@@ -167,6 +171,12 @@ impl Walk<'_> {
                 Ok(meta) => meta,
                 Err(_) => continue,
             };
+            if meta.dev() != self.root_dev {
+                // A mount point or a nested btrfs subvolume (its own st_dev, and inode
+                // numbers that collide with the tree's): not replicated, like `rsync -x`
+                // minus the empty directory. The capture ignores its inodes too.
+                continue;
+            }
             let parent_path = path.parent().unwrap_or_else(RelPath::root);
             let Some(parent) = self.index.resolve(&parent_path) else { continue };
             let kind = kind_of(&meta);

@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`EventHeader`], [`DataEvent`], [`PathEvent`]: ring-buffer records.
 //! - [`Config`], [`KernelOffsets`]: the single-slot config map the agent fills.
-//! - [`op`]: operation codes.
+//! - [`Calibration`]: how the kernel names a directory the agent opened.
+//! - [`AncestorKey`]: the directories above the watched root (`ANCESTORS` map).
+//! - [`op`]: operation codes; [`repair`]: why a repair was asked for.
 #![no_std]
 
 /// Longest path prefix copied from user memory, including the terminating NUL.
@@ -24,6 +26,11 @@ pub mod names {
     pub const PAGE_FAULT_USER: &str = "sluice_page_fault_user";
     pub const IO_URING_COMPLETE: &str = "sluice_io_uring_complete";
     pub const IO_URING_SEEN: &str = "IO_URING_SEEN";
+    pub const ANCESTORS: &str = "ANCESTORS";
+    pub const WRITE_ENTRY: &str = "WRITE_ENTRY";
+    /// Classic tracepoint program attached to `syscalls/sys_enter_{write,writev,
+    /// pwrite64,pwritev,pwritev2}` (see [`super::ENTRY_SYSCALLS`]).
+    pub const SYS_ENTER_WRITE: &str = "sluice_sys_enter_write";
     /// fexit programs on VFS functions (see [`super::vfs`]).
     pub const VFS_WRITE: &str = "sluice_vfs_write";
     pub const VFS_WRITEV: &str = "sluice_vfs_writev";
@@ -56,7 +63,11 @@ pub mod kind {
 
 /// Operation codes stored in [`DataEvent::op`] and [`PathEvent::op`].
 pub mod op {
-    /// write, pwrite64, writev, pwritev, pwritev2: `offset`/`len` are the bytes written.
+    /// write, pwrite64, writev, pwritev, pwritev2, native AIO writes, copies into
+    /// the file: `offset`/`len` are the bytes written (a range that contains them
+    /// when the position was shared with another thread). Also the destination
+    /// range of a reflink (`FICLONE`: the whole file, `FICLONERANGE`) and of a
+    /// btrfs encoded write: its contents changed without a write.
     pub const WRITE: u32 = 1;
     /// ftruncate: `offset` is the new size.
     pub const TRUNCATE: u32 = 2;
@@ -77,6 +88,18 @@ pub mod op {
     /// The process set up or entered an io_uring; `inode` is zero. Sent at most once
     /// per process per [`super::IO_URING_RENOTIFY_NS`].
     pub const IO_URING_USER: u32 = 7;
+    /// The file may have changed in a way that was not decoded into a range (an
+    /// io_uring operation other than a write: fallocate, ftruncate, fsetxattr,
+    /// splice, uring_cmd, or an open with O_CREAT/O_TRUNC): `offset`/`len` is the
+    /// whole file as the kernel sized it (`[0, i_size)`), and its metadata and
+    /// extended attributes must be read again too. `fd` is the descriptor when one
+    /// names the file in the process (a ring open's result), else [`super::NO_FD`].
+    pub const CHANGED: u32 = 8;
+    /// Files on some filesystem may have changed in a way the programs could not
+    /// decode: `flags` is one of [`super::repair`], `offset` a detail (a syscall or
+    /// opcode number, a count). `inode` is zero. The agent must repair (compare
+    /// the tree) rather than trust the event stream.
+    pub const REPAIR: u32 = 9;
 
     /// open/openat/openat2/creat with O_CREAT or O_TRUNC; `target` is the opened inode.
     pub const OPEN_CREATE: u32 = 10;
@@ -102,6 +125,48 @@ pub mod op {
     /// `target` is the file, `size` the fd, `path2` the attribute name.
     pub const XATTR_FD: u32 = 21;
 }
+
+/// Why an [`op::REPAIR`] record was sent (`DataEvent::flags`).
+pub mod repair {
+    /// A 32-bit (ia32) syscall that can change files and is not decoded;
+    /// `offset` is its ia32 number.
+    pub const COMPAT_SYSCALL: u32 = 1;
+    /// `io_getevents`/`io_pgetevents` returned more completions than one program
+    /// run decodes ([`super::AIO_BATCH`]); `offset` is the count.
+    pub const AIO_OVERFLOW: u32 = 2;
+    /// A completed native AIO write whose request could not be read back (its
+    /// `struct iocb` was unreadable or already reused, or its fd was closed):
+    /// the file and range are unknown.
+    pub const AIO_UNRESOLVED: u32 = 3;
+    /// An io_uring namespace operation completed (renameat, unlinkat, mkdirat,
+    /// symlinkat, linkat, setxattr, or an open with O_CREAT/O_TRUNC into a fixed
+    /// file slot); `offset` is the opcode. Ring requests carry their paths in
+    /// kernel memory the programs do not decode.
+    pub const IO_URING_NAMESPACE: u32 = 4;
+}
+
+/// Most `struct iocb`s (`io_submit`) or `struct io_event`s (`io_getevents`) one
+/// program run looks at; past it, completions are reported as
+/// [`repair::AIO_OVERFLOW`].
+pub const AIO_BATCH: u32 = 256;
+
+/// The syscalls whose entry `SYS_ENTER_WRITE` watches (classic tracepoint names
+/// under `syscalls/`): it records the file position (and size) of a shared file,
+/// or the size of an `O_APPEND` file, so the exit can report a range that
+/// contains the bytes written even when another thread moves the position.
+pub const ENTRY_SYSCALLS: [&str; 5] = [
+    "sys_enter_write",
+    "sys_enter_writev",
+    "sys_enter_pwrite64",
+    "sys_enter_pwritev",
+    "sys_enter_pwritev2",
+];
+
+/// `InodeId::dev` of a path event's base directory that is one of the watched
+/// root's ancestors (see [`AncestorKey`]): `ino` is then its position in the list
+/// of ancestors the agent wrote (0 = the root's parent). Kernel `dev_t`s are
+/// 32-bit, so this never names a real device.
+pub const ANCESTOR_DEV: u64 = u64::MAX;
 
 /// `DataEvent::fd` when the operation used no file descriptor of the process.
 pub const NO_FD: u32 = u32::MAX;
@@ -243,6 +308,30 @@ pub struct KernelOffsets {
     pub io_rw_ki_pos: u64,
     /// `struct kiocb`: `ki_pos` (advanced past the bytes written by `write_iter`).
     pub kiocb_ki_pos: u64,
+    /// `inode->i_size`: where `O_APPEND` writes land, and the extent of a clone.
+    pub inode_i_size: u64,
+    /// The reference count of a `struct file` (`f_ref`, a `file_ref_t`, since 6.13;
+    /// `f_count` before) and its raw value when one reference is held (0 for
+    /// `file_ref_t`, 1 for `f_count`): more means the file is shared.
+    pub file_f_ref: u64,
+    pub file_ref_one: u64,
+    /// `files_struct->count`: above one, the fd table is shared by threads.
+    pub files_count: u64,
+    /// `task_struct.thread_info.status`, where x86 sets `TS_COMPAT` for the
+    /// duration of a 32-bit syscall.
+    pub task_ti_status: u64,
+    /// `super_block->s_magic`.
+    pub sb_s_magic: u64,
+    /// btrfs: `struct btrfs_inode` embeds the VFS inode at `vfs_inode`; its `root`
+    /// is the subvolume, whose id is `root->root_key.objectid`. All zero when the
+    /// kernel's BTF does not describe btrfs.
+    pub btrfs_inode_vfs_inode: u64,
+    pub btrfs_inode_root: u64,
+    pub btrfs_root_objectid: u64,
+    /// io_uring open requests (`struct io_open` overlays the request's command):
+    /// `how.flags` and `file_slot`. Zero when unknown.
+    pub io_open_flags: u64,
+    pub io_open_file_slot: u64,
 }
 
 /// Single-slot configuration map written by the agent before it enables capture.
@@ -259,7 +348,14 @@ pub struct Config {
     /// [`vfs`] bits: data operations reported by fexit programs on the VFS, which
     /// `sys_exit` then leaves alone. Zero in the plain `tp_btf` mode.
     pub data_from_vfs: u32,
-    pub _reserved: u32,
+    /// Non-zero when the `SYS_ENTER_WRITE` program is attached; without it the
+    /// exit of a write to a shared or appending file reports the whole file.
+    pub write_entry: u32,
+    /// btrfs: the subvolume (`root_key.objectid`) the watched root lives in. An
+    /// inode on `watched_dev` belongs to the watched tree only if it is in this
+    /// subvolume: snapshots and other subvolumes share `s_dev` and inode numbers.
+    /// Zero on other filesystems (no subvolume check).
+    pub watched_subvol: u64,
 }
 
 /// Written by the program when the agent opens its root directory while
@@ -269,6 +365,20 @@ pub struct Config {
 pub struct Calibration {
     pub root: InodeId,
     pub seen: u64,
+    /// The directory's btrfs subvolume id, or zero on other filesystems.
+    pub subvol: u64,
+}
+
+/// Key of the `ANCESTORS` map: a directory above the watched root, as the kernel
+/// names it, with its btrfs subvolume (zero elsewhere). The value is its position
+/// in the agent's list (see [`ANCESTOR_DEV`]). A relative path whose base is one of
+/// these may lead into the watched tree (`cd /srv && mv data/a data/b`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AncestorKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub subvol: u64,
 }
 
 #[cfg(feature = "user")]
@@ -277,6 +387,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Calibration {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::AncestorKey {}
 }
 
 #[cfg(test)]
@@ -294,7 +405,9 @@ mod tests {
             size_of::<PathEvent>(),
             24 + 16 * 3 + 4 + 4 + 8 + 2 * PATH_LEN
         );
-        assert_eq!(size_of::<KernelOffsets>(), 34 * 8);
-        assert_eq!(size_of::<Config>(), 16 + 34 * 8 + 8);
+        assert_eq!(size_of::<KernelOffsets>(), 45 * 8);
+        assert_eq!(size_of::<Config>(), 16 + 45 * 8 + 8 + 8);
+        assert_eq!(size_of::<Calibration>(), 16 + 8 + 8);
+        assert_eq!(size_of::<AncestorKey>(), 24);
     }
 }

@@ -4,13 +4,20 @@
 //! offset yields an error (and a skipped event), never a verifier rejection.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use sluice_common::{InodeId, KernelOffsets};
+use sluice_common::{ANCESTOR_DEV, AncestorKey, Config, InodeId, KernelOffsets};
+
+use crate::maps::ANCESTORS;
 
 /// `AT_FDCWD` as the syscalls receive it in a 64-bit register.
 pub const AT_FDCWD: i32 = -100;
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
 const S_IFREG: u16 = 0o100000;
+/// `BTRFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
+const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
+/// `TS_COMPAT` (arch/x86/include/asm/thread_info.h): a 32-bit syscall is active.
+/// A flag value, not a layout: the field holding it comes from BTF.
+const TS_COMPAT: u32 = 0x0002;
 
 pub type Res<T> = Result<T, i64>;
 
@@ -93,6 +100,86 @@ pub fn inode_is_dir(o: &KernelOffsets, inode: u64) -> Res<bool> {
     Ok(mode & S_IFMT == S_IFDIR)
 }
 
+/// Whether the current syscall of `task` is a 32-bit one (int 0x80, sysenter, or
+/// syscall from 32-bit code), whose numbers and argument registers are the ia32 ones.
+#[inline(always)]
+pub fn in_compat_syscall(o: &KernelOffsets, task: u64) -> Res<bool> {
+    let status: u32 = read(task, o.task_ti_status)?;
+    Ok(status & TS_COMPAT != 0)
+}
+
+/// The btrfs subvolume of a btrfs inode: `BTRFS_I(inode)->root->root_key.objectid`.
+/// Only valid for inodes of a btrfs superblock.
+#[inline(always)]
+pub fn btrfs_subvol(o: &KernelOffsets, inode: u64) -> Res<u64> {
+    let btrfs_inode = inode.wrapping_sub(o.btrfs_inode_vfs_inode);
+    let root = read_ptr(btrfs_inode, o.btrfs_inode_root)?;
+    read(root, o.btrfs_root_objectid)
+}
+
+/// The btrfs subvolume of any inode, zero when it is not on btrfs (or the kernel's
+/// BTF does not describe btrfs).
+#[inline(always)]
+pub fn subvol_of(o: &KernelOffsets, inode: u64) -> Res<u64> {
+    if o.btrfs_inode_vfs_inode == 0 {
+        return Ok(0);
+    }
+    let sb = read_ptr(inode, o.inode_i_sb)?;
+    let magic: u64 = read(sb, o.sb_s_magic)?;
+    if magic != BTRFS_SUPER_MAGIC {
+        return Ok(0);
+    }
+    btrfs_subvol(o, inode)
+}
+
+/// The id of `inode` when it belongs to the watched tree's filesystem: its
+/// superblock is `watched_dev` and, on btrfs, it lives in the watched subvolume
+/// (snapshots and other subvolumes share `s_dev` and inode numbers).
+#[inline(always)]
+pub fn watched(cfg: &Config, inode: u64) -> Res<Option<InodeId>> {
+    let id = inode_id(&cfg.offsets, inode)?;
+    if id.dev != cfg.watched_dev {
+        return Ok(None);
+    }
+    if cfg.watched_subvol != 0 && btrfs_subvol(&cfg.offsets, inode)? != cfg.watched_subvol {
+        return Ok(None);
+    }
+    Ok(Some(id))
+}
+
+/// `inode->i_size`.
+#[inline(always)]
+pub fn inode_size(o: &KernelOffsets, inode: u64) -> Res<u64> {
+    let size: i64 = read(inode, o.inode_i_size)?;
+    Ok(if size < 0 { 0 } else { size as u64 })
+}
+
+/// Whether `file` may be used by another thread or process at the same time:
+/// more than one reference to it (a dup, a fork), or an fd table shared by
+/// threads (`task->files->count > 1`).
+#[inline(always)]
+pub fn file_shared(o: &KernelOffsets, task: u64, file: u64) -> Res<bool> {
+    let refs: i64 = read(file, o.file_f_ref)?;
+    if refs > o.file_ref_one as i64 {
+        return Ok(true);
+    }
+    fd_table_shared(o, task)
+}
+
+/// Whether `task`'s fd table is shared with other threads (`files->count > 1`).
+#[inline(always)]
+pub fn fd_table_shared(o: &KernelOffsets, task: u64) -> Res<bool> {
+    let files = read_ptr(task, o.task_files)?;
+    let count: i32 = read(files, o.files_count)?;
+    Ok(count > 1)
+}
+
+/// `file->f_flags`.
+#[inline(always)]
+pub fn file_flags(o: &KernelOffsets, file: u64) -> Res<u32> {
+    read(file, o.file_f_flags)
+}
+
 /// `task->fs->pwd.dentry->d_inode`.
 #[inline(always)]
 fn cwd_inode(o: &KernelOffsets, task: u64) -> Res<u64> {
@@ -109,17 +196,53 @@ pub fn fd_inode(o: &KernelOffsets, task: u64, fd: i32) -> Res<u64> {
 }
 
 /// The directory a `*at` path is relative to: the dirfd's inode, or the cwd.
+///
+/// - In the watched tree's filesystem (and subvolume): its id.
+/// - One of the watched root's ancestors (`ANCESTORS`): `{ dev: ANCESTOR_DEV, ino:
+///   its position }`, so userspace can resolve the path from the ancestor's path.
+/// - On the watched superblock but in another btrfs subvolume (a snapshot): the
+///   zero id, so it can never be taken for a directory of the tree.
+/// - Elsewhere: its id (userspace knows it is outside by its dev).
+///
 /// Unresolvable bases come back as the zero id rather than dropping the event,
 /// because an absolute path does not need one.
 #[inline(always)]
-pub fn base_dir(o: &KernelOffsets, task: u64, dirfd: i32) -> InodeId {
+pub fn base_dir(cfg: &Config, task: u64, dirfd: i32) -> InodeId {
+    let o = &cfg.offsets;
     let inode = if dirfd == AT_FDCWD {
         cwd_inode(o, task)
     } else {
         fd_inode(o, task, dirfd)
     };
-    match inode {
-        Ok(inode) => inode_id(o, inode).unwrap_or_default(),
-        Err(_) => InodeId::default(),
+    let Ok(inode) = inode else {
+        return InodeId::default();
+    };
+    let Ok(id) = inode_id(o, inode) else {
+        return InodeId::default();
+    };
+    let subvol = if id.dev == cfg.watched_dev && cfg.watched_subvol != 0 {
+        btrfs_subvol(o, inode).unwrap_or(0)
+    } else {
+        subvol_of(o, inode).unwrap_or(0)
+    };
+    if id.dev == cfg.watched_dev && subvol == cfg.watched_subvol {
+        return id;
+    }
+    let key = AncestorKey {
+        dev: id.dev,
+        ino: id.ino,
+        subvol,
+    };
+    // SAFETY: the value is a plain u64 copied out immediately.
+    if let Some(position) = unsafe { ANCESTORS.get(&key) } {
+        return InodeId {
+            dev: ANCESTOR_DEV,
+            ino: *position,
+        };
+    }
+    if id.dev == cfg.watched_dev {
+        InodeId::default()
+    } else {
+        id
     }
 }

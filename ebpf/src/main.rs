@@ -1,6 +1,8 @@
 //! sluice's in-kernel capture: a BTF raw tracepoint on `sys_exit` that turns the
-//! file-system syscalls of every process into [`sluice_common`] ring-buffer records,
-//! plus `writeback_dirty_folio` (mmap stores) and `io_uring_complete` (ring writes).
+//! file-system syscalls of every process (64-bit and 32-bit) into
+//! [`sluice_common`] ring-buffer records, plus the entry of the write family
+//! (classic syscall tracepoints), `writeback_dirty_folio` and `page_fault_user`
+//! (mmap stores) and `io_uring_complete` (ring requests).
 //!
 //! The programs carry no CO-RE relocations: every kernel struct field they read is
 //! at an offset the agent resolved from `/sys/kernel/btf/vmlinux` and stored in

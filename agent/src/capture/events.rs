@@ -2,7 +2,7 @@
 
 use std::mem::size_of;
 
-use sluice_common::{DataEvent, EventHeader, InodeId, PathEvent, kind, op, sync_kind};
+use sluice_common::{DataEvent, EventHeader, InodeId, PathEvent, kind, op, repair, sync_kind};
 
 /// One completed operation observed in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,13 +18,19 @@ pub struct Event {
 
 /// What happened. Paths are the bytes the process passed, up to the first NUL
 /// (at most 255 bytes: longer paths are cut), relative to the `base` directory
-/// inode unless absolute.
+/// inode unless absolute. A base whose `dev` is [`sluice_common::ANCESTOR_DEV`] is
+/// one of the root's ancestors: [`super::Capture::ancestors`]`[ino]`. A base in
+/// another btrfs subvolume of the watched filesystem is the zero id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// `len` bytes were written at `offset`: write, pwrite64, writev, pwritev,
-    /// pwritev2, the destination of copy_file_range/sendfile/splice, and io_uring
-    /// WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED completions (those have `fd`
-    /// [`sluice_common::NO_FD`]: the ring may use a registered file). In the
+    /// pwritev2 (their 32-bit forms too), native AIO writes (at submission and
+    /// again at completion), the destination of copy_file_range/sendfile/splice,
+    /// the destination range of a reflink (`FICLONE`, `FICLONERANGE`) or btrfs
+    /// encoded write, and io_uring WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED
+    /// completions (those have `fd` [`sluice_common::NO_FD`]: the ring may use a
+    /// registered file). A write through a file whose position another thread
+    /// may have moved carries a range that contains the bytes written. In the
     /// `"fexit+tp_btf"` mode writes come from the VFS and also carry `NO_FD`,
     /// as do fallocate and ftruncate ([`EventKind::Fallocate`], [`EventKind::Truncate`]).
     Write {
@@ -156,6 +162,39 @@ pub enum EventKind {
     IoUringUser {
         pid: u32,
     },
+    /// The file may have changed in a way that was not decoded (an io_uring
+    /// operation other than a write, an io_uring open that may have created or
+    /// truncated it): `[offset, offset + len)` is the whole file as it was then,
+    /// and its metadata and extended attributes are to be read again as well.
+    /// `fd` names it in process `pid` when known, else [`sluice_common::NO_FD`].
+    Changed {
+        inode: InodeId,
+        offset: u64,
+        len: u64,
+        fd: u32,
+    },
+    /// Something may have changed files in a way the programs could not decode:
+    /// the event stream alone cannot be trusted to describe it.
+    Repair {
+        reason: Repair,
+        /// The 32-bit syscall number, io_uring opcode or completion count.
+        detail: u64,
+    },
+}
+
+/// Why an [`EventKind::Repair`] was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Repair {
+    /// A syscall of another ABI (x32) that may change files.
+    OtherAbiSyscall,
+    /// More native AIO completions in one `io_getevents` than are decoded.
+    AioOverflow,
+    /// A completed native AIO write that could not be attributed to a file.
+    AioUnresolved,
+    /// An io_uring namespace operation (renameat, unlinkat, mkdirat, ...).
+    IoUringNamespace,
+    /// A reason this build does not know (newer programs).
+    Other(u32),
 }
 
 /// Which call asked for durability.
@@ -261,6 +300,22 @@ fn decode_data(e: DataEvent) -> Result<EventKind, DecodeError> {
             },
         },
         op::IO_URING_USER => EventKind::IoUringUser { pid: e.header.pid },
+        op::CHANGED => EventKind::Changed {
+            inode,
+            offset: e.offset,
+            len: e.len,
+            fd,
+        },
+        op::REPAIR => EventKind::Repair {
+            reason: match e.flags {
+                repair::COMPAT_SYSCALL => Repair::OtherAbiSyscall,
+                repair::AIO_OVERFLOW => Repair::AioOverflow,
+                repair::AIO_UNRESOLVED => Repair::AioUnresolved,
+                repair::IO_URING_NAMESPACE => Repair::IoUringNamespace,
+                other => Repair::Other(other),
+            },
+            detail: e.offset,
+        },
         other => {
             return Err(DecodeError::UnknownOp {
                 kind: kind::DATA,
@@ -487,6 +542,39 @@ mod tests {
         assert_eq!(
             decode(&bytes(&e)).unwrap().kind,
             EventKind::IoUringUser { pid: 7 }
+        );
+    }
+
+    #[test]
+    fn decodes_changed_and_repair() {
+        let inode = InodeId { dev: 1, ino: 2 };
+        let e = DataEvent {
+            header: header(kind::DATA, op::CHANGED),
+            inode,
+            offset: 0,
+            len: 5000,
+            flags: 0,
+            fd: 6,
+        };
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Changed { inode, offset: 0, len: 5000, fd: 6 }
+        );
+        let mut e = DataEvent {
+            header: header(kind::DATA, op::REPAIR),
+            offset: 35,
+            flags: repair::IO_URING_NAMESPACE,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Repair { reason: Repair::IoUringNamespace, detail: 35 }
+        );
+        // A reason from newer programs still asks for a repair.
+        e.flags = 77;
+        assert_eq!(
+            decode(&bytes(&e)).unwrap().kind,
+            EventKind::Repair { reason: Repair::Other(77), detail: 35 }
         );
     }
 

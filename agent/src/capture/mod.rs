@@ -15,12 +15,28 @@
 //!   and write events carry [`NO_FD`].
 //! - `"tp_btf"`: the fallback, everything below.
 //!
-//! What is seen: file-system syscalls at exit (writes, copies, namespace changes,
-//! metadata, xattrs, sync barriers), page-cache folios becoming dirty outside the
-//! write syscalls (`tp_btf/writeback_dirty_folio`: mmap stores, in-kernel writers
-//! that go through the page cache), user write faults on shared file mappings
+//! What is seen: file-system syscalls at exit, 64-bit and 32-bit (ia32: `int
+//! 0x80`, sysenter, 32-bit programs; `TS_COMPAT` tells them apart), namely writes,
+//! copies, reflinks (`FICLONE`, `FICLONERANGE`, btrfs encoded writes), native AIO
+//! (`io_submit` and again at `io_getevents`/`io_pgetevents` completion), namespace
+//! changes, metadata, xattrs and sync barriers; the entry of the write family
+//! (classic `syscalls/sys_enter_*` tracepoints) for writes whose position can
+//! move under them; page-cache folios becoming dirty outside the write syscalls
+//! (`tp_btf/writeback_dirty_folio`: mmap stores, in-kernel writers that go
+//! through the page cache), user write faults on shared file mappings
 //! (`tp_btf/page_fault_user`: mmap stores to folios that were already dirty) and
-//! io_uring write completions (`tp_btf/io_uring_complete`).
+//! every io_uring completion (`tp_btf/io_uring_complete`).
+//!
+//! Inodes are the watched tree's when their superblock is the watched one and,
+//! on btrfs, their subvolume is the root's (snapshots share `s_dev` and inode
+//! numbers). Relative paths are reported when their base is in the watched
+//! filesystem or is one of the root's ancestors ([`Capture::ancestors`]).
+//!
+//! Detected rather than decoded ([`EventKind::Changed`]: re-read the file;
+//! [`EventKind::Repair`]: compare the tree): io_uring operations other than writes
+//! and syncs (namespace opcodes, opens into fixed slots, fallocate, ftruncate,
+//! fsetxattr, splice, uring_cmd), AIO completions that cannot be attributed or
+//! exceed [`sluice_common::AIO_BATCH`] per call, x32-ABI syscalls.
 //!
 //! Limits:
 //! - mmap stores are seen per folio on its clean → dirty transition and per page
@@ -34,20 +50,24 @@
 //!   resolves the address with `bpf_find_vma` with interrupts off, where the
 //!   helper fails (-EBUSY) if another BPF program already used it during the same
 //!   fault: with two captures loaded at once, the later one misses write faults.
-//! - io_uring: only WRITE/WRITEV/WRITE_FIXED/WRITEV_FIXED are decoded. Other ring
-//!   operations that change files (openat, renameat, unlinkat, mkdirat, linkat,
-//!   symlinkat, fallocate, ftruncate, splice, setxattr, uring_cmd) are not; a
-//!   process using a ring is announced with [`EventKind::IoUringUser`] so the agent
-//!   can verify what it touches. Buffered ring writes may also show up as
-//!   `Writeback` for the same range.
+//! - A write through a file another thread uses at the same time is reported as
+//!   `[position at entry, position at exit)`, which contains it when the others
+//!   only write or read; an `lseek` backwards by another thread between the two
+//!   is caught only when it leaves the position below where the write started
+//!   (then the whole file is reported). Concurrent appenders are bounded the same
+//!   way by the size at entry.
+//! - Native AIO completions reaped from the mapped ring without `io_getevents`
+//!   (fio `--userspace_reap`) are reported at submission only, possibly before
+//!   the data is in the file.
 //! - nfsd and other in-kernel writers that dirty no page cache (direct I/O from
-//!   the kernel) are invisible. `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE` ioctls
-//!   and `O_TMPFILE` + `linkat` publication are not captured.
+//!   the kernel) are invisible.
 //! - msync resolves only the mapping containing its start address.
 //! - Paths are as passed (at most 255 bytes) and relative to `base`; a relative
-//!   path used from a cwd/dirfd outside the watched filesystem is dropped in the
-//!   kernel even if it leads back inside. Absolute paths are reported for every
-//!   filesystem and must be filtered by prefix in userspace.
+//!   path from a cwd/dirfd that is neither in the watched filesystem nor one of
+//!   the root's ancestors is dropped in the kernel even if it leads back inside
+//!   (`../srv/data/x` from `/tmp`, or through a symlink). Absolute paths are
+//!   reported for every filesystem and placed in userspace by prefix or by
+//!   looking up their parent directory.
 //! - x86_64 only (syscall numbers and `pt_regs` layout).
 
 pub mod events;
@@ -62,15 +82,15 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FExit, ProgramError},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use events::{DecodeError, Event, EventKind, SyncKind};
+pub use events::{DecodeError, Event, EventKind, Repair, SyncKind};
 pub use offsets::OffsetsError;
-use sluice_common::{Calibration, Config, names, vfs};
-pub use sluice_common::{InodeId, NO_FD, TO_END};
+use sluice_common::{AncestorKey, Calibration, Config, ENTRY_SYSCALLS, names, vfs};
+pub use sluice_common::{ANCESTOR_DEV, InodeId, NO_FD, TO_END};
 
 /// The compiled programs, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
@@ -138,6 +158,8 @@ pub struct Capture {
     drops: PerCpuArray<MapData, u64>,
     watched_dev: u64,
     root: InodeId,
+    watched_subvol: u64,
+    ancestors: Vec<PathBuf>,
     io_uring_writes: bool,
     mode: &'static str,
 }
@@ -231,6 +253,8 @@ impl Capture {
 
         let mut config: Array<MapData, Config> = take_map(&mut ebpf, names::CONFIG)?;
         let mut calibration: Array<MapData, Calibration> = take_map(&mut ebpf, names::CALIBRATION)?;
+        let mut ancestor_map: BpfHashMap<MapData, AncestorKey, u64> =
+            take_map(&mut ebpf, names::ANCESTORS)?;
         let drops: PerCpuArray<MapData, u64> = take_map(&mut ebpf, names::DROPS)?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, names::EVENTS)?;
 
@@ -255,7 +279,8 @@ impl Capture {
             calibrating: 1,
             offsets,
             data_from_vfs,
-            _reserved: 0,
+            write_entry: 0,
+            watched_subvol: 0,
         };
         config.set(0, cfg, 0)?;
 
@@ -280,17 +305,60 @@ impl Capture {
                 }
             };
 
+        // Where a write to a shared or appending file went is checked against what
+        // its entry saw; without the entry program such writes report the whole file.
+        cfg.write_entry = match attach_write_entry(&mut ebpf) {
+            Ok(()) => 1,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "syscall entry tracepoints not attached: writes to shared or appending files will be reported as whole files"
+                );
+                0
+            }
+        };
+
         let kernel_root = calibrate(root, root_meta.ino(), &mut calibration)?;
-        cfg.watched_dev = kernel_root.dev;
+        if is_btrfs(root) && kernel_root.subvol == 0 {
+            return Err(CaptureError::Calibration {
+                path: root.to_owned(),
+                reason: "the root is on btrfs but the kernel's BTF does not describe btrfs inodes, so snapshots could not be told apart from the watched subvolume".to_owned(),
+            });
+        }
+        // The directories above the root: a relative path from one of them (the
+        // cwd of `cd /srv && mv data/a data/b`) can lead into the tree.
+        let mut ancestors = Vec::new();
+        for dir in root.ancestors().skip(1) {
+            let named = std::fs::metadata(dir).map(|m| m.ino()).and_then(|ino| {
+                calibrate(dir, ino, &mut calibration).map_err(|e| io::Error::other(e.to_string()))
+            });
+            match named {
+                Ok(c) => {
+                    let key = AncestorKey { dev: c.root.dev, ino: c.root.ino, subvol: c.subvol };
+                    ancestor_map.insert(key, ancestors.len() as u64, 0)?;
+                    ancestors.push(dir.to_owned());
+                }
+                Err(error) => tracing::warn!(
+                    dir = %dir.display(),
+                    %error,
+                    "relative paths used from this directory will not be seen"
+                ),
+            }
+        }
+        cfg.watched_dev = kernel_root.root.dev;
+        cfg.watched_subvol = kernel_root.subvol;
         cfg.calibrating = 0;
         config.set(0, cfg, 0)?;
         tracing::info!(
             root = %root.display(),
-            dev = kernel_root.dev,
-            ino = kernel_root.ino,
+            dev = kernel_root.root.dev,
+            ino = kernel_root.root.ino,
+            subvol = kernel_root.subvol,
+            ancestors = ancestors.len(),
             mode,
             data_from_vfs,
             io_uring_writes,
+            write_entry = cfg.write_entry,
             "eBPF capture started"
         );
 
@@ -298,8 +366,10 @@ impl Capture {
             _ebpf: ebpf,
             events: register(events)?,
             drops,
-            watched_dev: kernel_root.dev,
-            root: kernel_root,
+            watched_dev: kernel_root.root.dev,
+            root: kernel_root.root,
+            watched_subvol: kernel_root.subvol,
+            ancestors,
             io_uring_writes,
             mode,
         })
@@ -327,6 +397,18 @@ impl Capture {
     /// The kernel's id of the watched root directory.
     pub fn root(&self) -> InodeId {
         self.root
+    }
+
+    /// The btrfs subvolume id of the watched root, or zero on other filesystems.
+    pub fn watched_subvol(&self) -> u64 {
+        self.watched_subvol
+    }
+
+    /// The directories above the root (its parent first, `/` last) that relative
+    /// paths may be based on: a path event's base `{ dev: ANCESTOR_DEV, ino: k }`
+    /// is `ancestors()[k]`.
+    pub fn ancestors(&self) -> &[PathBuf] {
+        &self.ancestors
     }
 
     /// Waits until the ring buffer is readable, then drains every available record
@@ -370,6 +452,24 @@ fn attach(
     program.load(tracepoint, btf)?;
     program.attach()?;
     Ok(())
+}
+
+/// Loads the write-family entry program and attaches it to each of
+/// [`ENTRY_SYSCALLS`] (classic tracepoints: tracefs must be mounted).
+fn attach_write_entry(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(names::SYS_ENTER_WRITE)
+        .ok_or(CaptureError::Missing(names::SYS_ENTER_WRITE))?
+        .try_into()?;
+    program.load()?;
+    for name in ENTRY_SYSCALLS {
+        program.attach("syscalls", name)?;
+    }
+    Ok(())
+}
+
+fn is_btrfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
 }
 
 /// Loads and attaches the fexit programs of [`VFS_PROGRAMS`] and returns the
@@ -454,13 +554,13 @@ where
     Ok(T::try_from(map)?)
 }
 
-/// Opens `root` while the program is calibrating until it records a directory
-/// with the root's inode number, and returns that kernel id.
+/// Opens directory `root` while the program is calibrating until it records a
+/// directory with the root's inode number, and returns what the kernel saw.
 fn calibrate(
     root: &Path,
     ino: u64,
     slot: &mut Array<MapData, Calibration>,
-) -> Result<InodeId, CaptureError> {
+) -> Result<Calibration, CaptureError> {
     let mut last = None;
     for _ in 0..CALIBRATION_ATTEMPTS {
         slot.set(0, Calibration::default(), 0)?;
@@ -472,7 +572,7 @@ fn calibrate(
         let seen = slot.get(&0, 0)?;
         drop(dir);
         if seen.seen != 0 && seen.root.ino == ino {
-            return Ok(seen.root);
+            return Ok(seen);
         }
         last = Some(seen);
         std::thread::sleep(std::time::Duration::from_millis(5));

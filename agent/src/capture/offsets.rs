@@ -61,6 +61,13 @@ pub fn from_file(path: &Path) -> Result<KernelOffsets, OffsetsError> {
 /// Resolves every offset the programs need.
 pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
     let f = |s, m| field_offset(btf, s, m);
+    // `struct file`'s count became a `file_ref_t f_ref` (one reference = 0) in 6.13.
+    let (file_f_ref, file_ref_one) = match f("file", "f_ref") {
+        Ok(offset) => (offset, 0),
+        Err(_) => (f("file", "f_count")?, 1),
+    };
+    let io = io_uring_offsets(btf);
+    let btrfs = btrfs_offsets(btf);
     Ok(KernelOffsets {
         task_files: f("task_struct", "files")?,
         task_fs: f("task_struct", "fs")?,
@@ -94,8 +101,46 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         xa_node_shift: f("xa_node", "shift")?,
         xa_node_slots: f("xa_node", "slots")?,
         kiocb_ki_pos: f("kiocb", "ki_pos")?,
-        ..io_uring_offsets(btf)
+        inode_i_size: f("inode", "i_size")?,
+        file_f_ref,
+        file_ref_one,
+        files_count: f("files_struct", "count")?,
+        task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
+        sb_s_magic: f("super_block", "s_magic")?,
+        io_kiocb_file: io.io_kiocb_file,
+        io_kiocb_opcode: io.io_kiocb_opcode,
+        io_rw_ki_pos: io.io_rw_ki_pos,
+        io_open_flags: io.io_open_flags,
+        io_open_file_slot: io.io_open_file_slot,
+        btrfs_inode_vfs_inode: btrfs.btrfs_inode_vfs_inode,
+        btrfs_inode_root: btrfs.btrfs_inode_root,
+        btrfs_root_objectid: btrfs.btrfs_root_objectid,
     })
+}
+
+/// The btrfs inode and subvolume fields, or all zero when the kernel's BTF does
+/// not describe btrfs (not built in; a module's BTF is not read): the programs
+/// then cannot tell btrfs subvolumes apart, which [`super::Capture::start`]
+/// refuses for a btrfs root.
+fn btrfs_offsets(btf: &Btf) -> KernelOffsets {
+    let f = |s, m| field_offset(btf, s, m);
+    let resolved = (|| {
+        Ok::<_, OffsetsError>(KernelOffsets {
+            btrfs_inode_vfs_inode: f("btrfs_inode", "vfs_inode")?,
+            btrfs_inode_root: f("btrfs_inode", "root")?,
+            // `struct btrfs_key` is packed: `root_key` may sit at an odd offset.
+            btrfs_root_objectid: f("btrfs_root", "root_key")? + f("btrfs_key", "objectid")?,
+            ..KernelOffsets::default()
+        })
+    })();
+    match resolved {
+        Ok(o) if o.btrfs_inode_vfs_inode != 0 => o,
+        Ok(_) => KernelOffsets::default(),
+        Err(error) => {
+            tracing::debug!(%error, "btrfs inode layout unknown");
+            KernelOffsets::default()
+        }
+    }
 }
 
 /// The io_uring request fields, or all zero when the kernel has no io_uring
@@ -107,10 +152,19 @@ fn io_uring_offsets(btf: &Btf) -> KernelOffsets {
         // offset 0) to `struct io_rw { struct kiocb kiocb; ... }`.
         let cmd = f("io_kiocb", "cmd")?;
         let kiocb = f("io_rw", "kiocb").unwrap_or(0);
+        // `struct io_open` (an open request's command); optional: without it every
+        // ring open is taken as one that may create a file.
+        let (io_open_flags, io_open_file_slot) =
+            match (f("io_open", "how"), f("open_how", "flags"), f("io_open", "file_slot")) {
+                (Ok(how), Ok(flags), Ok(slot)) => (cmd + how + flags, cmd + slot),
+                _ => (0, 0),
+            };
         Ok::<_, OffsetsError>(KernelOffsets {
             io_kiocb_file: f("io_kiocb", "file")?,
             io_kiocb_opcode: f("io_kiocb", "opcode")?,
             io_rw_ki_pos: cmd + kiocb + f("kiocb", "ki_pos")?,
+            io_open_flags,
+            io_open_file_slot,
             ..KernelOffsets::default()
         })
     })();
@@ -230,6 +284,12 @@ mod tests {
         assert!(o.pg_head > 0 && o.pg_head < 32, "PG_head = {}", o.pg_head);
         assert!(o.folio_flags_1 > o.folio_index);
         assert!(o.io_kiocb_opcode > 0 && o.io_rw_ki_pos > 0, "{o:?}");
+        assert!(o.io_open_flags > 0 && o.io_open_file_slot > 0, "{o:?}");
+        assert!(o.inode_i_size > 0 && o.sb_s_magic > 0 && o.files_count < 4096);
+        // `status` follows `flags` and `syscall_work` in x86's thread_info.
+        assert!(o.task_ti_status >= 16, "{o:?}");
+        // btrfs is built into the supported kernels.
+        assert!(o.btrfs_inode_vfs_inode > 0 && o.btrfs_root_objectid > 0, "{o:?}");
         eprintln!("{o:#?}");
     }
 }

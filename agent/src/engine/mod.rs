@@ -6,13 +6,14 @@
 //! at that point of the stream. Anything the engine cannot place with certainty
 //! asks for a rescan (a tree comparison with the receiver) instead of guessing.
 
-use crate::capture::{Event, EventKind, InodeId, NO_FD, SyncKind};
+use crate::capture::{ANCESTOR_DEV, Event, EventKind, InodeId, NO_FD, SyncKind};
 use crate::files::{Files, read_range, segments};
 use crate::index::{Index, NodeKind};
 use crate::ranges::RangeSet;
 use crate::scan::{self, EXCLUDED_TOP_LEVEL, kind_of, meta_of};
 use sluice_proto::blocks::{BLOCK_SIZE, hash};
 use sluice_proto::{Attrs, Entry, Hash, Op, RelPath};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -40,6 +41,10 @@ const MAPPED_PATIENCE_NS: u64 = 35_000_000_000;
 const REOPEN_PATIENCE_NS: u64 = 5_000_000_000;
 /// Paths this long were cut by the capture buffer and cannot be trusted.
 const CUT_PATH_LEN: usize = sluice_common::PATH_LEN - 1;
+/// How long what a directory path outside the root's prefix resolves to is reused.
+const ALIAS_TTL_NS: u64 = 1_000_000_000;
+/// Directory paths remembered at most; past it the cache starts over.
+const ALIAS_CACHE_LEN: usize = 4096;
 
 /// An operation ready to be numbered and sent.
 #[derive(Clone, Debug)]
@@ -84,6 +89,9 @@ struct MappedPages {
 
 const PAGE: u64 = 4096;
 
+/// Directory path → (indexed directory it leads to, monotonic ns of the lookup).
+type AliasCache = HashMap<Vec<u8>, (Option<u64>, u64)>;
+
 /// Where a path from an event lies.
 enum Place {
     Inside { parent: u64, name: OsString, path: RelPath },
@@ -124,6 +132,16 @@ pub struct Engine {
     /// Per inode: the change count and capture time (CLOCK_MONOTONIC ns) of its last change.
     last_change: HashMap<u64, (u64, u64)>,
     repairs: repair::Repairs,
+    /// `st_dev` of the root (on btrfs the subvolume's, not the kernel's `s_dev`).
+    root_dev: u64,
+    /// The directories above the root, as the capture numbers them.
+    ancestors: Vec<PathBuf>,
+    /// Directory paths outside the root's prefix → the indexed directory they lead
+    /// to (`None`: somewhere else), and when that was looked up.
+    aliases: RefCell<AliasCache>,
+    /// Inodes changed without a descriptor that could not be found: if the next
+    /// comparison does not index them either, they are outside the tree.
+    unresolved: HashSet<u64>,
 }
 
 /// What the agent found when it restarted with durable state from its previous run.
@@ -148,7 +166,8 @@ pub struct DirtyInode {
 impl Engine {
     /// `root` must be absolute and canonical; `watched_dev` is the kernel's `s_dev` of its filesystem.
     pub fn new(root: &Path, watched_dev: u64, options: Options) -> io::Result<Engine> {
-        let root_ino = std::fs::metadata(root)?.ino();
+        let root_meta = std::fs::metadata(root)?;
+        let root_ino = root_meta.ino();
         Ok(Engine {
             root: root.to_path_buf(),
             watched_dev,
@@ -167,7 +186,17 @@ impl Engine {
             changes: 0,
             last_change: HashMap::new(),
             repairs: repair::Repairs::default(),
+            root_dev: root_meta.dev(),
+            ancestors: Vec::new(),
+            aliases: RefCell::new(HashMap::new()),
+            unresolved: HashSet::new(),
         })
+    }
+
+    /// The directories above the root as the capture numbers them
+    /// (`Capture::ancestors`), for relative paths based on one of them.
+    pub fn set_ancestors(&mut self, dirs: Vec<PathBuf>) {
+        self.ancestors = dirs;
     }
 
     pub fn index(&self) -> &Index {
@@ -207,6 +236,12 @@ impl Engine {
         let scan = scan::scan(&self.root, &mut self.files, self.options.devices, verify_since)?;
         self.index = scan.index;
         self.outside.clear();
+        // Changed unseen and still not found by a full walk: not in the tree.
+        for ino in std::mem::take(&mut self.unresolved) {
+            if !self.index.contains(ino) {
+                self.outside.insert(ino);
+            }
+        }
         self.rescan = None;
         // The comparison covers every path waiting for repair.
         self.repairs.clear();
@@ -383,7 +418,22 @@ impl Engine {
                 }
             }
             EventKind::FdMeta { inode, fd } => self.data(*inode, event.pid, *fd, None, ts, out),
+            EventKind::Changed { inode, offset, len, fd } => {
+                // Not decoded: read the whole file, its metadata and xattrs again.
+                self.data(*inode, event.pid, *fd, Some((*offset, *len)), ts, out);
+                if self.index.contains(inode.ino) && inode.dev == self.watched_dev {
+                    self.note(inode.ino, Change::Attrs, ts);
+                    self.note(inode.ino, Change::Xattrs, ts);
+                }
+            }
+            EventKind::Repair { reason, detail } => {
+                self.request_rescan(format!("the capture could not decode a change ({reason:?}, {detail}) by process {}", event.pid))
+            }
             kind => {
+                if matches!(kind, EventKind::Rename { .. } | EventKind::Rmdir { .. } | EventKind::Unlink { .. } | EventKind::Symlink { .. }) {
+                    // A directory path may lead elsewhere now.
+                    self.aliases.borrow_mut().clear();
+                }
                 self.flush(out);
                 self.namespace(event.pid, kind, ts, out);
             }
@@ -430,9 +480,9 @@ impl Engine {
             return;
         }
         if !self.index.contains(inode.ino) && fd == NO_FD {
-            // No descriptor to find it by (writeback, io_uring): an inode the walk did
-            // not index lies outside the tree, on the same filesystem.
-            return;
+            // No descriptor to find it by (writeback, io_uring): outside the tree on
+            // the same filesystem, or a file whose creation was not seen.
+            return self.find_unknown(inode.ino, pid, ts, out);
         }
         if !self.index.contains(inode.ino) {
             self.adopt_open_file(inode.ino, pid, fd, ts, out);
@@ -454,7 +504,31 @@ impl Engine {
             self.outside.insert(ino);
             return;
         }
-        match self.place_absolute(link.as_os_str().as_bytes()) {
+        self.adopt_at(ino, link.as_os_str().as_bytes(), ts, out);
+    }
+
+    /// A change without a descriptor to an inode the index does not know: look for
+    /// it among the writer's open files and mappings. If it is not there, the tree
+    /// is compared (it may be a file created unseen, e.g. into an io_uring fixed
+    /// file slot); a comparison that does not find it either marks it outside.
+    fn find_unknown(&mut self, ino: u64, pid: u32, ts: u64, out: &mut Vec<PendingOp>) {
+        let Some(link) = self.held_by(pid, ino) else {
+            if self.unresolved.insert(ino) {
+                self.request_rescan(format!("inode {ino} changed without a descriptor and is not in the index"));
+            }
+            return;
+        };
+        if link.ends_with(b" (deleted)") {
+            self.outside.insert(ino);
+            return;
+        }
+        self.adopt_at(ino, &link, ts, out);
+    }
+
+    /// Inode `ino` was found open or mapped at absolute path `link`: inside the
+    /// tree it is indexed and sent whole; outside it is ignored from now on.
+    fn adopt_at(&mut self, ino: u64, link: &[u8], ts: u64, out: &mut Vec<PendingOp>) {
+        match self.place_absolute(link) {
             Place::Inside { parent, name, path } => {
                 if self.learn(parent, &name, &path) == Some(ino) {
                     tracing::info!(%path, "found unindexed file through its writer, sending it whole");
@@ -467,8 +541,33 @@ impl Engine {
                 self.outside.insert(ino);
             }
             Place::Unindexed { path } => self.request_repair(path, format!("inode {ino} changed below an unindexed directory")),
-            Place::Unknown => self.request_rescan(format!("inode {ino} at {} is not in the index", link.display())),
+            Place::Unknown => self.request_rescan(format!("inode {ino} at {} is not in the index", show(link))),
         }
+    }
+
+    /// The path under which process `pid` holds inode `ino` of the root's
+    /// filesystem open (`/proc/<pid>/fd`) or mapped (`/proc/<pid>/maps`).
+    fn held_by(&self, pid: u32, ino: u64) -> Option<Vec<u8>> {
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                if let Ok(meta) = std::fs::metadata(fd.path())
+                    && meta.ino() == ino
+                    && meta.dev() == self.root_dev
+                    && let Ok(link) = std::fs::read_link(fd.path())
+                {
+                    return Some(std::os::unix::ffi::OsStringExt::into_vec(link.into_os_string()));
+                }
+            }
+        }
+        // `start-end perms offset dev inode path`; `dev` is the superblock's, which
+        // on btrfs is not the subvolume's st_dev, so the path decides.
+        let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
+        maps.split(|&b| b == b'\n').find_map(|line| {
+            let mut fields = line.splitn(6, |&b| b == b' ');
+            let inode = fields.nth(4)?;
+            let path = fields.next()?.trim_ascii_start();
+            (inode == ino.to_string().as_bytes() && path.first() == Some(&b'/')).then(|| path.to_vec())
+        })
     }
 
     fn send_whole(&mut self, ino: u64, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
@@ -555,6 +654,10 @@ impl Engine {
     /// lstat `path` and index what is there; returns its inode.
     fn learn(&mut self, parent: u64, name: &OsStr, path: &RelPath) -> Option<u64> {
         let meta = std::fs::symlink_metadata(self.root.join(path.as_path())).ok()?;
+        if meta.dev() != self.root_dev {
+            // A mount point or nested btrfs subvolume: not replicated (see `scan`).
+            return None;
+        }
         let kind = kind_of(&meta);
         self.index.insert(parent, name, meta.ino(), kind);
         self.outside.remove(&meta.ino());
@@ -571,6 +674,16 @@ impl Engine {
         if raw[0] == b'/' {
             return self.place_absolute(raw);
         }
+        if base.dev == ANCESTOR_DEV {
+            // Relative to a directory above the root (`cd /srv && mv data/a data/b`).
+            let Some(dir) = self.ancestors.get(base.ino as usize) else { return Place::Unknown };
+            let mut full = dir.as_os_str().as_bytes().to_vec();
+            if full.last() != Some(&b'/') {
+                full.push(b'/');
+            }
+            full.extend_from_slice(raw);
+            return self.place_absolute(&full);
+        }
         if base.dev != self.watched_dev {
             return Place::Outside;
         }
@@ -584,7 +697,8 @@ impl Engine {
         let root = self.root.as_os_str().as_bytes();
         match raw.strip_prefix(root) {
             Some(rest) if rest.first() == Some(&b'/') => self.place_from(self.index.root(), &rest[1..]),
-            _ => Place::Outside,
+            Some([]) => Place::Outside,
+            _ => self.place_alias(raw),
         }
     }
 
@@ -596,6 +710,54 @@ impl Engine {
         let Ok(rest) = real.strip_prefix(&self.root) else { return Some(None) };
         let target = self.index.resolve(&RelPath::from_path(rest).ok()?)?;
         (self.index.kind(target) == Some(NodeKind::Dir)).then_some(Some(target))
+    }
+
+    /// An absolute path outside the root's prefix may still lead into the tree,
+    /// through a symlink (`/data -> /srv/data`) or another mount of the same
+    /// filesystem (`mount --bind /srv/data /mnt/b`): look up the nearest of its
+    /// directories that exists now (the event is handled after the fact, so its
+    /// own parent may be gone already) and, if that is an indexed directory of
+    /// the tree, place the rest from it.
+    fn place_alias(&self, raw: &[u8]) -> Place {
+        let trimmed = raw.strip_suffix(b"/").unwrap_or(raw);
+        let Some(split) = trimmed.iter().rposition(|&b| b == b'/') else { return Place::Outside };
+        let mut dir = &trimmed[..split];
+        let mut rest = &trimmed[split + 1..];
+        loop {
+            match self.alias_dir(if dir.is_empty() { b"/" } else { dir }) {
+                Some(Some(ino)) => return self.place_from(ino, rest),
+                Some(None) => return Place::Outside,
+                None if dir.is_empty() => return Place::Outside,
+                None => {
+                    let up = dir.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                    rest = &trimmed[up + 1..];
+                    dir = &dir[..up];
+                }
+            }
+        }
+    }
+
+    /// What directory path `dir` is now: an indexed directory of the tree
+    /// (`Some(Some(ino))`), something else (`Some(None)`), or nothing (`None`).
+    fn alias_dir(&self, dir: &[u8]) -> Option<Option<u64>> {
+        let now = crate::session::monotonic_ns();
+        if let Some(&(found, at)) = self.aliases.borrow().get(dir)
+            && now.saturating_sub(at) < ALIAS_TTL_NS
+        {
+            return Some(found);
+        }
+        let meta = match std::fs::metadata(OsStr::from_bytes(dir)) {
+            Ok(meta) => meta,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => return None,
+            Err(_) => return Some(None),
+        };
+        let found = (meta.dev() == self.root_dev && self.index.kind(meta.ino()) == Some(NodeKind::Dir)).then_some(meta.ino());
+        let mut aliases = self.aliases.borrow_mut();
+        if aliases.len() >= ALIAS_CACHE_LEN {
+            aliases.clear();
+        }
+        aliases.insert(dir.to_vec(), (found, now));
+        Some(found)
     }
 
     /// Resolves `relative` lexically from directory `dir` of the index.
@@ -627,6 +789,7 @@ impl Engine {
                         None => return Place::Unknown,
                     }
                 }
+                None if self.other_filesystem(dir, name) => return Place::Outside,
                 _ => {
                     return match self.index.path_of(dir).and_then(|p| p.join(name).ok()) {
                         Some(path) => Place::Unindexed { path },
@@ -647,6 +810,16 @@ impl Engine {
             Ok(path) => Place::Inside { parent: dir, name: name.to_os_string(), path },
             Err(_) => Place::Unknown,
         }
+    }
+}
+
+impl Engine {
+    /// Whether `name` in indexed directory `dir` is a directory of another
+    /// filesystem or btrfs subvolume (a mount point, a nested subvolume), which
+    /// the walk does not index and nothing below is replicated.
+    fn other_filesystem(&self, dir: u64, name: &OsStr) -> bool {
+        let Some(Ok(path)) = self.index.path_of(dir).map(|p| p.join(name)) else { return false };
+        std::fs::symlink_metadata(self.root.join(path.as_path())).is_ok_and(|m| m.is_dir() && m.dev() != self.root_dev)
     }
 }
 

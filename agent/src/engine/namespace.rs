@@ -133,7 +133,9 @@ impl Engine {
             | EventKind::Writeback { .. }
             | EventKind::Sync { .. }
             | EventKind::XattrFd { .. }
-            | EventKind::IoUringUser { .. } => {}
+            | EventKind::IoUringUser { .. }
+            | EventKind::Changed { .. }
+            | EventKind::Repair { .. } => {}
         }
     }
 

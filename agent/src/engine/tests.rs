@@ -422,3 +422,71 @@ fn random_data_changes_converge_whatever_the_event_order() {
         }
     }
 }
+
+#[test]
+fn paths_from_an_ancestor_or_through_an_alias_are_placed_in_the_tree() {
+    let mut f = Fixture::new(|root| {
+        fs::write(root.join("f"), b"x").unwrap();
+        fs::write(root.join("g"), b"y").unwrap();
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("sub/x"), b"z").unwrap();
+    });
+    let root = f.root();
+    f.engine.set_ancestors(root.ancestors().skip(1).map(Path::to_path_buf).collect());
+    // `cd <parent> && rm <root name>/f`: the base is ancestor 0.
+    fs::remove_file(root.join("f")).unwrap();
+    let name = root.file_name().unwrap().as_encoded_bytes();
+    let parent = InodeId { dev: crate::capture::ANCESTOR_DEV, ino: 0 };
+    let ops = f.feed(EventKind::Unlink { base: parent, path: [name, b"/f"].concat() });
+    assert_eq!(ops, vec![Op::Remove { path: rel("f") }]);
+    // Through a symlink to the root, from anywhere.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let alias = elsewhere.path().join("alias");
+    std::os::unix::fs::symlink(&root, &alias).unwrap();
+    let anywhere = InodeId { dev: 1, ino: 2 };
+    fs::remove_file(root.join("g")).unwrap();
+    let through = |rest: &str| [alias.as_os_str().as_encoded_bytes(), rest.as_bytes()].concat();
+    let ops = f.feed(EventKind::Unlink { base: anywhere, path: through("/g") });
+    assert_eq!(ops, vec![Op::Remove { path: rel("g") }]);
+    // Its parent directory is already gone when the event is handled.
+    fs::remove_dir_all(root.join("sub")).unwrap();
+    let ops = f.feed(EventKind::Unlink { base: anywhere, path: through("/sub/x") });
+    assert_eq!(ops, vec![Op::Remove { path: rel("sub/x") }]);
+    // Elsewhere stays outside, without a comparison.
+    let ops = f.feed(EventKind::Unlink { base: anywhere, path: elsewhere.path().join("other").into_os_string().into_encoded_bytes() });
+    assert!(ops.is_empty());
+    assert!(f.engine.rescan_reason().is_none(), "{:?}", f.engine.rescan_reason());
+}
+
+#[test]
+fn an_unknown_inode_changed_without_a_descriptor_is_found_or_compared() {
+    let mut f = Fixture::new(|_| {});
+    // Created unseen (e.g. into an io_uring fixed file slot) and held open by its writer.
+    fs::write(f.root().join("unseen"), b"ring data").unwrap();
+    let held = fs::File::open(f.root().join("unseen")).unwrap();
+    let unseen = f.inode("unseen");
+    let ops = f.feed(EventKind::Write { inode: unseen, offset: 0, len: 9, fd: NO_FD });
+    assert!(matches!(&ops[..], [Op::CreateFile { path, .. }] if *path == rel("unseen")), "{ops:?}");
+    assert!(matches!(&f.flush()[0], Op::Write { data, .. } if data == b"ring data"));
+    drop(held);
+    // Nobody holds it: compare the tree; a comparison that does not find it marks it outside.
+    let nowhere = InodeId { dev: DEV, ino: 987_654_321 };
+    assert!(f.feed(EventKind::Writeback { inode: nowhere, offset: 0, len: 4096 }).is_empty());
+    assert!(f.engine.rescan_reason().is_some());
+    f.engine.rescan().unwrap();
+    assert!(f.feed(EventKind::Writeback { inode: nowhere, offset: 0, len: 4096 }).is_empty());
+    assert!(f.engine.rescan_reason().is_none());
+}
+
+#[test]
+fn undecoded_changes_reread_the_file_or_compare_the_tree() {
+    let mut f = Fixture::new(|root| fs::write(root.join("f"), vec![b'q'; 5000]).unwrap());
+    let ino = f.inode("f");
+    f.feed(EventKind::Changed { inode: ino, offset: 0, len: 5000, fd: NO_FD });
+    let ops = f.flush();
+    assert!(matches!(&ops[0], Op::Write { offset: 0, data, .. } if data.len() == 5000), "{ops:?}");
+    assert!(ops.iter().any(|op| matches!(op, Op::SetAttrs { .. })), "{ops:?}");
+    assert!(f.engine.rescan_reason().is_none());
+    f.feed(EventKind::Repair { reason: crate::capture::Repair::IoUringNamespace, detail: 35 });
+    assert!(f.engine.rescan_reason().is_some());
+}

@@ -1,8 +1,10 @@
 //! Learns how the kernel names the watched filesystem.
 //!
 //! `stat(2)`'s `st_dev` is not always `inode->i_sb->s_dev` (btrfs reports an
-//! anonymous per-subvolume dev), so the agent opens its root directory while
-//! `Config::calibrating` is set and this records what the kernel saw.
+//! anonymous per-subvolume dev), so the agent opens its root directory (and then
+//! each directory above it) while `Config::calibrating` is set and this records
+//! what the kernel saw: the superblock's dev, the inode number and, on btrfs, the
+//! subvolume id.
 //!
 //! Prototype: `int openat(int dirfd, const char *pathname, int flags, mode_t mode)`,
 //! observed at exit with the returned fd.
@@ -10,7 +12,7 @@
 use sluice_common::{Calibration, KernelOffsets};
 
 use crate::{
-    kernel::{current_task, fd_inode, inode_id, inode_is_dir},
+    kernel::{current_task, fd_inode, inode_id, inode_is_dir, subvol_of},
     maps::CALIBRATION,
 };
 
@@ -23,5 +25,14 @@ pub fn on_agent_openat(o: &KernelOffsets, fd: i64) {
         return;
     }
     let Ok(root) = inode_id(o, inode) else { return };
-    let _ = CALIBRATION.set(0, Calibration { root, seen: 1 }, 0);
+    let subvol = subvol_of(o, inode).unwrap_or(0);
+    let _ = CALIBRATION.set(
+        0,
+        Calibration {
+            root,
+            seen: 1,
+            subvol,
+        },
+        0,
+    );
 }

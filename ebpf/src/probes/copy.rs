@@ -16,7 +16,7 @@ use aya_ebpf::helpers::bpf_probe_read_user;
 use sluice_common::{Config, op};
 
 use super::{SysArgs, data, sys_exit::nr};
-use crate::kernel::{Res, current_task, file_inode, file_of_fd, file_pos, inode_id};
+use crate::kernel::{Res, current_task, file_inode, file_of_fd, file_pos, watched};
 
 pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
     if ret <= 0 {
@@ -31,10 +31,9 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
     };
     let o = &cfg.offsets;
     let file = file_of_fd(o, current_task(), fd)?;
-    let inode = inode_id(o, file_inode(o, file)?)?;
-    if inode.dev != cfg.watched_dev {
+    let Some(inode) = watched(cfg, file_inode(o, file)?)? else {
         return Ok(());
-    }
+    };
     // Both the user offset and f_pos have been advanced past the copied bytes by now.
     let end = if off_ptr != 0 {
         // SAFETY: bpf_probe_read_user reports faults instead of trapping.

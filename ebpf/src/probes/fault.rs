@@ -33,11 +33,11 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use sluice_common::{Config, InodeId, KernelOffsets, NO_FD, op};
+use sluice_common::{Config, InodeId, NO_FD, op};
 
 use super::{data, writeback::folio_order};
 use crate::{
-    kernel::{Res, file_inode, inode_id, inode_is_reg, read, read_ptr, untyped},
+    kernel::{Res, file_inode, inode_is_reg, read, read_ptr, untyped, watched},
     maps::CONFIG,
 };
 
@@ -100,7 +100,7 @@ fn try_fault(ctx: &BtfTracePointContext) -> Res<()> {
             0,
         )
     };
-    if r != 0 || lookup.found == 0 || lookup.inode.dev != cfg.watched_dev {
+    if r != 0 || lookup.found == 0 {
         return Ok(());
     }
     // A fault on a large folio maps (and makes writable) the whole folio at once,
@@ -123,7 +123,7 @@ extern "C" fn fault_vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut
     let Some(cfg) = CONFIG.get(0) else { return 0 };
     // SAFETY: `ctx` is the caller's `FaultLookup`, passed through by the helper.
     let addr = unsafe { (*lookup).addr };
-    if let Ok(Some((inode, mapping, index))) = shared_file_page(&cfg.offsets, vma, addr) {
+    if let Ok(Some((inode, mapping, index))) = shared_file_page(cfg, vma, addr) {
         // SAFETY: as above.
         unsafe {
             (*lookup).inode = inode;
@@ -136,13 +136,10 @@ extern "C" fn fault_vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut
 }
 
 /// The regular file, its page cache and the file page index that `addr` maps, if
-/// `vma` is a shared writable file mapping.
+/// `vma` is a shared writable mapping of a file in the watched tree's filesystem.
 #[inline(always)]
-fn shared_file_page(
-    o: &KernelOffsets,
-    vma: *mut c_void,
-    addr: u64,
-) -> Res<Option<(InodeId, u64, u64)>> {
+fn shared_file_page(cfg: &Config, vma: *mut c_void, addr: u64) -> Res<Option<(InodeId, u64, u64)>> {
+    let o = &cfg.offsets;
     let vma = untyped(vma as u64)?;
     let flags: u64 = read(vma, o.vma_vm_flags)?;
     if flags & (VM_SHARED | VM_WRITE) != VM_SHARED | VM_WRITE {
@@ -157,7 +154,10 @@ fn shared_file_page(
     let start: u64 = read(vma, o.vma_vm_start)?;
     let pgoff: u64 = read(vma, o.vma_vm_pgoff)?;
     let index = pgoff + (addr.saturating_sub(start) >> PAGE_SHIFT);
-    Ok(Some((inode_id(o, inode)?, mapping, index)))
+    let Some(id) = watched(cfg, inode)? else {
+        return Ok(None);
+    };
+    Ok(Some((id, mapping, index)))
 }
 
 /// xarray entry encoding (include/linux/xarray.h, `XA_CHUNK_SHIFT` 6).

@@ -1,19 +1,26 @@
 //! Program entry points, one file per hook family.
 //!
-//! Syscalls are seen at `sys_exit` only: a syscall's arguments are still in its
-//! saved `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
-//! single hook sees each completed operation once. Two kernel tracepoints cover
+//! Syscalls are seen at `sys_exit`: a syscall's arguments are still in its saved
+//! `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
+//! single hook sees each completed operation once. 32-bit syscalls arrive there
+//! too and are translated (`compat`). The one exception is `entry`: the write
+//! family's entry (classic syscall tracepoints) records the file position or size
+//! when a write's exit could not tell where it went. Kernel tracepoints cover
 //! what involves no syscall of its own: `writeback_dirty_folio` and
-//! `page_fault_user` (mmap stores) and `io_uring_complete` (writes submitted
+//! `page_fault_user` (mmap stores) and `io_uring_complete` (requests submitted
 //! through a ring).
 //!
 //! Where the kernel allows fexit, `vfs` hooks the VFS write/fallocate/truncate
 //! functions instead (every writer, in-kernel ones included) and `sys_exit`
 //! leaves those syscalls to it (`Config::data_from_vfs`).
 
+mod aio;
 mod calibrate;
+mod clone;
+mod compat;
 mod copy;
 mod data;
+mod entry;
 mod fault;
 mod io_uring;
 mod path;
@@ -28,6 +35,14 @@ use sluice_common::EventHeader;
 
 /// The six syscall argument registers, in argument order.
 pub type SysArgs = [u64; 6];
+
+/// A completed syscall, decoded to its 64-bit number and argument layout
+/// (passed by reference: BPF functions take at most five arguments).
+pub struct Syscall {
+    pub n: u64,
+    pub args: SysArgs,
+    pub ret: i64,
+}
 
 #[inline(always)]
 fn header(kind: u32, op: u32) -> EventHeader {

@@ -1,11 +1,14 @@
 //! Namespace operations addressed by path.
 //!
 //! Paths are copied as the caller passed them, with the directory they are
-//! relative to (`base`: the dirfd's inode, or the cwd's for `AT_FDCWD`). An event
-//! is kept when a path is absolute or its base is on the watched filesystem, so a
-//! relative path used from a cwd outside the watched tree is dropped here even if
-//! it leads back into it (e.g. `../watched/x`). Absolute paths anywhere on the
-//! system pass; userspace filters them by prefix.
+//! relative to (`base`: the dirfd's inode, or the cwd's for `AT_FDCWD`, see
+//! `kernel::base_dir`). An event is kept when a path is absolute, or its base is
+//! in the watched tree's filesystem (and btrfs subvolume), or its base is one of
+//! the watched root's ancestors (`cd /srv && mv data/a data/b` with `/srv/data`
+//! watched). A relative path from any other directory is dropped here even if it
+//! leads back into the tree through `..` or a symlink (e.g. `../srv/data/x` from
+//! `/tmp`). Absolute paths anywhere on the system pass; userspace places them by
+//! prefix, or by looking up their parent directory.
 //!
 //! Prototypes:
 //! - `int open(const char *path, int flags, mode_t mode)`, `int creat(const char *path, mode_t mode)`
@@ -29,18 +32,23 @@
 //!   the 32-bit userspace encoding (`makedev`), carried in `size` so device nodes can
 //!   be recreated with the same numbers
 
-use aya_ebpf::{cty::c_void, helpers::bpf_probe_read_user, helpers::generated};
-use sluice_common::{Config, InodeId, PATH_LEN, PathEvent, kind, op};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+};
+use sluice_common::{ANCESTOR_DEV, Config, InodeId, PATH_LEN, PathEvent, kind, op};
 
 use super::{SysArgs, header, sys_exit::nr};
 use crate::{
-    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, inode_id},
-    maps::{EVENTS, count_drop},
+    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, fd_table_shared, watched},
+    maps::{EVENTS, count_drop, note_writer, writer},
 };
 
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const O_WRONLY: u64 = 0o1;
+const O_APPEND: u64 = 0o2000;
+const O_ACCMODE: u64 = 0o3;
 const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 
@@ -180,18 +188,37 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
     let task = current_task();
     let mut target = InodeId::default();
     if p.op == op::OPEN_CREATE {
-        if p.flags & (O_CREAT | O_TRUNC) == 0 {
+        let creates = p.flags & (O_CREAT | O_TRUNC) != 0;
+        let writable = p.flags & O_ACCMODE != 0;
+        // Read-only opens, by far the most common, cost nothing more.
+        if !creates && !writable {
             return Ok(());
         }
         // The new fd names the file exactly, so filter on it rather than the path.
-        target = inode_id(o, fd_inode(o, task, ret as i32)?)?;
-        if target.dev != cfg.watched_dev {
+        let Some(id) = watched(cfg, fd_inode(o, task, ret as i32)?)? else {
+            return Ok(());
+        };
+        // It will most likely write there: from now on look at the entry of its
+        // writes that need it (see `entry`).
+        let mut bits = if fd_table_shared(o, task).unwrap_or(true) {
+            writer::SHARED
+        } else {
+            0
+        };
+        if p.flags & O_APPEND != 0 {
+            bits |= writer::APPENDS;
+        }
+        if bits != 0 {
+            note_writer((bpf_get_current_pid_tgid() >> 32) as u32, bits);
+        }
+        if !creates {
             return Ok(());
         }
+        target = id;
     }
-    let base1 = base_dir(o, task, p.dfd1);
+    let base1 = base_dir(cfg, task, p.dfd1);
     let base2 = if p.second == Second::Path {
-        base_dir(o, task, p.dfd2)
+        base_dir(cfg, task, p.dfd2)
     } else {
         InodeId::default()
     };
@@ -219,11 +246,11 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
         } else {
             copy_user_str(path2, p.p2);
         }
-        let watched = cfg.watched_dev;
+        let near = |base: InodeId| base.dev == cfg.watched_dev || base.dev == ANCESTOR_DEV;
         p.op == op::OPEN_CREATE
             || *path1 == b'/'
-            || base1.dev == watched
-            || (p.second == Second::Path && (*path2 == b'/' || base2.dev == watched))
+            || near(base1)
+            || (p.second == Second::Path && (*path2 == b'/' || near(base2)))
     };
     if keep {
         entry.submit(0);

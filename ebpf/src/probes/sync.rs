@@ -18,11 +18,11 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task_btf, generated::bpf_find_vma},
 };
-use sluice_common::{Config, InodeId, KernelOffsets, NO_FD, TO_END, op, sync_kind};
+use sluice_common::{Config, InodeId, NO_FD, TO_END, op, sync_kind};
 
 use super::{SysArgs, data, sys_exit::nr};
 use crate::{
-    kernel::{Res, current_task, fd_inode, file_inode, inode_id, read, read_ptr, untyped},
+    kernel::{Res, current_task, fd_inode, file_inode, read, read_ptr, untyped, watched},
     maps::CONFIG,
 };
 
@@ -31,13 +31,12 @@ const PAGE_SHIFT: u64 = 12;
 pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs) -> Res<()> {
     let o = &cfg.offsets;
     if n == nr::MSYNC {
-        return on_msync(cfg, a[0], a[1]);
+        return on_msync(a[0], a[1]);
     }
     let fd = a[0] as i32;
-    let inode = inode_id(o, fd_inode(o, current_task(), fd)?)?;
-    if inode.dev != cfg.watched_dev {
+    let Some(inode) = watched(cfg, fd_inode(o, current_task(), fd)?)? else {
         return Ok(());
-    }
+    };
     let (kind, inode, offset, len) = match n {
         nr::FSYNC => (sync_kind::FSYNC, inode, 0, TO_END),
         nr::FDATASYNC => (sync_kind::FDATASYNC, inode, 0, TO_END),
@@ -61,7 +60,7 @@ struct VmaLookup {
     found: u64,
 }
 
-fn on_msync(cfg: &Config, addr: u64, len: u64) -> Res<()> {
+fn on_msync(addr: u64, len: u64) -> Res<()> {
     let mut lookup = VmaLookup {
         addr,
         inode: InodeId::default(),
@@ -80,7 +79,7 @@ fn on_msync(cfg: &Config, addr: u64, len: u64) -> Res<()> {
             0,
         )
     };
-    if r != 0 || lookup.found == 0 || lookup.inode.dev != cfg.watched_dev {
+    if r != 0 || lookup.found == 0 {
         return Ok(());
     }
     data::emit(
@@ -104,7 +103,7 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     let Some(cfg) = CONFIG.get(0) else { return 0 };
     // SAFETY: `ctx` is the caller's `VmaLookup`, passed through by the helper.
     let addr = unsafe { (*lookup).addr };
-    if let Ok((inode, offset)) = vma_file_range(&cfg.offsets, vma, addr) {
+    if let Ok(Some((inode, offset))) = vma_file_range(cfg, vma, addr) {
         // SAFETY: as above.
         unsafe {
             (*lookup).inode = inode;
@@ -115,13 +114,20 @@ extern "C" fn vma_callback(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     0
 }
 
-/// The file and file offset that user address `addr` maps in `vma`.
+/// The file and file offset that user address `addr` maps in `vma`, if the file
+/// is in the watched tree's filesystem.
 #[inline(always)]
-fn vma_file_range(o: &KernelOffsets, vma: *mut c_void, addr: u64) -> Res<(InodeId, u64)> {
+fn vma_file_range(cfg: &Config, vma: *mut c_void, addr: u64) -> Res<Option<(InodeId, u64)>> {
+    let o = &cfg.offsets;
     let vma = untyped(vma as u64)?;
     let file = read_ptr(vma, o.vma_vm_file)?;
     let start: u64 = read(vma, o.vma_vm_start)?;
     let pgoff: u64 = read(vma, o.vma_vm_pgoff)?;
-    let inode = inode_id(o, file_inode(o, file)?)?;
-    Ok((inode, (pgoff << PAGE_SHIFT) + addr.saturating_sub(start)))
+    let Some(inode) = watched(cfg, file_inode(o, file)?)? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        inode,
+        (pgoff << PAGE_SHIFT) + addr.saturating_sub(start),
+    )))
 }

@@ -6,10 +6,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use sluice_common::vfs;
+use sluice_common::{InodeId, NO_FD, op, repair, vfs};
 
-use super::{SysArgs, calibrate, copy, data, io_uring, path, sync, xattr};
-use crate::maps::CONFIG;
+use super::{Syscall, aio, calibrate, clone, compat, copy, data, io_uring, path, sync, xattr};
+use crate::{
+    kernel::{current_task, in_compat_syscall},
+    maps::CONFIG,
+};
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 pub mod nr {
@@ -34,6 +37,7 @@ pub mod nr {
     pub const FCHMOD: u64 = 91;
     pub const CHOWN: u64 = 92;
     pub const FCHOWN: u64 = 93;
+    pub const IOCTL: u64 = 16;
     pub const LCHOWN: u64 = 94;
     pub const UTIME: u64 = 132;
     pub const SYNC: u64 = 162;
@@ -45,6 +49,10 @@ pub mod nr {
     pub const LREMOVEXATTR: u64 = 198;
     pub const FREMOVEXATTR: u64 = 199;
     pub const UTIMES: u64 = 235;
+    pub const IO_GETEVENTS: u64 = 208;
+    pub const IO_SUBMIT: u64 = 209;
+    pub const OPEN_BY_HANDLE_AT: u64 = 304;
+    pub const IO_PGETEVENTS: u64 = 333;
     pub const OPENAT: u64 = 257;
     pub const MKDIRAT: u64 = 258;
     pub const MKNODAT: u64 = 259;
@@ -74,13 +82,64 @@ pub mod nr {
 
 /// Offsets in x86_64 `struct pt_regs`, a fixed user-visible ABI (`user_regs_struct`).
 pub mod regs {
-    pub const R10: u64 = 7 * 8;
-    pub const R9: u64 = 8 * 8;
-    pub const R8: u64 = 9 * 8;
-    pub const DX: u64 = 12 * 8;
-    pub const SI: u64 = 13 * 8;
-    pub const DI: u64 = 14 * 8;
+    pub const BP: u64 = 4 * 8;
     pub const ORIG_AX: u64 = 15 * 8;
+}
+
+/// `pt_regs` from `bp` to `di`, read in one go: the argument registers of both
+/// the 64-bit (`di, si, dx, r10, r8, r9`) and the ia32 (`bx, cx, dx, si, di, bp`)
+/// syscall conventions.
+#[repr(C)]
+pub struct ArgRegs {
+    pub bp: u64,
+    pub bx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub ax: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+}
+
+/// `__X32_SYSCALL_BIT`: an x32-ABI syscall (kernels built with `CONFIG_X86_X32_ABI`).
+const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+
+/// Both syscall tables end below this (the highest number decoded is 466).
+const TABLE_END: u64 = 512;
+
+/// One bit per syscall number below [`TABLE_END`] that the 64-bit or the ia32
+/// table decodes: the first test of every syscall, a load and a mask instead of
+/// two chains of comparisons (BPF has no jump tables).
+static DECODED: [u64; (TABLE_END / 64) as usize] = decoded_numbers();
+
+const fn decoded_numbers() -> [u64; (TABLE_END / 64) as usize] {
+    let mut bits = [0u64; (TABLE_END / 64) as usize];
+    let mut n = 0;
+    while n < TABLE_END {
+        if family(n).is_some() || compat::decoded(n) {
+            bits[(n / 64) as usize] |= 1 << (n % 64);
+        }
+        n += 1;
+    }
+    bits
+}
+
+/// Whether syscall `n` is decoded by either table.
+#[inline(always)]
+fn decoded(n: u64) -> bool {
+    if n >= TABLE_END {
+        return false;
+    }
+    let Some(word) = DECODED.get((n / 64) as usize) else {
+        return false;
+    };
+    // SAFETY: a read of an immutable static (volatile: a load from the program's
+    // read-only data rather than code LLVM could turn back into comparisons).
+    let word = unsafe { core::ptr::read_volatile(word) };
+    word & (1 << (n % 64)) != 0
 }
 
 /// `TRACE_EVENT_FN(sys_exit, TP_PROTO(struct pt_regs *regs, long ret), ...)`
@@ -100,7 +159,13 @@ fn reg(regs: u64, off: u64) -> Result<u64, i64> {
 }
 
 #[inline(always)]
-fn is_data(n: u64) -> bool {
+fn arg_regs(regs: u64) -> Result<ArgRegs, i64> {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((regs + regs::BP) as *const ArgRegs) }.map_err(|e| e as i64)
+}
+
+#[inline(always)]
+const fn is_data(n: u64) -> bool {
     matches!(
         n,
         nr::WRITE
@@ -112,6 +177,7 @@ fn is_data(n: u64) -> bool {
             | nr::FALLOCATE
             | nr::FCHMOD
             | nr::FCHOWN
+            | nr::OPEN_BY_HANDLE_AT
     )
 }
 
@@ -138,10 +204,13 @@ enum Family {
     Sync,
     Xattr,
     IoUring,
+    Ioctl,
+    AioSubmit,
+    AioComplete,
 }
 
 #[inline(always)]
-fn family(n: u64) -> Option<Family> {
+const fn family(n: u64) -> Option<Family> {
     if is_data(n) {
         return Some(Family::Data);
     }
@@ -161,12 +230,15 @@ fn family(n: u64) -> Option<Family> {
         | nr::SETXATTRAT
         | nr::REMOVEXATTRAT => Family::Xattr,
         nr::IO_URING_SETUP | nr::IO_URING_ENTER => Family::IoUring,
+        nr::IOCTL => Family::Ioctl,
+        nr::IO_SUBMIT => Family::AioSubmit,
+        nr::IO_GETEVENTS | nr::IO_PGETEVENTS => Family::AioComplete,
         _ => return None,
     })
 }
 
 #[inline(always)]
-fn is_path(n: u64) -> bool {
+const fn is_path(n: u64) -> bool {
     matches!(
         n,
         nr::OPEN
@@ -207,14 +279,21 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     }
     let regs: u64 = ctx.arg(0);
     let n = reg(regs, regs::ORIG_AX)?;
-    let Some(family) = family(n) else {
+    // Cheapest test first: this runs on every syscall of the system, and most are
+    // in neither table.
+    if !decoded(n) {
+        if n & X32_SYSCALL_BIT != 0 {
+            return x32(n);
+        }
         return Ok(0);
-    };
+    }
+    let native = family(n);
     let Some(cfg) = CONFIG.get(0) else {
         return Ok(0);
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == cfg.agent_tgid {
+        // The agent is a 64-bit program and never makes 32-bit syscalls.
         if cfg.calibrating != 0 && n == nr::OPENAT {
             calibrate::on_agent_openat(&cfg.offsets, ret);
         }
@@ -223,25 +302,67 @@ fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     if cfg.watched_dev == 0 {
         return Ok(0);
     }
+    // A 32-bit syscall numbers and passes its arguments differently. ia32 `exit`
+    // (1) never returns, so a 1 here is always the 64-bit `write`.
+    let compat = n != nr::WRITE && in_compat_syscall(&cfg.offsets, current_task())?;
+    let r = arg_regs(regs)?;
+    let (n, family, args) = if compat {
+        let Some((n, args)) = compat::translate(n, &[r.bx, r.cx, r.dx, r.si, r.di, r.bp]) else {
+            return Ok(0);
+        };
+        let Some(family) = family(n) else {
+            return Ok(0);
+        };
+        (n, family, args)
+    } else {
+        let Some(family) = native else {
+            return Ok(0);
+        };
+        (n, family, [r.di, r.si, r.dx, r.r10, r.r8, r.r9])
+    };
+    if family == Family::Ioctl && !clone::changes_contents(args[1]) {
+        return Ok(0);
+    }
     if family == Family::Data && from_vfs(cfg.data_from_vfs, n) {
         return Ok(0);
     }
-    let args: SysArgs = [
-        reg(regs, regs::DI)?,
-        reg(regs, regs::SI)?,
-        reg(regs, regs::DX)?,
-        reg(regs, regs::R10)?,
-        reg(regs, regs::R8)?,
-        reg(regs, regs::R9)?,
-    ];
+    let call = Syscall { n, args, ret };
     match family {
-        Family::Path if n == nr::UTIMENSAT && args[1] == 0 => data::on_exit(cfg, n, &args, ret)?,
-        Family::Data => data::on_exit(cfg, n, &args, ret)?,
+        Family::Path if n == nr::UTIMENSAT && args[1] == 0 => data::on_exit(cfg, &call)?,
+        Family::Data => data::on_exit(cfg, &call)?,
         Family::Path => path::on_exit(cfg, n, &args, ret)?,
         Family::Copy => copy::on_exit(cfg, n, &args, ret)?,
         Family::Sync => sync::on_exit(cfg, n, &args)?,
         Family::Xattr => xattr::on_exit(cfg, n, &args)?,
         Family::IoUring => io_uring::on_ring_syscall(cfg)?,
+        Family::Ioctl => clone::on_exit(cfg, &args)?,
+        Family::AioSubmit => aio::on_submit(args[2], ret, compat),
+        Family::AioComplete => aio::on_getevents(args[3], ret),
+    }
+    Ok(0)
+}
+
+/// An x32-ABI syscall (not built into the supported kernels, so not decoded):
+/// one that may change files asks for a repair.
+#[cold]
+fn x32(n: u64) -> Result<u32, i64> {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok(0);
+    };
+    if cfg.watched_dev == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.agent_tgid {
+        return Ok(0);
+    }
+    let n64 = n & !X32_SYSCALL_BIT;
+    // 512..=547 are the x32 variants of ioctl, writev, pwritev, pwritev2 and others.
+    if family(n64).is_some() || (512..=547).contains(&n64) {
+        data::emit(
+            op::REPAIR,
+            InodeId::default(),
+            n,
+            0,
+            repair::COMPAT_SYSCALL,
+            NO_FD,
+        );
     }
     Ok(0)
 }

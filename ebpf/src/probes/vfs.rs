@@ -24,7 +24,7 @@ use sluice_common::{Config, InodeId, NO_FD, op};
 
 use super::data;
 use crate::{
-    kernel::{Res, file_inode, inode_id, read, untyped},
+    kernel::{self, Res, file_inode, read, untyped},
     maps::CONFIG,
 };
 
@@ -35,7 +35,7 @@ const ATTR_OPEN: u32 = 1 << 15;
 /// The config and the file's inode when `file` is on the watched filesystem and
 /// the caller is not the agent.
 #[inline(always)]
-fn watched(file: u64) -> Res<Option<(&'static Config, InodeId)>> {
+fn watched_file(file: u64) -> Res<Option<(&'static Config, InodeId)>> {
     let Some(cfg) = CONFIG.get(0) else {
         return Ok(None);
     };
@@ -46,10 +46,9 @@ fn watched(file: u64) -> Res<Option<(&'static Config, InodeId)>> {
         return Ok(None);
     }
     let file = untyped(file)?;
-    let inode = inode_id(&cfg.offsets, file_inode(&cfg.offsets, file)?)?;
-    if inode.dev != cfg.watched_dev {
+    let Some(inode) = kernel::watched(cfg, file_inode(&cfg.offsets, file)?)? else {
         return Ok(None);
-    }
+    };
     Ok(Some((cfg, inode)))
 }
 
@@ -60,7 +59,7 @@ fn write_at_pos(file: u64, pos: u64, ret: i64) -> Res<()> {
     if ret <= 0 {
         return Ok(());
     }
-    let Some((_, inode)) = watched(file)? else {
+    let Some((_, inode)) = watched_file(file)? else {
         return Ok(());
     };
     let end: u64 = if pos == 0 {
@@ -102,7 +101,7 @@ fn try_iocb_iter_write(ctx: &FExitContext) -> Res<()> {
     if ret <= 0 {
         return Ok(());
     }
-    let Some((cfg, inode)) = watched(ctx.arg(0))? else {
+    let Some((cfg, inode)) = watched_file(ctx.arg(0))? else {
         return Ok(());
     };
     let iocb = untyped(ctx.arg(1))?;
@@ -124,7 +123,7 @@ fn try_fallocate(ctx: &FExitContext) -> Res<()> {
     if ret != 0 {
         return Ok(());
     }
-    let Some((_, inode)) = watched(ctx.arg(0))? else {
+    let Some((_, inode)) = watched_file(ctx.arg(0))? else {
         return Ok(());
     };
     let mode = ctx.arg::<u64>(1) as u32;
@@ -148,7 +147,7 @@ fn try_truncate(ctx: &FExitContext) -> Res<()> {
     if ret != 0 || time_attrs & ATTR_OPEN != 0 {
         return Ok(());
     }
-    let Some((_, inode)) = watched(ctx.arg(4))? else {
+    let Some((_, inode)) = watched_file(ctx.arg(4))? else {
         return Ok(());
     };
     let length: u64 = ctx.arg(2);

@@ -34,7 +34,9 @@ use sluice_common::{Config, NO_FD, op};
 
 use super::{data, sys_exit::nr};
 use crate::{
-    kernel::{Res, inode_id, inode_is_reg, read, read_ptr, untyped},
+    kernel::{
+        Res, current_task, in_compat_syscall, inode_is_reg, read, read_ptr, untyped, watched,
+    },
     maps::CONFIG,
 };
 
@@ -106,10 +108,9 @@ fn try_dirty_folio(ctx: &BtfTracePointContext) -> Res<()> {
     }
     let o = &cfg.offsets;
     let host = read_ptr(mapping, o.mapping_host)?;
-    let inode = inode_id(o, host)?;
-    if inode.dev != cfg.watched_dev {
+    let Some(inode) = watched(cfg, host)? else {
         return Ok(());
-    }
+    };
     // Filesystems keep private page caches on their own superblock too (btrfs's
     // metadata lives in its btree inode, ino 1, a regular file no name leads to);
     // only named regular files are the user's data. A mapped file is always named
@@ -118,8 +119,11 @@ fn try_dirty_folio(ctx: &BtfTracePointContext) -> Res<()> {
     if !named || !inode_is_reg(o, host)? {
         return Ok(());
     }
+    // The numbers are the 64-bit ones: a 32-bit syscall's number means something
+    // else (32-bit `ptrace`, 26, would read as `msync`), so it never skips.
     if let Ok(n) = current_syscall()
         && reported_at_exit(n)
+        && !in_compat_syscall(o, current_task()).unwrap_or(true)
     {
         return Ok(());
     }

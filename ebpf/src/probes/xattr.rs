@@ -2,8 +2,9 @@
 //! `system.posix_acl_access` through `setxattr`).
 //!
 //! Path variants are reported like the namespace operations in `path`: the path as
-//! passed with its base directory, kept when absolute or based on the watched
-//! filesystem. Fd variants are filtered by the file's `s_dev`. The attribute name
+//! passed with its base directory, kept when absolute or based in the watched
+//! filesystem or on one of the root's ancestors. Fd variants are filtered by the
+//! file's `s_dev` (and btrfs subvolume). The attribute name
 //! travels in `path2` so the agent can tell ACLs, security labels and user
 //! attributes apart; values are not copied (the agent reads them from the file).
 //!
@@ -19,11 +20,11 @@
 //! `AT_EMPTY_PATH` with an empty path the `f*` one.
 
 use aya_ebpf::helpers::bpf_probe_read_user;
-use sluice_common::{Config, InodeId, PathEvent, kind, op};
+use sluice_common::{ANCESTOR_DEV, Config, InodeId, PathEvent, kind, op};
 
 use super::{SysArgs, header, path::copy_user_str, sys_exit::nr};
 use crate::{
-    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, inode_id},
+    kernel::{AT_FDCWD, Res, base_dir, current_task, fd_inode, watched},
     maps::{EVENTS, count_drop},
 };
 
@@ -86,10 +87,9 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs) -> Res<()> {
     let task = current_task();
     let (op, base, inode, fd, path, nofollow) = match t {
         Target::Fd(fd) => {
-            let inode = inode_id(o, fd_inode(o, task, fd)?)?;
-            if inode.dev != cfg.watched_dev {
+            let Some(inode) = watched(cfg, fd_inode(o, task, fd)?)? else {
                 return Ok(());
-            }
+            };
             (op::XATTR_FD, InodeId::default(), inode, fd, 0, false)
         }
         Target::Path {
@@ -98,7 +98,7 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs) -> Res<()> {
             nofollow,
         } => (
             op::XATTR_PATH,
-            base_dir(o, task, dfd),
+            base_dir(cfg, task, dfd),
             InodeId::default(),
             0,
             path,
@@ -129,7 +129,10 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs) -> Res<()> {
             copy_user_str(path1, path);
         }
         copy_user_str(path2, name);
-        op == op::XATTR_FD || *path1 == b'/' || base.dev == cfg.watched_dev
+        op == op::XATTR_FD
+            || *path1 == b'/'
+            || base.dev == cfg.watched_dev
+            || base.dev == ANCESTOR_DEV
     };
     if keep {
         entry.submit(0);

@@ -28,3 +28,6 @@ mod rollback;
 mod verify;
 // Operations that do not fit the standby's copy are repaired, not fatal.
 mod repair;
+// Reflinks, appending pwrite, native AIO, paths from above the root or through
+// aliases, btrfs snapshots, 32-bit syscalls, shared fds, io_uring beyond writes.
+mod exact_capture;
