@@ -143,6 +143,14 @@ pub mod repair {
     /// file slot); `offset` is the opcode. Ring requests carry their paths in
     /// kernel memory the programs do not decode.
     pub const IO_URING_NAMESPACE: u32 = 4;
+    /// A user write fault on a file mapping whose VMA could not be looked up
+    /// (`bpf_find_vma` is busy while another program on the CPU uses it, e.g.
+    /// a second agent): `offset` is the faulting user address; the agent finds
+    /// the mapping in `/proc/<pid>/maps`.
+    pub const FAULT_LOOKUP: u32 = 5;
+    /// An `msync` whose range could not be looked up likewise: `offset` is the
+    /// address. The agent takes it as a barrier for every mapped file.
+    pub const MSYNC_LOOKUP: u32 = 6;
 }
 
 /// Most `struct iocb`s (`io_submit`) or `struct io_event`s (`io_getevents`) one

@@ -193,6 +193,11 @@ pub enum Repair {
     AioUnresolved,
     /// An io_uring namespace operation (renameat, unlinkat, mkdirat, ...).
     IoUringNamespace,
+    /// A store through a file mapping whose mapping could not be looked up in the
+    /// kernel; `detail` is the user address.
+    FaultLookup,
+    /// An `msync` whose mapping could not be looked up; `detail` is the address.
+    MsyncLookup,
     /// A reason this build does not know (newer programs).
     Other(u32),
 }
@@ -312,6 +317,8 @@ fn decode_data(e: DataEvent) -> Result<EventKind, DecodeError> {
                 repair::AIO_OVERFLOW => Repair::AioOverflow,
                 repair::AIO_UNRESOLVED => Repair::AioUnresolved,
                 repair::IO_URING_NAMESPACE => Repair::IoUringNamespace,
+                repair::FAULT_LOOKUP => Repair::FaultLookup,
+                repair::MSYNC_LOOKUP => Repair::MsyncLookup,
                 other => Repair::Other(other),
             },
             detail: e.offset,

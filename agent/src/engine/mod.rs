@@ -92,6 +92,52 @@ const PAGE: u64 = 4096;
 /// Directory path → (indexed directory it leads to, monotonic ns of the lookup).
 type AliasCache = HashMap<Vec<u8>, (Option<u64>, u64)>;
 
+/// How long a process's memory map read for [`Engine::mapping_at`] is reused.
+const MAPS_TTL_NS: u64 = 50_000_000;
+
+/// One line of `/proc/<pid>/maps`.
+#[derive(Debug)]
+struct MapRegion {
+    start: u64,
+    end: u64,
+    shared_writable: bool,
+    offset: u64,
+    ino: u64,
+    path: Vec<u8>,
+}
+
+/// What a user address maps.
+enum Mapping {
+    /// A page of an indexed file, mapped shared and writable.
+    Page { ino: u64, offset: u64 },
+    /// Anything else (anonymous memory, a private or read-only mapping, a file
+    /// outside the tree).
+    Other,
+    /// The process is gone.
+    Unknown,
+}
+
+/// Parses `/proc/<pid>/maps`: `start-end perms offset dev inode path` per line.
+fn parse_maps(text: &[u8]) -> Vec<MapRegion> {
+    let parse = |line: &[u8]| -> Option<MapRegion> {
+        let mut fields = line.splitn(6, |&b| b == b' ');
+        let (range, perms, offset) = (fields.next()?, fields.next()?, fields.next()?);
+        let (_dev, ino) = (fields.next()?, fields.next()?);
+        let path = fields.next().unwrap_or_default().trim_ascii_start().to_vec();
+        let text = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(str::to_owned);
+        let (start, end) = text(range)?.split_once('-').map(|(a, b)| (u64::from_str_radix(a, 16).ok(), u64::from_str_radix(b, 16).ok()))?;
+        Some(MapRegion {
+            start: start?,
+            end: end?,
+            shared_writable: perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b's'),
+            offset: u64::from_str_radix(&text(offset)?, 16).ok()?,
+            ino: text(ino)?.parse().ok()?,
+            path,
+        })
+    };
+    text.split(|&b| b == b'\n').filter_map(parse).collect()
+}
+
 /// Where a path from an event lies.
 enum Place {
     Inside { parent: u64, name: OsString, path: RelPath },
@@ -132,6 +178,8 @@ pub struct Engine {
     /// Per inode: the change count and capture time (CLOCK_MONOTONIC ns) of its last change.
     last_change: HashMap<u64, (u64, u64)>,
     repairs: repair::Repairs,
+    /// The last process memory map read (see [`Engine::mapping_at`]).
+    maps: RefCell<Option<(u32, u64, Vec<MapRegion>)>>,
     /// `st_dev` of the root (on btrfs the subvolume's, not the kernel's `s_dev`).
     root_dev: u64,
     /// The directories above the root, as the capture numbers them.
@@ -186,6 +234,7 @@ impl Engine {
             changes: 0,
             last_change: HashMap::new(),
             repairs: repair::Repairs::default(),
+            maps: RefCell::new(None),
             root_dev: root_meta.dev(),
             ancestors: Vec::new(),
             aliases: RefCell::new(HashMap::new()),
@@ -426,6 +475,23 @@ impl Engine {
                     self.note(inode.ino, Change::Xattrs, ts);
                 }
             }
+            EventKind::Repair { reason: crate::capture::Repair::FaultLookup, detail } => {
+                match self.mapping_at(event.pid, *detail) {
+                    Mapping::Page { ino, offset } => {
+                        let inode = InodeId { dev: self.watched_dev, ino };
+                        let store = Event { kind: EventKind::Writeback { inode, offset, len: PAGE }, ..event.clone() };
+                        self.handle(&store, out);
+                    }
+                    Mapping::Other => {}
+                    Mapping::Unknown => {
+                        self.request_rescan(format!("a store through a mapping of process {} could not be attributed", event.pid))
+                    }
+                }
+            }
+            EventKind::Repair { reason: crate::capture::Repair::MsyncLookup, .. } => {
+                let sync = Event { kind: EventKind::Sync { inode: None, offset: 0, len: u64::MAX, kind: SyncKind::Msync }, ..event.clone() };
+                self.handle(&sync, out);
+            }
             EventKind::Repair { reason, detail } => {
                 self.request_rescan(format!("the capture could not decode a change ({reason:?}, {detail}) by process {}", event.pid))
             }
@@ -542,6 +608,30 @@ impl Engine {
             }
             Place::Unindexed { path } => self.request_repair(path, format!("inode {ino} changed below an unindexed directory")),
             Place::Unknown => self.request_rescan(format!("inode {ino} at {} is not in the index", show(link))),
+        }
+    }
+
+    /// What user address `addr` of process `pid` maps, from `/proc/<pid>/maps`
+    /// (read again at most every [`MAPS_TTL_NS`] for the same process: a busy
+    /// lookup in the kernel reports every write fault, anonymous ones too).
+    fn mapping_at(&self, pid: u32, addr: u64) -> Mapping {
+        let now = crate::session::monotonic_ns();
+        let mut cache = self.maps.borrow_mut();
+        let fresh = cache.as_ref().is_some_and(|(p, at, _)| *p == pid && now.saturating_sub(*at) < MAPS_TTL_NS);
+        if !fresh {
+            let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else { return Mapping::Unknown };
+            *cache = Some((pid, now, parse_maps(&text)));
+        }
+        let Some((_, _, regions)) = cache.as_ref() else { return Mapping::Unknown };
+        let Some(region) = regions.iter().find(|r| (r.start..r.end).contains(&addr)) else { return Mapping::Other };
+        if !region.shared_writable {
+            return Mapping::Other;
+        }
+        match self.place_absolute(&region.path) {
+            Place::Inside { parent, name, .. } if self.index.lookup(parent, &name) == Some(region.ino) => {
+                Mapping::Page { ino: region.ino, offset: (region.offset + (addr - region.start)) / PAGE * PAGE }
+            }
+            _ => Mapping::Other,
         }
     }
 

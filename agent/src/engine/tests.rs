@@ -490,3 +490,28 @@ fn undecoded_changes_reread_the_file_or_compare_the_tree() {
     f.feed(EventKind::Repair { reason: crate::capture::Repair::IoUringNamespace, detail: 35 });
     assert!(f.engine.rescan_reason().is_some());
 }
+
+#[test]
+fn a_store_the_kernel_could_not_attribute_is_found_in_the_process_maps() {
+    let mut f = Fixture::new(|root| fs::write(root.join("db"), vec![0u8; 64 * 1024]).unwrap());
+    let file = fs::OpenOptions::new().read(true).write(true).open(f.root().join("db")).unwrap();
+    // SAFETY: a fresh shared mapping of a file this test owns, unmapped below.
+    let map = unsafe {
+        libc::mmap(std::ptr::null_mut(), 64 * 1024, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&file), 0)
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: inside the mapping.
+    unsafe { *(map as *mut u8).add(12_345) = 7 };
+    let addr = map as u64 + 12_345;
+    let lookup = |detail| EventKind::Repair { reason: crate::capture::Repair::FaultLookup, detail };
+    assert!(f.feed(lookup(addr)).is_empty());
+    let ops = f.flush();
+    assert!(matches!(&ops[0], Op::Write { path, offset: 12_288, data, .. } if *path == rel("db") && data[57] == 7), "{ops:?}");
+    // Anonymous memory is not ours, and asks for nothing.
+    let anonymous = vec![0u8; 4096];
+    assert!(f.feed(lookup(anonymous.as_ptr() as u64)).is_empty());
+    assert!(f.flush().is_empty());
+    assert!(f.engine.rescan_reason().is_none());
+    // SAFETY: unmaps what was mapped above.
+    unsafe { libc::munmap(map, 64 * 1024) };
+}

@@ -33,7 +33,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use sluice_common::{Config, InodeId, NO_FD, op};
+use sluice_common::{Config, InodeId, NO_FD, op, repair};
 
 use super::{data, writeback::folio_order};
 use crate::{
@@ -43,6 +43,8 @@ use crate::{
 
 const PAGE_SIZE: u64 = 4096;
 const PAGE_SHIFT: u64 = 12;
+/// `ENOENT`: no VMA contains the address (the fault will be a SIGSEGV).
+const ENOENT: i64 = 2;
 /// `X86_PF_WRITE | X86_PF_USER` (arch/x86/include/asm/trap_pf.h).
 const PF_WRITE: u64 = 1 << 1;
 const PF_USER: u64 = 1 << 2;
@@ -100,6 +102,11 @@ fn try_fault(ctx: &BtfTracePointContext) -> Res<()> {
             0,
         )
     };
+    if r != 0 && r != -ENOENT {
+        // The lookup did not happen (busy): say so rather than lose the store.
+        data::emit(op::REPAIR, InodeId::default(), addr, 0, repair::FAULT_LOOKUP, NO_FD);
+        return Ok(());
+    }
     if r != 0 || lookup.found == 0 {
         return Ok(());
     }

@@ -18,7 +18,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task_btf, generated::bpf_find_vma},
 };
-use sluice_common::{Config, InodeId, NO_FD, TO_END, op, sync_kind};
+use sluice_common::{Config, InodeId, NO_FD, TO_END, op, repair, sync_kind};
 
 use super::{SysArgs, data, sys_exit::nr};
 use crate::{
@@ -27,6 +27,8 @@ use crate::{
 };
 
 const PAGE_SHIFT: u64 = 12;
+/// `ENOENT`: no VMA contains the address.
+const ENOENT: i64 = 2;
 
 pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs) -> Res<()> {
     let o = &cfg.offsets;
@@ -79,6 +81,11 @@ fn on_msync(addr: u64, len: u64) -> Res<()> {
             0,
         )
     };
+    if r != 0 && r != -ENOENT {
+        // The lookup did not happen (busy, see `repair::MSYNC_LOOKUP`).
+        data::emit(op::REPAIR, InodeId::default(), addr, 0, repair::MSYNC_LOOKUP, NO_FD);
+        return Ok(());
+    }
     if r != 0 || lookup.found == 0 {
         return Ok(());
     }
