@@ -107,14 +107,28 @@ pub struct CaptureConfig {
     pub ring_buffer_bytes: u32,
     /// How long changes to a file are coalesced before they are read and sent.
     pub coalesce_ms: u64,
-    /// Check capture against fanotify's view of the filesystem and repair what
-    /// capture missed.
-    pub cross_check: bool,
+    /// What of capture is checked against fanotify's view of the filesystem (and
+    /// repaired where capture missed it).
+    pub cross_check: CrossCheck,
+}
+
+/// `[capture] cross_check`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrossCheck {
+    /// Nothing.
+    Off,
+    /// Names created, deleted and moved: nearly free.
+    #[default]
+    Names,
+    /// Names and every content change: each write on the watched filesystem
+    /// costs about 1 µs more (measured on a 4 KiB `pwrite`).
+    All,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        CaptureConfig { ring_buffer_bytes: 8 << 20, coalesce_ms: 2, cross_check: true }
+        CaptureConfig { ring_buffer_bytes: 8 << 20, coalesce_ms: 2, cross_check: CrossCheck::Names }
     }
 }
 

@@ -11,6 +11,11 @@
 //!
 //! Stores through shared mappings raise no fanotify event; they are covered by
 //! capture's page-dirtying hooks and the verifier.
+//!
+//! Watching content changes is not free: every write on the filesystem then
+//! allocates (or merges) a notice, about 1 µs on a 4 KiB `pwrite` here (2.6 µs
+//! instead of 1.6 µs), against nothing measurable for names alone. So names are
+//! checked by default and content only when asked (`cross_check = "all"`).
 
 use crate::engine::Engine;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,8 +62,9 @@ pub struct Notices {
 }
 
 impl Notices {
-    /// Marks the filesystem holding `root`. Must run inside a tokio runtime.
-    pub fn start(root: &Path) -> io::Result<Notices> {
+    /// Marks the filesystem holding `root` for names, and content changes too
+    /// with `content`. Must run inside a tokio runtime.
+    pub fn start(root: &Path, content: bool) -> io::Result<Notices> {
         let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME | libc::FAN_REPORT_FID;
         // SAFETY: plain syscall; the returned fd is owned below.
         let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_CLOEXEC) as libc::c_uint) };
@@ -67,7 +73,10 @@ impl Notices {
         }
         // SAFETY: a fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mask = libc::FAN_MODIFY | libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_ONDIR;
+        let mut mask = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_ONDIR;
+        if content {
+            mask |= libc::FAN_MODIFY;
+        }
         let c_root = std::ffi::CString::new(root.as_os_str().as_bytes()).map_err(io::Error::other)?;
         // SAFETY: valid fd and NUL-terminated path.
         let rc = unsafe { libc::fanotify_mark(fd.as_raw_fd(), libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM, mask, libc::AT_FDCWD, c_root.as_ptr()) };
@@ -367,7 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(dir.path()).unwrap();
         fs::create_dir(root.join("d")).unwrap();
-        let mut notices = match Notices::start(&root) {
+        let mut notices = match Notices::start(&root, true) {
             Ok(notices) => notices,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => panic!("fanotify needs root: {e}"),
             Err(e) => panic!("fanotify: {e}"),

@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Pause between two reads of fanotify's notices.
+const NOTICE_BATCHING: Duration = Duration::from_millis(20);
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -57,8 +59,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let verifier = crate::verify::Verifier::new(config.verify.bytes_per_second);
     let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, verifier, metrics.clone()))?;
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
-    let notices_task = if config.capture.cross_check {
-        match crate::crosscheck::Notices::start(&root) {
+    let notices_task = if config.capture.cross_check != crate::config::CrossCheck::Off {
+        let content = config.capture.cross_check == crate::config::CrossCheck::All;
+        match crate::crosscheck::Notices::start(&root, content) {
             Ok(mut source) => Some(tokio::spawn(async move {
                 loop {
                     let mut batch = Vec::new();
@@ -69,6 +72,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     if notices_tx.send(batch).is_err() {
                         return;
                     }
+                    // Read in batches: notices of one object queued meanwhile merge
+                    // in the kernel, and a writer is not woken for every one.
+                    tokio::time::sleep(NOTICE_BATCHING).await;
                 }
             })),
             Err(e) => {
