@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
+    rep.engine.names_cross_checked = notices_task.is_some();
     let (control_tx, mut control) = mpsc::unbounded_channel();
     let control_task = crate::control::serve(&config.state_dir, control_tx).context("control socket")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -92,6 +92,10 @@ const PAGE: u64 = 4096;
 /// Directory path → (indexed directory it leads to, monotonic ns of the lookup).
 type AliasCache = HashMap<Vec<u8>, (Option<u64>, u64)>;
 
+/// io_uring opcodes that only change names (`RENAMEAT`, `UNLINKAT`, `MKDIRAT`,
+/// `SYMLINKAT`, `LINKAT`), which fanotify reports.
+const IO_URING_NAME_OPS: [u64; 5] = [35, 36, 37, 38, 39];
+
 /// How long a process's memory map read for [`Engine::mapping_at`] is reused.
 const MAPS_TTL_NS: u64 = 50_000_000;
 
@@ -178,6 +182,10 @@ pub struct Engine {
     /// Per inode: the change count and capture time (CLOCK_MONOTONIC ns) of its last change.
     last_change: HashMap<u64, (u64, u64)>,
     repairs: repair::Repairs,
+    /// fanotify reports every name changed on the watched filesystem (see
+    /// [`crate::crosscheck`]), so name changes capture cannot decode need no
+    /// comparison of the tree.
+    pub names_cross_checked: bool,
     /// The last process memory map read (see [`Engine::mapping_at`]).
     maps: RefCell<Option<(u32, u64, Vec<MapRegion>)>>,
     /// `st_dev` of the root (on btrfs the subvolume's, not the kernel's `s_dev`).
@@ -234,6 +242,7 @@ impl Engine {
             changes: 0,
             last_change: HashMap::new(),
             repairs: repair::Repairs::default(),
+            names_cross_checked: false,
             maps: RefCell::new(None),
             root_dev: root_meta.dev(),
             ancestors: Vec::new(),
@@ -491,6 +500,13 @@ impl Engine {
             EventKind::Repair { reason: crate::capture::Repair::MsyncLookup, .. } => {
                 let sync = Event { kind: EventKind::Sync { inode: None, offset: 0, len: u64::MAX, kind: SyncKind::Msync }, ..event.clone() };
                 self.handle(&sync, out);
+            }
+            EventKind::Repair { reason: crate::capture::Repair::IoUringNamespace, detail }
+                if self.names_cross_checked && IO_URING_NAME_OPS.contains(detail) =>
+            {
+                // fanotify reports the names this changed on the watched
+                // filesystem, and the cross-check repairs those.
+                tracing::debug!(opcode = detail, pid = event.pid, "io_uring namespace operation left to the cross-check");
             }
             EventKind::Repair { reason, detail } => {
                 self.request_rescan(format!("the capture could not decode a change ({reason:?}, {detail}) by process {}", event.pid))
