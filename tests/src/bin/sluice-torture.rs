@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.worker, &cli.spec) {
         (Some(worker), Some(spec)) => torture::worker::run(spec, worker).map(|()| true),
+        _ if cli.args.minimize => torture::minimize(&cli.args).map(|outcome| outcome.passed),
         _ => torture::run(&cli.args).map(|outcome| outcome.passed),
     };
     match result {

@@ -44,6 +44,13 @@ pub struct TortureArgs {
     /// from the same initial tree, instead of generating new ones.
     #[arg(long)]
     pub replay: Option<PathBuf>,
+    /// With --replay: shrink the log to a minimal sequence that still fails the same
+    /// way (delta debugging; each try is a fresh exercise of a second or two).
+    #[arg(long, requires = "replay")]
+    pub minimize: bool,
+    /// Print only the result line (the report still goes to <out>/report.txt).
+    #[arg(long)]
+    pub quiet: bool,
     /// Where logs and reports go (default /tmp/sluice-torture/<fs>-seed<seed>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -58,6 +65,10 @@ pub struct TortureArgs {
     /// re-read for 35 s), in seconds.
     #[arg(long, default_value_t = 60)]
     pub grace_secs: u64,
+    /// Per file, how much more the standby may allocate than the master before the
+    /// run fails with "holes filled", in KiB.
+    #[arg(long, default_value_t = super::check::DEFAULT_BLOCK_SLACK / 1024)]
+    pub block_slack_kib: u64,
     /// Size of each loop filesystem image in MiB (sparse; XFS needs at least 300).
     #[arg(long, default_value_t = 2048)]
     pub image_mib: u64,
@@ -109,9 +120,12 @@ impl TortureArgs {
         }
         push("settle-secs", self.settle_secs.to_string());
         push("grace-secs", self.grace_secs.to_string());
+        push("block-slack-kib", self.block_slack_kib.to_string());
         push("image-mib", self.image_mib.to_string());
-        if self.keep {
-            args.push("--keep".into());
+        for (flag, set) in [("--keep", self.keep), ("--minimize", self.minimize), ("--quiet", self.quiet)] {
+            if set {
+                args.push(flag.into());
+            }
         }
         args
     }

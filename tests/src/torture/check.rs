@@ -12,10 +12,10 @@ use walkdir::WalkDir;
 
 use crate::{CompareOptions, Metrics, Pair, TreeDiff, compare_trees_with, run};
 
-/// Per file, the standby may allocate this much more than the master before it
-/// counts as holes filled: allocator and extent-tree differences stay well below
-/// it, a filled hole of even one 64 KiB block does not.
-pub const BLOCK_SLACK_BYTES: u64 = 64 * 1024;
+/// Per file, the standby may allocate this much more than the master (by default)
+/// before it counts as holes filled: allocator and extent-tree differences stay
+/// well below it, a filled hole of more than one 64 KiB block does not.
+pub const DEFAULT_BLOCK_SLACK: u64 = 64 * 1024;
 
 /// Something that makes the run fail.
 #[derive(Debug)]
@@ -37,6 +37,11 @@ pub enum Finding {
 }
 
 impl Finding {
+    /// Labels from the most to the least severe: a panic or an exit explains a
+    /// divergence, not the other way round.
+    pub const SEVERITY: [&'static str; 7] =
+        ["panic", "daemon exited", "stalled", "operation refused", "diverged", "holes filled", "worker failed"];
+
     pub fn label(&self) -> &'static str {
         match self {
             Finding::Stall { .. } => "stalled",
@@ -94,6 +99,8 @@ pub struct BlockReport {
     /// standby counterparts.
     pub master_bytes: u64,
     pub standby_bytes: u64,
+    /// The allowance per file, in bytes.
+    pub slack: u64,
     pub offenders: Vec<BlockOffender>,
 }
 
@@ -113,7 +120,7 @@ impl fmt::Display for BlockReport {
             self.master_bytes,
             self.standby_bytes,
             self.offenders.len(),
-            BLOCK_SLACK_BYTES / 1024
+            self.slack / 1024
         )?;
         for o in self.offenders.iter().take(20) {
             write!(
@@ -133,8 +140,8 @@ impl fmt::Display for BlockReport {
 /// the same on both sides when the trees match). Only files with the same size and
 /// mtime on both sides can be offenders: any other file is a divergence already,
 /// and its standby copy may simply be older.
-pub fn block_usage(master: &Path, standby: &Path) -> BlockReport {
-    let mut report = BlockReport::default();
+pub fn block_usage(master: &Path, standby: &Path, slack: u64) -> BlockReport {
+    let mut report = BlockReport { slack, ..BlockReport::default() };
     for entry in WalkDir::new(master).min_depth(1).into_iter().flatten() {
         let Ok(m) = entry.metadata() else { continue };
         if !m.is_file() {
@@ -146,7 +153,7 @@ pub fn block_usage(master: &Path, standby: &Path) -> BlockReport {
         report.master_bytes += master_bytes;
         report.standby_bytes += standby_bytes;
         let same_version = m.len() == s.len() && (m.mtime(), m.mtime_nsec()) == (s.mtime(), s.mtime_nsec());
-        if same_version && standby_bytes > master_bytes + BLOCK_SLACK_BYTES {
+        if same_version && standby_bytes > master_bytes + slack {
             report.offenders.push(BlockOffender { path: rel, size: m.len(), master_bytes, standby_bytes });
         }
     }

@@ -58,6 +58,8 @@ const EXCERPT_PRINTED: usize = 60;
 #[derive(Debug)]
 pub struct Outcome {
     pub passed: bool,
+    /// What failed (`Finding::label`s), most severe first.
+    pub labels: Vec<&'static str>,
     /// The output directory (removed after a pass unless `--keep`).
     pub out: PathBuf,
 }
@@ -65,12 +67,15 @@ pub struct Outcome {
 /// Everything printed is also appended to `<out>/report.txt`.
 struct Report {
     file: Option<File>,
+    quiet: bool,
 }
 
 impl Report {
     fn line(&mut self, text: impl AsRef<str>) {
         let text = text.as_ref();
-        println!("{text}");
+        if !self.quiet || text.starts_with("RESULT:") {
+            println!("{text}");
+        }
         if let Some(file) = &mut self.file {
             let _ = writeln!(file, "{text}");
         }
@@ -131,7 +136,10 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
         None => PathBuf::from("/tmp/sluice-torture").join(format!("{fs_name}-seed{seed}-{}", unix_secs())),
     };
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut report = Report { file: OpenOptions::new().create(true).append(true).open(out.join("report.txt")).ok() };
+    let mut report = Report {
+        file: OpenOptions::new().create(true).append(true).open(out.join("report.txt")).ok(),
+        quiet: args.quiet,
+    };
     let started = Instant::now();
 
     let what = match &args.replay {
@@ -219,7 +227,7 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
         Err(diff) => findings.push(Finding::Divergence(diff)),
     }
     check::settle_allocation(fs_name, &[master.path(), standby.path()]);
-    let blocks = check::block_usage(&tree, standby.path());
+    let blocks = check::block_usage(&tree, standby.path(), args.block_slack_kib * 1024);
     report.line(format!("allocation: {blocks}").lines().next().unwrap_or_default());
     let receiver_metrics = pair.receiver_metrics().ok();
     let agent_metrics = pair.agent_metrics().ok();
@@ -268,18 +276,91 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
     if !passed {
         report_failure(&findings, &records, &spec, agent_exit_ns, &mut report)?;
     }
-    let labels: BTreeSet<&str> = findings.iter().map(|f| f.label()).collect();
+    let mut labels: Vec<&'static str> = findings.iter().map(|f| f.label()).collect();
+    labels.sort_by_key(|label| Finding::SEVERITY.iter().position(|l| l == label));
+    labels.dedup();
     report.line(format!(
         "RESULT: {} fs={fs_name} seed={seed}{}",
         if passed { "PASS" } else { "FAIL" },
-        if passed { String::new() } else { format!(" ({})", labels.into_iter().collect::<Vec<_>>().join(", ")) }
+        if passed { String::new() } else { format!(" ({})", labels.join(", ")) }
     ));
     if passed && !args.keep {
         let _ = fs::remove_dir_all(&out);
     } else {
         report.line(format!("logs kept in {}", out.display()));
     }
-    Ok(Outcome { passed, out })
+    Ok(Outcome { passed, labels, out })
+}
+
+/// Shrinks the `--replay` log to a short sequence that still fails with the most
+/// severe finding of the full replay: removes ever smaller chunks of operations
+/// while the failure persists (ddmin, complements only). Writes `minimal.jsonl`.
+pub fn minimize(args: &TortureArgs) -> anyhow::Result<Outcome> {
+    let source = args.replay.clone().context("--minimize needs --replay")?;
+    let (header, records) = log::read_log(&source)?;
+    let header = header.with_context(|| format!("{} has no header line", source.display()))?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("/tmp/sluice-torture").join(format!("minimize-{}-{}", header.fs, unix_secs()))
+    });
+    fs::create_dir_all(&out)?;
+    let mut tries = 0usize;
+    let mut attempt = |ops: &[Record]| -> anyhow::Result<Vec<&'static str>> {
+        tries += 1;
+        let log_path = out.join(format!("try-{tries}.jsonl"));
+        log::write_log(&log_path, &header, &ops.iter().collect::<Vec<_>>())?;
+        let trial = TortureArgs {
+            replay: Some(log_path.clone()),
+            out: Some(out.join(format!("try-{tries}"))),
+            quiet: true,
+            keep: false,
+            minimize: false,
+            ..args.clone()
+        };
+        let outcome = run(&trial)?;
+        let _ = fs::remove_file(&log_path);
+        let _ = fs::remove_dir_all(&outcome.out);
+        Ok(outcome.labels)
+    };
+    println!("minimize: replaying all {} operations of {}", records.len(), source.display());
+    let Some(target) = attempt(&records)?.first().copied() else {
+        println!("minimize: the full replay passes; nothing to shrink");
+        return Ok(Outcome { passed: true, labels: Vec::new(), out });
+    };
+    println!("minimize: looking for a shorter sequence that still ends in `{target}`");
+    let mut ops = records;
+    let mut chunks = 2usize;
+    while ops.len() > 1 {
+        let size = ops.len().div_ceil(chunks);
+        let mut shrunk = false;
+        let mut start = 0;
+        while start < ops.len() {
+            let candidate: Vec<Record> =
+                ops[..start].iter().chain(ops[(start + size).min(ops.len())..].iter()).cloned().collect();
+            if !candidate.is_empty() && attempt(&candidate)?.contains(&target) {
+                println!("minimize: {} operations still fail ({target})", candidate.len());
+                ops = candidate;
+                shrunk = true;
+            } else {
+                start += size;
+            }
+        }
+        if shrunk {
+            chunks = chunks.saturating_sub(1).max(2);
+        } else if size == 1 {
+            break;
+        } else {
+            chunks = (chunks * 2).min(ops.len());
+        }
+    }
+    let minimal = out.join("minimal.jsonl");
+    log::write_log(&minimal, &header, &ops.iter().collect::<Vec<_>>())?;
+    let t0 = ops.first().map_or(0, |r| r.t);
+    println!("minimize: {} operation(s) after {tries} tries still fail ({target}):", ops.len());
+    for record in &ops {
+        println!("  {}", record.render(t0));
+    }
+    println!("minimize: saved as {}; run it with --replay {0} --keep to see the report", minimal.display());
+    Ok(Outcome { passed: false, labels: vec![target], out })
 }
 
 /// Starts the worker processes and watches them and the daemons until the workers

@@ -49,6 +49,7 @@ impl SeedRun {
             classes: self.classes.iter().map(|c| c.parse::<Class>()).collect::<anyhow::Result<_>>()?,
             settle_secs: 180,
             grace_secs: 60,
+            block_slack_kib: super::check::DEFAULT_BLOCK_SLACK / 1024,
             image_mib: 2048,
             ..TortureArgs::default()
         })
