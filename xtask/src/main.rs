@@ -59,9 +59,9 @@ enum Command {
     Torture {
         #[command(flatten)]
         args: sluice_tests::torture::TortureArgs,
-        /// Run every entry of a seed list instead (default tests/torture-seeds.toml,
-        /// what CI runs).
-        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "FILE")]
+        /// Run every entry of a seed list instead (without FILE: the committed
+        /// tests/torture-seeds.toml, what CI runs).
+        #[arg(long, num_args = 0..=1, default_missing_value = "committed", value_name = "FILE")]
         seeds: Option<PathBuf>,
     },
 }
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<ExitCode> {
             bench::run(quick, &scenarios, &replicators).context("bench failed")?
         }
         Command::Torture { args, seeds } => {
-            let seeds = seeds.map(|file| if file.as_os_str().is_empty() { torture::default_seeds() } else { file });
+            let seeds = seeds.map(|file| if file.as_os_str() == "committed" { torture::default_seeds() } else { file });
             return torture::run(&args, seeds.as_deref());
         }
     }

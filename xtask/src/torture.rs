@@ -33,16 +33,16 @@ pub fn run_one(args: &TortureArgs) -> anyhow::Result<bool> {
     Ok(status.success())
 }
 
-/// Runs every entry of a seeds file, each in its own exercise, and prints a table
-/// of the results; true if all passed.
+/// Runs every entry of a seeds file (random runs, then minimal repros), each in
+/// its own exercise, and prints a table of the results; true if all passed.
 pub fn run_seeds(file: &Path) -> anyhow::Result<bool> {
-    let runs = seeds::load(file)?;
+    let entries = seeds::load(file)?;
     let mut results = Vec::new();
-    for run in &runs {
-        println!("torture: {}", run.describe());
+    for entry in &entries {
+        println!("torture: {}", entry.describe());
         let started = Instant::now();
-        let passed = run_one(&run.args()?)?;
-        results.push((run.describe(), passed, started.elapsed()));
+        let passed = run_one(&entry.args()?)?;
+        results.push((entry.describe(), passed, started.elapsed()));
     }
     println!("torture seeds ({}):", file.display());
     for (what, passed, took) in &results {

@@ -44,6 +44,11 @@ pub struct TortureArgs {
     /// from the same initial tree, instead of generating new ones.
     #[arg(long)]
     pub replay: Option<PathBuf>,
+    /// With --replay: run the operations back to back instead of at their logged
+    /// pace (gaps between start times are kept by default, capped at 5 s each, as
+    /// many findings depend on the agent having caught up in between).
+    #[arg(long, requires = "replay")]
+    pub replay_fast: bool,
     /// With --replay: shrink the log to a minimal sequence that still fails the same
     /// way (delta debugging; each try is a fresh exercise of a second or two).
     #[arg(long, requires = "replay")]
@@ -122,7 +127,13 @@ impl TortureArgs {
         push("grace-secs", self.grace_secs.to_string());
         push("block-slack-kib", self.block_slack_kib.to_string());
         push("image-mib", self.image_mib.to_string());
-        for (flag, set) in [("--keep", self.keep), ("--minimize", self.minimize), ("--quiet", self.quiet)] {
+        let flags = [
+            ("--keep", self.keep),
+            ("--minimize", self.minimize),
+            ("--quiet", self.quiet),
+            ("--replay-fast", self.replay_fast),
+        ];
+        for (flag, set) in flags {
             if set {
                 args.push(flag.into());
             }

@@ -194,7 +194,7 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
     let ops_started = Instant::now();
     let mut agent_exit_ns = None;
     match &replay {
-        Some((header, records)) => replay_records(&spec, header, records, &mut report)?,
+        Some((header, records)) => replay_records(&spec, header, records, !args.replay_fast, &mut report)?,
         None => run_workers(&spec, &spec_path, &mut pair, &mut findings, &mut agent_exit_ns, &mut report)?,
     }
     let ops_phase = ops_started.elapsed();
@@ -447,15 +447,27 @@ fn run_workers(
     Ok(())
 }
 
-/// Runs logged operations one after another in this process.
-fn replay_records(spec: &Spec, header: &Header, records: &[Record], report: &mut Report) -> anyhow::Result<()> {
+/// Longest pause kept between two replayed operations.
+const MAX_REPLAY_GAP: Duration = Duration::from_secs(5);
+
+/// Runs logged operations one after another in this process, at their logged pace
+/// when `paced`.
+fn replay_records(spec: &Spec, header: &Header, records: &[Record], paced: bool, report: &mut Report) -> anyhow::Result<()> {
     sys::survive_sigbus()?;
     let executor = Executor::new(spec.layout());
     let mut log = LogWriter::create(&spec.out.join("worker-replay.jsonl"), &spec.header(header.worker))?;
     let mut ordered: Vec<&Record> = records.iter().collect();
     ordered.sort_by_key(|r| (r.t, r.w, r.n));
     let mut changed = 0;
+    let mut previous: Option<(u64, Instant)> = None;
     for record in ordered {
+        if let Some((t, at)) = previous
+            && paced
+        {
+            let gap = Duration::from_nanos(record.t.saturating_sub(t)).min(MAX_REPLAY_GAP);
+            std::thread::sleep(gap.saturating_sub(at.elapsed()));
+        }
+        previous = Some((record.t, Instant::now()));
         for p in record.op.paths() {
             p.check().with_context(|| format!("operation w{}#{} of the log", record.w, record.n))?;
         }
