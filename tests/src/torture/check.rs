@@ -204,25 +204,53 @@ fn is_idle(m: &Metrics) -> bool {
         && m.get("sluice_backlog_ops") == 0.0
 }
 
-/// Waits until the agent is connected with nothing in flight on three scrapes in a
-/// row (one idle scrape can fall between a write and its capture). Returns the
-/// metrics then, or a [`Finding::Stall`] / [`Finding::Exited`].
-pub fn wait_idle(pair: &mut Pair, timeout: Duration) -> Result<Metrics, Finding> {
+/// A file the controller writes into the tree once the workers have stopped. The
+/// agent's metrics alone cannot show that it is alive: a capture loop blocked in a
+/// system call leaves them frozen at "idle". The probe reaching the standby can.
+pub struct Probe {
+    pub rel: PathBuf,
+    pub contents: Vec<u8>,
+}
+
+impl Probe {
+    /// Writes the probe (named outside the workers' name pools) into `tree`.
+    pub fn write(tree: &Path, nonce: u64) -> std::io::Result<Probe> {
+        let probe = Probe { rel: PathBuf::from("torture-probe"), contents: format!("probe {nonce}\n").into_bytes() };
+        std::fs::write(tree.join(&probe.rel), &probe.contents)?;
+        Ok(probe)
+    }
+
+    fn arrived(&self, standby: &Path) -> bool {
+        std::fs::read(standby.join(&self.rel)).is_ok_and(|c| c == self.contents)
+    }
+}
+
+/// Waits until the probe is on the standby and the agent is connected with nothing
+/// in flight on three scrapes in a row (one idle scrape can fall between a write
+/// and its capture). Returns the metrics then, or a [`Finding::Stall`] /
+/// [`Finding::Exited`].
+pub fn wait_idle(pair: &mut Pair, probe: &Probe, timeout: Duration) -> Result<Metrics, Finding> {
     let start = Instant::now();
     let mut streak = 0;
+    let standby = pair.standby().to_owned();
     loop {
         if let Ok(Some(status)) = pair.agent().try_wait() {
             return Err(Finding::Exited { daemon: "agent", status: status.to_string() });
         }
+        let arrived = probe.arrived(&standby);
         match pair.agent_metrics() {
-            Ok(m) if is_idle(&m) => {
+            Ok(m) if arrived && is_idle(&m) => {
                 streak += 1;
                 if streak >= 3 {
                     return Ok(m);
                 }
             }
             Ok(m) if start.elapsed() >= timeout => {
-                return Err(Finding::Stall { waited: timeout, metrics: describe_metrics(&m, &AGENT_SERIES) });
+                let mut metrics = describe_metrics(&m, &AGENT_SERIES);
+                if !arrived {
+                    metrics.push_str(&format!("\n  (the probe file {} never reached the standby)", probe.rel.display()));
+                }
+                return Err(Finding::Stall { waited: timeout, metrics });
             }
             Err(e) if start.elapsed() >= timeout => {
                 return Err(Finding::Stall { waited: timeout, metrics: format!("  metrics unavailable: {e:#}") });

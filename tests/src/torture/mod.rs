@@ -202,8 +202,9 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
 
     let settle_started = Instant::now();
     let agent_alive = pair.agent().is_running();
+    let probe = check::Probe::write(&tree, seed).context("cannot write the probe file")?;
     let idle = if agent_alive {
-        match check::wait_idle(&mut pair, Duration::from_secs(args.settle_secs)) {
+        match check::wait_idle(&mut pair, &probe, Duration::from_secs(args.settle_secs)) {
             Ok(metrics) => Some(metrics),
             Err(finding) => {
                 if let Finding::Exited { .. } = finding {
