@@ -53,6 +53,10 @@ pub struct TortureArgs {
     /// way (delta debugging; each try is a fresh exercise of a second or two).
     #[arg(long, requires = "replay")]
     pub minimize: bool,
+    /// With --minimize: the finding to keep (e.g. "operation refused"; default the
+    /// most severe one of the full replay).
+    #[arg(long, requires = "minimize")]
+    pub target: Option<String>,
     /// Print only the result line (the report still goes to <out>/report.txt).
     #[arg(long)]
     pub quiet: bool,
@@ -122,6 +126,9 @@ impl TortureArgs {
         }
         if let Some(out) = &self.out {
             push("out", out.display().to_string());
+        }
+        if let Some(target) = &self.target {
+            push("target", target.clone());
         }
         push("settle-secs", self.settle_secs.to_string());
         push("grace-secs", self.grace_secs.to_string());

@@ -322,10 +322,20 @@ pub fn minimize(args: &TortureArgs) -> anyhow::Result<Outcome> {
         let _ = fs::remove_dir_all(&outcome.out);
         Ok(outcome.labels)
     };
+    if let Some(wanted) = &args.target
+        && !Finding::SEVERITY.contains(&wanted.as_str())
+    {
+        bail!("--target must be one of: {}", Finding::SEVERITY.join(", "));
+    }
     println!("minimize: replaying all {} operations of {}", records.len(), source.display());
-    let Some(target) = attempt(&records)?.first().copied() else {
-        println!("minimize: the full replay passes; nothing to shrink");
-        return Ok(Outcome { passed: true, labels: Vec::new(), out });
+    let labels = attempt(&records)?;
+    let found = match &args.target {
+        Some(wanted) => labels.iter().copied().find(|l| l == wanted),
+        None => labels.first().copied(),
+    };
+    let Some(target) = found else {
+        println!("minimize: the full replay does not fail that way ({}); nothing to shrink", labels.join(", "));
+        return Ok(Outcome { passed: true, labels, out });
     };
     println!("minimize: looking for a shorter sequence that still ends in `{target}`");
     let mut ops = records;
