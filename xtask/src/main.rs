@@ -58,7 +58,7 @@ enum Command {
     /// from several processes on the master, then a full comparison with the standby.
     Torture {
         #[command(flatten)]
-        args: sluice_tests::torture::TortureArgs,
+        args: Box<sluice_tests::torture::TortureArgs>,
         /// Run every entry of a seed list instead (without FILE: the committed
         /// tests/torture-seeds.toml, what CI runs).
         #[arg(long, num_args = 0..=1, default_missing_value = "committed", value_name = "FILE")]
