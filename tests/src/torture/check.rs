@@ -17,6 +17,9 @@ use crate::{CompareOptions, Metrics, Pair, TreeDiff, compare_trees_with, run};
 /// well below it, a filled hole of more than one 64 KiB block does not.
 pub const DEFAULT_BLOCK_SLACK: u64 = 64 * 1024;
 
+/// Refusal log lines printed in a report.
+const REFUSALS_SHOWN: usize = 12;
+
 /// Something that makes the run fail.
 #[derive(Debug)]
 pub enum Finding {
@@ -82,8 +85,12 @@ impl fmt::Display for Finding {
             Finding::Exited { daemon, status } => write!(f, "EXITED: the {daemon} exited ({status})"),
             Finding::Refused { count, lines } => {
                 write!(f, "REFUSED: sluice_ops_refused_total = {count}")?;
-                for line in lines {
+                // A refusal loop logs thousands of identical lines.
+                for line in lines.iter().take(REFUSALS_SHOWN) {
                     write!(f, "\n  {line}")?;
+                }
+                if lines.len() > REFUSALS_SHOWN {
+                    write!(f, "\n  ... {} more refusal lines in receiver.log", lines.len() - REFUSALS_SHOWN)?;
                 }
                 Ok(())
             }
