@@ -5,7 +5,7 @@
 //! identical to the master" means the same thing everywhere.
 //!
 //! # Layout
-//! - [`loopfs`]: [`LoopFs`], a scratch ext4 or btrfs filesystem on a loop device.
+//! - [`loopfs`]: [`LoopFs`], a scratch ext4, btrfs or XFS filesystem on a loop device.
 //! - [`tree`]: [`compare_trees`] and [`wait_until_identical`], the one definition of
 //!   "replicated correctly".
 //! - [`metrics`]: [`Metrics`] parsed from Prometheus text, and [`scrape`] over plain HTTP.
@@ -13,6 +13,7 @@
 //!   plus the pieces it is made of (identities, configs, free ports) for callers that
 //!   drive the daemons themselves.
 //! - [`util`]: [`random_bytes`], [`run`] and [`wait_until`].
+//! - [`torture`]: the randomized differential exerciser (`sluice-torture`).
 //!
 //! Most helpers need root (mounts, BPF); `cargo xtask test` runs them as such.
 
@@ -20,6 +21,7 @@ pub mod daemons;
 pub mod loopfs;
 pub mod metrics;
 pub mod netns;
+pub mod torture;
 pub mod tree;
 pub mod util;
 

@@ -1,4 +1,4 @@
-//! Scratch filesystems on loop devices, so tests see real ext4/btrfs semantics
+//! Scratch filesystems on loop devices, so tests see real ext4/btrfs/XFS semantics
 //! (inode numbers, hardlinks, ns mtimes, `lost+found`) without touching the host's.
 
 use std::fs::File;
@@ -10,10 +10,13 @@ use tempfile::TempDir;
 use crate::util::run;
 
 /// Which `mkfs` to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FsKind {
+    #[default]
     Ext4,
     Btrfs,
+    /// Needs an image of at least 300 MiB (mkfs.xfs refuses smaller ones).
+    Xfs,
 }
 
 impl FsKind {
@@ -22,14 +25,36 @@ impl FsKind {
         match self {
             FsKind::Ext4 => "ext4",
             FsKind::Btrfs => "btrfs",
+            FsKind::Xfs => "xfs",
         }
     }
+
+    /// Every kind, in the order tests and tools list them.
+    pub const ALL: [FsKind; 3] = [FsKind::Ext4, FsKind::Btrfs, FsKind::Xfs];
 
     fn mkfs_command(self, image: &Path) -> String {
         match self {
             FsKind::Ext4 => format!("mkfs.ext4 -q -F {}", shell_quote(image)),
             FsKind::Btrfs => format!("mkfs.btrfs -q -f {}", shell_quote(image)),
+            FsKind::Xfs => format!("mkfs.xfs -q -f {}", shell_quote(image)),
         }
+    }
+}
+
+impl std::str::FromStr for FsKind {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> anyhow::Result<FsKind> {
+        FsKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .with_context(|| format!("unknown filesystem `{name}` (ext4, btrfs or xfs)"))
+    }
+}
+
+impl std::fmt::Display for FsKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -48,7 +73,7 @@ pub struct LoopFs {
 
 impl LoopFs {
     /// Creates a sparse `size_mib` MiB image, formats it as `kind` and mounts it.
-    /// Needs root. Btrfs refuses images much under ~120 MiB.
+    /// Needs root. Btrfs refuses images much under ~120 MiB, XFS under 300 MiB.
     pub fn new(kind: FsKind, size_mib: u64) -> anyhow::Result<LoopFs> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("sluice-{}-", kind.name()))

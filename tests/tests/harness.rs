@@ -84,6 +84,11 @@ fn loopfs_btrfs_mounts_and_cleans_up() {
 }
 
 #[test]
+fn loopfs_xfs_mounts_and_cleans_up() {
+    check_loopfs(FsKind::Xfs, 320);
+}
+
+#[test]
 fn copies_made_with_cp_a_are_identical() {
     let (a, b) = identical_pair();
     compare_trees(a.path(), b.path()).unwrap();

@@ -8,6 +8,7 @@
 //! - [`demo`]: a master and a standby on loop devices, replicating a scripted workload.
 //! - [`bench`]: sluice side by side with rsync, lsyncd and Syncthing.
 //! - [`fuzz`]: the cargo-fuzz targets of `fuzz/`, run for a given time.
+//! - [`torture`]: the randomized differential exerciser, one run or the seed list.
 
 mod bench;
 mod cargo;
@@ -15,7 +16,9 @@ mod demo;
 mod fuzz;
 mod setup;
 mod test;
+mod torture;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -59,6 +62,16 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         replicators: Vec<String>,
     },
+    /// Set up, build, and run the randomized differential exerciser: random operations
+    /// from several processes on the master, then a full comparison with the standby.
+    Torture {
+        #[command(flatten)]
+        args: Box<sluice_tests::torture::TortureArgs>,
+        /// Run every entry of a seed list instead (without FILE: the committed
+        /// tests/torture-seeds.toml, what CI runs).
+        #[arg(long, num_args = 0..=1, default_missing_value = "committed", value_name = "FILE")]
+        seeds: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -74,6 +87,10 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Fuzz { minutes } => fuzz::run(minutes)?,
         Command::Bench { quick, scenarios, replicators } => {
             bench::run(quick, &scenarios, &replicators).context("bench failed")?
+        }
+        Command::Torture { args, seeds } => {
+            let seeds = seeds.map(|file| if file.as_os_str() == "committed" { torture::default_seeds() } else { file });
+            return torture::run(&args, seeds.as_deref());
         }
     }
     Ok(ExitCode::SUCCESS)
