@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Largest handle the kernel hands out (MAX_HANDLE_SZ).
@@ -115,9 +115,14 @@ impl Files {
                 }
             }
         }
-        let file = File::open(self.root.join(path))?;
+        // Non-blocking and without following a symlink: the name may hold a FIFO
+        // (or a link to one) by now, whose open would wait for a writer forever.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(self.root.join(path))?;
         let meta = file.metadata()?;
-        if std::os::unix::fs::MetadataExt::ino(&meta) != ino {
+        if std::os::unix::fs::MetadataExt::ino(&meta) != ino || !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "path names another inode now"));
         }
         Ok(file)
@@ -212,6 +217,16 @@ mod tests {
         assert!(data[0].start <= 1 << 20 && data[0].end >= (1 << 20) + 4096);
         assert_eq!(found.first().unwrap().start, 0);
         assert_eq!(found.last().unwrap().end, 4 << 20);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_file_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let ino = std::fs::metadata(&fifo).unwrap().ino();
+        let files = Files::new(dir.path()).unwrap();
+        assert!(files.open(ino, Path::new("p")).is_err(), "not a regular file");
     }
 
     #[test]
