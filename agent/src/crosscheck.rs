@@ -31,6 +31,9 @@ use tokio::io::unix::AsyncFd;
 
 /// How long capture has to account for a notice before it is judged.
 const GRACE: Duration = Duration::from_millis(300);
+/// How far past a notice's arrival capture must have reported before it is
+/// judged (the change's syscall may return a little after fanotify queued it).
+const CATCH_UP: Duration = Duration::from_millis(50);
 /// How far before a notice arrived the change capture reported for it may lie
 /// (fanotify carries no time; notices are read a little after the change).
 const CAPTURED_WITHIN: Duration = Duration::from_secs(2);
@@ -226,15 +229,21 @@ impl CrossCheck {
         }
     }
 
-    /// Judges the notices whose grace period is over.
-    pub fn judge(&mut self, engine: &mut Engine, now: Instant, now_mono_ns: u64) {
+    /// Judges the notices whose grace period is over, once capture has reported
+    /// everything up to a little after they arrived (`caught_up_ns`: the capture
+    /// time of the newest event handled, or now when none is waiting): a busy agent
+    /// behind on its events is not taken for a capture that missed them.
+    pub fn judge(&mut self, engine: &mut Engine, now: Instant, now_mono_ns: u64, caught_up_ns: u64) {
         while let Some((due, _, _)) = self.pending.front() {
             if *due > now {
                 break;
             }
-            let Some((due, notice, looks)) = self.pending.pop_front() else { break };
+            let arrived_ns = now_mono_ns.saturating_sub(now.duration_since(*due - GRACE).as_nanos() as u64);
+            if caught_up_ns < arrived_ns + CATCH_UP.as_nanos() as u64 {
+                break;
+            }
+            let Some((_, notice, looks)) = self.pending.pop_front() else { break };
             self.queued.remove(&notice);
-            let arrived_ns = now_mono_ns.saturating_sub(now.duration_since(due - GRACE).as_nanos() as u64);
             match &notice {
                 Notice::Modified { ino } => self.judge_modified(engine, *ino, arrived_ns),
                 Notice::Name { dir, name } => {
@@ -337,10 +346,13 @@ mod tests {
             start,
         );
         let now_ns = crate::session::monotonic_ns();
-        check.judge(&mut engine, start, now_ns);
+        check.judge(&mut engine, start, now_ns, u64::MAX);
         assert!(!engine.has_repairs(), "nothing is judged before the grace period");
-        check.judge(&mut engine, start + GRACE, now_ns);
-        check.judge(&mut engine, start + 3 * GRACE, now_ns);
+        // Capture is still on events from before the notices arrived.
+        check.judge(&mut engine, start + GRACE, now_ns, now_ns - GRACE.as_nanos() as u64);
+        assert!(!engine.has_repairs(), "nor before capture has caught up");
+        check.judge(&mut engine, start + GRACE, now_ns, u64::MAX);
+        check.judge(&mut engine, start + 3 * GRACE, now_ns, u64::MAX);
         assert_eq!(check.misses, 3);
         let repair = engine.take_repairs().unwrap().unwrap();
         let paths: Vec<String> = repair.subtrees.iter().map(|p| p.to_string()).collect();
@@ -366,7 +378,7 @@ mod tests {
         let mut check = CrossCheck::default();
         let start = Instant::now();
         check.add(vec![Notice::Modified { ino: f }, Notice::Name { dir: ino(&root), name: "f".into() }], start);
-        check.judge(&mut engine, start + 3 * GRACE, crate::session::monotonic_ns());
+        check.judge(&mut engine, start + 3 * GRACE, crate::session::monotonic_ns(), u64::MAX);
         assert_eq!(check.misses, 0);
         assert!(!engine.has_repairs());
     }

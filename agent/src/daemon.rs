@@ -119,7 +119,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         None => break 'connections,
                     },
                     _ = flush_tick.tick(), if rep.engine.has_dirty() => rep.flush(),
-                    _ = tick.tick() => rep.tick(),
+                    _ = tick.tick() => {
+                        rep.tick();
+                        rep.judge_notices(events.is_empty());
+                    }
                     Some(request) = control.recv() => rep.handle_control(request),
                     Some(batch) = notices.recv() => rep.handle_notices(batch),
                 }

@@ -91,6 +91,8 @@ pub struct Replicator {
     verify_seen: crate::verify::Stats,
     pub crosscheck: crate::crosscheck::CrossCheck,
     crosscheck_seen: (u64, u64),
+    /// Capture time of the newest event handled.
+    latest_event_ns: u64,
 }
 
 impl Replicator {
@@ -160,6 +162,7 @@ impl Replicator {
             verify_seen: crate::verify::Stats::default(),
             crosscheck: crate::crosscheck::CrossCheck::default(),
             crosscheck_seen: (0, 0),
+            latest_event_ns: 0,
         })
     }
 
@@ -168,6 +171,9 @@ impl Replicator {
         self.metrics.events_captured.inc_by(batch.events.len() as u64);
         if !batch.events.is_empty() {
             self.last_event_secs = unix_secs();
+        }
+        if let Some(newest) = batch.events.iter().map(|e| e.ts_ns).max() {
+            self.latest_event_ns = self.latest_event_ns.max(newest);
         }
         self.note_drops(batch.dropped_total);
         let mut pending = std::mem::take(&mut self.scratch);
@@ -311,6 +317,14 @@ impl Replicator {
         self.last_written = Some(snapshot);
     }
 
+    /// Judges fanotify's notices whose time has come; `capture_idle` when no
+    /// captured event waits to be handled.
+    pub fn judge_notices(&mut self, capture_idle: bool) {
+        let now = monotonic_ns();
+        let caught_up = if capture_idle { now } else { self.latest_event_ns };
+        self.crosscheck.judge(&mut self.engine, Instant::now(), now, caught_up);
+    }
+
     /// Takes fanotify's notices, to be checked against capture.
     pub fn handle_notices(&mut self, notices: Vec<crate::crosscheck::Notice>) {
         self.crosscheck.add(notices, Instant::now());
@@ -353,7 +367,6 @@ impl Replicator {
         let oldest = self.verifier.oldest_change_asked().unwrap_or(self.engine.change_count());
         // The cross-check looks a few seconds back at most.
         self.engine.forget_changes_before(oldest, monotonic_ns().saturating_sub(10_000_000_000));
-        self.crosscheck.judge(&mut self.engine, Instant::now(), monotonic_ns());
         self.metrics.crosscheck_misses.inc_by(self.crosscheck.misses.saturating_sub(self.crosscheck_seen.0));
         self.metrics.crosscheck_overflows.inc_by(self.crosscheck.overflows.saturating_sub(self.crosscheck_seen.1));
         self.crosscheck_seen = (self.crosscheck.misses, self.crosscheck.overflows);
@@ -548,6 +561,7 @@ impl<'a> Session<'a> {
                         self.rep.engine.refresh_mapped(monotonic_ns());
                     }
                     self.update_metrics();
+                    self.rep.judge_notices(events.is_empty());
                     if self.rep.journal.due() {
                         self.rep.write_journal();
                     }

@@ -163,6 +163,7 @@ impl Engine {
             .map(|s| (s.start, s.end))
             .collect();
         let in_hole = |start: u64, end: u64| holes.iter().any(|&(s, e)| s <= start && end <= e);
+        let has_hole = |start: u64, end: u64| holes.iter().any(|&(s, e)| s < end && start < e);
         let mut block = 0usize;
         let mut offset = 0;
         while offset < size {
@@ -186,7 +187,12 @@ impl Engine {
                 self.bytes_read += data.len() as u64;
                 let ours = hash(&data);
                 if theirs_block != Some(&ours) {
-                    out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts, ino: Some(ino) });
+                    // Part of the block is a hole on the master: send its data and
+                    // punch the rest, so the standby's copy keeps the same holes.
+                    let split = has_hole(offset, end) && self.emit_range(&file, ino, path, (offset, end), ts, out).is_ok();
+                    if !split {
+                        out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts, ino: Some(ino) });
+                    }
                 }
             }
             offset = end;
