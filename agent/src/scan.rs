@@ -183,8 +183,10 @@ impl Walk<'_> {
             // Files hard-linked from outside the part walked keep their other names
             // in the index; the first of those is what the copy links to.
             let linked_elsewhere = (meta.is_file() && meta.nlink() > 1 && !first_name_of.contains_key(&meta.ino()))
-                .then(|| self.index.path_of(meta.ino()))
-                .flatten();
+                .then(|| self.index.paths_of(meta.ino()))
+                .unwrap_or_default()
+                .into_iter()
+                .find(|other| std::fs::symlink_metadata(self.root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino()));
             self.index.insert(parent, item.file_name(), meta.ino(), kind);
             let changed = changed_since(&meta, self.verify_since);
             let Some(mut entry) = entry_of(self.root, &path, &meta, self.devices, changed) else { continue };

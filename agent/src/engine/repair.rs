@@ -172,7 +172,12 @@ impl Engine {
         };
         if meta.is_file() {
             if meta.nlink() > 1 {
-                entry.hardlink_of = self.index.paths_of(meta.ino()).into_iter().find(|other| other != path);
+                // Another name of the same file, as the master has it now (the
+                // index may still hold a name that went to another file).
+                let root = &self.root;
+                entry.hardlink_of = self.index.paths_of(meta.ino()).into_iter().find(|other| {
+                    other != path && std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino())
+                });
             }
             self.files.remember(meta.ino(), path.as_path());
         }
