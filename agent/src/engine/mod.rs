@@ -676,8 +676,12 @@ impl Engine {
         })
     }
 
+    /// Sends a file the standby does not have under `path` as a new file: whatever
+    /// the standby holds there (possibly another name of a file it shares) goes
+    /// first, so the file is not written into through that other name.
     fn send_whole(&mut self, ino: u64, path: &RelPath, ts: u64, out: &mut Vec<PendingOp>) {
         let size = std::fs::symlink_metadata(self.root.join(path.as_path())).map(|m| m.len()).unwrap_or(0);
+        out.push(PendingOp { op: Op::Remove { path: path.clone() }, captured_ns: ts, ino: None });
         out.push(PendingOp { op: Op::CreateFile { path: path.clone(), mode: 0o600, truncate: true }, captured_ns: ts, ino: None });
         self.mark(ino, Some((0, size)), ts);
         self.mark(ino, None, ts);

@@ -135,7 +135,7 @@ fn moves_across_the_root_become_creates_and_removes() {
 
     fs::rename(&out_path, f.root().join("back")).unwrap();
     let ops = f.feed(EventKind::Rename { from_base: base, from: out_bytes, to_base: base, to: b"back".to_vec(), flags: 0 });
-    assert!(matches!(&ops[..], [Op::CreateFile { path, .. }] if *path == rel("back")), "{ops:?}");
+    assert!(matches!(&ops[..], [Op::Remove { path: gone }, Op::CreateFile { path, .. }] if *gone == rel("back") && *path == rel("back")), "{ops:?}");
     let ops = f.flush();
     assert!(matches!(&ops[0], Op::Write { data, .. } if data == b"bye"), "{ops:?}");
 }
@@ -230,7 +230,7 @@ fn an_exchange_with_a_name_outside_the_tree_brings_in_what_was_outside() {
     fs::remove_file(&tmp).unwrap();
     let out_bytes = out_path.as_os_str().as_encoded_bytes().to_vec();
     let ops = f.feed(EventKind::Rename { from_base: base, from: b"inside".to_vec(), to_base: base, to: out_bytes, flags: 2 });
-    assert!(matches!(&ops[..], [Op::CreateFile { path, truncate: true, .. }] if *path == rel("inside")), "{ops:?}");
+    assert!(matches!(&ops[..], [Op::Remove { .. }, Op::CreateFile { path, truncate: true, .. }] if *path == rel("inside")), "{ops:?}");
     let ops = f.flush();
     assert!(matches!(&ops[0], Op::Write { data, .. } if data == b"from outside"), "{ops:?}");
 }
@@ -466,7 +466,7 @@ fn an_unknown_inode_changed_without_a_descriptor_is_found_or_compared() {
     let held = fs::File::open(f.root().join("unseen")).unwrap();
     let unseen = f.inode("unseen");
     let ops = f.feed(EventKind::Write { inode: unseen, offset: 0, len: 9, fd: NO_FD });
-    assert!(matches!(&ops[..], [Op::CreateFile { path, .. }] if *path == rel("unseen")), "{ops:?}");
+    assert!(matches!(&ops[..], [Op::Remove { path: gone }, Op::CreateFile { path, .. }] if *gone == rel("unseen") && *path == rel("unseen")), "{ops:?}");
     assert!(matches!(&f.flush()[0], Op::Write { data, .. } if data == b"ring data"));
     drop(held);
     // Nobody holds it: compare the tree; a comparison that does not find it marks it outside.

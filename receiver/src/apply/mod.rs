@@ -482,7 +482,9 @@ impl Applier {
                 wanted: "regular file",
             });
         }
-        self.resize(path, &stat, size)
+        // Even to the same size: the master's truncation did the same, and on ext4
+        // it frees what was preallocated past the end of the file.
+        self.set_size(path, &stat, size)
     }
 
     /// Gives regular file `path` (whose lstat is `stat`) `size` bytes, keeping the
@@ -493,6 +495,10 @@ impl Applier {
         if stat.st_size as u64 == size {
             return Ok(());
         }
+        self.set_size(path, stat, size)
+    }
+
+    fn set_size(&mut self, path: &RelPath, stat: &nix::sys::stat::FileStat, size: u64) -> Result<(), ApplyError> {
         if size < stat.st_size as u64 {
             self.keep_copy(path, stat)?;
         }
