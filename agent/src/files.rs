@@ -104,14 +104,18 @@ impl Files {
                 libc::open_by_handle_at(
                     self.mount_fd.as_raw_fd(),
                     (&mut raw as *mut RawHandle).cast(),
-                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                    // Non-blocking: the inode may be a FIFO (an open with O_CREAT
+                    // of an existing FIFO looks like a file's creation).
+                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
                 )
             };
             if fd >= 0 {
                 // SAFETY: a fresh fd from the kernel, owned by nobody else.
                 let file = unsafe { File::from_raw_fd(fd) };
-                if file.metadata().is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino) {
-                    return Ok(file);
+                match file.metadata() {
+                    Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) == ino && m.is_file() => return Ok(file),
+                    Ok(m) if !m.is_file() => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")),
+                    _ => {}
                 }
             }
         }

@@ -20,6 +20,16 @@ impl Engine {
                         }
                         return;
                     }
+                    // An open with O_CREAT of an existing FIFO or device looks the same.
+                    let kind = std::fs::symlink_metadata(self.root.join(path.as_path()))
+                        .ok()
+                        .filter(|m| m.ino() == target.ino)
+                        .map_or(NodeKind::File, |m| kind_of(&m));
+                    if kind != NodeKind::File {
+                        self.index.insert(parent, &name, target.ino, kind);
+                        self.mark(target.ino, None, ts);
+                        return;
+                    }
                     self.index.insert(parent, &name, target.ino, NodeKind::File);
                     self.outside.remove(&target.ino);
                     self.files.remember(target.ino, path.as_path());
