@@ -133,6 +133,12 @@ impl Drop for LoopFs {
         if !self.mounted {
             return;
         }
+        if std::env::var_os("SLUICE_KEEP_FILESYSTEMS").is_some() {
+            // For a post-mortem: the filesystem stays mounted and its image kept.
+            eprintln!("kept {} mounted from {}", self.mountpoint.display(), self.image.display());
+            std::mem::forget(std::mem::replace(&mut self._dir, tempfile::tempdir().expect("a scratch directory")));
+            return;
+        }
         let target = shell_quote(&self.mountpoint);
         if run(&format!("umount {target}")).is_err() {
             // A lazy unmount lets the tempdir go away even if a killed daemon still

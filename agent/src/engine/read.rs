@@ -170,15 +170,7 @@ impl Engine {
             let end = (offset + BLOCK_SIZE).min(size);
             let theirs_block = theirs.get(block);
             if in_hole(offset, end) {
-                let zeros = if end - offset == BLOCK_SIZE {
-                    sluice_proto::blocks::zero_block_hash()
-                } else {
-                    hash(&vec![0u8; (end - offset) as usize])
-                };
-                if theirs_block.is_some_and(|h| *h != zeros) {
-                    let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset, len: end - offset };
-                    out.push(PendingOp { op, captured_ns: ts, ino: None });
-                }
+                // Punched below, with the rest of the hole.
             } else {
                 let data = match read_range(&file, offset, end - offset) {
                     Ok(data) if !data.is_empty() => data,
@@ -197,6 +189,23 @@ impl Engine {
             }
             offset = end;
             block += 1;
+        }
+        // Every hole of the master's file is punched on the standby, one call per
+        // hole: the standby's copy may hold blocks there that read as zeros
+        // (preallocated, unwritten) and so hash like the hole.
+        let hole_bytes: u64 = holes.iter().map(|(s, e)| e - s).sum();
+        for (start, end) in holes {
+            let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset: start, len: end - start };
+            out.push(PendingOp { op, captured_ns: ts, ino: None });
+        }
+        // Nor, when the master's file has no blocks past its end, the standby's.
+        let allocated = meta.blocks() * 512;
+        let data_bytes = (size - hole_bytes.min(size)).next_multiple_of(4096);
+        if allocated <= data_bytes {
+            let end = size.next_multiple_of(4096);
+            // Far enough for any preallocation, short of every filesystem's size limit.
+            let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset: end, len: 1 << 40 };
+            out.push(PendingOp { op, captured_ns: ts, ino: None });
         }
         let m = meta_of(&file.metadata().unwrap_or(meta));
         let attrs = Attrs { size: Some(size), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
