@@ -218,6 +218,7 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
         bail!("sluice-torture must run as root: it mounts loop filesystems and the agent loads BPF programs");
     }
     let plan = Plan::new(args)?;
+    sys::catch_interrupts()?;
     fs::create_dir_all(&plan.out).with_context(|| format!("cannot create {}", plan.out.display()))?;
     let mut report = Report {
         file: OpenOptions::new().create(true).append(true).open(plan.out.join("report.txt")).ok(),
@@ -258,6 +259,9 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
     let settle_started = Instant::now();
     let (agent_metrics, receiver_metrics) = check_after(&plan, args, &mut rig, &mut findings, &mut agent_exit_ns, &mut report)?;
     let settle = settle_started.elapsed();
+    if sys::interrupted() && !findings.iter().any(|f| matches!(f, Finding::Interrupted)) {
+        findings.push(Finding::Interrupted);
+    }
     save_daemon_logs(&rig.pair, &plan.out);
     drop(rig);
 
@@ -418,6 +422,9 @@ pub fn minimize(args: &TortureArgs) -> anyhow::Result<Outcome> {
         while start < ops.len() {
             let candidate: Vec<Record> =
                 ops[..start].iter().chain(ops[(start + size).min(ops.len())..].iter()).cloned().collect();
+            if sys::interrupted() {
+                bail!("interrupted; the shortest failing sequence so far has {} operations", ops.len());
+            }
             if !candidate.is_empty() && attempt(&candidate)?.contains(&target) {
                 println!("minimize: {} operations still fail ({target})", candidate.len());
                 ops = candidate;
@@ -501,6 +508,10 @@ fn run_workers(
                 findings.push(Finding::Exited { daemon: daemon.name(), status: status.to_string() });
             }
         }
+        if sys::interrupted() {
+            stop = Some("interrupted".to_owned());
+            findings.push(Finding::Interrupted);
+        }
         if started.elapsed() > limit {
             stop = Some(format!("workers still running after {limit:?}"));
             for (k, _) in &children {
@@ -543,6 +554,10 @@ fn replay_records(spec: &Spec, header: &Header, records: &[Record], paced: bool,
     let mut changed = 0;
     let mut previous: Option<(u64, Instant)> = None;
     for record in ordered {
+        if sys::interrupted() {
+            report.line("replay interrupted");
+            break;
+        }
         if let Some((t, at)) = previous
             && paced
         {
