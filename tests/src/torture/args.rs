@@ -20,12 +20,18 @@ pub struct TortureArgs {
     /// Total operations over all workers (default 2000 when --minutes is not given).
     #[arg(long)]
     pub ops: Option<u64>,
-    /// Filesystem of the master and the standby.
-    #[arg(long, default_value = "ext4", value_parser = parse_fs)]
-    pub fs: FsKind,
+    /// Filesystem of the master and the standby (default ext4, or for --replay the
+    /// one the log was made on).
+    #[arg(long, value_parser = parse_fs)]
+    pub fs: Option<FsKind>,
     /// Concurrent worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// At most this many operations per second per worker (0: as fast as they go,
+    /// several thousand a second, which no replicator keeps up with and which
+    /// writes about 1.5 MB of log a second).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
     /// Operation classes to generate, comma-separated (default: all). One of write,
     /// mmap, direct, aio, uring, uring-ns, truncate, fallocate, copy, clone, tmpfile,
     /// rename, link, symlink, fifo, create, dir, meta, xattr, acl, shared-fd, mixed.
@@ -110,8 +116,11 @@ impl TortureArgs {
         if let Some(ops) = self.ops {
             push("ops", ops.to_string());
         }
-        push("fs", self.fs.name().to_owned());
+        if let Some(fs) = self.fs {
+            push("fs", fs.name().to_owned());
+        }
         push("workers", self.workers.to_string());
+        push("rate", self.rate.to_string());
         if !self.classes.is_empty() {
             push("classes", self.classes.iter().map(|c| c.name()).collect::<Vec<_>>().join(","));
         }
@@ -169,7 +178,7 @@ mod tests {
         let args = cli.args.to_args();
         let again = Cli::parse_from(std::iter::once("t".to_owned()).chain(args.clone())).args;
         assert_eq!(again.to_args(), args);
-        assert_eq!(again.fs, FsKind::Xfs);
+        assert_eq!(again.fs, Some(FsKind::Xfs));
         assert_eq!(again.classes, vec![Class::Truncate, Class::Mmap]);
         assert_eq!(again.exclude, vec![Class::Mmap]);
         assert_eq!(again.access, vec![Via::Abs, Via::Up]);

@@ -37,13 +37,23 @@ pub enum Finding {
     Refused { count: f64, lines: Vec<String> },
     /// A worker process failed or had to be killed; its log is still used.
     Worker { worker: usize, status: String },
+    /// The run was stopped by a signal before its checks were complete.
+    Interrupted,
 }
 
 impl Finding {
     /// Labels from the most to the least severe: a panic or an exit explains a
     /// divergence, not the other way round.
-    pub const SEVERITY: [&'static str; 7] =
-        ["panic", "daemon exited", "stalled", "operation refused", "diverged", "holes filled", "worker failed"];
+    pub const SEVERITY: [&'static str; 8] = [
+        "panic",
+        "daemon exited",
+        "stalled",
+        "operation refused",
+        "diverged",
+        "holes filled",
+        "worker failed",
+        "interrupted",
+    ];
 
     pub fn label(&self) -> &'static str {
         match self {
@@ -54,6 +64,7 @@ impl Finding {
             Finding::Exited { .. } => "daemon exited",
             Finding::Refused { .. } => "operation refused",
             Finding::Worker { .. } => "worker failed",
+            Finding::Interrupted => "interrupted",
         }
     }
 
@@ -95,6 +106,7 @@ impl fmt::Display for Finding {
                 Ok(())
             }
             Finding::Worker { worker, status } => write!(f, "WORKER {worker} failed: {status}"),
+            Finding::Interrupted => write!(f, "INTERRUPTED: stopped by a signal; the checks are incomplete"),
         }
     }
 }
@@ -244,6 +256,9 @@ pub fn wait_idle(pair: &mut Pair, probe: &Probe, timeout: Duration) -> Result<Me
         if let Ok(Some(status)) = pair.agent().try_wait() {
             return Err(Finding::Exited { daemon: "agent", status: status.to_string() });
         }
+        if super::sys::interrupted() {
+            return Err(Finding::Interrupted);
+        }
         let arrived = probe.arrived(&standby);
         match pair.agent_metrics() {
             Ok(m) if arrived && is_idle(&m) => {
@@ -277,7 +292,7 @@ pub fn wait_identical(master: &Path, standby: &Path, grace: Duration) -> Result<
     loop {
         match compare_trees_with(master, standby, &options) {
             Ok(()) => return Ok(start.elapsed()),
-            Err(diff) if start.elapsed() >= grace => return Err(diff),
+            Err(diff) if start.elapsed() >= grace || super::sys::interrupted() => return Err(diff),
             Err(_) => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));

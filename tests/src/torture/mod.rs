@@ -47,12 +47,14 @@ use self::exec::Executor;
 use self::log::{Header, LogWriter, Record, monotonic_ns};
 use self::ops::{Class, Via};
 use self::worker::Spec;
-use crate::{LoopFs, Metrics, Pair, PairOptions, run as sh};
+use crate::{FsKind, LoopFs, Metrics, Pair, PairOptions, run as sh};
 
 /// Operations per run when neither `--ops` nor `--minutes` is given.
 const DEFAULT_OPS: u64 = 2000;
-/// Excerpt lines printed (the whole excerpt is saved).
+/// Excerpt lines printed.
 const EXCERPT_PRINTED: usize = 60;
+/// Excerpt operations saved (the most recent ones).
+const EXCERPT_SAVED: usize = 5000;
 
 /// How an exercise ended.
 #[derive(Debug)]
@@ -107,166 +109,174 @@ impl Drop for BindMount {
     }
 }
 
+/// What one exercise does, decided from the arguments (and, for a replay, from
+/// the log's header) before anything is set up.
+struct Plan {
+    seed: u64,
+    workers: usize,
+    fs: FsKind,
+    classes: Vec<Class>,
+    access: Vec<Via>,
+    /// Operations over all workers, when bounded by count.
+    ops_total: Option<u64>,
+    replay: Option<(Header, Vec<Record>)>,
+    out: PathBuf,
+}
+
+impl Plan {
+    fn new(args: &TortureArgs) -> anyhow::Result<Plan> {
+        let replay = match &args.replay {
+            Some(path) => {
+                let (header, records) = log::read_log(path)?;
+                let header = header.with_context(|| format!("{} has no header line", path.display()))?;
+                Some((header, records))
+            }
+            None => None,
+        };
+        // A replay starts from the population its log was made on.
+        let (seed, workers, logged_fs) = match &replay {
+            Some((header, _)) => (header.seed, header.workers, Some(header.fs.parse::<FsKind>()?)),
+            None => (args.seed.unwrap_or_else(clock_seed), args.workers.max(1), None),
+        };
+        let fs = args.fs.or(logged_fs).unwrap_or_default();
+        let classes = args.enabled_classes();
+        if classes.is_empty() {
+            bail!("--classes and --exclude leave no operation class to run");
+        }
+        let out = match &args.out {
+            Some(out) => out.clone(),
+            None => PathBuf::from("/tmp/sluice-torture").join(format!("{}-seed{seed}-{}", fs.name(), unix_secs())),
+        };
+        Ok(Plan {
+            seed,
+            workers,
+            fs,
+            classes,
+            access: if args.access.is_empty() { Via::TREE.to_vec() } else { args.access.clone() },
+            ops_total: args.ops.or(if args.minutes.is_none() { Some(DEFAULT_OPS) } else { None }),
+            replay,
+            out,
+        })
+    }
+
+    fn describe(&self, args: &TortureArgs) -> String {
+        let what = match (&self.replay, &args.replay) {
+            (Some((_, records)), Some(path)) => format!("replay of {} ({} ops)", path.display(), records.len()),
+            _ => format!(
+                "workers={} ops={} minutes={} rate={}",
+                self.workers,
+                self.ops_total.map_or("-".into(), |o| o.to_string()),
+                args.minutes.map_or("-".into(), |m| m.to_string()),
+                if args.rate == 0 { "unlimited".into() } else { format!("{}/s/worker", args.rate) }
+            ),
+        };
+        let classes = if self.classes.len() == Class::ALL.len() { "all".into() } else { names(&self.classes, |c| c.name()) };
+        let access = if args.access.is_empty() { "all".into() } else { names(&self.access, |v| v.name()) };
+        format!("torture: fs={} seed={} {what} classes={classes} access={access}", self.fs, self.seed)
+    }
+}
+
+/// The two filesystems, the bind mount and the daemons of one exercise. Fields
+/// drop in order: the daemons stop before the mounts they use go away.
+struct Rig {
+    pair: Pair,
+    bind: BindMount,
+    standby: LoopFs,
+    master: LoopFs,
+}
+
+impl Rig {
+    /// Makes both filesystems, the initial tree and the bind mount, then starts the
+    /// daemons and waits for the initial sync.
+    fn start(plan: &Plan, args: &TortureArgs, report: &mut Report) -> anyhow::Result<Rig> {
+        let master = LoopFs::new(plan.fs, args.image_mib).context("cannot make the master filesystem")?;
+        let standby = LoopFs::new(plan.fs, args.image_mib).context("cannot make the standby filesystem")?;
+        let tree = master.path().join("tree");
+        let made = population::populate(&tree, &master.path().join("outside"), plan.seed, plan.workers)?;
+        let bind = BindMount::new(&tree)?;
+        report.line(format!(
+            "population: {} files, {} dirs, {:.1} MiB of data",
+            made.files,
+            made.dirs,
+            made.bytes as f64 / 1048576.0
+        ));
+        let started = Instant::now();
+        let options = PairOptions { startup_timeout: Duration::from_secs(180), ..PairOptions::default() };
+        let pair = Pair::start_with(&tree, standby.path(), options).context("cannot start the daemons")?;
+        report.line(format!("initial sync: {:.1} s", started.elapsed().as_secs_f64()));
+        Ok(Rig { pair, bind, standby, master })
+    }
+
+    fn tree(&self) -> PathBuf {
+        self.master.path().join("tree")
+    }
+}
+
 /// Runs one exercise (or a replay) and reports it. Needs root.
 pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("sluice-torture must run as root: it mounts loop filesystems and the agent loads BPF programs");
     }
-    let replay = match &args.replay {
-        Some(path) => {
-            let (header, records) = log::read_log(path)?;
-            let header = header.with_context(|| format!("{} has no header line", path.display()))?;
-            Some((header, records))
-        }
-        None => None,
-    };
-    let (seed, workers) = match &replay {
-        Some((header, _)) => (header.seed, header.workers),
-        None => (args.seed.unwrap_or_else(clock_seed), args.workers.max(1)),
-    };
-    let classes = args.enabled_classes();
-    if classes.is_empty() {
-        bail!("--classes and --exclude leave no operation class to run");
-    }
-    let access = if args.access.is_empty() { Via::TREE.to_vec() } else { args.access.clone() };
-    let ops_total = args.ops.or(if args.minutes.is_none() { Some(DEFAULT_OPS) } else { None });
-    let fs_name = args.fs.name();
-    let out = match &args.out {
-        Some(out) => out.clone(),
-        None => PathBuf::from("/tmp/sluice-torture").join(format!("{fs_name}-seed{seed}-{}", unix_secs())),
-    };
-    fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let plan = Plan::new(args)?;
+    sys::catch_interrupts()?;
+    fs::create_dir_all(&plan.out).with_context(|| format!("cannot create {}", plan.out.display()))?;
     let mut report = Report {
-        file: OpenOptions::new().create(true).append(true).open(out.join("report.txt")).ok(),
+        file: OpenOptions::new().create(true).append(true).open(plan.out.join("report.txt")).ok(),
         quiet: args.quiet,
     };
+    report.line(plan.describe(args));
+    report.line(format!("output: {}", plan.out.display()));
     let started = Instant::now();
 
-    let what = match &args.replay {
-        Some(path) => format!("replay of {} ({} ops)", path.display(), replay.as_ref().map_or(0, |r| r.1.len())),
-        None => format!(
-            "workers={workers} ops={} minutes={}",
-            ops_total.map_or("-".into(), |o| o.to_string()),
-            args.minutes.map_or("-".into(), |m| m.to_string())
-        ),
-    };
-    report.line(format!(
-        "torture: fs={fs_name} seed={seed} {what} classes={} access={}",
-        if classes.len() == Class::ALL.len() { "all".into() } else { names(&classes, |c| c.name()) },
-        if args.access.is_empty() { "all".into() } else { names(&access, |v| v.name()) },
-    ));
-    report.line(format!("output: {}", out.display()));
-
-    let master = LoopFs::new(args.fs, args.image_mib).context("cannot make the master filesystem")?;
-    let standby = LoopFs::new(args.fs, args.image_mib).context("cannot make the standby filesystem")?;
-    let tree = master.path().join("tree");
-    let made = population::populate(&tree, &master.path().join("outside"), seed, workers)?;
-    let bind = BindMount::new(&tree)?;
-    report.line(format!(
-        "population: {} files, {} dirs, {:.1} MiB of data",
-        made.files,
-        made.dirs,
-        made.bytes as f64 / 1048576.0
-    ));
-
-    let sync_started = Instant::now();
-    let options = PairOptions { startup_timeout: Duration::from_secs(180), ..PairOptions::default() };
-    let mut pair = Pair::start_with(&tree, standby.path(), options).context("cannot start the daemons")?;
-    let initial_sync = sync_started.elapsed();
-    report.line(format!("initial sync: {:.1} s", initial_sync.as_secs_f64()));
-
+    let mut rig = Rig::start(&plan, args, &mut report)?;
+    let setup = started.elapsed();
     let spec = Spec {
-        seed,
-        fs: fs_name.to_owned(),
-        workers,
-        ops_per_worker: ops_total.map(|total| total.div_ceil(workers as u64)),
+        seed: plan.seed,
+        fs: plan.fs.name().to_owned(),
+        workers: plan.workers,
+        ops_per_worker: plan.ops_total.map(|total| total.div_ceil(plan.workers as u64)),
         deadline_ns: args.minutes.map(|m| monotonic_ns() + (m * 60e9) as u64),
-        classes,
-        access: access.iter().map(|v| v.name().to_owned()).collect(),
-        mnt: master.path().to_owned(),
-        bind: bind.path.clone(),
-        out: out.clone(),
+        rate: args.rate,
+        classes: plan.classes.clone(),
+        access: plan.access.iter().map(|v| v.name().to_owned()).collect(),
+        mnt: rig.master.path().to_owned(),
+        bind: rig.bind.path.clone(),
+        out: plan.out.clone(),
     };
-    let spec_path = out.join("run.json");
+    let spec_path = plan.out.join("run.json");
     spec.save(&spec_path)?;
 
     let mut findings = Vec::new();
-    let ops_started = Instant::now();
     let mut agent_exit_ns = None;
-    match &replay {
+    let ops_started = Instant::now();
+    match &plan.replay {
         Some((header, records)) => replay_records(&spec, header, records, !args.replay_fast, &mut report)?,
-        None => run_workers(&spec, &spec_path, &mut pair, &mut findings, &mut agent_exit_ns, &mut report)?,
+        None => run_workers(&spec, &spec_path, &mut rig.pair, &mut findings, &mut agent_exit_ns, &mut report)?,
     }
     let ops_phase = ops_started.elapsed();
     report.line(format!("operations done after {:.1} s; waiting for the agent to go idle", ops_phase.as_secs_f64()));
 
     let settle_started = Instant::now();
-    let agent_alive = pair.agent().is_running();
-    let probe = check::Probe::write(&tree, seed).context("cannot write the probe file")?;
-    let idle = if agent_alive {
-        match check::wait_idle(&mut pair, &probe, Duration::from_secs(args.settle_secs)) {
-            Ok(metrics) => Some(metrics),
-            Err(finding) => {
-                if let Finding::Exited { .. } = finding {
-                    agent_exit_ns.get_or_insert(monotonic_ns());
-                }
-                findings.push(finding);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let (agent_metrics, receiver_metrics) = check_after(&plan, args, &mut rig, &mut findings, &mut agent_exit_ns, &mut report)?;
     let settle = settle_started.elapsed();
-    let grace = if idle.is_some() { Duration::from_secs(args.grace_secs) } else { Duration::ZERO };
-    match check::wait_identical(&tree, standby.path(), grace) {
-        Ok(took) => report.line(format!(
-            "trees identical {:.1} s after the agent went idle (idle after {:.1} s)",
-            took.as_secs_f64(),
-            settle.as_secs_f64()
-        )),
-        Err(diff) => findings.push(Finding::Divergence(diff)),
+    if sys::interrupted() && !findings.iter().any(|f| matches!(f, Finding::Interrupted)) {
+        findings.push(Finding::Interrupted);
     }
-    check::settle_allocation(fs_name, &[master.path(), standby.path()]);
-    let blocks = check::block_usage(&tree, standby.path(), args.block_slack_kib * 1024);
-    report.line(format!("allocation: {blocks}").lines().next().unwrap_or_default());
-    let receiver_metrics = pair.receiver_metrics().ok();
-    let agent_metrics = pair.agent_metrics().ok();
-    if !blocks.offenders.is_empty() {
-        findings.push(Finding::Holes(blocks));
-    }
-    daemon_findings(&mut pair, receiver_metrics.as_ref(), &mut findings);
+    save_daemon_logs(&rig.pair, &plan.out);
+    drop(rig);
 
-    save_daemon_logs(&pair, &out);
-    drop(pair);
-    drop(bind);
-    drop(standby);
-    drop(master);
-
-    let records = log::merge(&log::worker_logs(&out)?)?;
+    let records = log::merge(&log::worker_logs(&plan.out)?)?;
     summary(&records, &mut report);
     report.line(format!(
-        "duration: {:.1} s in all (initial sync {:.1} s, operations {:.1} s, settling {:.1} s)",
+        "duration: {:.1} s in all (setup and initial sync {:.1} s, operations {:.1} s, settling and checks {:.1} s)",
         started.elapsed().as_secs_f64(),
-        initial_sync.as_secs_f64(),
+        setup.as_secs_f64(),
         ops_phase.as_secs_f64(),
         settle.as_secs_f64()
     ));
     if let Some(m) = &agent_metrics {
         report.line("agent metrics:");
-        report.line(describe_metrics(
-            m,
-            &[
-                "sluice_rescans_total",
-                "sluice_tree_compares_total",
-                "sluice_events_dropped_total",
-                "sluice_verify_mismatches_total",
-                "sluice_events_captured_total",
-                "sluice_ops_sent_total",
-                "sluice_payload_bytes_sent_total",
-                "sluice_backlog_overflows_total",
-            ],
-        ));
+        report.line(describe_metrics(m, &SUMMARY_AGENT_SERIES));
     }
     if let Some(m) = &receiver_metrics {
         report.line("receiver metrics:");
@@ -281,16 +291,81 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
     labels.sort_by_key(|label| Finding::SEVERITY.iter().position(|l| l == label));
     labels.dedup();
     report.line(format!(
-        "RESULT: {} fs={fs_name} seed={seed}{}",
+        "RESULT: {} fs={} seed={}{}",
         if passed { "PASS" } else { "FAIL" },
+        plan.fs,
+        plan.seed,
         if passed { String::new() } else { format!(" ({})", labels.join(", ")) }
     ));
     if passed && !args.keep {
-        let _ = fs::remove_dir_all(&out);
+        let _ = fs::remove_dir_all(&plan.out);
     } else {
-        report.line(format!("logs kept in {}", out.display()));
+        report.line(format!("logs kept in {}", plan.out.display()));
     }
-    Ok(Outcome { passed, labels, out })
+    Ok(Outcome { passed, labels, out: plan.out })
+}
+
+/// The agent series the summary shows.
+const SUMMARY_AGENT_SERIES: [&str; 8] = [
+    "sluice_rescans_total",
+    "sluice_tree_compares_total",
+    "sluice_events_dropped_total",
+    "sluice_verify_mismatches_total",
+    "sluice_events_captured_total",
+    "sluice_ops_sent_total",
+    "sluice_payload_bytes_sent_total",
+    "sluice_backlog_overflows_total",
+];
+
+/// Everything after the operations: the agent going idle (with a probe file
+/// proving it alive), the trees matching, allocation, and the daemons' health.
+/// Returns the agent's and the receiver's last metrics.
+fn check_after(
+    plan: &Plan,
+    args: &TortureArgs,
+    rig: &mut Rig,
+    findings: &mut Vec<Finding>,
+    agent_exit_ns: &mut Option<u64>,
+    report: &mut Report,
+) -> anyhow::Result<(Option<Metrics>, Option<Metrics>)> {
+    let tree = rig.tree();
+    let started = Instant::now();
+    let probe = check::Probe::write(&tree, plan.seed).context("cannot write the probe file")?;
+    let idle = if rig.pair.agent().is_running() {
+        match check::wait_idle(&mut rig.pair, &probe, Duration::from_secs(args.settle_secs)) {
+            Ok(metrics) => Some(metrics),
+            Err(finding) => {
+                if let Finding::Exited { .. } = finding {
+                    agent_exit_ns.get_or_insert(monotonic_ns());
+                }
+                findings.push(finding);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let idle_after = started.elapsed();
+    // A stalled or dead agent repairs nothing: compare once, without a grace.
+    let grace = if idle.is_some() { Duration::from_secs(args.grace_secs) } else { Duration::ZERO };
+    match check::wait_identical(&tree, rig.standby.path(), grace) {
+        Ok(took) => report.line(format!(
+            "trees identical {:.1} s after the agent went idle (idle after {:.1} s)",
+            took.as_secs_f64(),
+            idle_after.as_secs_f64()
+        )),
+        Err(diff) => findings.push(Finding::Divergence(diff)),
+    }
+    check::settle_allocation(plan.fs.name(), &[rig.master.path(), rig.standby.path()]);
+    let blocks = check::block_usage(&tree, rig.standby.path(), args.block_slack_kib * 1024);
+    report.line(format!("allocation: {blocks}").lines().next().unwrap_or_default());
+    if !blocks.offenders.is_empty() {
+        findings.push(Finding::Holes(blocks));
+    }
+    let receiver_metrics = rig.pair.receiver_metrics().ok();
+    let agent_metrics = rig.pair.agent_metrics().ok();
+    daemon_findings(&mut rig.pair, receiver_metrics.as_ref(), findings);
+    Ok((agent_metrics, receiver_metrics))
 }
 
 /// Shrinks the `--replay` log to a short sequence that still fails with the most
@@ -347,6 +422,9 @@ pub fn minimize(args: &TortureArgs) -> anyhow::Result<Outcome> {
         while start < ops.len() {
             let candidate: Vec<Record> =
                 ops[..start].iter().chain(ops[(start + size).min(ops.len())..].iter()).cloned().collect();
+            if sys::interrupted() {
+                bail!("interrupted; the shortest failing sequence so far has {} operations", ops.len());
+            }
             if !candidate.is_empty() && attempt(&candidate)?.contains(&target) {
                 println!("minimize: {} operations still fail ({target})", candidate.len());
                 ops = candidate;
@@ -430,6 +508,10 @@ fn run_workers(
                 findings.push(Finding::Exited { daemon: daemon.name(), status: status.to_string() });
             }
         }
+        if sys::interrupted() {
+            stop = Some("interrupted".to_owned());
+            findings.push(Finding::Interrupted);
+        }
         if started.elapsed() > limit {
             stop = Some(format!("workers still running after {limit:?}"));
             for (k, _) in &children {
@@ -472,6 +554,10 @@ fn replay_records(spec: &Spec, header: &Header, records: &[Record], paced: bool,
     let mut changed = 0;
     let mut previous: Option<(u64, Instant)> = None;
     for record in ordered {
+        if sys::interrupted() {
+            report.line("replay interrupted");
+            break;
+        }
         if let Some((t, at)) = previous
             && paced
         {
@@ -548,15 +634,19 @@ fn report_failure(
     let paths: BTreeSet<String> = findings.iter().flat_map(|f| f.paths()).collect();
     let t0 = records.first().map_or(0, |r| r.t);
     if !paths.is_empty() {
-        let picked = log::excerpt(records, &paths);
+        let mut picked = log::excerpt(records, &paths);
+        let related = picked.len();
+        // Long runs relate nearly everything to everything; the latest operations
+        // are the ones that matter, and a longer excerpt is useless to replay.
+        picked.drain(..picked.len().saturating_sub(EXCERPT_SAVED));
         let excerpt_path = spec.out.join("excerpt.jsonl");
         log::write_log(&excerpt_path, &spec.header(None), &picked)?;
         let text: Vec<String> = picked.iter().map(|r| r.render(t0)).collect();
         fs::write(spec.out.join("excerpt.txt"), text.join("\n") + "\n")?;
         report.line(format!(
-            "operations on the differing paths, their parents and their sources ({} of {}; times from the first op):",
-            picked.len(),
-            records.len()
+            "operations on the differing paths, their parents and their sources ({related} of {}{}; times from the first op):",
+            records.len(),
+            if related > picked.len() { format!(", the last {} saved", picked.len()) } else { String::new() }
         ));
         if text.len() > EXCERPT_PRINTED {
             report.line(format!("  ... {} earlier ones in {}", text.len() - EXCERPT_PRINTED, spec.out.join("excerpt.txt").display()));
@@ -565,8 +655,7 @@ fn report_failure(
             report.line(format!("  {line}"));
         }
         report.line(format!(
-            "replay them alone: cargo xtask torture --fs {} --replay {}",
-            spec.fs,
+            "replay them alone: cargo xtask torture --replay {} (add --minimize to shrink them)",
             excerpt_path.display()
         ));
     }

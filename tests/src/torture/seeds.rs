@@ -63,14 +63,16 @@ fn default_workers() -> usize {
     4
 }
 
-/// Settings every listed exercise shares. The grace for trees to match once the
-/// agent is idle is shorter than on the command line (mapped stores are re-read
-/// for 35 s, no longer), so a failing list stays within CI's time budget.
+/// Settings every listed exercise shares. The waits are shorter than on the
+/// command line so that a failing list stays within CI's time budget: a healthy
+/// agent is idle within seconds of the last operation, and the trees match within
+/// 40 s (mapped stores are re-read for 35 s, no longer).
 fn base(fs: &str) -> anyhow::Result<TortureArgs> {
     Ok(TortureArgs {
-        fs: fs.parse::<FsKind>()?,
+        fs: Some(fs.parse::<FsKind>()?),
         workers: default_workers(),
-        settle_secs: 180,
+        rate: 200,
+        settle_secs: 60,
         grace_secs: 40,
         block_slack_kib: DEFAULT_BLOCK_SLACK / 1024,
         image_mib: 2048,
@@ -92,7 +94,7 @@ impl Entry {
             // The committed repros leave no mapped store unsynced, so there is no
             // re-read to wait for.
             Entry::Repro { repro, log } => {
-                Ok(TortureArgs { replay: Some(log.clone()), grace_secs: 15, ..base(&repro.fs)? })
+                Ok(TortureArgs { replay: Some(log.clone()), settle_secs: 30, grace_secs: 15, ..base(&repro.fs)? })
             }
         }
     }
@@ -163,12 +165,12 @@ mod tests {
         )
         .unwrap();
         let args = Entry::Run(file.run[0].clone()).args().unwrap();
-        assert_eq!(args.fs, FsKind::Btrfs);
+        assert_eq!(args.fs, Some(FsKind::Btrfs));
         assert_eq!(args.workers, 4);
         assert_eq!(args.classes, vec![Class::Mmap]);
         let repro = Entry::Repro { repro: file.repro[0].clone(), log: "/t/r/x.jsonl".into() };
         let args = repro.args().unwrap();
-        assert_eq!(args.fs, FsKind::Xfs);
+        assert_eq!(args.fs, Some(FsKind::Xfs));
         assert_eq!(args.replay.as_deref(), Some(Path::new("/t/r/x.jsonl")));
         assert!(toml::from_str::<SeedsFile>("[[run]]\nfs = \"ext4\"\nseed = 1\nops = 1\nbogus = 1\n").is_err());
     }

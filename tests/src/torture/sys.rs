@@ -1,13 +1,13 @@
 //! Kernel interfaces libc does not wrap for us: native AIO (`io_setup` and friends
 //! with the kernel's own `struct iocb`), the clone/dedupe ioctls, the raw POSIX ACL
-//! xattr encoding, aligned buffers for O_DIRECT, and surviving SIGBUS from a mapped
-//! store past EOF.
+//! xattr encoding, aligned buffers for O_DIRECT, surviving SIGBUS from a mapped
+//! store past EOF, and noticing SIGINT/SIGTERM so mounts are cleaned up.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ffi::c_void;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::util::random_bytes;
 
@@ -367,6 +367,37 @@ pub fn sigbus_hits() -> u64 {
 
 pub fn page_size() -> usize {
     PAGE_SIZE.load(Ordering::Relaxed)
+}
+
+// ---- interruption -------------------------------------------------------------
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes SIGINT, SIGTERM and SIGHUP set a flag instead of killing the controller:
+/// its loops check [`interrupted`] and return, so the daemons are stopped and the
+/// loop filesystems and the bind mount are unmounted on the way out.
+pub fn catch_interrupts() -> anyhow::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_interrupt as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+                anyhow::bail!("cannot install a handler for signal {signal}: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether the controller was asked to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct Spec {
     pub ops_per_worker: Option<u64>,
     /// CLOCK_MONOTONIC ns after which workers stop, if bounded by time.
     pub deadline_ns: Option<u64>,
+    /// Operations per second per worker at most (0: unlimited).
+    #[serde(default)]
+    pub rate: u32,
     pub classes: Vec<Class>,
     /// Access modes, by name (see [`Via`]).
     pub access: Vec<String>,
@@ -68,12 +71,23 @@ pub fn run(spec_path: &Path, worker: usize) -> anyhow::Result<()> {
     let executor = Executor::new(spec.layout());
     let mut generator = Gen::new(spec.seed, worker, spec.layout(), &spec.classes, &spec.vias()?);
     let mut log = LogWriter::create(&spec.log_path(worker), &spec.header(Some(worker)))?;
+    let interval = (spec.rate > 0).then(|| 1_000_000_000 / u64::from(spec.rate));
+    let started = monotonic_ns();
     for n in 0.. {
         if spec.ops_per_worker.is_some_and(|limit| n >= limit) {
             break;
         }
         if spec.deadline_ns.is_some_and(|deadline| monotonic_ns() >= deadline) {
             break;
+        }
+        if let Some(interval) = interval {
+            // Paced against the start, so a slow operation is made up for by the
+            // next ones rather than lowering the rate.
+            let due = started + n * interval;
+            let now = monotonic_ns();
+            if due > now {
+                std::thread::sleep(std::time::Duration::from_nanos(due - now));
+            }
         }
         let (class, op) = generator.next_op();
         let t = monotonic_ns();
