@@ -250,6 +250,10 @@ impl Replicator {
             return Ok(());
         };
         self.metrics.repairs.inc_by(repair.subtrees.len() as u64);
+        let now = monotonic_ns();
+        for path in repair.removes {
+            self.backlog.push(PendingOp { op: sluice_proto::Op::Remove { path }, captured_ns: now, ino: None }, now);
+        }
         let since = unix_secs() - JOURNAL_SLACK_SECS;
         self.backlog.push_manifest(ManifestState { scoped: Some(repair.entries), subtrees: repair.subtrees, done_seq: None, since });
         Ok(())
@@ -520,10 +524,19 @@ impl<'a> Session<'a> {
         }
         loop {
             let comparing = !self.wants.is_empty() || self.manifest_done.is_some();
-            if self.rep.compare_owed() && self.rep.backlog.is_idle() && !comparing && self.last_rescan.elapsed() >= RESCAN_SPACING {
+            let compare_due = self.rep.compare_owed() && self.rep.backlog.is_idle() && !comparing && self.last_rescan.elapsed() >= RESCAN_SPACING;
+            let repairs_due = self.rep.engine.has_repairs() && self.rep.backlog.unsettled_manifest().is_none() && !self.rep.compare_owed();
+            if compare_due || repairs_due {
+                // Handle what capture already reported first, so that as few events
+                // as possible come from before the walk (see `Engine::superseded_by_walk`).
+                while let Ok(batch) = events.try_recv() {
+                    self.rep.handle_batch(batch);
+                }
+            }
+            if compare_due && self.rep.compare_owed() {
                 self.compare_trees().await?;
             }
-            if self.rep.engine.has_repairs() && self.rep.backlog.unsettled_manifest().is_none() && !self.rep.compare_owed() {
+            if repairs_due && self.rep.engine.has_repairs() && !self.rep.compare_owed() {
                 self.rep.queue_repairs()?;
             }
             // Verification goes between bursts of replication, when the standby

@@ -36,6 +36,8 @@ const MAX_OUTSTANDING: usize = 4;
 const CONFIRM_AFTER: Duration = Duration::from_secs(1);
 /// What one listed entry costs of the rate budget, in bytes.
 const LIST_ENTRY_COST: u64 = 512;
+/// What a file linked on the standby but not on the master is reported as.
+const HARD_LINKED_ON_STANDBY: &str = "hard-linked to another name on the standby only";
 /// The rate of a pass asked for on demand.
 const DEMAND_RATE: u64 = 1 << 30;
 /// A path found differing again within this long of its last report is being
@@ -281,7 +283,12 @@ impl Verifier {
             let _ = demand.report.send(Report::Mismatch(Mismatch { path: path.to_string(), what: what.clone() }));
         }
         if self.repairing() {
-            engine.request_repair(path, format!("verifier: {what}"));
+            if what == HARD_LINKED_ON_STANDBY {
+                // Comparing it in place would write through the other name too.
+                engine.request_replacement(path, format!("verifier: {what}"));
+            } else {
+                engine.request_repair(path, format!("verifier: {what}"));
+            }
         }
     }
 
@@ -363,6 +370,11 @@ impl Verifier {
                     }
                     match standby {
                         None => Some("missing on the standby".to_string()),
+                        // A file with one name on the master shares its inode with
+                        // another name on the standby: writes to one change both.
+                        Some(standby) if ours.links == 1 && standby.links > 1 && matches!(ours.entry.kind, EntryKind::File { .. }) => {
+                            Some(HARD_LINKED_ON_STANDBY.to_string())
+                        }
                         Some(standby) => compare_entry(&ours.entry, standby),
                     }
                 }
@@ -412,6 +424,8 @@ impl Verifier {
 /// An entry of the master's listing and whether it may be judged now.
 struct Ours {
     entry: sluice_proto::Entry,
+    /// Its number of names on the master.
+    links: u32,
     /// Changed too recently, or still being replicated: not judged.
     unsettled: bool,
 }
@@ -444,7 +458,7 @@ fn master_listing(
         }
         if let Some(entry) = entry_of(engine.root(), &path, &meta, engine.replicates_devices(), false) {
             let unsettled = engine.changed_since(meta.ino(), request.changes) || !engine.is_settled(meta.ino());
-            found.insert(name, Ours { entry, unsettled });
+            found.insert(name, Ours { entry, links: meta.nlink() as u32, unsettled });
         }
     }
     Ok(found)

@@ -126,6 +126,8 @@ pub struct Listed {
     pub meta: Meta,
     /// [`xattrs_digest`] of its extended attributes (files and directories only).
     pub xattrs: Hash,
+    /// Its number of names (hard links).
+    pub links: u32,
 }
 
 /// A digest of a set of extended attributes, whatever order they are listed in.

@@ -76,7 +76,7 @@ impl Applier {
                 gid: stat.st_gid,
                 mtime: Timestamp { secs: stat.st_mtime, nanos: stat.st_mtime_nsec as u32 },
             };
-            listed.push(Listed { name, kind, meta, xattrs });
+            listed.push(Listed { name, kind, meta, xattrs, links: stat.st_nlink as u32 });
         }
         Ok(Some((listed, more)))
     }

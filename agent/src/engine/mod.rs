@@ -182,6 +182,8 @@ pub struct Engine {
     /// Per inode: the change count and capture time (CLOCK_MONOTONIC ns) of its last change.
     last_change: HashMap<u64, (u64, u64)>,
     repairs: repair::Repairs,
+    /// Recent walks of the live tree (see [`Engine::superseded_by_walk`]).
+    walks: Vec<repair::WalkRecord>,
     /// fanotify reports every name changed on the watched filesystem (see
     /// [`crate::crosscheck`]), so name changes capture cannot decode need no
     /// comparison of the tree.
@@ -242,6 +244,7 @@ impl Engine {
             changes: 0,
             last_change: HashMap::new(),
             repairs: repair::Repairs::default(),
+            walks: Vec::new(),
             names_cross_checked: false,
             maps: RefCell::new(None),
             root_dev: root_meta.dev(),
@@ -291,7 +294,9 @@ impl Engine {
         let verify_since = if self.verify_recent { Some(self.last_compare.map_or(0, |t| t - 1)) } else { None };
         self.verify_recent = false;
         self.last_compare = Some(now);
+        let walk_start = crate::session::monotonic_ns();
         let scan = scan::scan(&self.root, &mut self.files, self.options.devices, verify_since)?;
+        self.walked(walk_start, None);
         self.index = scan.index;
         self.outside.clear();
         // Changed unseen and still not found by a full walk: not in the tree.
@@ -512,6 +517,12 @@ impl Engine {
                 self.request_rescan(format!("the capture could not decode a change ({reason:?}, {detail}) by process {}", event.pid))
             }
             kind => {
+                if !self.walks.is_empty() {
+                    let paths = self.event_paths(kind);
+                    if self.superseded_by_walk(ts, &paths) {
+                        return;
+                    }
+                }
                 if matches!(kind, EventKind::Rename { .. } | EventKind::Rmdir { .. } | EventKind::Unlink { .. } | EventKind::Symlink { .. }) {
                     // A directory path may lead elsewhere now.
                     self.aliases.borrow_mut().clear();
@@ -520,6 +531,31 @@ impl Engine {
                 self.namespace(event.pid, kind, ts, out);
             }
         }
+    }
+
+    /// The paths of the tree a namespace event names, as far as they can be placed.
+    fn event_paths(&self, kind: &EventKind) -> Vec<RelPath> {
+        let named: Vec<(InodeId, &[u8])> = match kind {
+            EventKind::OpenCreate { base, path, .. }
+            | EventKind::Mkdir { base, path, .. }
+            | EventKind::Rmdir { base, path }
+            | EventKind::Unlink { base, path }
+            | EventKind::Symlink { base, path, .. }
+            | EventKind::PathMeta { base, path, .. }
+            | EventKind::PathTruncate { base, path, .. }
+            | EventKind::Mknod { base, path, .. }
+            | EventKind::XattrPath { base, path, .. } => vec![(*base, path)],
+            EventKind::Rename { from_base, from, to_base, to, .. } => vec![(*from_base, from), (*to_base, to)],
+            EventKind::Link { existing_base, existing, new_base, new } => vec![(*existing_base, existing), (*new_base, new)],
+            _ => Vec::new(),
+        };
+        named
+            .into_iter()
+            .filter_map(|(base, raw)| match self.place(base, raw) {
+                Place::Inside { path, .. } | Place::Unindexed { path } => Some(path),
+                Place::Outside | Place::Unknown => None,
+            })
+            .collect()
     }
 
     /// Replicates fallocate. Modes that only allocate, punch or zero are replayed

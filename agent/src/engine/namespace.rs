@@ -224,8 +224,18 @@ impl Engine {
             // Its whole content is listed and compared, like a fresh tree.
             return self.request_repair(path.clone(), "directory moved into the tree");
         }
+        // Another name in the tree may already hold the file (a second link made
+        // from a name outside): the standby links to that copy.
+        let root = &self.root;
+        let linked = (file_type.is_file() && meta.nlink() > 1)
+            .then(|| self.index.paths_of(meta.ino()))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|other| other != path && std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino()));
         let Some(ino) = self.learn(parent, name, path) else { return };
-        if file_type.is_file() {
+        if let Some(existing) = linked {
+            out.push(PendingOp { op: Op::HardLink { existing, path: path.clone() }, captured_ns: ts, ino: None });
+        } else if file_type.is_file() {
             self.send_whole(ino, path, ts, out);
         } else if file_type.is_symlink() {
             let target = std::fs::read_link(&full).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();

@@ -18,10 +18,31 @@ const REPAIR_WINDOW: Duration = Duration::from_secs(600);
 /// compared block by block, not by size and mtime only.
 const REPAIR_VERIFY_SECS: i64 = 120;
 
+/// How long a walk is remembered for the events captured before it ends.
+const WALK_MEMORY_NS: u64 = 30_000_000_000;
+
+/// A walk of (part of) the live tree: what the index and the manifest reflect.
+#[derive(Debug)]
+pub(super) struct WalkRecord {
+    /// CLOCK_MONOTONIC when it began and ended.
+    pub(super) start_ns: u64,
+    pub(super) end_ns: u64,
+    /// The parts walked; `None` for the whole tree.
+    pub(super) subtrees: Option<Vec<RelPath>>,
+}
+
+impl WalkRecord {
+    fn covers(&self, path: &RelPath) -> bool {
+        self.subtrees.as_ref().is_none_or(|subtrees| subtrees.iter().any(|s| path.starts_with(s)))
+    }
+}
+
 /// Paths waiting for repair and how often each was repaired lately.
 #[derive(Debug, Default)]
 pub(super) struct Repairs {
     pending: BTreeMap<RelPath, String>,
+    /// Paths whose copy on the standby goes before they are repaired.
+    replace: std::collections::BTreeSet<RelPath>,
     attempts: HashMap<RelPath, (u32, Instant)>,
     /// Paths given up on: repaired too often without converging.
     pub(super) abandoned: u64,
@@ -31,6 +52,7 @@ impl Repairs {
     /// Forgets the waiting paths (a comparison of the whole tree covers them).
     pub(super) fn clear(&mut self) {
         self.pending.clear();
+        self.replace.clear();
         self.attempts.clear();
     }
 }
@@ -39,12 +61,45 @@ impl Repairs {
 /// paths below which whatever is not listed goes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RepairManifest {
+    /// Paths the standby removes before the comparison makes them anew.
+    pub removes: Vec<RelPath>,
     pub entries: Vec<Entry>,
     pub subtrees: Vec<RelPath>,
     pub reasons: Vec<String>,
 }
 
 impl Engine {
+    /// Records a walk of `subtrees` (`None`: the whole tree) that began at `start_ns`.
+    pub(super) fn walked(&mut self, start_ns: u64, subtrees: Option<Vec<RelPath>>) {
+        let end_ns = crate::session::monotonic_ns();
+        self.walks.retain(|w| end_ns.saturating_sub(w.end_ns) < WALK_MEMORY_NS);
+        self.walks.push(WalkRecord { start_ns, end_ns, subtrees });
+    }
+
+    /// True when a namespace event naming `paths` was captured before a walk of
+    /// those paths ended, so the walk already reflects it, or may (for one that
+    /// happened while the walk went on): replaying its operation after the
+    /// walk's manifest could undo what the manifest made right (a rename over a
+    /// name that was recreated since, an exchange). Instead, what the walk may
+    /// not have seen rightly is repaired.
+    pub(super) fn superseded_by_walk(&mut self, ts: u64, paths: &[RelPath]) -> bool {
+        let Some(walk) = self.walks.iter().rev().find(|w| ts <= w.end_ns && paths.iter().any(|p| w.covers(p))) else {
+            return false;
+        };
+        let before = ts < walk.start_ns;
+        let whole = walk.subtrees.is_none();
+        if !before && whole {
+            // During a walk of the whole tree: replayed as usual (repairing each
+            // such path would only start another walk).
+            return false;
+        }
+        let again: Vec<RelPath> = paths.iter().filter(|p| !before || !walk.covers(p)).cloned().collect();
+        for path in again {
+            self.request_repair(path, "changed while the tree was walked");
+        }
+        true
+    }
+
     /// Asks for `path` (which may be missing on either side) to be made identical
     /// on the standby, with everything below it.
     pub fn request_repair(&mut self, path: RelPath, reason: impl Into<String>) {
@@ -71,6 +126,13 @@ impl Engine {
         }
     }
 
+    /// Like [`Engine::request_repair`], but the standby's copy of `path` is
+    /// removed first and made anew, not compared in place.
+    pub fn request_replacement(&mut self, path: RelPath, reason: impl Into<String>) {
+        self.repairs.replace.insert(path.clone());
+        self.request_repair(path, reason);
+    }
+
     /// True when paths wait for repair.
     pub fn has_repairs(&self) -> bool {
         !self.repairs.pending.is_empty()
@@ -89,6 +151,7 @@ impl Engine {
             return Ok(None);
         }
         let pending = std::mem::take(&mut self.repairs.pending);
+        let replace = std::mem::take(&mut self.repairs.replace);
         if self.rescan.is_some() {
             return Ok(None);
         }
@@ -102,7 +165,8 @@ impl Engine {
             roots.push((path, reason));
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let mut manifest = RepairManifest::default();
+        let walk_start = crate::session::monotonic_ns();
+        let mut manifest = RepairManifest { removes: replace.into_iter().collect(), ..RepairManifest::default() };
         let mut listed: HashSet<RelPath> = HashSet::new();
         for (path, reason) in roots {
             let path = self.repairable(path);
@@ -114,6 +178,7 @@ impl Engine {
             manifest.reasons.push(reason);
             self.repair_one(&path, now - REPAIR_VERIFY_SECS, &mut manifest, &mut listed)?;
         }
+        self.walked(walk_start, Some(manifest.subtrees.clone()));
         Ok(Some(manifest))
     }
 

@@ -515,3 +515,25 @@ fn a_store_the_kernel_could_not_attribute_is_found_in_the_process_maps() {
     // SAFETY: unmaps what was mapped above.
     unsafe { libc::munmap(map, 64 * 1024) };
 }
+
+#[test]
+fn namespace_events_from_before_a_walk_are_not_replayed_over_it() {
+    let mut f = Fixture::new(|root| fs::write(root.join("a"), b"first").unwrap());
+    let base = f.root_inode();
+    let before = crate::session::monotonic_ns();
+    // `mv a c; echo second > a`, then the tree is walked before those events are handled.
+    fs::rename(f.root().join("a"), f.root().join("c")).unwrap();
+    fs::write(f.root().join("a"), b"second").unwrap();
+    f.engine.rescan().unwrap();
+    let new_a = f.inode("a");
+    let mut out = Vec::new();
+    let event = |kind| Event { pid: std::process::id(), tid: 0, ts_ns: before, kind };
+    f.engine.handle(&event(EventKind::Rename { from_base: base, from: b"a".to_vec(), to_base: base, to: b"c".to_vec(), flags: 0 }), &mut out);
+    f.engine.handle(&event(EventKind::OpenCreate { base, path: b"a".to_vec(), target: new_a, flags: libc::O_TRUNC as u32, mode: 0o644 }), &mut out);
+    let ops: Vec<Op> = out.into_iter().map(|p| p.op).collect();
+    assert!(ops.is_empty(), "the walk already holds both; replaying the rename would move the new `a` over `c`: {ops:?}");
+    assert!(!f.engine.has_repairs());
+    // The same events captured after the walk are replayed.
+    let ops = f.feed(EventKind::Rename { from_base: base, from: b"a".to_vec(), to_base: base, to: b"d".to_vec(), flags: 0 });
+    assert!(matches!(&ops[..], [Op::Rename { .. }]), "{ops:?}");
+}
