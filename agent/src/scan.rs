@@ -63,6 +63,9 @@ pub fn read_xattrs(path: &Path) -> io::Result<Option<Vec<Xattr>>> {
     }
     let mut found = Vec::new();
     for name in xattr::list(path)? {
+        if !sluice_proto::is_replicated_xattr(name.as_bytes()) {
+            continue;
+        }
         if let Some(value) = xattr::get(path, &name)? {
             found.push(Xattr { name: name.as_bytes().to_vec(), value });
         }
@@ -180,9 +183,10 @@ impl Walk<'_> {
             let parent_path = path.parent().unwrap_or_else(RelPath::root);
             let Some(parent) = self.index.resolve(&parent_path) else { continue };
             let kind = kind_of(&meta);
-            // Files hard-linked from outside the part walked keep their other names
+            // Inodes hard-linked from outside the part walked keep their other names
             // in the index; the first of those is what the copy links to.
-            let linked_elsewhere = (meta.is_file() && meta.nlink() > 1 && !first_name_of.contains_key(&meta.ino()))
+            let linked = !meta.is_dir() && meta.nlink() > 1;
+            let linked_elsewhere = (linked && !first_name_of.contains_key(&meta.ino()))
                 .then(|| self.index.paths_of(meta.ino()))
                 .unwrap_or_default()
                 .into_iter()
@@ -190,22 +194,23 @@ impl Walk<'_> {
             self.index.insert(parent, item.file_name(), meta.ino(), kind);
             let changed = changed_since(&meta, self.verify_since);
             let Some(mut entry) = entry_of(self.root, &path, &meta, self.devices, changed) else { continue };
+            if linked {
+                entry.hardlink_of = match (first_name_of.get(&meta.ino()), linked_elsewhere) {
+                    (Some(first), _) => Some(first.clone()),
+                    (None, Some(elsewhere)) => Some(elsewhere),
+                    (None, None) => {
+                        first_name_of.insert(meta.ino(), path.clone());
+                        None
+                    }
+                };
+                if entry.hardlink_of.is_some() {
+                    entry.xattrs.clear();
+                }
+            }
             if meta.is_file() {
                 self.file_bytes += meta.len();
-                if meta.nlink() > 1 {
-                    entry.hardlink_of = match (first_name_of.get(&meta.ino()), linked_elsewhere) {
-                        (Some(first), _) => Some(first.clone()),
-                        (None, Some(elsewhere)) => Some(elsewhere),
-                        (None, None) => {
-                            first_name_of.insert(meta.ino(), path.clone());
-                            None
-                        }
-                    };
-                }
                 if entry.hardlink_of.is_none() {
                     self.files.remember(meta.ino(), relative);
-                } else {
-                    entry.xattrs.clear();
                 }
             }
             // ctime, not mtime: it cannot be set back, and SetAttrs does not move it forward.

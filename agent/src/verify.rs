@@ -38,6 +38,7 @@ const CONFIRM_AFTER: Duration = Duration::from_secs(1);
 const LIST_ENTRY_COST: u64 = 512;
 /// What a file linked on the standby but not on the master is reported as.
 const HARD_LINKED_ON_STANDBY: &str = "hard-linked to another name on the standby only";
+const NOT_HARD_LINKED_ON_STANDBY: &str = "hard-linked to another name on the master, not on the standby";
 /// The rate of a pass asked for on demand.
 const DEMAND_RATE: u64 = 1 << 30;
 /// A path found differing again within this long of its last report is being
@@ -370,10 +371,13 @@ impl Verifier {
                     }
                     match standby {
                         None => Some("missing on the standby".to_string()),
-                        // A file with one name on the master shares its inode with
-                        // another name on the standby: writes to one change both.
-                        Some(standby) if ours.links == 1 && standby.links > 1 && matches!(ours.entry.kind, EntryKind::File { .. }) => {
+                        // A file with fewer names in the tree on the master shares its
+                        // inode with another name on the standby: writes to one change both.
+                        Some(standby) if standby.links > ours.names_in_tree && matches!(ours.entry.kind, EntryKind::File { .. }) => {
                             Some(HARD_LINKED_ON_STANDBY.to_string())
+                        }
+                        Some(standby) if standby.links < ours.names_in_tree && ours.entry.kind != EntryKind::Dir => {
+                            Some(NOT_HARD_LINKED_ON_STANDBY.to_string())
                         }
                         Some(standby) => compare_entry(&ours.entry, standby),
                     }
@@ -424,8 +428,9 @@ impl Verifier {
 /// An entry of the master's listing and whether it may be judged now.
 struct Ours {
     entry: sluice_proto::Entry,
-    /// Its number of names on the master.
-    links: u32,
+    /// Its number of names in the tree on the master (names outside it are
+    /// not replicated).
+    names_in_tree: u32,
     /// Changed too recently, or still being replicated: not judged.
     unsettled: bool,
 }
@@ -458,7 +463,19 @@ fn master_listing(
         }
         if let Some(entry) = entry_of(engine.root(), &path, &meta, engine.replicates_devices(), false) {
             let unsettled = engine.changed_since(meta.ino(), request.changes) || !engine.is_settled(meta.ino());
-            found.insert(name, Ours { entry, links: meta.nlink() as u32, unsettled });
+            if unsettled {
+                tracing::debug!(%path, ino = meta.ino(), changed = engine.changed_since(meta.ino(), request.changes), dirty = engine.is_dirty(meta.ino()), "verifier: not judged yet");
+            }
+            let names_in_tree = if meta.nlink() > 1 && !meta.is_dir() {
+                let root = engine.root();
+                let live = engine.index().paths_of(meta.ino()).into_iter().filter(|other| {
+                    std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino())
+                });
+                live.count().max(1) as u32
+            } else {
+                1
+            };
+            found.insert(name, Ours { entry, names_in_tree, unsettled });
         }
     }
     Ok(found)

@@ -130,6 +130,14 @@ pub struct Listed {
     pub links: u32,
 }
 
+/// True for the extended attributes sluice replicates: all but `trusted.*`, which
+/// only `CAP_SYS_ADMIN` reads or writes and the receiver gives that up. (On XFS,
+/// `trusted.SGI_ACL_*` are the stored form of the POSIX ACLs, which are replicated
+/// as `system.posix_acl_*`.)
+pub fn is_replicated_xattr(name: &[u8]) -> bool {
+    !name.starts_with(b"trusted.")
+}
+
 /// A digest of a set of extended attributes, whatever order they are listed in.
 pub fn xattrs_digest(xattrs: &[Xattr]) -> Hash {
     let mut sorted: Vec<&Xattr> = xattrs.iter().collect();

@@ -270,6 +270,12 @@ impl InitialSync {
             // Replacing the root would empty the standby, `.sluice` included.
             return Err(ApplyError::Root { op: "replacing by a non-directory" }.into());
         }
+        if let Some(existing) = &entry.hardlink_of
+            && entry.kind != EntryKind::Dir
+        {
+            applier.hard_link(existing, path)?;
+            return Ok(None);
+        }
         match &entry.kind {
             EntryKind::Dir => {
                 applier.mkdir(path, entry.meta.mode)?;
@@ -287,10 +293,6 @@ impl InitialSync {
                 let kind = if *block { libc::S_IFBLK } else { libc::S_IFCHR };
                 applier.mknod(path, kind | entry.meta.mode, *rdev)?;
                 self.deferred.push((path.clone(), entry.meta, false));
-            }
-            EntryKind::File { .. } if entry.hardlink_of.is_some() => {
-                let existing = entry.hardlink_of.as_ref().expect("checked by the guard");
-                applier.hard_link(existing, path)?;
             }
             EntryKind::File { size } => return self.file(applier, path, *size, &entry.meta, entry.verify),
         }

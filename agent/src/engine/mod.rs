@@ -37,6 +37,9 @@ const CHANGES_CONTENT: u32 = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_
 /// kernel writes dirty pages back within `dirty_expire_centisecs` (30 s) plus one
 /// flusher period (5 s).
 const MAPPED_PATIENCE_NS: u64 = 35_000_000_000;
+/// How long after the last store seen through a mapping its file is left
+/// unjudged by the verifier.
+const MAPPED_SETTLE_NS: u64 = 3_000_000_000;
 /// How long a dirty file that cannot be opened is retried before the tree is compared instead.
 const REOPEN_PATIENCE_NS: u64 = 5_000_000_000;
 /// Paths this long were cut by the capture buffer and cannot be trusted.
@@ -336,8 +339,16 @@ impl Engine {
 
     /// True when the standby should hold what the master has of `ino`: nothing of
     /// it waits to be read, and no mapping may be storing into it unseen.
+    pub fn is_dirty(&self, ino: u64) -> bool {
+        self.dirty.contains_key(&ino)
+    }
+
     pub fn is_settled(&self, ino: u64) -> bool {
-        !self.dirty.contains_key(&ino) && !self.mapped.contains_key(&ino)
+        // Pages stored to through a mapping are re-read every second for a while
+        // (see `refresh_mapped`); once those stores stopped, what they changed
+        // shows up as a change like any other.
+        let now = crate::session::monotonic_ns();
+        !self.dirty.contains_key(&ino) && self.mapped.get(&ino).is_none_or(|m| now.saturating_sub(m.last_ns) >= MAPPED_SETTLE_NS)
     }
 
     /// Opens indexed file `ino` at `path` for reading.

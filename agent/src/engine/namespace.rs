@@ -79,7 +79,8 @@ impl Engine {
                     (Place::Inside { parent: ep, name: en, path: existing }, Place::Inside { parent, name, path }) => {
                         match self.index.lookup(ep, &en) {
                             Some(ino) => {
-                                self.index.insert(parent, &name, ino, NodeKind::File);
+                                let kind = self.index.kind(ino).unwrap_or(NodeKind::File);
+                                self.index.insert(parent, &name, ino, kind);
                                 emit(Op::HardLink { existing, path });
                             }
                             None => self.move_in(parent, &name, &path, ts, out),
@@ -224,10 +225,10 @@ impl Engine {
             // Its whole content is listed and compared, like a fresh tree.
             return self.request_repair(path.clone(), "directory moved into the tree");
         }
-        // Another name in the tree may already hold the file (a second link made
+        // Another name in the tree may already hold the inode (a second link made
         // from a name outside): the standby links to that copy.
         let root = &self.root;
-        let linked = (file_type.is_file() && meta.nlink() > 1)
+        let linked = (meta.nlink() > 1)
             .then(|| self.index.paths_of(meta.ino()))
             .unwrap_or_default()
             .into_iter()
@@ -241,6 +242,9 @@ impl Engine {
             let target = std::fs::read_link(&full).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
             out.push(PendingOp { op: Op::Symlink { path: path.clone(), target }, captured_ns: ts, ino: None });
             self.mark(ino, None, ts);
+        } else {
+            // A FIFO or device node: listed and made as the master has it.
+            self.request_repair(path.clone(), "special file moved into the tree");
         }
     }
 

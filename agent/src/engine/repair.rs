@@ -182,6 +182,22 @@ impl Engine {
         Ok(Some(manifest))
     }
 
+    /// Lists `dir` and its ancestors not listed yet, so the standby can make them
+    /// if it lacks them.
+    fn list_ancestors(&self, dir: &RelPath, manifest: &mut RepairManifest, listed: &mut HashSet<RelPath>) -> io::Result<()> {
+        let mut ancestor = RelPath::root();
+        for component in dir.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            ancestor = ancestor.join(OsStr::from_bytes(component)).map_err(io::Error::other)?;
+            if listed.insert(ancestor.clone()) {
+                let meta = std::fs::symlink_metadata(self.root.join(ancestor.as_path()))?;
+                if let Some(entry) = scan::entry_of(&self.root, &ancestor, &meta, self.options.devices, false) {
+                    manifest.entries.push(entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The path to repair for `path`: itself when its parent is an indexed
     /// directory that is still a directory on the master, else the nearest
     /// ancestor for which that holds.
@@ -203,17 +219,7 @@ impl Engine {
         let parent_path = path.parent().unwrap_or_else(RelPath::root);
         let parent = self.index.resolve(&parent_path).ok_or_else(|| io::Error::other(format!("{parent_path} is not indexed")))?;
         let name = path.file_name().unwrap_or_default().to_os_string();
-        // The ancestors, so the standby can make them if it lacks them.
-        let mut ancestor = RelPath::root();
-        for component in parent_path.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            ancestor = ancestor.join(OsStr::from_bytes(component)).map_err(io::Error::other)?;
-            if listed.insert(ancestor.clone()) {
-                let meta = std::fs::symlink_metadata(self.root.join(ancestor.as_path()))?;
-                if let Some(entry) = scan::entry_of(&self.root, &ancestor, &meta, self.options.devices, false) {
-                    manifest.entries.push(entry);
-                }
-            }
-        }
+        self.list_ancestors(&parent_path, manifest, listed)?;
         manifest.subtrees.push(path.clone());
         let meta = match std::fs::symlink_metadata(self.root.join(path.as_path())) {
             Ok(meta) => meta,
@@ -235,15 +241,27 @@ impl Engine {
         let Some(mut entry) = scan::entry_of(&self.root, path, &meta, self.options.devices, true) else {
             return Ok(());
         };
-        if meta.is_file() {
-            if meta.nlink() > 1 {
-                // Another name of the same file, as the master has it now (the
-                // index may still hold a name that went to another file).
-                let root = &self.root;
-                entry.hardlink_of = self.index.paths_of(meta.ino()).into_iter().find(|other| {
-                    other != path && std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino())
-                });
+        if !meta.is_dir() && meta.nlink() > 1 {
+            // Another name of the same inode, as the master has it now (the
+            // index may still hold a name that went to another inode).
+            let root = &self.root;
+            entry.hardlink_of = self.index.paths_of(meta.ino()).into_iter().find(|other| {
+                other != path && std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino())
+            });
+            // The copy is linked to that name's inode on the standby, so that one
+            // is compared first: linking alone would take whatever it holds.
+            if let Some(other) = &entry.hardlink_of
+                && !listed.contains(other)
+            {
+                let other_parent = other.parent().unwrap_or_else(RelPath::root);
+                self.list_ancestors(&other_parent, manifest, listed)?;
+                if let Some(first) = scan::entry_of(&self.root, other, &meta, self.options.devices, true) {
+                    listed.insert(other.clone());
+                    manifest.entries.push(first);
+                }
             }
+        }
+        if meta.is_file() {
             self.files.remember(meta.ino(), path.as_path());
         }
         listed.insert(path.clone());

@@ -121,6 +121,9 @@ use std::os::unix::ffi::OsStrExt;
 fn read_xattrs(file: &File) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut found = BTreeMap::new();
     for name in file.list_xattr()? {
+        if !sluice_proto::is_replicated_xattr(name.as_bytes()) {
+            continue;
+        }
         if let Some(value) = file.get_xattr(&name)? {
             found.insert(name.as_bytes().to_vec(), value);
         }

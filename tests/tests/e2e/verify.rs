@@ -162,3 +162,55 @@ fn changes_capture_cannot_place_are_repaired() {
         metrics.get("sluice_tree_compares_total")
     );
 }
+
+/// Copies `from` to `to` as a file of its own, with the same content, mode and
+/// mtime: only the hard-link group tells them apart.
+fn copy_unlinked(from: &Path, to: &Path) {
+    let meta = fs::metadata(from).unwrap();
+    let _ = fs::remove_file(to);
+    fs::copy(from, to).unwrap();
+    fs::OpenOptions::new().write(true).open(to).unwrap().set_modified(meta.modified().unwrap()).unwrap();
+}
+
+#[test]
+fn hard_link_groups_that_differ_are_restored() {
+    let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let m = master.path();
+    fs::create_dir_all(m.join("mail/cur")).unwrap();
+    fs::write(m.join("mail/cur/1"), random_bytes(64 * 1024, 1)).unwrap();
+    fs::hard_link(m.join("mail/cur/1"), m.join("mail/linked")).unwrap();
+    let same = random_bytes(32 * 1024, 2);
+    fs::write(m.join("mail/cur/2"), &same).unwrap();
+    fs::write(m.join("mail/cur/3"), &same).unwrap();
+    let pair = Pair::start(master.path(), standby.path()).unwrap();
+    converge(&pair, Duration::from_secs(60));
+    let before = pair.agent_metrics().unwrap().get("sluice_verify_mismatches_total");
+
+    let s = standby.path();
+    // Linked on the master, two separate files on the standby: a write to one
+    // name after failover would not show under the other.
+    copy_unlinked(&s.join("mail/cur/1"), &s.join("mail/linked"));
+    // Two files on the master, one inode on the standby.
+    let mtime = fs::metadata(s.join("mail/cur/3")).unwrap().modified().unwrap();
+    fs::remove_file(s.join("mail/cur/3")).unwrap();
+    fs::hard_link(s.join("mail/cur/2"), s.join("mail/cur/3")).unwrap();
+    fs::OpenOptions::new().write(true).open(s.join("mail/cur/3")).unwrap().set_modified(mtime).unwrap();
+    let diff = compare_trees(m, s).expect_err("the plant must be visible to the comparison");
+    assert!(diff.to_string().contains("hardlinked"), "{diff}");
+
+    wait_until("the verifier to restore both link groups", Duration::from_secs(120), || {
+        Ok(compare_trees(m, s).is_ok())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n--- agent log ---\n{}", tail(&pair.agent_log())));
+    let metrics = pair.agent_metrics().unwrap();
+    assert!(metrics.get("sluice_verify_mismatches_total") - before >= 2.0, "both differences are counted");
+    let log = pair.agent_log();
+    assert!(log.contains("hard-linked to another name on the master, not on the standby"), "{}", tail(&log));
+    assert!(log.contains("hard-linked to another name on the standby only"), "{}", tail(&log));
+    // The standby's names share one inode again, and only where the master's do.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| fs::metadata(s.join(p)).unwrap().ino();
+    assert_eq!(ino("mail/cur/1"), ino("mail/linked"));
+    assert_ne!(ino("mail/cur/2"), ino("mail/cur/3"));
+}
