@@ -1,6 +1,6 @@
 //! `cargo xtask torture`: the randomized differential exerciser against the release
 //! daemons, one exercise or every entry of the committed seed list (which is what
-//! `cargo xtask test` runs when `SLUICE_TORTURE_CI=1`).
+//! `cargo xtask test` runs unless `SLUICE_TORTURE_CI=0`).
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
