@@ -133,7 +133,7 @@ pub fn entry_of(root: &Path, path: &RelPath, meta: &Metadata, devices: bool, ver
         return None;
     };
     let xattrs = read_xattrs(&full).ok().flatten().unwrap_or_default();
-    Some(Entry { path: path.clone(), kind, meta: meta_of(meta), hardlink_of: None, xattrs, verify: verify && file_type.is_file() })
+    Some(Entry { path: path.clone(), kind, meta: meta_of(meta), hardlink_of: None, names: 1, xattrs, verify: verify && file_type.is_file() })
 }
 
 /// One walk of (part of) the tree into an index and a manifest.
@@ -154,6 +154,8 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn below(&mut self, start: &RelPath) -> io::Result<()> {
         let mut first_name_of: HashMap<u64, RelPath> = HashMap::new();
+        // Entries of inodes with several names, told their count once all are known.
+        let mut linked_entries: Vec<(usize, u64)> = Vec::new();
         let changed_since = |meta: &Metadata, since: Option<i64>| since.is_some_and(|since| meta.ctime() >= since);
         let top = self.root.join(start.as_path());
         let at_root = start.is_root();
@@ -217,7 +219,13 @@ impl Walk<'_> {
             if !meta.is_file() && changed {
                 self.changed_non_files.push(path.clone());
             }
+            if linked {
+                linked_entries.push((self.entries.len(), meta.ino()));
+            }
             self.entries.push(entry);
+        }
+        for (at, ino) in linked_entries {
+            self.entries[at].names = self.index.paths_of(ino).len().max(1) as u32;
         }
         Ok(())
     }

@@ -19,4 +19,4 @@ pub use message::*;
 pub use path::{PathError, RelPath};
 
 /// Bumped whenever a message changes shape; peers with different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;

@@ -106,9 +106,12 @@ pub struct Entry {
     pub path: RelPath,
     pub kind: EntryKind,
     pub meta: Meta,
-    /// For a regular file with several names: the first path the manifest
-    /// listed for the same inode, so the receiver makes a hard link, not a copy.
+    /// For an entry (not a directory) with several names: the first path the
+    /// manifest listed for the same inode, so the receiver makes a hard link, not a copy.
     pub hardlink_of: Option<RelPath>,
+    /// How many names the inode has in the tree on the master (1 for most): a
+    /// standby copy with more shares its content with a name it should not.
+    pub names: u32,
     /// Extended attributes, sorted by name.
     #[serde(deserialize_with = "limit::vec::<_, _, MAX_XATTRS>")]
     pub xattrs: Vec<Xattr>,

@@ -294,7 +294,7 @@ impl InitialSync {
                 applier.mknod(path, kind | entry.meta.mode, *rdev)?;
                 self.deferred.push((path.clone(), entry.meta, false));
             }
-            EntryKind::File { size } => return self.file(applier, path, *size, &entry.meta, entry.verify),
+            EntryKind::File { size } => return self.file(applier, path, *size, &entry.meta, entry.verify, entry.names),
         }
         Ok(None)
     }
@@ -309,11 +309,14 @@ impl InitialSync {
         size: u64,
         meta: &Meta,
         verify: bool,
+        names: u32,
     ) -> Result<Option<Want>, SyncError> {
         let (dir, name) = applier.parent(path)?;
         let stat = lstat_at(dir.as_fd(), name).map_err(local(path, "fstatat"))?;
         let stat = match stat {
-            Some(stat) if kind_of(&stat) == SFlag::S_IFREG => stat,
+            // A copy with more names than the master's file shares its content with
+            // a name it should not: comparing it in place would write through both.
+            Some(stat) if kind_of(&stat) == SFlag::S_IFREG && stat.st_nlink as u64 <= u64::from(names.max(1)) => stat,
             other => {
                 if other.is_some() {
                     applier.invalidate(path);
@@ -489,6 +492,7 @@ mod tests {
             kind,
             meta,
             hardlink_of: None,
+            names: 1,
             xattrs: Vec::new(),
             verify: false,
         }
@@ -514,6 +518,7 @@ mod tests {
             entry("d/new", EntryKind::File { size: 10 }, meta(0o644, 3000)),
             Entry {
                 hardlink_of: Some(p("d/new")),
+                names: 1,
                 ..entry("d/link", EntryKind::File { size: 10 }, meta(0o644, 3000))
             },
             entry(

@@ -28,7 +28,7 @@ fn meta() -> Meta {
 }
 
 fn entry(path: &str, kind: EntryKind) -> Entry {
-    Entry { path: RelPath::from_bytes(path).unwrap(), kind, meta: meta(), hardlink_of: None, xattrs: Vec::new(), verify: false }
+    Entry { path: RelPath::from_bytes(path).unwrap(), kind, meta: meta(), hardlink_of: None, names: 1, xattrs: Vec::new(), verify: false }
 }
 
 #[test]

@@ -245,9 +245,14 @@ impl Engine {
             // Another name of the same inode, as the master has it now (the
             // index may still hold a name that went to another inode).
             let root = &self.root;
-            entry.hardlink_of = self.index.paths_of(meta.ino()).into_iter().find(|other| {
-                other != path && std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino())
-            });
+            let names: Vec<RelPath> = self
+                .index
+                .paths_of(meta.ino())
+                .into_iter()
+                .filter(|other| std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino()))
+                .collect();
+            entry.names = names.len().max(1) as u32;
+            entry.hardlink_of = names.into_iter().find(|other| other != path);
             // The copy is linked to that name's inode on the standby, so that one
             // is compared first: linking alone would take whatever it holds.
             if let Some(other) = &entry.hardlink_of

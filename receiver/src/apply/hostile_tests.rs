@@ -124,7 +124,7 @@ fn a_root_entry_of_another_kind_removes_nothing() {
     let meta = Meta { mode: 0o644, uid: 0, gid: 0, mtime: Timestamp { secs: 1, nanos: 0 } };
     let mut sync = crate::sync::InitialSync::new();
     for kind in [EntryKind::File { size: 1 }, EntryKind::Fifo, EntryKind::Symlink { target: b"/".to_vec() }] {
-        let root = Entry { path: RelPath::root(), kind, meta, hardlink_of: None, xattrs: Vec::new(), verify: false };
+        let root = Entry { path: RelPath::root(), kind, meta, hardlink_of: None, names: 1, xattrs: Vec::new(), verify: false };
         let _ = sync.entries(&mut a, &[root]);
     }
     assert_eq!(fs::read(dir.path().join("keep/f")).unwrap(), b"precious");

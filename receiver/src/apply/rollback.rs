@@ -1118,6 +1118,7 @@ mod tests {
             kind: EntryKind::Dir,
             meta,
             hardlink_of: None,
+            names: 1,
             xattrs: Vec::new(),
             verify: false,
         };

@@ -390,7 +390,7 @@ fn field(line: &str, name: &str) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-fn strip_ansi(line: &str) -> String {
+pub fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

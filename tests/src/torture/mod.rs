@@ -263,6 +263,7 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
         findings.push(Finding::Interrupted);
     }
     save_daemon_logs(&rig.pair, &plan.out);
+    let agent_log = rig.pair.agent_log();
     drop(rig);
 
     let records = log::merge(&log::worker_logs(&plan.out)?)?;
@@ -281,6 +282,18 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<Outcome> {
     if let Some(m) = &receiver_metrics {
         report.line("receiver metrics:");
         report.line(describe_metrics(m, &["sluice_ops_applied_total", "sluice_ops_refused_total", "sluice_bytes_applied_total"]));
+    }
+    // What the verifier had to repair: each one is a change capture missed.
+    let mismatches: Vec<String> = agent_log
+        .lines()
+        .filter(|line| line.contains("verifier: the standby's copy differs"))
+        .map(|line| check::strip_ansi(line).split_once("differs from the master's").map_or(String::new(), |(_, rest)| rest.trim().to_owned()))
+        .collect();
+    if !mismatches.is_empty() {
+        report.line(format!("verifier mismatches ({}):", mismatches.len()));
+        for mismatch in mismatches.iter().take(20) {
+            report.line(format!("  {mismatch}"));
+        }
     }
 
     let passed = findings.is_empty();

@@ -135,7 +135,7 @@ fn symlink(path: &str, target: &Path) -> Op {
 
 fn dir_entry(path: &str) -> Entry {
     let meta = Meta { mode: 0o755, uid: 0, gid: 0, mtime: Timestamp { secs: 1, nanos: 0 } };
-    Entry { path: p(path), kind: EntryKind::Dir, meta, hardlink_of: None, xattrs: Vec::new(), verify: false }
+    Entry { path: p(path), kind: EntryKind::Dir, meta, hardlink_of: None, names: 1, xattrs: Vec::new(), verify: false }
 }
 
 /// Everything an attack must leave alone.
