@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn holes_are_found() {
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(dir.path().join("s")).unwrap();
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("s")).unwrap();
         file.set_len(4 << 20).unwrap();
         file.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
         let found = segments(&file, 0, 4 << 20).unwrap();

@@ -188,9 +188,8 @@ impl Walk<'_> {
             // Inodes hard-linked from outside the part walked keep their other names
             // in the index; the first of those is what the copy links to.
             let linked = !meta.is_dir() && meta.nlink() > 1;
-            let linked_elsewhere = (linked && !first_name_of.contains_key(&meta.ino()))
-                .then(|| self.index.paths_of(meta.ino()))
-                .unwrap_or_default()
+            let others = if linked && !first_name_of.contains_key(&meta.ino()) { self.index.paths_of(meta.ino()) } else { Vec::new() };
+            let linked_elsewhere = others
                 .into_iter()
                 .find(|other| std::fs::symlink_metadata(self.root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino()));
             self.index.insert(parent, item.file_name(), meta.ino(), kind);

@@ -3,6 +3,10 @@
 //! Needs root (mount, BPF). The file operations run in child processes because
 //! the capture ignores its own process (the test is the "agent" here).
 
+// The lock only serializes tests (one capture at a time), each on its own runtime:
+// holding it across awaits blocks nothing else.
+#![allow(clippy::await_holding_lock)]
+
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},

@@ -316,7 +316,7 @@ impl InitialSync {
         let stat = match stat {
             // A copy with more names than the master's file shares its content with
             // a name it should not: comparing it in place would write through both.
-            Some(stat) if kind_of(&stat) == SFlag::S_IFREG && stat.st_nlink as u64 <= u64::from(names.max(1)) => stat,
+            Some(stat) if kind_of(&stat) == SFlag::S_IFREG && stat.st_nlink <= u64::from(names.max(1)) => stat,
             other => {
                 if other.is_some() {
                     applier.invalidate(path);

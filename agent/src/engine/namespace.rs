@@ -228,9 +228,8 @@ impl Engine {
         // Another name in the tree may already hold the inode (a second link made
         // from a name outside): the standby links to that copy.
         let root = &self.root;
-        let linked = (meta.nlink() > 1)
-            .then(|| self.index.paths_of(meta.ino()))
-            .unwrap_or_default()
+        let others = if meta.nlink() > 1 { self.index.paths_of(meta.ino()) } else { Vec::new() };
+        let linked = others
             .into_iter()
             .find(|other| other != path && std::fs::symlink_metadata(root.join(other.as_path())).is_ok_and(|m| m.ino() == meta.ino()));
         let Some(ino) = self.learn(parent, name, path) else { return };

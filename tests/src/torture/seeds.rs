@@ -38,6 +38,10 @@ pub struct SeedRun {
     /// Why the entry is there (e.g. the finding it guards against).
     #[serde(default)]
     pub note: String,
+    /// Per-file allocation the standby may have beyond the master's before the run
+    /// fails with "holes filled", in KiB (default 64).
+    #[serde(default)]
+    pub block_slack_kib: Option<u64>,
 }
 
 /// One `[[repro]]` entry: a logged operation sequence replayed on `fs`.
@@ -89,6 +93,7 @@ impl Entry {
                 ops: Some(run.ops),
                 workers: run.workers,
                 classes: run.classes.iter().map(|c| c.parse::<Class>()).collect::<anyhow::Result<_>>()?,
+                block_slack_kib: run.block_slack_kib.unwrap_or(DEFAULT_BLOCK_SLACK / 1024),
                 ..base(&run.fs)?
             }),
             // The committed repros leave no mapped store unsynced, so there is no
