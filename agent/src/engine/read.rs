@@ -56,6 +56,14 @@ impl Engine {
                 return Ok(());
             }
         };
+        // The indexed name may hold another file by now: after a rename capture
+        // has not reported yet (tried again), or one it cannot see (io_uring: the
+        // cross-check repairs both names). Writing there would put this file's
+        // bytes into the other one on the standby.
+        match std::fs::symlink_metadata(self.root.join(path.as_path())) {
+            Ok(live) if live.ino() == ino => {}
+            _ => return Err(dirty),
+        }
         let Ok(meta) = file.metadata() else { return Ok(()) };
         let size = meta.len();
         for (start, end) in dirty.ranges.iter() {

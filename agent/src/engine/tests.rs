@@ -537,3 +537,20 @@ fn namespace_events_from_before_a_walk_are_not_replayed_over_it() {
     let ops = f.feed(EventKind::Rename { from_base: base, from: b"a".to_vec(), to_base: base, to: b"d".to_vec(), flags: 0 });
     assert!(matches!(&ops[..], [Op::Rename { .. }]), "{ops:?}");
 }
+
+#[test]
+fn data_is_not_written_to_a_name_that_now_holds_another_file() {
+    let mut f = Fixture::new(|root| fs::write(root.join("f"), vec![b'x'; 10_000]).unwrap());
+    let ino = f.inode("f");
+    f.feed(EventKind::Write { inode: ino, offset: 0, len: 4096, fd: 3 });
+    // Moved away and replaced without an event (an io_uring rename does that).
+    let root = f.root();
+    fs::rename(root.join("f"), root.join("g")).unwrap();
+    fs::write(root.join("f"), b"another file").unwrap();
+    let ops = f.flush();
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::Write { path, .. } | Op::SetAttrs { path, .. } if *path == rel("f"))),
+        "the moved file's bytes must not go to the new f: {ops:?}"
+    );
+    assert!(f.engine.is_dirty(ino.ino), "kept for when the index catches up");
+}

@@ -201,7 +201,15 @@ impl Rig {
             made.bytes as f64 / 1048576.0
         ));
         let started = Instant::now();
-        let options = PairOptions { startup_timeout: Duration::from_secs(180), ..PairOptions::default() };
+        // The workers delete and rename away most of a small tree within seconds, so
+        // a comparison after a burst of rescans may rightly delete most of the
+        // standby: the mass-deletion guard (an operator's confirmation, tested in
+        // the hostile suite) would stop the exercise there.
+        let options = PairOptions {
+            startup_timeout: Duration::from_secs(180),
+            receiver_toml: "[safety]\nmax_delete_fraction = 1.0\n".into(),
+            ..PairOptions::default()
+        };
         let pair = Pair::start_with(&tree, standby.path(), options).context("cannot start the daemons")?;
         report.line(format!("initial sync: {:.1} s", started.elapsed().as_secs_f64()));
         Ok(Rig { pair, bind, standby, master })
