@@ -115,6 +115,12 @@ pub struct Backlog {
     in_flight: (usize, u64),
     applied: u64,
     durable: u64,
+    /// What changed since the journal last took it (see [`Backlog::take_log`]).
+    log: Vec<Record>,
+    log_cleared: bool,
+    log_durable: Option<u64>,
+    /// The journal must record the whole backlog again (sequence numbers changed).
+    checkpoint_owed: bool,
 }
 
 impl Backlog {
@@ -130,6 +136,10 @@ impl Backlog {
             in_flight: (0, 0),
             applied: durable,
             durable,
+            log: Vec::new(),
+            log_cleared: false,
+            log_durable: None,
+            checkpoint_owed: false,
         }
     }
 
@@ -147,6 +157,7 @@ impl Backlog {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.unsent_payload += pending.op.payload_len();
+        self.log.push(Record::of(seq, &pending));
         self.unsent.push_back(Queued { seq, captured_ns, pending });
     }
 
@@ -285,6 +296,7 @@ impl Backlog {
             return;
         }
         self.durable = seq;
+        self.log_durable = Some(seq);
         self.advance_applied(seq);
         self.unconfirmed = self.unconfirmed.split_off(&(seq + 1));
         self.settle_manifest();
@@ -301,6 +313,7 @@ impl Backlog {
     /// paths they name are compared instead.
     pub fn rewind(&mut self, durable: u64, now_mono: u64, replay: bool) -> Rewound {
         self.confirmed(durable);
+        self.checkpoint_owed = true;
         self.applied = self.durable;
         self.in_flight = (0, 0);
         // The receiver may hold operations numbered past what this agent's journal
@@ -354,6 +367,8 @@ impl Backlog {
 
     /// Drops everything: a comparison of the whole tree is about to cover it.
     pub fn clear(&mut self) {
+        self.log.clear();
+        self.log_cleared = true;
         self.unsent.clear();
         self.unsent_payload = 0;
         self.unconfirmed.clear();
@@ -361,6 +376,28 @@ impl Backlog {
         self.queued_manifest = None;
         self.manifest_in_flight = None;
         self.applied = self.applied.max(self.next_seq - 1);
+    }
+
+    /// What changed since the last call, as journal entries in the order they apply.
+    pub fn take_log(&mut self) -> Vec<crate::journal::LogEntry> {
+        use crate::journal::LogEntry;
+        let mut entries = Vec::new();
+        if std::mem::take(&mut self.log_cleared) {
+            entries.push(LogEntry::Cleared);
+        }
+        if !self.log.is_empty() {
+            entries.push(LogEntry::Pushed(std::mem::take(&mut self.log)));
+        }
+        if let Some(durable) = self.log_durable.take() {
+            entries.push(LogEntry::Durable(durable));
+        }
+        entries
+    }
+
+    /// Whether the journal must record the whole backlog again; forgets the
+    /// changes taken by [`Backlog::take_log`] so far, which that record covers.
+    pub fn take_checkpoint_owed(&mut self) -> bool {
+        std::mem::take(&mut self.checkpoint_owed)
     }
 
     /// What the journal must keep: operations in order, and inodes whose data
@@ -392,6 +429,7 @@ impl Backlog {
     /// Restores operations from the journal as sent-but-unconfirmed, so the next
     /// connection resends those the receiver does not hold.
     pub fn restore(&mut self, records: Vec<Record>, now_mono: u64) {
+        self.checkpoint_owed = true;
         for record in records {
             if record.seq() > self.durable {
                 self.next_seq = self.next_seq.max(record.seq() + 1);

@@ -110,6 +110,22 @@ pub struct CaptureConfig {
     /// What of capture is checked against fanotify's view of the filesystem (and
     /// repaired where capture missed it).
     pub cross_check: CrossCheck,
+    /// When 32-bit (ia32, x32) syscalls are captured.
+    pub compat_syscalls: CompatSyscalls,
+}
+
+/// `[capture] compat_syscalls`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompatSyscalls {
+    /// From when a 32-bit program runs (at start-up if one already does; at its
+    /// exec otherwise, followed by a comparison of the tree): until then no
+    /// syscall pays for the hook that sees them, which runs on every syscall.
+    #[default]
+    Auto,
+    /// Always (64-bit programs that make 32-bit syscalls through `int 0x80`,
+    /// which no exec announces).
+    Always,
 }
 
 /// `[capture] cross_check`.
@@ -128,7 +144,12 @@ pub enum CrossCheck {
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        CaptureConfig { ring_buffer_bytes: 8 << 20, coalesce_ms: 2, cross_check: CrossCheck::Names }
+        CaptureConfig {
+            ring_buffer_bytes: 8 << 20,
+            coalesce_ms: 2,
+            cross_check: CrossCheck::Names,
+            compat_syscalls: CompatSyscalls::Auto,
+        }
     }
 }
 

@@ -37,7 +37,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
     }
 
-    let options = CaptureOptions { ring_buffer_bytes: config.capture.ring_buffer_bytes };
+    let options = CaptureOptions {
+        ring_buffer_bytes: config.capture.ring_buffer_bytes,
+        compat_always: config.capture.compat_syscalls == crate::config::CompatSyscalls::Always,
+    };
     let mut capture = Capture::start(&root, &options).context("starting eBPF capture")?;
     tracing::info!(mode = capture.mode(), root = %root.display(), "capturing changes");
 

@@ -46,6 +46,27 @@ impl RangeSet {
         }
     }
 
+    /// Takes `[start, end)` out of the set.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.ranges.len() + 1);
+        for &(s, e) in &self.ranges {
+            if e <= start || s >= end {
+                kept.push((s, e));
+                continue;
+            }
+            if s < start {
+                kept.push((s, start));
+            }
+            if e > end {
+                kept.push((end, e));
+            }
+        }
+        self.ranges = kept;
+    }
+
     fn merge_closest(&mut self) {
         let Some(i) = (0..self.ranges.len() - 1).min_by_key(|&i| self.ranges[i + 1].0 - self.ranges[i].1) else {
             return;
@@ -70,6 +91,19 @@ mod tests {
         assert_eq!(set.iter().collect::<Vec<_>>(), vec![(0, 12288)]);
         set.insert(1 << 30, 1);
         assert_eq!(set.bytes(), 12289);
+    }
+
+    #[test]
+    fn removes_the_middle_and_the_edges() {
+        let mut set = RangeSet::default();
+        set.insert(0, 10_000);
+        set.insert(20_000, 1000);
+        set.remove(4096, 8192);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![(0, 4096), (8192, 10_000), (20_000, 21_000)]);
+        set.remove(0, 20_500);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![(20_500, 21_000)]);
+        set.remove(0, u64::MAX);
+        assert!(set.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::backlog::{Backlog, Limits, ManifestState, Next, Rewound};
 use crate::capture::Event;
 use crate::engine::{Engine, PendingOp, Recovery};
-use crate::journal::{JournalWriter, Snapshot};
+use crate::journal::{Header, LogEntry, JournalWriter, Snapshot};
 use crate::control::{ControlRequest, Request};
 use crate::metrics::Metrics;
 use crate::verify::Verifier;
@@ -73,7 +73,8 @@ pub struct Replicator {
     pub backlog: Backlog,
     journal: JournalWriter,
     metrics: Metrics,
-    last_written: Option<Snapshot>,
+    /// The header last recorded; `None` until this run's first checkpoint.
+    last_written: Option<Header>,
     dropped_seen: u64,
     read_seen: u64,
     journal_seen: u64,
@@ -273,52 +274,81 @@ impl Replicator {
 
     /// Writes the journal at once and waits for it, as the agent stops.
     pub fn write_journal_now(&mut self) {
-        self.last_written = None;
         self.write_journal();
         self.journal.finish();
     }
 
-    /// Writes the journal if what it would hold changed since the last write.
+    /// Records what changed since the last write: appended to the log, or a
+    /// whole checkpoint when one is owed (the first write of a run, sequence
+    /// numbers renumbered, the log grown past twice its checkpoint, or a
+    /// comparison of the whole tree starting or settling).
     pub fn write_journal(&mut self) {
-        let (ops, mut dirty) = self.backlog.records();
-        dirty.extend(self.engine.dirty_inodes());
         let now = unix_ns();
         // Everything changed before this has been captured and is either in the
-        // snapshot or durable on the standby; files a pending verification covers
+        // journal or durable on the standby; files a pending verification covers
         // are in neither, so their earlier bound is kept.
         let mut verify_since = (now / 1_000_000_000) as i64 - JOURNAL_SLACK_SECS;
         if let Some(manifest) = self.backlog.unsettled_manifest() {
             verify_since = verify_since.min(manifest.since);
         }
         let full_pending = self.backlog.unsettled_manifest().is_some_and(|m| m.scoped.is_none());
-        let snapshot = Snapshot {
+        let header = Header {
             written_unix_ns: now,
             next_seq: self.backlog.next_seq(),
-            durable: self.backlog.durable(),
             compare_owed: self.compare_owed() || full_pending,
             verify_since,
-            ops,
-            dirty,
             tree_nonempty: !self.engine.index().is_empty(),
         };
-        // Skipping an unchanged snapshot leaves an older `verify_since` on disk,
-        // which only makes a restart verify more.
-        let unchanged = self.last_written.as_ref().is_some_and(|last| {
-            last.ops == snapshot.ops
-                && last.dirty == snapshot.dirty
-                && last.compare_owed == snapshot.compare_owed
-                && last.durable == snapshot.durable
-        });
-        // Written again anyway once the time bound can move past the last change
-        // seen, so that a restart does not verify what this snapshot vouches for.
-        let stale = self.last_written.as_ref().is_some_and(|last| {
-            last.verify_since <= self.last_event_secs && snapshot.verify_since > last.verify_since
-        });
+        let (dirtied, mapped) = self.engine.take_journal_deltas();
+        let log = self.backlog.take_log();
+        let renumbered = self.backlog.take_checkpoint_owed();
+        let last = self.last_written;
+        let checkpoint = renumbered
+            || self.journal.checkpoint_due()
+            || last.is_none_or(|last| last.compare_owed != header.compare_owed);
+        if checkpoint {
+            // While the whole tree is owed a comparison, what is queued is moot:
+            // a restart compares the tree again.
+            let (ops, dirty) = if header.compare_owed {
+                (Vec::new(), Vec::new())
+            } else {
+                let (ops, mut dirty) = self.backlog.records();
+                dirty.extend(self.engine.dirty_inodes());
+                (ops, dirty)
+            };
+            self.journal.checkpoint(Snapshot {
+                written_unix_ns: now,
+                next_seq: header.next_seq,
+                durable: self.backlog.durable(),
+                compare_owed: header.compare_owed,
+                verify_since,
+                ops,
+                dirty,
+                tree_nonempty: header.tree_nonempty,
+            });
+            self.last_written = Some(header);
+            return;
+        }
+        let mut entries = if header.compare_owed { Vec::new() } else { log };
+        if !header.compare_owed && !dirtied.is_empty() {
+            entries.push(LogEntry::Dirtied(dirtied));
+        }
+        if !header.compare_owed && !mapped.is_empty() {
+            entries.push(LogEntry::Mapped(mapped));
+        }
+        // Skipping an unchanged header leaves an older `verify_since` on disk,
+        // which only makes a restart verify more; it is written again anyway once
+        // the time bound can move past the last change seen, so that a restart
+        // does not verify what this journal vouches for.
+        let last = last.expect("checked above");
+        let stale = last.verify_since <= self.last_event_secs && header.verify_since > last.verify_since;
+        let unchanged = entries.is_empty() && last.next_seq == header.next_seq && last.tree_nonempty == header.tree_nonempty;
         if unchanged && !stale {
             return;
         }
-        self.journal.submit(snapshot.clone());
-        self.last_written = Some(snapshot);
+        entries.push(LogEntry::Header(header));
+        self.journal.append(entries);
+        self.last_written = Some(header);
     }
 
     /// Judges fanotify's notices whose time has come; `capture_idle` when no
@@ -684,7 +714,6 @@ impl<'a> Session<'a> {
                     self.rep.refused = None;
                 }
                 self.check_synced();
-                self.update_metrics();
             }
             ReceiverMessage::Durable { seq } => self.rep.backlog.confirmed(seq),
             ReceiverMessage::Refused { seq, reason } => {

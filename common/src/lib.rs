@@ -21,7 +21,18 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const DROPS: &str = "DROPS";
     pub const CALIBRATION: &str = "CALIBRATION";
+    /// `tp_btf/sys_exit`: every syscall; attached only for 32-bit (ia32, x32)
+    /// programs, whose syscalls the classic tracepoints do not report.
     pub const SYS_EXIT: &str = "sluice_sys_exit";
+    /// Classic tracepoint program attached to `syscalls/sys_exit_<name>` for each
+    /// of [`super::EXIT_SYSCALLS`]: only those syscalls pay for capture.
+    pub const SYS_EXIT_TP: &str = "sluice_sys_exit_tp";
+    /// `tp_btf/sched_process_fork`: a child inherits its parent's shared mappings.
+    pub const PROCESS_FORK: &str = "sluice_process_fork";
+    /// `tp_btf/sched_process_exec`: announces 32-bit programs.
+    pub const PROCESS_EXEC: &str = "sluice_process_exec";
+    /// Processes (tgid) that may hold a shared mapping of a watched file.
+    pub const MAPPERS: &str = "MAPPERS";
     pub const DIRTY_FOLIO: &str = "sluice_dirty_folio";
     pub const PAGE_FAULT_USER: &str = "sluice_page_fault_user";
     pub const IO_URING_COMPLETE: &str = "sluice_io_uring_complete";
@@ -151,6 +162,10 @@ pub mod repair {
     /// An `msync` whose range could not be looked up likewise: `offset` is the
     /// address. The agent takes it as a barrier for every mapped file.
     pub const MSYNC_LOOKUP: u32 = 6;
+    /// A 32-bit (ia32 or x32) program was executed while 32-bit syscalls were
+    /// not captured: the agent attaches their capture and compares the tree
+    /// (the program may have changed files before the capture was in place).
+    pub const COMPAT_EXEC: u32 = 7;
 }
 
 /// Most `struct iocb`s (`io_submit`) or `struct io_event`s (`io_getevents`) one
@@ -168,6 +183,23 @@ pub const ENTRY_SYSCALLS: [&str; 5] = [
     "sys_enter_pwrite64",
     "sys_enter_pwritev",
     "sys_enter_pwritev2",
+];
+
+/// The syscalls whose exit `SYS_EXIT_TP` decodes (classic tracepoints under
+/// `syscalls/`, without the `sys_exit_` prefix): the 64-bit syscalls that can
+/// change files, and `mmap` (which shared mappings exist). A name the running
+/// kernel lacks (a syscall newer than it) is skipped.
+pub const EXIT_SYSCALLS: [&str; 62] = [
+    "write", "open", "pwrite64", "writev", "msync", "sendfile64", "fsync", "fdatasync",
+    "truncate", "ftruncate", "rename", "mkdir", "rmdir", "creat", "link", "unlink",
+    "symlink", "chmod", "fchmod", "chown", "fchown", "ioctl", "lchown", "utime",
+    "mknod", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
+    "fremovexattr", "utimes", "io_getevents", "io_submit", "open_by_handle_at",
+    "io_pgetevents", "openat", "mkdirat", "mknodat", "fchownat", "futimesat", "unlinkat",
+    "renameat", "linkat", "symlinkat", "fchmodat", "splice", "sync_file_range",
+    "utimensat", "fallocate", "pwritev", "syncfs", "renameat2", "copy_file_range",
+    "pwritev2", "io_uring_setup", "io_uring_enter", "openat2", "fchmodat2", "setxattrat",
+    "removexattrat", "mmap",
 ];
 
 /// `InodeId::dev` of a path event's base directory that is one of the watched
@@ -328,6 +360,10 @@ pub struct KernelOffsets {
     /// `task_struct.thread_info.status`, where x86 sets `TS_COMPAT` for the
     /// duration of a 32-bit syscall.
     pub task_ti_status: u64,
+    /// `task_struct.tgid`: a forked child's process id.
+    pub task_tgid: u64,
+    /// `linux_binprm.buf`: the first bytes of an executed file (its ELF header).
+    pub binprm_buf: u64,
     /// `super_block->s_magic`.
     pub sb_s_magic: u64,
     /// btrfs: `struct btrfs_inode` embeds the VFS inode at `vfs_inode`; its `root`
@@ -364,6 +400,10 @@ pub struct Config {
     /// subvolume: snapshots and other subvolumes share `s_dev` and inode numbers.
     /// Zero on other filesystems (no subvolume check).
     pub watched_subvol: u64,
+    /// Non-zero once `SYS_EXIT` (32-bit syscalls) is attached: the exec of a
+    /// 32-bit program is then no longer announced.
+    pub compat_exits: u32,
+    pub _padding: u32,
 }
 
 /// Written by the program when the agent opens its root directory while

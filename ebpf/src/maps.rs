@@ -99,6 +99,38 @@ pub fn note_writer(tgid: u32, bits: u64) {
 #[map(name = "WRITE_ENTRY")]
 pub static WRITE_ENTRY: LruHashMap<u32, WriteEntry> = LruHashMap::with_max_entries(16384, 0);
 
+/// Processes (tgid) that may hold a shared mapping of a file on the watched
+/// filesystem: added by `mmap` with `MAP_SHARED` of such a file, by a fork of
+/// such a process, and by the agent for processes running when it started;
+/// removed by the agent once the process is gone. A user write fault of any
+/// other process is not looked at (a hash lookup instead of a VMA walk). Not
+/// LRU: a process forgotten would have its stores missed.
+#[map(name = "MAPPERS")]
+pub static MAPPERS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Set (slot 0 non-zero) once [`MAPPERS`] was full when a process had to be
+/// added: from then on every write fault is looked at.
+#[map(name = "MAPPERS_FULL")]
+pub static MAPPERS_FULL: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Records that process `tgid` may hold a shared mapping of a watched file.
+#[inline(always)]
+pub fn note_mapper(tgid: u32) {
+    if MAPPERS.insert(&tgid, &1, 0).is_err()
+        && let Some(full) = MAPPERS_FULL.get_ptr_mut(0)
+    {
+        // SAFETY: the map's single slot; any writer stores the same value.
+        unsafe { *full = 1 };
+    }
+}
+
+/// Whether a write fault of process `tgid` may be a store to a watched file.
+#[inline(always)]
+pub fn may_map_watched(tgid: u32) -> bool {
+    // SAFETY: the value is copied out at once.
+    unsafe { MAPPERS.get(&tgid) }.is_some() || MAPPERS_FULL.get(0).is_some_and(|full| *full != 0)
+}
+
 #[inline(always)]
 pub fn count_drop() {
     if let Some(slot) = DROPS.get_ptr_mut(0) {

@@ -187,6 +187,8 @@ pub enum EventKind {
 pub enum Repair {
     /// A syscall of another ABI (x32) that may change files.
     OtherAbiSyscall,
+    /// A 32-bit program started before 32-bit syscalls were captured.
+    CompatExec,
     /// More native AIO completions in one `io_getevents` than are decoded.
     AioOverflow,
     /// A completed native AIO write that could not be attributed to a file.
@@ -319,6 +321,7 @@ fn decode_data(e: DataEvent) -> Result<EventKind, DecodeError> {
                 repair::IO_URING_NAMESPACE => Repair::IoUringNamespace,
                 repair::FAULT_LOOKUP => Repair::FaultLookup,
                 repair::MSYNC_LOOKUP => Repair::MsyncLookup,
+                repair::COMPAT_EXEC => Repair::CompatExec,
                 other => Repair::Other(other),
             },
             detail: e.offset,

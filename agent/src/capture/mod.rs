@@ -89,13 +89,15 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 pub use events::{DecodeError, Event, EventKind, Repair, SyncKind};
 pub use offsets::OffsetsError;
-use sluice_common::{AncestorKey, Calibration, Config, ENTRY_SYSCALLS, names, vfs};
+use sluice_common::{AncestorKey, Calibration, Config, ENTRY_SYSCALLS, EXIT_SYSCALLS, names, vfs};
 pub use sluice_common::{ANCESTOR_DEV, InodeId, NO_FD, TO_END};
 
 /// The compiled programs, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// How often processes that are gone leave the shared-mapping set.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Opening the root races with other threads of this process opening directories,
 /// each of which overwrites the calibration slot; retry a few times.
 const CALIBRATION_ATTEMPTS: u32 = 20;
@@ -105,12 +107,15 @@ const CALIBRATION_ATTEMPTS: u32 = 20;
 pub struct CaptureOptions {
     /// Size of the `EVENTS` ring buffer: a power of two multiple of the page size.
     pub ring_buffer_bytes: u32,
+    /// Capture 32-bit syscalls from the start, not only once a 32-bit program runs.
+    pub compat_always: bool,
 }
 
 impl Default for CaptureOptions {
     fn default() -> Self {
         Self {
             ring_buffer_bytes: 8 * 1024 * 1024,
+            compat_always: false,
         }
     }
 }
@@ -152,8 +157,12 @@ pub enum CaptureError {
 
 /// A running capture. Dropping it detaches the programs and frees the maps.
 pub struct Capture {
-    // Owns the program and its link; kept alive for as long as capture runs.
-    _ebpf: Ebpf,
+    // Owns the programs and their links; kept alive for as long as capture runs.
+    ebpf: Ebpf,
+    config: Array<MapData, Config>,
+    cfg: Config,
+    mappers: BpfHashMap<MapData, u32, u8>,
+    last_prune: std::time::Instant,
     events: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     watched_dev: u64,
@@ -256,6 +265,7 @@ impl Capture {
         let mut ancestor_map: BpfHashMap<MapData, AncestorKey, u64> =
             take_map(&mut ebpf, names::ANCESTORS)?;
         let drops: PerCpuArray<MapData, u64> = take_map(&mut ebpf, names::DROPS)?;
+        let mut mappers: BpfHashMap<MapData, u32, u8> = take_map(&mut ebpf, names::MAPPERS)?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, names::EVENTS)?;
 
         let btf = Btf::from_sys_fs()?;
@@ -281,10 +291,22 @@ impl Capture {
             data_from_vfs,
             write_entry: 0,
             watched_subvol: 0,
+            compat_exits: 0,
+            _padding: 0,
         };
         config.set(0, cfg, 0)?;
 
-        attach(&mut ebpf, &btf, names::SYS_EXIT, "sys_exit")?;
+        let exits = attach_exits(&mut ebpf)?;
+        // Loaded now, attached once a 32-bit program runs (see `attach_compat`).
+        {
+            let raw: &mut BtfTracePoint = ebpf
+                .program_mut(names::SYS_EXIT)
+                .ok_or(CaptureError::Missing(names::SYS_EXIT))?
+                .try_into()?;
+            raw.load("sys_exit", &btf)?;
+        }
+        attach(&mut ebpf, &btf, names::PROCESS_FORK, "sched_process_fork")?;
+        attach(&mut ebpf, &btf, names::PROCESS_EXEC, "sched_process_exec")?;
         attach(&mut ebpf, &btf, names::DIRTY_FOLIO, "writeback_dirty_folio")?;
         // x86 only: stores through a new shared mapping to folios that are already
         // dirty (no clean → dirty transition) are seen only through their fault.
@@ -349,21 +371,16 @@ impl Capture {
         cfg.watched_subvol = kernel_root.subvol;
         cfg.calibrating = 0;
         config.set(0, cfg, 0)?;
-        tracing::info!(
-            root = %root.display(),
-            dev = kernel_root.root.dev,
-            ino = kernel_root.root.ino,
-            subvol = kernel_root.subvol,
-            ancestors = ancestors.len(),
-            mode,
-            data_from_vfs,
-            io_uring_writes,
-            write_entry = cfg.write_entry,
-            "eBPF capture started"
-        );
-
-        Ok(Capture {
-            _ebpf: ebpf,
+        // After `watched_dev` is set: from here on the programs record new shared
+        // mappings and announce 32-bit programs, and these scans find the older ones.
+        let seeded = seed_mappers(&mut mappers, kernel_root.root.dev);
+        let compat_running = running_32bit_program();
+        let mut capture = Capture {
+            ebpf,
+            config,
+            cfg,
+            mappers,
+            last_prune: std::time::Instant::now(),
             events: register(events)?,
             drops,
             watched_dev: kernel_root.root.dev,
@@ -372,7 +389,57 @@ impl Capture {
             ancestors,
             io_uring_writes,
             mode,
-        })
+        };
+        if options.compat_always || compat_running.is_some() {
+            capture.attach_compat()?;
+        }
+        tracing::info!(
+            root = %root.display(),
+            dev = kernel_root.root.dev,
+            ino = kernel_root.root.ino,
+            subvol = kernel_root.subvol,
+            ancestors = capture.ancestors.len(),
+            mode,
+            data_from_vfs,
+            io_uring_writes,
+            write_entry = capture.cfg.write_entry,
+            syscall_exits = exits,
+            compat_syscalls = capture.cfg.compat_exits != 0,
+            compat_program = compat_running.unwrap_or_default(),
+            shared_mappers = seeded,
+            "eBPF capture started"
+        );
+        Ok(capture)
+    }
+
+    /// Attaches the capture of 32-bit syscalls (the raw `sys_exit` tracepoint,
+    /// which then runs for every syscall of the system).
+    fn attach_compat(&mut self) -> Result<(), CaptureError> {
+        if self.cfg.compat_exits != 0 {
+            return Ok(());
+        }
+        let raw: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(names::SYS_EXIT)
+            .ok_or(CaptureError::Missing(names::SYS_EXIT))?
+            .try_into()?;
+        raw.attach()?;
+        self.cfg.compat_exits = 1;
+        self.config.set(0, self.cfg, 0)?;
+        Ok(())
+    }
+
+    /// Forgets processes that are gone from the shared-mapping set.
+    fn prune_mappers(&mut self) {
+        let gone: Vec<u32> = self
+            .mappers
+            .keys()
+            .flatten()
+            .filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists())
+            .collect();
+        for tgid in gone {
+            let _ = self.mappers.remove(&tgid);
+        }
     }
 
     /// Whether io_uring write completions are decoded into [`EventKind::Write`]
@@ -418,14 +485,27 @@ impl Capture {
             let mut guard = self.events.readable_mut().await?;
             let ring = guard.get_inner_mut();
             let mut seen = 0usize;
+            let mut compat_exec = None;
             while let Some(record) = ring.next() {
                 seen += 1;
                 match events::decode(&record) {
+                    Ok(event) if matches!(event.kind, EventKind::Repair { reason: Repair::CompatExec, .. }) => {
+                        compat_exec.get_or_insert(event);
+                    }
                     Ok(event) => out.push(event),
                     Err(error) => tracing::warn!(%error, "skipping undecodable capture record"),
                 }
             }
             guard.clear_ready();
+            if let Some(event) = compat_exec.filter(|_| self.cfg.compat_exits == 0) {
+                tracing::warn!(pid = event.pid, "a 32-bit program started: capturing 32-bit syscalls from now on");
+                self.attach_compat()?;
+                out.push(event);
+            }
+            if self.last_prune.elapsed() >= PRUNE_INTERVAL {
+                self.last_prune = std::time::Instant::now();
+                self.prune_mappers();
+            }
             if seen > 0 {
                 return Ok(());
             }
@@ -452,6 +532,76 @@ fn attach(
     program.load(tracepoint, btf)?;
     program.attach()?;
     Ok(())
+}
+
+/// Loads the syscall-exit program and attaches it to the classic tracepoint of
+/// each of [`EXIT_SYSCALLS`] the kernel has; returns how many.
+fn attach_exits(ebpf: &mut Ebpf) -> Result<usize, CaptureError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(names::SYS_EXIT_TP)
+        .ok_or(CaptureError::Missing(names::SYS_EXIT_TP))?
+        .try_into()?;
+    program.load()?;
+    let mut attached = 0;
+    for name in EXIT_SYSCALLS {
+        let tracepoint = format!("sys_exit_{name}");
+        if !Path::new(TRACEFS).join("events/syscalls").join(&tracepoint).exists() {
+            tracing::debug!(syscall = name, "no exit tracepoint for this syscall in this kernel");
+            continue;
+        }
+        program.attach("syscalls", &tracepoint)?;
+        attached += 1;
+    }
+    if attached == 0 {
+        return Err(CaptureError::Calibration {
+            path: PathBuf::from(TRACEFS),
+            reason: "no syscall exit tracepoint could be found (is tracefs mounted?)".to_owned(),
+        });
+    }
+    Ok(attached)
+}
+
+/// Adds to `mappers` every process that holds a shared mapping of a file on the
+/// filesystem `dev` (the kernel's `dev_t`); returns how many.
+fn seed_mappers(mappers: &mut BpfHashMap<MapData, u32, u8>, dev: u64) -> usize {
+    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    let wanted = format!("{major:02x}:{minor:02x}");
+    let mut seeded = 0;
+    for tgid in proc_pids() {
+        let Ok(maps) = std::fs::read(format!("/proc/{tgid}/maps")) else { continue };
+        // `start-end perms offset dev inode path`, `s` last in perms when shared.
+        let shared_on_dev = maps.split(|&b| b == b'\n').any(|line| {
+            let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+            let perms = fields.nth(1).unwrap_or_default();
+            let dev = fields.nth(1).unwrap_or_default();
+            perms.ends_with(b"s") && dev == wanted.as_bytes()
+        });
+        if shared_on_dev && mappers.insert(tgid, 1, 0).is_ok() {
+            seeded += 1;
+        }
+    }
+    seeded
+}
+
+/// The command name of a running 32-bit (ELFCLASS32) program, if there is one.
+fn running_32bit_program() -> Option<String> {
+    proc_pids().find_map(|tgid| {
+        let mut header = [0u8; 5];
+        let mut exe = File::open(format!("/proc/{tgid}/exe")).ok()?;
+        io::Read::read_exact(&mut exe, &mut header).ok()?;
+        (header == *b"\x7fELF\x01").then(|| {
+            std::fs::read_to_string(format!("/proc/{tgid}/comm")).map(|c| c.trim().to_owned()).unwrap_or_default()
+        })
+    })
+}
+
+/// The process ids in /proc.
+fn proc_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// Loads the write-family entry program and attaches it to each of

@@ -106,6 +106,8 @@ pub fn from_btf(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         file_ref_one,
         files_count: f("files_struct", "count")?,
         task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
+        task_tgid: f("task_struct", "tgid")?,
+        binprm_buf: f("linux_binprm", "buf")?,
         sb_s_magic: f("super_block", "s_magic")?,
         io_kiocb_file: io.io_kiocb_file,
         io_kiocb_opcode: io.io_kiocb_opcode,

@@ -114,6 +114,9 @@ struct MapRegion {
 }
 
 /// What a user address maps.
+/// The largest page-cache folio on x86_64 (`HPAGE_PMD_ORDER`: 2 MiB).
+const MAX_FOLIO: u64 = 2 << 20;
+
 enum Mapping {
     /// A page of an indexed file, mapped shared and writable.
     Page { ino: u64, offset: u64 },
@@ -162,6 +165,9 @@ pub struct Engine {
     index: Index,
     files: Files,
     dirty: HashMap<u64, Dirty>,
+    /// What [`Engine::take_journal_deltas`] hands to the journal next.
+    journal_dirtied: Vec<DirtyInode>,
+    journal_mapped: Vec<DirtyInode>,
     outside: HashSet<u64>,
     rescan: Option<String>,
     /// Set when events may have been lost: the next comparison verifies recent files by content.
@@ -235,6 +241,8 @@ impl Engine {
             index: Index::new(root_ino),
             files: Files::new(root)?,
             dirty: HashMap::new(),
+            journal_dirtied: Vec::new(),
+            journal_mapped: Vec::new(),
             outside: HashSet::new(),
             rescan: None,
             verify_recent: false,
@@ -415,6 +423,12 @@ impl Engine {
         found.into_values().collect()
     }
 
+    /// Ranges and metadata found changed, and pages of shared mappings seen
+    /// stored to, since the last call: what the journal records between checkpoints.
+    pub fn take_journal_deltas(&mut self) -> (Vec<DirtyInode>, Vec<DirtyInode>) {
+        (std::mem::take(&mut self.journal_dirtied), std::mem::take(&mut self.journal_mapped))
+    }
+
     /// Rebuilds the index by walking the tree after a restart and decides how much
     /// must be compared with the standby: files whose inode changed at or after
     /// `since` (Unix seconds), when the durable state cannot vouch for them, are
@@ -434,12 +448,16 @@ impl Engine {
 
     fn mark(&mut self, ino: u64, range: Option<(u64, u64)>, ts: u64) {
         match range {
-            Some((offset, len)) => self.dirty_entry(ino, ts).ranges.insert(offset, len),
+            Some((offset, len)) => {
+                self.journal_dirtied.push(DirtyInode { ino, ranges: vec![(offset, offset.saturating_add(len))], attrs: false });
+                self.dirty_entry(ino, ts).ranges.insert(offset, len)
+            }
             None => self.note(ino, Change::Attrs, ts),
         }
     }
 
     fn note(&mut self, ino: u64, change: Change, ts: u64) {
+        self.journal_dirtied.push(DirtyInode { ino, ranges: Vec::new(), attrs: true });
         let dirty = self.dirty_entry(ino, ts);
         match change {
             Change::Attrs => dirty.attrs = true,
@@ -464,8 +482,10 @@ impl Engine {
             EventKind::Writeback { inode, offset, len } => {
                 self.data(*inode, event.pid, NO_FD, Some((*offset, *len)), ts, out);
                 if self.index.contains(inode.ino) && inode.dev == self.watched_dev {
+                    let (first, end) = (offset / PAGE, (offset + len).div_ceil(PAGE));
+                    self.journal_mapped.push(DirtyInode { ino: inode.ino, ranges: vec![(first * PAGE, end * PAGE)], attrs: false });
                     let mapped = self.mapped.entry(inode.ino).or_default();
-                    for page in offset / PAGE..(offset + len).div_ceil(PAGE) {
+                    for page in first..end {
                         mapped.pages.insert(page, None);
                     }
                     mapped.last_ns = ts;
@@ -503,8 +523,13 @@ impl Engine {
             EventKind::Repair { reason: crate::capture::Repair::FaultLookup, detail } => {
                 match self.mapping_at(event.pid, *detail) {
                     Mapping::Page { ino, offset } => {
+                        // The fault mapped the whole folio holding the page writable,
+                        // so its other pages take stores without a fault of their own:
+                        // take the largest folio the page cache makes (naturally
+                        // aligned in the file) as stored to.
                         let inode = InodeId { dev: self.watched_dev, ino };
-                        let store = Event { kind: EventKind::Writeback { inode, offset, len: PAGE }, ..event.clone() };
+                        let folio = offset / MAX_FOLIO * MAX_FOLIO;
+                        let store = Event { kind: EventKind::Writeback { inode, offset: folio, len: MAX_FOLIO }, ..event.clone() };
                         self.handle(&store, out);
                     }
                     Mapping::Other => {}
@@ -513,6 +538,10 @@ impl Engine {
                     }
                 }
             }
+            EventKind::Repair { reason: crate::capture::Repair::CompatExec, .. } => self.request_rescan(format!(
+                "32-bit program (process {}) may have changed files before its syscalls were captured",
+                event.pid
+            )),
             EventKind::Repair { reason: crate::capture::Repair::MsyncLookup, .. } => {
                 let sync = Event { kind: EventKind::Sync { inode: None, offset: 0, len: u64::MAX, kind: SyncKind::Msync }, ..event.clone() };
                 self.handle(&sync, out);

@@ -78,6 +78,9 @@ mod nr32 {
     pub const UTIMENSAT: u64 = 320;
     pub const FALLOCATE: u64 = 324;
     pub const PWRITEV: u64 = 334;
+    /// `old_mmap`: its arguments are in a struct in user memory.
+    pub const OLD_MMAP: u64 = 90;
+    pub const MMAP2: u64 = 192;
     pub const OPEN_BY_HANDLE_AT: u64 = 342;
     pub const SYNCFS: u64 = 344;
     pub const RENAMEAT2: u64 = 353;
@@ -150,6 +153,8 @@ const fn target(n: u64) -> Option<u64> {
         RENAMEAT2 => nr::RENAMEAT2,
         COPY_FILE_RANGE => nr::COPY_FILE_RANGE,
         IO_PGETEVENTS | IO_PGETEVENTS_TIME64 => nr::IO_PGETEVENTS,
+        // (addr, len, prot, flags, fd, pgoff)
+        MMAP2 => nr::MMAP,
         // Shared numbers.
         nr::IO_URING_SETUP
         | nr::IO_URING_ENTER
@@ -158,7 +163,7 @@ const fn target(n: u64) -> Option<u64> {
         | nr::SETXATTRAT
         | nr::REMOVEXATTRAT => n,
         // Offsets split over two registers.
-        PWRITE64 | TRUNCATE64 | FTRUNCATE64 | SYNC_FILE_RANGE | FALLOCATE | PWRITEV | PWRITEV2 => 0,
+        PWRITE64 | TRUNCATE64 | FTRUNCATE64 | SYNC_FILE_RANGE | FALLOCATE | PWRITEV | PWRITEV2 | OLD_MMAP => 0,
         _ => return None,
     })
 }
@@ -199,6 +204,8 @@ pub fn translate(n: u64, r: &[u64; 6]) -> Option<(u64, SysArgs)> {
                 nr::FALLOCATE,
                 [a[0], a[1], pair(a[2], a[3]), pair(a[4], a[5]), 0, 0],
             ),
+            // Not read from user memory: taken as a shared mapping of a file.
+            nr32::OLD_MMAP => (nr::MMAP, [0, 0, 0, super::fault::MAP_SHARED, super::fault::UNKNOWN_FD, 0]),
             _ => return None,
         }),
         n64 => Some((n64, a)),

@@ -37,9 +37,40 @@ use sluice_common::{Config, InodeId, NO_FD, op, repair};
 
 use super::{data, writeback::folio_order};
 use crate::{
-    kernel::{Res, file_inode, inode_is_reg, read, read_ptr, untyped, watched},
-    maps::CONFIG,
+    kernel::{Res, current_task, file_inode, file_of_fd, inode_is_reg, read, read_ptr, untyped, watched},
+    maps::{CONFIG, may_map_watched, note_mapper},
 };
+
+/// `MAP_SHARED`; `MAP_SHARED_VALIDATE` is `MAP_SHARED | MAP_PRIVATE`
+/// (include/uapi/linux/mman.h).
+pub const MAP_SHARED: u64 = 0x01;
+const MAP_TYPE: u64 = 0x0f;
+const MAP_SHARED_VALIDATE: u64 = 0x03;
+/// The fd argument of an `mmap` whose arguments were not read: any file.
+pub const UNKNOWN_FD: u64 = 0xffff_fffe;
+
+/// A completed `mmap(addr, len, prot, flags, fd, pgoff)`: a shared mapping of a
+/// file on the watched filesystem makes the process one whose write faults are
+/// looked at. Any protection counts, as `mprotect` can make it writable later.
+#[inline(always)]
+pub fn on_mmap(cfg: &Config, tgid: u32, args: &[u64; 6]) {
+    let kind = args[3] & MAP_TYPE;
+    if kind != MAP_SHARED && kind != MAP_SHARED_VALIDATE {
+        return;
+    }
+    if args[4] == UNKNOWN_FD {
+        note_mapper(tgid);
+        return;
+    }
+    let on_watched = file_of_fd(&cfg.offsets, current_task(), args[4] as i32)
+        .and_then(|file| file_inode(&cfg.offsets, file))
+        .and_then(|inode| watched(cfg, inode));
+    match on_watched {
+        Ok(None) => {}
+        // A mapping that cannot be told apart is taken as one of the tree.
+        Ok(Some(_)) | Err(_) => note_mapper(tgid),
+    }
+}
 
 const PAGE_SIZE: u64 = 4096;
 const PAGE_SHIFT: u64 = 12;
@@ -80,7 +111,8 @@ fn try_fault(ctx: &BtfTracePointContext) -> Res<()> {
     let Some(cfg) = CONFIG.get(0) else {
         return Ok(());
     };
-    if cfg.watched_dev == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.agent_tgid {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if cfg.watched_dev == 0 || tgid == cfg.agent_tgid || !may_map_watched(tgid) {
         return Ok(());
     }
     let mut lookup = FaultLookup {

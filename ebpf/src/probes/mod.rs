@@ -1,9 +1,12 @@
 //! Program entry points, one file per hook family.
 //!
-//! Syscalls are seen at `sys_exit`: a syscall's arguments are still in its saved
+//! Syscalls are seen at their exit: a syscall's arguments are still in its saved
 //! `pt_regs` when it returns (x86_64), and at exit we know it succeeded, so a
-//! single hook sees each completed operation once. 32-bit syscalls arrive there
-//! too and are translated (`compat`). The one exception is `entry`: the write
+//! single hook sees each completed operation once. The classic per-syscall exit
+//! tracepoints cover 64-bit programs; 32-bit syscalls reach only the raw
+//! `sys_exit`, attached once a 32-bit program runs (`process` announces it), and
+//! are translated (`compat`). `process` also follows shared mappings over forks,
+//! so `fault` looks only at the write faults of processes that may hold one. The one exception is `entry`: the write
 //! family's entry (classic syscall tracepoints) records the file position or size
 //! when a write's exit could not tell where it went. Kernel tracepoints cover
 //! what involves no syscall of its own: `writeback_dirty_folio` and
@@ -24,6 +27,7 @@ mod entry;
 mod fault;
 mod io_uring;
 mod path;
+mod process;
 mod sync;
 mod sys_exit;
 mod vfs;

@@ -1,16 +1,20 @@
-//! The raw syscall-exit tracepoint: one program for every syscall.
+//! Syscall exits: the classic per-syscall tracepoints (`syscalls/sys_exit_*`),
+//! attached to just the syscalls that can change files so that no other syscall
+//! of the system pays, and the raw `sys_exit` tracepoint for 32-bit programs,
+//! whose syscalls the classic ones do not report. Both decode the same way.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::{bpf_get_current_task_btf, generated::bpf_task_pt_regs},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 use sluice_common::{InodeId, NO_FD, op, repair, vfs};
 
-use super::{Syscall, aio, calibrate, clone, compat, copy, data, io_uring, path, sync, xattr};
+use super::{Syscall, aio, calibrate, clone, compat, copy, data, fault, io_uring, path, sync, xattr};
 use crate::{
-    kernel::{current_task, in_compat_syscall},
+    kernel::{current_task, in_compat_syscall, untyped},
     maps::CONFIG,
 };
 
@@ -18,6 +22,7 @@ use crate::{
 pub mod nr {
     pub const WRITE: u64 = 1;
     pub const OPEN: u64 = 2;
+    pub const MMAP: u64 = 9;
     pub const PWRITE64: u64 = 18;
     pub const WRITEV: u64 = 20;
     pub const MSYNC: u64 = 26;
@@ -119,7 +124,7 @@ const fn decoded_numbers() -> [u64; (TABLE_END / 64) as usize] {
     let mut bits = [0u64; (TABLE_END / 64) as usize];
     let mut n = 0;
     while n < TABLE_END {
-        if family(n).is_some() || compat::decoded(n) {
+        if compat::decoded(n) {
             bits[(n / 64) as usize] |= 1 << (n % 64);
         }
         n += 1;
@@ -143,13 +148,124 @@ fn decoded(n: u64) -> bool {
 }
 
 /// `TRACE_EVENT_FN(sys_exit, TP_PROTO(struct pt_regs *regs, long ret), ...)`
-/// (include/trace/events/syscalls.h), attached as `tp_btf/sys_exit`.
+/// (include/trace/events/syscalls.h), attached as `tp_btf/sys_exit` only while
+/// 32-bit programs may run: it runs for every syscall of the system, and leaves
+/// 64-bit ones to [`sluice_sys_exit_tp`].
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sluice_sys_exit(ctx: BtfTracePointContext) -> u32 {
-    match try_sluice_sys_exit(&ctx) {
+    match try_raw_exit(&ctx) {
         Ok(ret) => ret,
         Err(ret) => ret as u32,
     }
+}
+
+/// Context of `syscalls/sys_exit_*` (`/sys/kernel/tracing/events/syscalls/
+/// sys_exit_write/format`): `int __syscall_nr` at 8, `long ret` at 16.
+const TP_SYSCALL_NR: usize = 8;
+const TP_RET: usize = 16;
+
+/// The classic exit tracepoint of one syscall (attached to each of
+/// `sluice_common::EXIT_SYSCALLS`). It carries no arguments: they are read from
+/// the task's saved user registers, which hold them until the return to user space.
+#[tracepoint]
+pub fn sluice_sys_exit_tp(ctx: TracePointContext) -> u32 {
+    match try_classic_exit(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret as u32,
+    }
+}
+
+fn try_classic_exit(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY: both fields are inside the tracepoint record (see the format above).
+    let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
+    if ret < 0 {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let n: i32 = unsafe { ctx.read_at(TP_SYSCALL_NR) }?;
+    // SAFETY: the helper takes the current task, a trusted BTF pointer.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
+    let regs = untyped(regs)?;
+    on_exit(regs, n as u64, ret, false)
+}
+
+fn try_raw_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let ret: i64 = ctx.arg(1);
+    if ret < 0 {
+        return Ok(0);
+    }
+    let regs: u64 = ctx.arg(0);
+    let n = reg(regs, regs::ORIG_AX)?;
+    // Cheapest test first: this runs on every syscall of the system, and most are
+    // in neither table.
+    if !decoded(n) {
+        if n & X32_SYSCALL_BIT != 0 {
+            return x32(n);
+        }
+        return Ok(0);
+    }
+    // ia32 `exit` (1) never returns, so a 1 here is always the 64-bit `write`,
+    // which the classic tracepoints report.
+    if n == nr::WRITE || !in_compat_syscall(&CONFIG.get(0).ok_or(0i64)?.offsets, current_task())? {
+        return Ok(0);
+    }
+    on_exit(regs, n, ret, true)
+}
+
+/// Decodes a completed syscall `n` (an ia32 number when `compat`) whose user
+/// registers are at `regs`.
+#[inline(always)]
+fn on_exit(regs: u64, n: u64, ret: i64, compat: bool) -> Result<u32, i64> {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok(0);
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == cfg.agent_tgid {
+        // The agent is a 64-bit program and never makes 32-bit syscalls.
+        if cfg.calibrating != 0 && n == nr::OPENAT && !compat {
+            calibrate::on_agent_openat(&cfg.offsets, ret);
+        }
+        return Ok(0);
+    }
+    if cfg.watched_dev == 0 {
+        return Ok(0);
+    }
+    let r = arg_regs(regs)?;
+    let (n, family, args) = if compat {
+        let Some((n, args)) = compat::translate(n, &[r.bx, r.cx, r.dx, r.si, r.di, r.bp]) else {
+            return Ok(0);
+        };
+        let Some(family) = family(n) else {
+            return Ok(0);
+        };
+        (n, family, args)
+    } else {
+        let Some(family) = family(n) else {
+            return Ok(0);
+        };
+        (n, family, [r.di, r.si, r.dx, r.r10, r.r8, r.r9])
+    };
+    if family == Family::Ioctl && !clone::changes_contents(args[1]) {
+        return Ok(0);
+    }
+    if family == Family::Data && from_vfs(cfg.data_from_vfs, n) {
+        return Ok(0);
+    }
+    let call = Syscall { n, args, ret };
+    match family {
+        Family::Path if n == nr::UTIMENSAT && args[1] == 0 => data::on_exit(cfg, &call)?,
+        Family::Data => data::on_exit(cfg, &call)?,
+        Family::Path => path::on_exit(cfg, n, &args, ret)?,
+        Family::Copy => copy::on_exit(cfg, n, &args, ret)?,
+        Family::Sync => sync::on_exit(cfg, n, &args)?,
+        Family::Xattr => xattr::on_exit(cfg, n, &args)?,
+        Family::IoUring => io_uring::on_ring_syscall(cfg)?,
+        Family::Ioctl => clone::on_exit(cfg, &args)?,
+        Family::AioSubmit => aio::on_submit(args[2], ret, compat),
+        Family::AioComplete => aio::on_getevents(args[3], ret),
+        Family::Mmap => fault::on_mmap(cfg, tgid, &args),
+    }
+    Ok(0)
 }
 
 #[inline(always)]
@@ -207,6 +323,7 @@ enum Family {
     Ioctl,
     AioSubmit,
     AioComplete,
+    Mmap,
 }
 
 #[inline(always)]
@@ -233,6 +350,7 @@ const fn family(n: u64) -> Option<Family> {
         nr::IOCTL => Family::Ioctl,
         nr::IO_SUBMIT => Family::AioSubmit,
         nr::IO_GETEVENTS | nr::IO_PGETEVENTS => Family::AioComplete,
+        nr::MMAP => Family::Mmap,
         _ => return None,
     })
 }
@@ -270,76 +388,6 @@ const fn is_path(n: u64) -> bool {
             | nr::MKNOD
             | nr::MKNODAT
     )
-}
-
-fn try_sluice_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
-    let ret: i64 = ctx.arg(1);
-    if ret < 0 {
-        return Ok(0);
-    }
-    let regs: u64 = ctx.arg(0);
-    let n = reg(regs, regs::ORIG_AX)?;
-    // Cheapest test first: this runs on every syscall of the system, and most are
-    // in neither table.
-    if !decoded(n) {
-        if n & X32_SYSCALL_BIT != 0 {
-            return x32(n);
-        }
-        return Ok(0);
-    }
-    let native = family(n);
-    let Some(cfg) = CONFIG.get(0) else {
-        return Ok(0);
-    };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == cfg.agent_tgid {
-        // The agent is a 64-bit program and never makes 32-bit syscalls.
-        if cfg.calibrating != 0 && n == nr::OPENAT {
-            calibrate::on_agent_openat(&cfg.offsets, ret);
-        }
-        return Ok(0);
-    }
-    if cfg.watched_dev == 0 {
-        return Ok(0);
-    }
-    // A 32-bit syscall numbers and passes its arguments differently. ia32 `exit`
-    // (1) never returns, so a 1 here is always the 64-bit `write`.
-    let compat = n != nr::WRITE && in_compat_syscall(&cfg.offsets, current_task())?;
-    let r = arg_regs(regs)?;
-    let (n, family, args) = if compat {
-        let Some((n, args)) = compat::translate(n, &[r.bx, r.cx, r.dx, r.si, r.di, r.bp]) else {
-            return Ok(0);
-        };
-        let Some(family) = family(n) else {
-            return Ok(0);
-        };
-        (n, family, args)
-    } else {
-        let Some(family) = native else {
-            return Ok(0);
-        };
-        (n, family, [r.di, r.si, r.dx, r.r10, r.r8, r.r9])
-    };
-    if family == Family::Ioctl && !clone::changes_contents(args[1]) {
-        return Ok(0);
-    }
-    if family == Family::Data && from_vfs(cfg.data_from_vfs, n) {
-        return Ok(0);
-    }
-    let call = Syscall { n, args, ret };
-    match family {
-        Family::Path if n == nr::UTIMENSAT && args[1] == 0 => data::on_exit(cfg, &call)?,
-        Family::Data => data::on_exit(cfg, &call)?,
-        Family::Path => path::on_exit(cfg, n, &args, ret)?,
-        Family::Copy => copy::on_exit(cfg, n, &args, ret)?,
-        Family::Sync => sync::on_exit(cfg, n, &args)?,
-        Family::Xattr => xattr::on_exit(cfg, n, &args)?,
-        Family::IoUring => io_uring::on_ring_syscall(cfg)?,
-        Family::Ioctl => clone::on_exit(cfg, &args)?,
-        Family::AioSubmit => aio::on_submit(args[2], ret, compat),
-        Family::AioComplete => aio::on_getevents(args[3], ret),
-    }
-    Ok(0)
 }
 
 /// An x32-ABI syscall (not built into the supported kernels, so not decoded):

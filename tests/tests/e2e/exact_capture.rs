@@ -5,7 +5,7 @@
 //! than writes. Each ends with identical trees.
 
 use crate::common::{converge, sh};
-use sluice_tests::{FsKind, LoopFs, Pair, random_bytes, run, wait_until};
+use sluice_tests::{FsKind, LoopFs, Pair, PairOptions, random_bytes, run, wait_until};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -263,7 +263,10 @@ fn compat_syscalls() {
     let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
     let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
     let m = master.path();
-    let pair = Pair::start(m, standby.path()).unwrap();
+    // A 64-bit program making 32-bit syscalls (`int 0x80`): no 32-bit exec
+    // announces it, so their capture is configured from the start.
+    let options = PairOptions { agent_toml: "[capture]\ncompat_syscalls = \"always\"\n".into(), ..PairOptions::default() };
+    let pair = Pair::start_with(m, standby.path(), options).unwrap();
     compat_writes(m);
     converge(&pair, Duration::from_secs(30));
 }
