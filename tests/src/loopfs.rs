@@ -32,12 +32,14 @@ impl FsKind {
     /// Every kind, in the order tests and tools list them.
     pub const ALL: [FsKind; 3] = [FsKind::Ext4, FsKind::Btrfs, FsKind::Xfs];
 
-    fn mkfs_command(self, image: &Path) -> String {
-        match self {
-            FsKind::Ext4 => format!("mkfs.ext4 -q -F {}", shell_quote(image)),
-            FsKind::Btrfs => format!("mkfs.btrfs -q -f {}", shell_quote(image)),
-            FsKind::Xfs => format!("mkfs.xfs -q -f {}", shell_quote(image)),
-        }
+    fn mkfs_command(self, image: &Path, extra: &str) -> String {
+        let (mkfs, force) = match self {
+            FsKind::Ext4 => ("mkfs.ext4", "-F"),
+            FsKind::Btrfs => ("mkfs.btrfs", "-f"),
+            FsKind::Xfs => ("mkfs.xfs", "-f"),
+        };
+        let extra = if extra.is_empty() { String::new() } else { format!("{extra} ") };
+        format!("{mkfs} -q {force} {extra}{}", shell_quote(image))
     }
 }
 
@@ -75,6 +77,13 @@ impl LoopFs {
     /// Creates a sparse `size_mib` MiB image, formats it as `kind` and mounts it.
     /// Needs root. Btrfs refuses images much under ~120 MiB, XFS under 300 MiB.
     pub fn new(kind: FsKind, size_mib: u64) -> anyhow::Result<LoopFs> {
+        LoopFs::with_mkfs_options(kind, size_mib, "")
+    }
+
+    /// Like [`LoopFs::new`], with `options` (shell words) added to the `mkfs`
+    /// command line, e.g. `-b 1024 -i 2048` for an ext4 with room for millions of
+    /// small files.
+    pub fn with_mkfs_options(kind: FsKind, size_mib: u64, options: &str) -> anyhow::Result<LoopFs> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("sluice-{}-", kind.name()))
             .tempdir()
@@ -86,7 +95,7 @@ impl LoopFs {
             .with_context(|| format!("cannot create image {}", image.display()))?;
         std::fs::create_dir(&mountpoint)
             .with_context(|| format!("cannot create {}", mountpoint.display()))?;
-        run(&kind.mkfs_command(&image))
+        run(&kind.mkfs_command(&image, options))
             .with_context(|| format!("cannot format {}", kind.name()))?;
         run(&format!(
             "mount -t {} -o loop {} {}",

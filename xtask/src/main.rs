@@ -61,6 +61,10 @@ enum Command {
         /// Only these replicators, e.g. `sluice` (default: all four).
         #[arg(long, value_delimiter = ',')]
         replicators: Vec<String>,
+        /// S7's tree sizes in files, e.g. `2m` or `200k,2m,10m` (default: 200k, 50k
+        /// with --quick); runs S7 even if --scenarios leaves it out.
+        #[arg(long, value_delimiter = ',', value_parser = bench::parse_count)]
+        scale: Vec<usize>,
     },
     /// Set up, build, and run the randomized differential exerciser: random operations
     /// from several processes on the master, then a full comparison with the standby.
@@ -85,8 +89,8 @@ fn main() -> anyhow::Result<ExitCode> {
             demo::run(&cargo::release_dir()).context("demo failed")?;
         }
         Command::Fuzz { minutes } => fuzz::run(minutes)?,
-        Command::Bench { quick, scenarios, replicators } => {
-            bench::run(quick, &scenarios, &replicators).context("bench failed")?
+        Command::Bench { quick, scenarios, replicators, scale } => {
+            bench::run(quick, &scenarios, &replicators, &scale).context("bench failed")?
         }
         Command::Torture { args, seeds } => {
             let seeds = seeds.map(|file| if file.as_os_str() == "committed" { torture::default_seeds() } else { file });

@@ -6,17 +6,21 @@
 //! - [`procs`]: namespaces, child processes and the counters read about them.
 //! - [`workload`]: test data and the convergence check.
 //! - [`scenarios`]: S1–S4 around one replicator; [`s1`] the marker-lag workload.
-//! - [`fio`]: S5, write-path overhead.
+//! - [`syscost`]: S5, what capture adds to syscalls; [`bpfstats`] the run time of
+//!   the agent's BPF programs.
+//! - [`scale`]: S7, a tree of many small files (initial sync, start-up, memory).
 //! - [`results`], [`report`], [`svg`]: what was measured and how it is written up.
 
-mod fio;
+mod bpfstats;
 mod procs;
 mod replicator;
 mod report;
 mod results;
 mod s1;
+mod scale;
 mod scenarios;
 mod svg;
+mod syscost;
 mod workload;
 
 use std::process::Command;
@@ -29,7 +33,7 @@ use replicator::Kind;
 use results::Results;
 
 /// Workload sizes, scaled so the full run fits in 30 minutes on 2 cores and the
-/// quick one in 5.
+/// quick one in 5 (S7's tree beyond 200,000 files only when asked for).
 pub struct Sizes {
     /// Limit for each convergence or startup wait.
     pub timeout: Duration,
@@ -45,14 +49,29 @@ pub struct Sizes {
     pub s3_big: u64,
     pub s4_bytes: u64,
     pub s4_files: usize,
-    pub s5_size_mib: u64,
-    pub s5_runtime_s: u64,
+    /// `sluice-syscost` iterations per run, and rounds of runs without and with
+    /// the agent.
+    pub s5_getppid: u64,
+    pub s5_pwrites: u64,
+    pub s5_fsyncs: u64,
+    pub s5_rounds: usize,
+    /// S7: files in each tree (1,000 per directory), one run per entry.
+    pub s7_files: Vec<usize>,
 }
 
 const MIB: u64 = 1 << 20;
 
 impl Sizes {
-    pub fn new(quick: bool) -> Sizes {
+    /// `scale` replaces S7's default tree size when not empty.
+    pub fn new(quick: bool, scale: &[usize]) -> Sizes {
+        let mut sizes = Sizes::preset(quick);
+        if !scale.is_empty() {
+            sizes.s7_files = scale.to_vec();
+        }
+        sizes
+    }
+
+    fn preset(quick: bool) -> Sizes {
         if quick {
             Sizes {
                 timeout: Duration::from_secs(30),
@@ -67,8 +86,11 @@ impl Sizes {
                 s3_big: 128 * MIB,
                 s4_bytes: 256 * MIB,
                 s4_files: 1_024,
-                s5_size_mib: 128,
-                s5_runtime_s: 4,
+                s5_getppid: 2_000_000,
+                s5_pwrites: 200_000,
+                s5_fsyncs: 2_000,
+                s5_rounds: 3,
+                s7_files: vec![50_000],
             }
         } else {
             Sizes {
@@ -84,8 +106,11 @@ impl Sizes {
                 s3_big: 1024 * MIB,
                 s4_bytes: 2048 * MIB,
                 s4_files: 4_096,
-                s5_size_mib: 1024,
-                s5_runtime_s: 15,
+                s5_getppid: 2_000_000,
+                s5_pwrites: 200_000,
+                s5_fsyncs: 2_000,
+                s5_rounds: 3,
+                s7_files: vec![200_000],
             }
         }
     }
@@ -130,8 +155,31 @@ impl Sizes {
             (
                 "S5".into(),
                 format!(
-                    "fio randwrite 4 KiB, psync, buffered, {} MiB file, {} s per run",
-                    self.s5_size_mib, self.s5_runtime_s
+                    "{} getppid, {} random 4 KiB pwrites into a 64 MiB file, {} pwrite+fsync pairs per run; {} rounds without and with the agent",
+                    self.s5_getppid, self.s5_pwrites, self.s5_fsyncs, self.s5_rounds
+                ),
+            ),
+            (
+                "S7".into(),
+                format!(
+                    "{} files of {} bytes, {} per directory, ext4 `{}`; limit {}",
+                    self.s7_files
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    scale::FILE_BYTES,
+                    scale::FILES_PER_DIR,
+                    self.s7_files
+                        .iter()
+                        .map(|&n| scale::mkfs_options(n))
+                        .collect::<Vec<_>>()
+                        .join("` / `"),
+                    self.s7_files
+                        .iter()
+                        .map(|&n| format!("{} s", scale::limit(n).as_secs()))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
                 ),
             ),
             (
@@ -145,10 +193,31 @@ impl Sizes {
     }
 }
 
-/// Debian packages of the peers and fio.
-const PEERS: &[&str] = &["rsync", "lsyncd", "syncthing", "fio"];
+/// Debian packages of the peers.
+const PEERS: &[&str] = &["rsync", "lsyncd", "syncthing"];
 
-pub fn run(quick: bool, scenarios: &[String], replicators: &[String]) -> anyhow::Result<()> {
+/// A file count as given to `--scale`: `200k`, `2m`, `10m` or a plain number.
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (digits, factor) = match t.strip_suffix('m') {
+        Some(d) => (d, 1_000_000),
+        None => match t.strip_suffix('k') {
+            Some(d) => (d, 1_000),
+            None => (t.as_str(), 1),
+        },
+    };
+    match digits.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n * factor),
+        _ => Err(format!("`{text}` is not a file count like 200k, 2m or 10m")),
+    }
+}
+
+pub fn run(
+    quick: bool,
+    scenarios: &[String],
+    replicators: &[String],
+    scale: &[usize],
+) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
             "the bench must run as root: it mounts filesystems, creates network namespaces and loads BPF programs"
@@ -169,7 +238,7 @@ pub fn run(quick: bool, scenarios: &[String], replicators: &[String]) -> anyhow:
             release_dir()
         }
     };
-    let sizes = Sizes::new(quick);
+    let sizes = Sizes::new(quick, scale);
 
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
@@ -178,9 +247,17 @@ pub fn run(quick: bool, scenarios: &[String], replicators: &[String]) -> anyhow:
     if kinds.is_empty() {
         anyhow::bail!("--replicators names none of sluice, rsync, lsyncd, syncthing");
     }
+    let wants =
+        |s: &str| scenarios.is_empty() || scenarios.iter().any(|w| w.eq_ignore_ascii_case(s));
     let rows = scenarios::run_all(&sizes, scenarios, &kinds, &bin_dir);
-    let wants_s5 = scenarios.is_empty() || scenarios.iter().any(|s| s.eq_ignore_ascii_case("S5"));
-    let overhead = wants_s5.then(|| fio::run(&sizes, &bin_dir));
+    let syscall_costs =
+        (wants("S5") && kinds.contains(&Kind::Sluice)).then(|| syscost::run(&sizes, &bin_dir));
+    // `--scale` asks for S7 even when --scenarios does not name it.
+    let scale_runs = if wants("S7") || !scale.is_empty() {
+        scale::run_all(&sizes.s7_files, &kinds, &bin_dir)
+    } else {
+        Vec::new()
+    };
 
     let date = sluice_tests::run("date +%F")?.trim().to_owned();
     let results = Results {
@@ -191,7 +268,8 @@ pub fn run(quick: bool, scenarios: &[String], replicators: &[String]) -> anyhow:
         versions: replicator::versions(&bin_dir),
         sizes: sizes.describe(),
         rows,
-        overhead,
+        syscall_costs,
+        scale: scale_runs,
         wall_s: started.elapsed().as_secs_f64(),
     };
     let dir = workspace_root().join("bench/results").join(if quick {

@@ -71,6 +71,8 @@ pub struct Replicator {
     standby_procs: Vec<Proc>,
     /// CPU of finished one-shot rsync passes (they are gone from /proc).
     one_shot_cpu_s: f64,
+    /// `sluice-agent`, kept to restart it (sluice only).
+    agent_binary: Option<PathBuf>,
     dir: tempfile::TempDir,
     netns: Netns,
 }
@@ -95,6 +97,7 @@ impl Replicator {
             master_procs: Vec::new(),
             standby_procs: Vec::new(),
             one_shot_cpu_s: 0.0,
+            agent_binary: None,
             netns: Netns::new(kind.name())?,
             dir,
         };
@@ -153,17 +156,80 @@ impl Replicator {
             &work.join("receiver.log"),
         )?);
         self.wait_metrics(RECEIVER_METRICS.parse()?)?;
-        let mut command = self.netns.command(&binaries.agent);
+        self.agent_binary = Some(binaries.agent);
+        self.spawn_agent()?;
+        self.wait_metrics(AGENT_METRICS.parse()?)
+    }
+
+    /// Starts `sluice-agent` with the config `start_sluice` wrote; it is the first
+    /// of the master's processes.
+    fn spawn_agent(&mut self) -> anyhow::Result<()> {
+        let work = self.dir.path().to_owned();
+        let binary = self
+            .agent_binary
+            .clone()
+            .context("not a sluice replicator")?;
+        let mut command = self.netns.command(&binary);
         command
             .arg("run")
             .arg("--config")
             .arg(work.join("agent.toml"));
-        self.master_procs.push(Proc::spawn(
-            "sluice-agent",
-            command,
-            &work.join("agent.log"),
-        )?);
+        self.master_procs.insert(
+            0,
+            Proc::spawn("sluice-agent", command, &work.join("agent.log"))?,
+        );
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, so it saves its durable state) and starts it
+    /// again with the same state directory; returns once its metrics answer.
+    pub fn restart_agent(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.kind == Kind::Sluice, "only sluice has an agent");
+        let mut old = self.master_procs.remove(0);
+        old.stop();
+        self.spawn_agent()?;
         self.wait_metrics(AGENT_METRICS.parse()?)
+    }
+
+    /// The agent's pid (sluice only; `nsenter` execs it, so it is the child's).
+    pub fn agent_pid(&self) -> Option<u32> {
+        (self.kind == Kind::Sluice)
+            .then(|| self.master_procs.first().and_then(Proc::pid))
+            .flatten()
+    }
+
+    /// The agent's log file (sluice only).
+    pub fn agent_log(&self) -> Option<PathBuf> {
+        (self.kind == Kind::Sluice).then(|| self.dir.path().join("agent.log"))
+    }
+
+    /// One scrape of the agent's `/metrics` (sluice only).
+    pub fn agent_metrics(&self) -> anyhow::Result<sluice_tests::Metrics> {
+        anyhow::ensure!(self.kind == Kind::Sluice, "only sluice has agent metrics");
+        let addr: SocketAddr = AGENT_METRICS.parse()?;
+        self.netns.enter(move || scrape(addr))
+    }
+
+    /// Waits until the agent reports `sluice_initial_sync_complete 1`: the standby
+    /// matched the tree and nothing is in flight. Continuous peers return at once.
+    pub fn wait_synced(&mut self, timeout: Duration) -> anyhow::Result<bool> {
+        if self.kind != Kind::Sluice {
+            return Ok(true);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .agent_metrics()
+                .is_ok_and(|m| m.get("sluice_initial_sync_complete") == 1.0)
+            {
+                return Ok(true);
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait_metrics(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
@@ -489,6 +555,5 @@ pub fn versions(bin_dir: &Path) -> Vec<(String, String)> {
             "syncthing".into(),
             first_line(Path::new("syncthing"), "--version"),
         ),
-        ("fio".into(), first_line(Path::new("fio"), "--version")),
     ]
 }

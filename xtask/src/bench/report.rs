@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::replicator::Kind;
-use super::results::{Results, Row};
+use super::results::{CALLS, Results, Row, ScaleRun, SyscallCosts};
 use super::svg;
 
 pub fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
@@ -214,42 +214,11 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
         }
         md.push('\n');
     }
-    if let Some(o) = &r.overhead {
-        writeln!(md, "### S5: write-path overhead (fio, sluice only)\n")?;
-        if let Some(e) = &o.error {
-            writeln!(md, "failed: `{e}`\n")?;
-        } else {
-            let list = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            writeln!(
-                md,
-                "| filesystem | without agent (MiB/s, before, after) | with agent (MiB/s) | overhead |\n|---|---|---|---|"
-            )?;
-            writeln!(
-                md,
-                "| watched | {} | {:.0} | {:.1}% |",
-                list(&o.watched_without_agent),
-                o.watched_with_agent,
-                o.watched_pct()
-            )?;
-            writeln!(
-                md,
-                "| unrelated | {} | {:.0} | {:.1}% |",
-                list(&o.other_without_agent),
-                o.other_with_agent,
-                o.other_pct()
-            )?;
-            writeln!(
-                md,
-                "\nBaseline runs differed by up to {:.1}% among themselves: overheads below that are within noise. Each run {} s.\n",
-                o.noise_pct(),
-                o.runtime_s
-            )?;
-        }
+    if let Some(c) = &r.syscall_costs {
+        syscall_section(&mut md, c)?;
+    }
+    for run in &r.scale {
+        scale_section(&mut md, run)?;
     }
 
     writeln!(
@@ -412,17 +381,28 @@ fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
             Some(speedup.is_some_and(|x| x >= 1.5)),
         );
     }
-    if let Some(o) = r.overhead.as_ref().filter(|o| o.error.is_none()) {
-        line(
-            "S5 overhead < 3% on the watched fs",
-            format!("{:.1}% (noise ±{:.1}%)", o.watched_pct(), o.noise_pct()),
-            Some(o.watched_pct() < 3.0),
-        );
-        line(
-            "S5 overhead < 0.5% elsewhere",
-            format!("{:.1}% (noise ±{:.1}%)", o.other_pct(), o.noise_pct()),
-            Some(o.other_pct() < 0.5),
-        );
+    if let Some(c) = &r.syscall_costs {
+        for call in CALLS.iter() {
+            let Some(goal) = call.goal_ns else { continue };
+            let (without, with) = c.medians(call);
+            let added = c.added(call);
+            line(
+                &format!("S5 {}: ≤ {goal:.0} ns added by the agent", call.label),
+                match (without, with, added) {
+                    (Some(a), Some(b), Some(d)) => {
+                        format!(
+                            "{d:+.0} ns ({a:.0} → {b:.0} ns, medians of {})",
+                            c.rounds.len()
+                        )
+                    }
+                    _ => "not measured".into(),
+                },
+                Some(added.is_some_and(|d| d <= goal)),
+            );
+        }
+    }
+    for run in &r.scale {
+        scale_targets(&mut line, run);
     }
     md.push('\n');
     Ok(())
@@ -456,19 +436,34 @@ fn method(md: &mut String) -> anyhow::Result<()> {
          - **CPU.** utime+stime (children included) of each replicator's processes from `/proc/<pid>/stat`, \
          split into master side (agent, lsyncd and its rsyncs, rsync client, Syncthing sender) and standby \
          side (receiver, rsync daemon, Syncthing receiver).\n\
-         - **S5.** fio `randwrite`, 4 KiB, psync, buffered; without the agent, with the agent (and receiver) \
-         attached, then without again; on the watched filesystem and on a third, unrelated one (with the \
-         agent attached, the unrelated run comes first, while the agent is idle).\n\n\
+         - **S5.** `sluice-syscost` (release build) times, in its own thread, 2,000,000 `getppid()`, 200,000 4 KiB \
+         `pwrite`s at random 4 KiB-aligned offsets of a 64 MiB file written in full beforehand, and 2,000 `fsync`s \
+         each after such a `pwrite` (the `fsync` alone is timed), and prints ns per call. It runs on an unrelated \
+         filesystem and on the watched one, in rounds: without the agent, then with the agent and its receiver \
+         started, live and synced (the unrelated run, with `getppid`, first, while the agent is idle). The figures \
+         are medians over the rounds; *added* is the difference of the medians. The agent's CPU (utime+stime \
+         from `/proc/<pid>/stat`) is counted from the watched run's first write until the standby's copy of the \
+         file matched, per MiB the writes changed (every write counted). A last watched `pwrite` loop runs with \
+         `kernel.bpf_stats_enabled=1` (restored afterwards) and reads `run_cnt` and `run_time_ns` of each BPF \
+         program from `/proc/<agent>/fdinfo`, with its name from `BPF_OBJ_GET_INFO_BY_FD`.\n\
+         - **S7.** A tree of 100-byte files, 1,000 per directory, on ext4 with an inode per 4 KiB block (beyond \
+         2,000,000 files 1 KiB blocks and an inode per 2 KiB, to fit the disk), written before anything starts (page cache warm for everyone). \
+         sluice: agent and receiver started against an empty standby; *capture attached* is until the agent's \
+         metrics answer, *tree listed* until its log says it is comparing the tree with the standby, *initial \
+         sync* until `sluice_initial_sync_complete 1` (then the tree is compared in full); peak memory is the \
+         agent's `VmHWM`; then the agent is stopped and started again on the unchanged tree, timed until a new \
+         file reaches the standby. rsync: `rsync -a` (local, to an empty filesystem), then the same again with \
+         nothing changed. A run that hits its limit records how far it got: files on the standby and the agent's \
+         backlog and progress metrics.\n\n\
          ## Limits\n\n\
          - One run per cell on a shared 2-core VM: expect noise of several percent on times, more on short ones.\n\
          - Loopback only: no network latency or bandwidth limit, which flatters whoever sends the most bytes.\n\
          - lsyncd acts on close-after-write (and create/move/delete), not on every write: a file held open, \
          like S1's, is replicated when it is closed. S1's writer closes the file when its writes end.\n\
          - lsyncd's `rsyncssh` (which turns moves into `mv` on the target) needs ssh and was not used.\n\
-         - S5: on the watched filesystem the agent and the receiver replicate every write on the same two \
-         cores that fio runs on, so the figure is mostly their CPU, not the cost of the capture hooks. \
-         Buffered fio on this shared machine varies between identical runs (see the noise figure); only \
-         differences well above it mean anything.\n"
+         - S5: on the watched filesystem the agent and the receiver replicate the writes on the same two \
+         cores the timed thread runs on, so a watched figure with the agent includes time the thread lost to \
+         them, not only the capture hooks; the BPF run times separate the hooks' own cost.\n"
     )?;
     Ok(())
 }
@@ -538,4 +533,316 @@ fn lag_chart(r: &Results) -> String {
         "S1 replication lag per marker (log scale; rsync has no per-marker lag)",
         &series,
     )
+}
+
+fn ns(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{x:.0}"))
+}
+
+fn syscall_section(md: &mut String, c: &SyscallCosts) -> anyhow::Result<()> {
+    writeln!(md, "### S5: syscall costs (sluice only)\n")?;
+    if let Some(e) = &c.error {
+        writeln!(md, "failed: `{}`\n", e.replace('`', "'"))?;
+    }
+    if !c.rounds.is_empty() {
+        writeln!(
+            md,
+            "ns per call, timed in the calling thread by `sluice-syscost`; median of {} rounds \
+             (each round's figure in brackets).\n",
+            c.rounds.len()
+        )?;
+        md.push_str("| call | without agent | with agent | added | goal | met |\n|---|---|---|---|---|---|\n");
+        for call in CALLS.iter() {
+            let each = |with: bool| {
+                c.rounds
+                    .iter()
+                    .map(|r| ns((call.get)(if with { &r.with } else { &r.without })))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (without, with) = c.medians(call);
+            let added = c.added(call);
+            writeln!(
+                md,
+                "| {} | {} ({}) | {} ({}) | {} | {} | {} |",
+                call.label,
+                ns(without),
+                each(false),
+                ns(with),
+                each(true),
+                added.map_or("–".into(), |d| format!("{d:+.0}")),
+                call.goal_ns
+                    .map_or("–".into(), |g| format!("≤ {g:.0} added")),
+                match (call.goal_ns, added) {
+                    (Some(g), Some(d)) if d <= g => "yes",
+                    (Some(_), _) => "**no**",
+                    (None, _) => "–",
+                }
+            )?;
+        }
+        let work: Vec<String> = c
+            .rounds
+            .iter()
+            .filter_map(|r| r.agent.as_ref())
+            .map(|a| {
+                format!(
+                    "{:.1} ms/MiB ({:.2} s CPU for {}; receiver {:.2} s; standby matched {})",
+                    a.cpu_ms_per_mib(),
+                    a.cpu_s,
+                    bytes(a.changed_bytes as f64),
+                    a.receiver_cpu_s,
+                    a.converged_s
+                        .map_or("not within the limit".into(), |s| format!(
+                            "{} after the last write",
+                            secs(s)
+                        ))
+                )
+            })
+            .collect();
+        writeln!(
+            md,
+            "\nAgent CPU per changed MiB over the watched writes until the standby's copy matched: \
+             median {} ms/MiB. Each round: {}.\n",
+            c.agent_cpu_ms_per_mib()
+                .map_or("–".into(), |x| format!("{x:.1}")),
+            work.join("; ")
+        )?;
+    }
+    for note in &c.notes {
+        writeln!(md, "Note: {note}.\n")?;
+    }
+    if let Some(e) = &c.bpf_error {
+        writeln!(
+            md,
+            "BPF program run times: failed: `{}`\n",
+            e.replace('`', "'")
+        )?;
+    } else if !c.bpf_programs.is_empty() {
+        writeln!(
+            md,
+            "BPF programs of the agent during one more watched loop of {} `pwrite`s with \
+             `kernel.bpf_stats_enabled=1` ({} ns per `pwrite` then; every process's syscalls run \
+             them meanwhile):\n",
+            c.bpf_pass_pwrites,
+            ns(c.bpf_pass_pwrite_ns)
+        )?;
+        md.push_str(
+            "| program | id | tag | runs | ns per run | total |\n|---|---|---|---|---|---|\n",
+        );
+        for p in c.bpf_programs.iter().filter(|p| p.run_cnt > 0) {
+            writeln!(
+                md,
+                "| {} | {} | `{}` | {} | {} | {} |",
+                p.name.as_deref().unwrap_or("(no name)"),
+                p.id,
+                p.tag,
+                p.run_cnt,
+                ns(p.ns_per_run()),
+                secs(p.run_time_ns as f64 / 1e9)
+            )?;
+        }
+        let idle: Vec<String> = c
+            .bpf_programs
+            .iter()
+            .filter(|p| p.run_cnt == 0)
+            .map(|p| format!("`{}`", p.name.as_deref().unwrap_or(&p.tag)))
+            .collect();
+        if !idle.is_empty() {
+            writeln!(md, "\nDid not run: {}.", idle.join(", "))?;
+        }
+        writeln!(
+            md,
+            "\nThe kernel keeps 15 characters of a program's name. *ns per run* is over every run, \
+             whichever process's syscall or page fault triggered it.\n"
+        )?;
+    }
+    Ok(())
+}
+
+fn opt_secs(x: Option<f64>) -> String {
+    x.map_or("–".into(), secs)
+}
+
+fn scale_section(md: &mut String, run: &ScaleRun) -> anyhow::Result<()> {
+    writeln!(
+        md,
+        "### S7: {} files ({} dirs × up to {}, {} B each)\n",
+        run.files,
+        run.dirs,
+        super::scale::FILES_PER_DIR,
+        run.file_bytes
+    )?;
+    if let Some(e) = &run.error {
+        writeln!(md, "failed: `{}`\n", e.replace('`', "'"))?;
+    }
+    writeln!(
+        md,
+        "ext4 `mkfs.ext4 {}`. Tree written on the master in {}; limit {:.0} s per step.\n",
+        run.mkfs_options,
+        secs(run.write_s),
+        run.timeout_s
+    )?;
+    let none = SluiceScaleView::default();
+    let s = run.sluice.as_ref().map_or(none, |s| SluiceScaleView {
+        initial: match s.initial_sync_s {
+            Some(t) => format!(
+                "{} (identical: {})",
+                secs(t),
+                match s.identical {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "–",
+                }
+            ),
+            None => format!(
+                "**did not finish in {:.0} s**: {} of {} files on the standby, {} compared (agent log)",
+                run.timeout_s,
+                s.standby_files_reached.map_or("?".into(), |n| n.to_string()),
+                run.files,
+                s.files_compared_logged.map_or("?".into(), |n| n.to_string())
+            ),
+        },
+        startup: format!(
+            "tree listed after {} (capture attached after {}; {} entries)",
+            opt_secs(s.listed_s),
+            opt_secs(s.capture_s),
+            s.entries.map_or("?".into(), |n| n.to_string())
+        ),
+        restart: match (s.initial_sync_s, s.restart_live_s) {
+            (None, _) => "–".into(),
+            (Some(_), Some(t)) => format!(
+                "agent restarted: live after {} (walk {})",
+                secs(t),
+                opt_secs(s.restart_walk_s)
+            ),
+            (Some(_), None) => format!("agent restarted: not live in {:.0} s", run.timeout_s),
+        },
+        memory: format!(
+            "VmHWM {} = {:.0} B/file ({:.0} B/file above its {} RSS at start){}",
+            bytes(s.vm_hwm_bytes as f64),
+            s.vm_hwm_bytes as f64 / run.files as f64,
+            s.vm_hwm_bytes.saturating_sub(s.rss_start_bytes) as f64 / run.files as f64,
+            bytes(s.rss_start_bytes as f64),
+            s.restart_vm_hwm_bytes
+                .map_or(String::new(), |b| format!("; after the restart {}", bytes(b as f64)))
+        ),
+        cpu: format!("{:.2} / {:.2} s", s.master_cpu_s, s.standby_cpu_s),
+    });
+    let r = run.rsync.as_ref();
+    let rsync_time = |t: Option<f64>, cpu: f64| match (r, t) {
+        (None, _) => "–".into(),
+        (Some(_), Some(t)) => format!("{} ({cpu:.2} s CPU, both ends)", secs(t)),
+        (Some(_), None) => format!("did not finish in {:.0} s", run.timeout_s),
+    };
+    md.push_str("| | sluice | rsync |\n|---|---|---|\n");
+    writeln!(
+        md,
+        "| copy to an empty standby | {} | {} |",
+        s.initial,
+        rsync_time(r.and_then(|r| r.copy_s), r.map_or(0.0, |r| r.copy_cpu_s))
+    )?;
+    writeln!(md, "| start-up (first start) | {} | – |", s.startup)?;
+    writeln!(
+        md,
+        "| nothing changed | {} | {} |",
+        s.restart,
+        rsync_time(r.and_then(|r| r.noop_s), r.map_or(0.0, |r| r.noop_cpu_s))
+    )?;
+    writeln!(md, "| agent memory | {} | – |", s.memory)?;
+    writeln!(
+        md,
+        "| CPU master / standby, initial sync | {} | – |\n",
+        s.cpu
+    )?;
+    if let Some(sl) = &run.sluice {
+        if !sl.metrics_at_end.is_empty() {
+            writeln!(
+                md,
+                "Agent metrics at the end of the initial sync{}: {}.\n",
+                if sl.initial_sync_s.is_none() {
+                    " (at the limit)"
+                } else {
+                    ""
+                },
+                sl.metrics_at_end
+                    .iter()
+                    .map(|(k, v)| format!("`{k}` {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
+        if let Some(e) = &sl.error {
+            writeln!(md, "sluice failed: `{}`\n", e.replace('`', "'"))?;
+        }
+    }
+    if let Some(e) = r.and_then(|r| r.error.as_ref()) {
+        writeln!(md, "rsync failed: `{}`\n", e.replace('`', "'"))?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct SluiceScaleView {
+    initial: String,
+    startup: String,
+    restart: String,
+    memory: String,
+    cpu: String,
+}
+
+/// S7's goals: initial sync no slower than rsync's copy, at most 100 bytes of
+/// agent memory per file, start-up no slower than rsync's no-change scan.
+fn scale_targets(line: &mut impl FnMut(&str, String, Option<bool>), run: &ScaleRun) {
+    let Some(s) = run.sluice.as_ref().filter(|s| s.error.is_none()) else {
+        return;
+    };
+    let r = run.rsync.as_ref().filter(|r| r.error.is_none());
+    let n = run.files;
+    let copy = r.and_then(|r| r.copy_s);
+    line(
+        &format!("S7 {n} files: sluice initial sync ≤ rsync copy"),
+        format!(
+            "{} vs {}",
+            s.initial_sync_s
+                .map_or_else(|| format!("did not finish in {:.0} s", run.timeout_s), secs),
+            r.map_or("rsync not run".into(), |_| opt_secs(copy))
+        ),
+        match (s.initial_sync_s, copy, r) {
+            (_, _, None) => None,
+            (Some(a), Some(b), _) => Some(a <= b && s.identical == Some(true)),
+            (None, _, _) => Some(false),
+            (Some(_), None, _) => Some(true),
+        },
+    );
+    let per_file = s.vm_hwm_bytes as f64 / n as f64;
+    line(
+        &format!("S7 {n} files: agent peak memory ≤ 100 B/file"),
+        format!(
+            "{per_file:.0} B/file (VmHWM {}; {:.0} B/file above its RSS at start){}",
+            bytes(s.vm_hwm_bytes as f64),
+            s.vm_hwm_bytes.saturating_sub(s.rss_start_bytes) as f64 / n as f64,
+            if s.initial_sync_s.is_none() {
+                ", at the limit"
+            } else {
+                ""
+            }
+        ),
+        (s.vm_hwm_bytes > 0).then_some(per_file <= 100.0),
+    );
+    let noop = r.and_then(|r| r.noop_s);
+    line(
+        &format!("S7 {n} files: start-up ≤ rsync no-change scan"),
+        format!(
+            "tree listed after {} vs {} (restart until live: {})",
+            opt_secs(s.listed_s),
+            r.map_or("rsync not run".into(), |_| opt_secs(noop)),
+            opt_secs(s.restart_live_s)
+        ),
+        match (s.listed_s, noop, r) {
+            (_, _, None) => None,
+            (Some(a), Some(b), _) => Some(a <= b),
+            (None, _, _) => Some(false),
+            (Some(_), None, _) => None,
+        },
+    );
 }

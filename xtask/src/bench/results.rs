@@ -67,42 +67,223 @@ impl Lag {
     }
 }
 
-/// S5: fio random-write throughput in MiB/s.
+/// S5: nanoseconds per syscall, timed by `sluice-syscost` in the calling thread,
+/// without and with the agent attached. `None` where a run failed.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Costs {
+    pub getppid: Option<f64>,
+    pub pwrite_unrelated: Option<f64>,
+    pub pwrite_watched: Option<f64>,
+    pub fsync_unrelated: Option<f64>,
+    pub fsync_watched: Option<f64>,
+}
+
+/// Which figure of [`Costs`], its label and the most the agent may add to it.
+pub struct Call {
+    pub label: &'static str,
+    pub get: fn(&Costs) -> Option<f64>,
+    pub goal_ns: Option<f64>,
+}
+
+pub const CALLS: [Call; 5] = [
+    Call {
+        label: "getppid",
+        get: |c| c.getppid,
+        goal_ns: Some(20.0),
+    },
+    Call {
+        label: "4 KiB pwrite, unrelated fs",
+        get: |c| c.pwrite_unrelated,
+        goal_ns: Some(50.0),
+    },
+    Call {
+        label: "4 KiB pwrite, watched fs",
+        get: |c| c.pwrite_watched,
+        goal_ns: Some(300.0),
+    },
+    Call {
+        label: "fsync after a 4 KiB pwrite, unrelated fs",
+        get: |c| c.fsync_unrelated,
+        goal_ns: None,
+    },
+    Call {
+        label: "fsync after a 4 KiB pwrite, watched fs",
+        get: |c| c.fsync_watched,
+        goal_ns: None,
+    },
+];
+
+/// The agent's work for one round's writes on the watched filesystem.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Overhead {
-    pub runtime_s: u64,
-    pub watched_without_agent: Vec<f64>,
-    pub watched_with_agent: f64,
-    pub other_without_agent: Vec<f64>,
-    pub other_with_agent: f64,
+pub struct AgentWork {
+    /// Bytes the writes changed (every 4 KiB write counted, repeats included).
+    pub changed_bytes: u64,
+    /// The agent's utime+stime from the first write until the standby's copy matched.
+    pub cpu_s: f64,
+    /// The receiver's, over the same span.
+    pub receiver_cpu_s: f64,
+    /// From the last write until the standby's copy matched; `None` if it did not
+    /// within the limit.
+    pub converged_s: Option<f64>,
+}
+
+impl AgentWork {
+    pub fn cpu_ms_per_mib(&self) -> f64 {
+        self.cpu_s * 1e3 / (self.changed_bytes as f64 / (1 << 20) as f64).max(1e-9)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CostRound {
+    pub without: Costs,
+    pub with: Costs,
+    pub agent: Option<AgentWork>,
+}
+
+/// One BPF program of the agent, from `/proc/<pid>/fdinfo` during the watched
+/// `pwrite` loop with `kernel.bpf_stats_enabled=1`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BpfProgram {
+    pub id: u32,
+    /// From `BPF_OBJ_GET_INFO_BY_FD`; `None` if the kernel would not say.
+    pub name: Option<String>,
+    pub tag: String,
+    pub prog_type: String,
+    /// Runs and run time during the loop (deltas).
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+impl BpfProgram {
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyscallCosts {
+    pub getppid_iterations: u64,
+    pub pwrite_iterations: u64,
+    pub fsync_iterations: u64,
+    pub rounds: Vec<CostRound>,
+    /// The agent's programs over the BPF-stats pass, busiest first.
+    pub bpf_programs: Vec<BpfProgram>,
+    /// `pwrite` iterations of the BPF-stats pass and their ns per call then
+    /// (stats on, so not comparable with the rounds).
+    pub bpf_pass_pwrites: u64,
+    pub bpf_pass_pwrite_ns: Option<f64>,
+    pub bpf_error: Option<String>,
+    /// Conditions that make the figures less trustworthy (other agents running).
+    pub notes: Vec<String>,
     pub error: Option<String>,
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
-impl Overhead {
-    /// Throughput lost with the agent attached, in % of the mean without it.
-    pub fn watched_pct(&self) -> f64 {
-        100.0 * (1.0 - self.watched_with_agent / mean(&self.watched_without_agent))
-    }
-
-    pub fn other_pct(&self) -> f64 {
-        100.0 * (1.0 - self.other_with_agent / mean(&self.other_without_agent))
-    }
-
-    /// Spread between the baseline runs, in % of their mean: overhead figures
-    /// smaller than this are noise.
-    pub fn noise_pct(&self) -> f64 {
-        let spread = |v: &[f64]| {
-            let (lo, hi) = v
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-            100.0 * (hi - lo) / mean(v)
+impl SyscallCosts {
+    /// Median over the rounds of one figure, without and with the agent.
+    pub fn medians(&self, call: &Call) -> (Option<f64>, Option<f64>) {
+        let pick = |with: bool| {
+            median(
+                self.rounds
+                    .iter()
+                    .filter_map(|r| (call.get)(if with { &r.with } else { &r.without }))
+                    .collect(),
+            )
         };
-        spread(&self.watched_without_agent).max(spread(&self.other_without_agent))
+        (pick(false), pick(true))
     }
+
+    /// What the agent adds to one call: the difference of the medians.
+    pub fn added(&self, call: &Call) -> Option<f64> {
+        match self.medians(call) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        }
+    }
+
+    /// The rounds' agent work, median CPU per changed MiB.
+    pub fn agent_cpu_ms_per_mib(&self) -> Option<f64> {
+        median(
+            self.rounds
+                .iter()
+                .filter_map(|r| r.agent.as_ref())
+                .filter(|a| a.converged_s.is_some())
+                .map(AgentWork::cpu_ms_per_mib)
+                .collect(),
+        )
+    }
+}
+
+/// S7 for sluice: one agent started against an empty standby.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SluiceScale {
+    /// From starting the agent until its metrics answered (eBPF attached).
+    pub capture_s: Option<f64>,
+    /// From starting the agent until it had listed the tree for the comparison
+    /// with the standby (its log's "comparing the tree with the standby").
+    pub listed_s: Option<f64>,
+    /// Entries it listed.
+    pub entries: Option<u64>,
+    /// From starting the agent until `sluice_initial_sync_complete 1`.
+    pub initial_sync_s: Option<f64>,
+    pub identical: Option<bool>,
+    /// The agent's resident memory when its metrics first answered, and its peak
+    /// (`VmHWM`) at the end of the initial sync (or at the limit).
+    pub rss_start_bytes: u64,
+    pub vm_hwm_bytes: u64,
+    pub master_cpu_s: f64,
+    pub standby_cpu_s: f64,
+    /// After the initial sync: the agent stopped and started again on the
+    /// unchanged tree; time until a new file reached the standby, the walk it
+    /// logged, and its peak memory.
+    pub restart_live_s: Option<f64>,
+    pub restart_walk_s: Option<f64>,
+    pub restart_vm_hwm_bytes: Option<u64>,
+    /// When the initial sync did not finish: files on the standby then.
+    pub standby_files_reached: Option<u64>,
+    /// The agent's progress and backlog metrics at the end (or at the limit), and
+    /// its last "initial sync in progress" count.
+    pub metrics_at_end: Vec<(String, f64)>,
+    pub files_compared_logged: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// S7 for rsync: `rsync -a` to an empty directory, then again with nothing changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RsyncScale {
+    pub copy_s: Option<f64>,
+    pub copy_cpu_s: f64,
+    pub noop_s: Option<f64>,
+    pub noop_cpu_s: f64,
+    pub error: Option<String>,
+}
+
+/// S7: one tree of many small files.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScaleRun {
+    pub files: usize,
+    pub dirs: usize,
+    pub file_bytes: u64,
+    pub mkfs_options: String,
+    pub timeout_s: f64,
+    /// Time to write the tree on the master (not measured against anything).
+    pub write_s: f64,
+    pub sluice: Option<SluiceScale>,
+    pub rsync: Option<RsyncScale>,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -115,13 +296,23 @@ pub struct Results {
     pub versions: Vec<(String, String)>,
     pub sizes: Vec<(String, String)>,
     pub rows: Vec<Row>,
-    pub overhead: Option<Overhead>,
+    /// S5, when it ran.
+    pub syscall_costs: Option<SyscallCosts>,
+    /// S7, one entry per tree size.
+    pub scale: Vec<ScaleRun>,
     pub wall_s: f64,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Lag;
+    use super::{Lag, median};
+
+    #[test]
+    fn medians_skip_missing_runs() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, f64::NAN, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
 
     #[test]
     fn lag_percentiles_are_over_the_markers_seen() {
