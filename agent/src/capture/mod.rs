@@ -96,6 +96,10 @@ pub use sluice_common::{ANCESTOR_DEV, InodeId, NO_FD, TO_END};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// How soon the ring is read again after records were read or a wakeup came:
+/// longer than the programs' spacing of wakeups (1 ms), within which records
+/// wake nobody.
+const POLL_AFTER_EVENTS: std::time::Duration = std::time::Duration::from_micros(1500);
 /// How often processes that are gone leave the shared-mapping set.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Opening the root races with other threads of this process opening directories,
@@ -163,6 +167,8 @@ pub struct Capture {
     cfg: Config,
     mappers: BpfHashMap<MapData, u32, u8>,
     last_prune: std::time::Instant,
+    /// Look at the ring again within [`POLL_AFTER_EVENTS`] even without a wakeup.
+    poll_soon: bool,
     events: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     watched_dev: u64,
@@ -381,6 +387,7 @@ impl Capture {
             cfg,
             mappers,
             last_prune: std::time::Instant::now(),
+            poll_soon: true,
             events: register(events)?,
             drops,
             watched_dev: kernel_root.root.dev,
@@ -482,21 +489,28 @@ impl Capture {
     /// into `out` (appending). Records that do not decode are logged and skipped.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> Result<(), CaptureError> {
         loop {
-            let mut guard = self.events.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let mut seen = 0usize;
-            let mut compat_exec = None;
-            while let Some(record) = ring.next() {
-                seen += 1;
-                match events::decode(&record) {
-                    Ok(event) if matches!(event.kind, EventKind::Repair { reason: Repair::CompatExec, .. }) => {
-                        compat_exec.get_or_insert(event);
-                    }
-                    Ok(event) => out.push(event),
-                    Err(error) => tracing::warn!(%error, "skipping undecodable capture record"),
+            // Records within `POLL_AFTER_EVENTS` of a wakeup do not wake this
+            // reader (see the programs' `wakeup_flags`): after reading any, or
+            // being woken, look again that long after even without a wakeup.
+            let mut drained = None;
+            if self.poll_soon {
+                let waited = tokio::time::timeout(POLL_AFTER_EVENTS, self.events.readable_mut()).await;
+                if let Ok(guard) = waited {
+                    let mut guard = guard?;
+                    drained = Some(drain(guard.get_inner_mut(), out));
+                    guard.clear_ready();
                 }
+            } else {
+                let mut guard = self.events.readable_mut().await?;
+                drained = Some(drain(guard.get_inner_mut(), out));
+                guard.clear_ready();
             }
-            guard.clear_ready();
+            let woken = drained.is_some();
+            let (seen, compat_exec) = match drained {
+                Some(drained) => drained,
+                None => drain(self.events.get_mut(), out),
+            };
+            self.poll_soon = woken || seen > 0;
             if let Some(event) = compat_exec.filter(|_| self.cfg.compat_exits == 0) {
                 tracing::warn!(pid = event.pid, "a 32-bit program started: capturing 32-bit syscalls from now on");
                 self.attach_compat()?;
@@ -516,6 +530,24 @@ impl Capture {
     pub fn dropped(&self) -> Result<u64, CaptureError> {
         Ok(self.drops.get(&0, 0)?.iter().sum())
     }
+}
+
+/// Moves every available record of `ring` into `out`, but the announcement of a
+/// 32-bit program, which is returned; also returns how many records there were.
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> (usize, Option<Event>) {
+    let mut seen = 0usize;
+    let mut compat_exec = None;
+    while let Some(record) = ring.next() {
+        seen += 1;
+        match events::decode(&record) {
+            Ok(event) if matches!(event.kind, EventKind::Repair { reason: Repair::CompatExec, .. }) => {
+                compat_exec.get_or_insert(event);
+            }
+            Ok(event) => out.push(event),
+            Err(error) => tracing::warn!(%error, "skipping undecodable capture record"),
+        }
+    }
+    (seen, compat_exec)
 }
 
 /// Loads program `name` for the BTF tracepoint `tracepoint` and attaches it.
