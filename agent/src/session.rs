@@ -274,7 +274,7 @@ impl Replicator {
 
     /// Writes the journal at once and waits for it, as the agent stops.
     pub fn write_journal_now(&mut self) {
-        self.write_journal();
+        self.record(true);
         self.journal.finish();
     }
 
@@ -283,6 +283,12 @@ impl Replicator {
     /// numbers renumbered, the log grown past twice its checkpoint, or a
     /// comparison of the whole tree starting or settling).
     pub fn write_journal(&mut self) {
+        self.record(false);
+    }
+
+    /// [`Replicator::write_journal`]; with `always`, the header is written even
+    /// when nothing changed, so the next start verifies only what changes after.
+    fn record(&mut self, always: bool) {
         let now = unix_ns();
         // Everything changed before this has been captured and is either in the
         // journal or durable on the standby; files a pending verification covers
@@ -343,7 +349,7 @@ impl Replicator {
         let last = last.expect("checked above");
         let stale = last.verify_since <= self.last_event_secs && header.verify_since > last.verify_since;
         let unchanged = entries.is_empty() && last.next_seq == header.next_seq && last.tree_nonempty == header.tree_nonempty;
-        if unchanged && !stale {
+        if unchanged && !stale && !always {
             return;
         }
         entries.push(LogEntry::Header(header));

@@ -203,8 +203,11 @@ fn hard_link_groups_that_differ_are_restored() {
         Ok(compare_trees(m, s).is_ok())
     })
     .unwrap_or_else(|e| panic!("{e:#}\n--- agent log ---\n{}", tail(&pair.agent_log())));
-    let metrics = pair.agent_metrics().unwrap();
-    assert!(metrics.get("sluice_verify_mismatches_total") - before >= 2.0, "both differences are counted");
+    // Metrics are refreshed every 100 ms.
+    wait_until("both differences to be counted", Duration::from_secs(5), || {
+        Ok(pair.agent_metrics()?.get("sluice_verify_mismatches_total") - before >= 2.0)
+    })
+    .unwrap();
     let log = pair.agent_log();
     assert!(log.contains("hard-linked to another name on the master, not on the standby"), "{}", tail(&log));
     assert!(log.contains("hard-linked to another name on the standby only"), "{}", tail(&log));
