@@ -39,6 +39,8 @@ const JOURNAL_SLACK_SECS: i64 = 2;
 /// that comes back before then loses nothing). A receiver that is merely slow
 /// (its disk throttling writes) keeps acknowledging packets and is not paused for.
 const STALL: Duration = Duration::from_secs(1);
+/// Wanted files read in one turn of the session loop, at most.
+const WANTS_PER_TURN: usize = 32;
 /// File content read ahead of sending while answering the receiver's wants.
 const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// File content in flight (sent, not acknowledged as applied), at most.
@@ -602,7 +604,16 @@ impl<'a> Session<'a> {
                 Some(request) = control.recv() => self.rep.handle_control(request),
                 Some(batch) = notices.recv() => self.rep.handle_notices(batch),
                 () = std::future::ready(()), if sendable => self.send_next().await?,
-                () = std::future::ready(()), if answerable => self.answer_next_want(),
+                () = std::future::ready(()), if answerable => {
+                    // Several per turn: a want of a small file costs less than a
+                    // turn of this loop.
+                    for _ in 0..WANTS_PER_TURN {
+                        self.answer_next_want();
+                        if self.wants.is_empty() || self.rep.backlog.unsent_payload() >= READ_AHEAD_BYTES {
+                            break;
+                        }
+                    }
+                }
                 _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
                 _ = metrics_tick.tick() => {
                     ticks += 1;

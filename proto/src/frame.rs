@@ -55,7 +55,7 @@ pub fn encode_frame<T: Serialize>(message: &T, compress: bool) -> Result<Vec<u8>
         return Err(FrameError::TooLarge { len: body.len() });
     }
     let (flags, body) = if compress && body.len() >= COMPRESS_MIN && sample_compresses(&body) {
-        match zstd::bulk::compress(&body, 1) {
+        match compress_fast(&body) {
             Ok(small) if small.len() < body.len() - body.len() / 8 => (FLAG_ZSTD, small),
             _ => (0, body),
         }
@@ -79,7 +79,22 @@ fn sample_compresses(body: &[u8]) -> bool {
     }
     let start = body.len() / 2 - SAMPLE_LEN / 2;
     let sample = &body[start..start + SAMPLE_LEN];
-    matches!(zstd::bulk::compress(sample, 1), Ok(small) if small.len() < SAMPLE_LEN - SAMPLE_LEN / 8)
+    matches!(compress_fast(sample), Ok(small) if small.len() < SAMPLE_LEN - SAMPLE_LEN / 8)
+}
+
+/// zstd at level 1 with a context kept per thread: creating one costs more
+/// than compressing a frame of small operations.
+fn compress_fast(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Compressor::new(1)?);
+        }
+        cell.as_mut().expect("set above").compress(data)
+    })
 }
 
 /// Parses a frame header into (body length, flags), refusing oversized frames.

@@ -72,8 +72,8 @@ impl FdCache {
     }
 
     fn close_unnamed(&mut self) {
-        let names = &self.names;
-        self.files.retain(|inode, _| names.values().any(|named| named == inode));
+        let named: std::collections::HashSet<&Inode> = self.names.values().collect();
+        self.files.retain(|inode, _| named.contains(inode));
     }
 
     /// Forgets every file.
