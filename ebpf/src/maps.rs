@@ -131,37 +131,6 @@ pub fn may_map_watched(tgid: u32) -> bool {
     unsafe { MAPPERS.get(&tgid) }.is_some() || MAPPERS_FULL.get(0).is_some_and(|full| *full != 0)
 }
 
-/// When (`bpf_ktime_get_ns`) a record last woke the agent.
-#[map(name = "LAST_WAKEUP")]
-pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
-
-/// `BPF_RB_NO_WAKEUP` (include/uapi/linux/bpf.h).
-const BPF_RB_NO_WAKEUP: u64 = 1;
-/// Records within this long of the last wakeup do not wake the agent: it polls
-/// the ring that long after every record it reads (see the agent's
-/// `capture::POLL_AFTER_EVENTS`, which must not be shorter).
-const WAKEUP_SPACING_NS: u64 = 1_000_000;
-
-/// Flags for submitting a record: a wakeup of the agent is an interrupt to
-/// itself (an exit of the whole VM on a virtual machine), microseconds the
-/// writing thread pays, so at most one record per [`WAKEUP_SPACING_NS`] wakes it.
-#[inline(always)]
-pub fn wakeup_flags() -> u64 {
-    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: the helper takes no arguments.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    // SAFETY: the map's single slot; a race between CPUs costs an extra wakeup.
-    unsafe {
-        if now.wrapping_sub(*last) < WAKEUP_SPACING_NS {
-            return BPF_RB_NO_WAKEUP;
-        }
-        *last = now;
-    }
-    0
-}
-
 #[inline(always)]
 pub fn count_drop() {
     if let Some(slot) = DROPS.get_ptr_mut(0) {

@@ -96,9 +96,7 @@ pub use sluice_common::{ANCESTOR_DEV, InodeId, NO_FD, TO_END};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
-/// How soon the ring is read again after records were read or a wakeup came:
-/// longer than the programs' spacing of wakeups (1 ms), within which records
-/// wake nobody.
+/// How soon the ring is read again after records were read or a wakeup came.
 const POLL_AFTER_EVENTS: std::time::Duration = std::time::Duration::from_micros(1500);
 /// How often processes that are gone leave the shared-mapping set.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -489,9 +487,10 @@ impl Capture {
     /// into `out` (appending). Records that do not decode are logged and skipped.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> Result<(), CaptureError> {
         loop {
-            // Records within `POLL_AFTER_EVENTS` of a wakeup do not wake this
-            // reader (see the programs' `wakeup_flags`): after reading any, or
-            // being woken, look again that long after even without a wakeup.
+            // A record submitted while this reader is between draining the ring
+            // and clearing its readiness wakes nobody (the kernel wakes the reader
+            // only for a record into an empty ring): after reading any, or being
+            // woken, look again shortly even without a wakeup.
             let mut drained = None;
             if self.poll_soon {
                 let waited = tokio::time::timeout(POLL_AFTER_EVENTS, self.events.readable_mut()).await;

@@ -42,7 +42,7 @@ use crate::{
         Res, current_task, file_flags, file_inode, file_of_fd, file_pos, file_shared, inode_size,
         watched,
     },
-    maps::{EVENTS, WRITE_ENTRY, WriteEntry, count_drop, note_writer, wakeup_flags, writer},
+    maps::{EVENTS, WRITE_ENTRY, WriteEntry, count_drop, note_writer, writer},
 };
 
 pub fn on_exit(cfg: &Config, call: &Syscall) -> Res<()> {
@@ -191,7 +191,7 @@ pub fn emit(op: u32, inode: InodeId, offset: u64, len: u64, flags: u32, fd: u32)
         flags,
         fd,
     };
-    if EVENTS.output::<DataEvent>(&event, wakeup_flags()).is_err() {
+    if EVENTS.output::<DataEvent>(&event, 0).is_err() {
         count_drop();
     }
 }

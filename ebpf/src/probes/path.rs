@@ -253,7 +253,7 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs, ret: i64) -> Res<()> {
             || (p.second == Second::Path && (*path2 == b'/' || near(base2)))
     };
     if keep {
-        entry.submit(crate::maps::wakeup_flags());
+        entry.submit(0);
     } else {
         entry.discard(0);
     }

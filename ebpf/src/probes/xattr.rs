@@ -135,7 +135,7 @@ pub fn on_exit(cfg: &Config, n: u64, a: &SysArgs) -> Res<()> {
             || base.dev == ANCESTOR_DEV
     };
     if keep {
-        entry.submit(crate::maps::wakeup_flags());
+        entry.submit(0);
     } else {
         entry.discard(0);
     }
