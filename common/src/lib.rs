@@ -453,8 +453,8 @@ mod tests {
             size_of::<PathEvent>(),
             24 + 16 * 3 + 4 + 4 + 8 + 2 * PATH_LEN
         );
-        assert_eq!(size_of::<KernelOffsets>(), 45 * 8);
-        assert_eq!(size_of::<Config>(), 16 + 45 * 8 + 8 + 8);
+        assert_eq!(size_of::<KernelOffsets>(), 47 * 8);
+        assert_eq!(size_of::<Config>(), 16 + 47 * 8 + 8 + 8 + 8);
         assert_eq!(size_of::<Calibration>(), 16 + 8 + 8);
         assert_eq!(size_of::<AncestorKey>(), 24);
     }
