@@ -403,27 +403,11 @@ impl Backlog {
     /// What the journal must keep: operations in order, and inodes whose data
     /// (or metadata) the standby may lack.
     pub fn records(&self) -> (Vec<Record>, Vec<DirtyInode>) {
-        let mut ops = Vec::new();
-        let mut dirty: BTreeMap<u64, (RangeSet, bool)> = BTreeMap::new();
-        let sent = self.unconfirmed.iter().map(|(seq, (_, record))| (*seq, record.clone()));
-        let unsent = self.unsent.iter().map(|q| (q.seq, Record::of(q.seq, &q.pending)));
-        for (_, record) in sent.chain(unsent) {
-            match record {
-                Record::Dirty { ino, range, .. } => {
-                    let (ranges, attrs) = dirty.entry(ino).or_default();
-                    match range {
-                        Some((start, end)) => ranges.insert(start, end - start),
-                        None => *attrs = true,
-                    }
-                }
-                Record::Op { .. } => ops.push(record),
-            }
-        }
-        let dirty = dirty
-            .into_iter()
-            .map(|(ino, (ranges, attrs))| DirtyInode { ino, ranges: ranges.iter().collect(), attrs })
-            .collect();
-        (ops, dirty)
+        let mut dirty = BTreeMap::new();
+        let sent = self.unconfirmed.values().map(|(_, record)| record.clone());
+        let unsent = self.unsent.iter().map(|q| Record::of(q.seq, &q.pending));
+        let ops = split_records(sent.chain(unsent), &mut dirty);
+        (ops, dirty_inodes(dirty))
     }
 
     /// Restores operations from the journal as sent-but-unconfirmed, so the next
@@ -439,6 +423,33 @@ impl Backlog {
             }
         }
     }
+}
+
+/// Per inode, the ranges and whether the metadata may be missing on the standby.
+pub type DirtyMap = BTreeMap<u64, (RangeSet, bool)>;
+
+/// Folds the writes and attribute changes among `records` into `dirty` (they are
+/// resent by reading the inode again) and returns the other operations, in order.
+pub fn split_records(records: impl IntoIterator<Item = Record>, dirty: &mut DirtyMap) -> Vec<Record> {
+    let mut ops = Vec::new();
+    for record in records {
+        match record {
+            Record::Dirty { ino, range, .. } => {
+                let (ranges, attrs) = dirty.entry(ino).or_default();
+                match range {
+                    Some((start, end)) => ranges.insert(start, end - start),
+                    None => *attrs = true,
+                }
+            }
+            Record::Op { .. } => ops.push(record),
+        }
+    }
+    ops
+}
+
+/// `dirty` as the journal and the engine list it.
+pub fn dirty_inodes(dirty: DirtyMap) -> Vec<DirtyInode> {
+    dirty.into_iter().map(|(ino, (ranges, attrs))| DirtyInode { ino, ranges: ranges.iter().collect(), attrs }).collect()
 }
 
 #[cfg(test)]

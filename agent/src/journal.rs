@@ -14,9 +14,8 @@
 //! which loading stops at. Whatever changed after the last entry is found by
 //! inode change time (`verify_since`).
 
-use crate::backlog::Record;
+use crate::backlog::{DirtyMap, Record, dirty_inodes, split_records};
 use crate::engine::DirtyInode;
-use crate::ranges::RangeSet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -105,8 +104,8 @@ struct Replay {
     header: Header,
     durable: u64,
     records: BTreeMap<u64, Record>,
-    dirtied: BTreeMap<u64, (RangeSet, bool)>,
-    mapped: BTreeMap<u64, (RangeSet, bool)>,
+    dirtied: DirtyMap,
+    mapped: DirtyMap,
 }
 
 impl Replay {
@@ -164,19 +163,7 @@ impl Replay {
             }
             *into_attrs |= attrs;
         }
-        let mut ops = Vec::new();
-        for record in self.records.into_values() {
-            match record {
-                Record::Dirty { ino, range, .. } => {
-                    let (ranges, attrs) = dirty.entry(ino).or_default();
-                    match range {
-                        Some((start, end)) => ranges.insert(start, end - start),
-                        None => *attrs = true,
-                    }
-                }
-                Record::Op { .. } => ops.push(record),
-            }
-        }
+        let ops = split_records(self.records.into_values(), &mut dirty);
         Snapshot {
             written_unix_ns: self.header.written_unix_ns,
             next_seq: self.header.next_seq,
@@ -184,13 +171,13 @@ impl Replay {
             compare_owed: self.header.compare_owed,
             verify_since: self.header.verify_since,
             ops,
-            dirty: dirty.into_iter().map(|(ino, (ranges, attrs))| DirtyInode { ino, ranges: ranges.iter().collect(), attrs }).collect(),
+            dirty: dirty_inodes(dirty),
             tree_nonempty: self.header.tree_nonempty,
         }
     }
 }
 
-fn merge(into: &mut BTreeMap<u64, (RangeSet, bool)>, inodes: Vec<DirtyInode>) {
+fn merge(into: &mut DirtyMap, inodes: Vec<DirtyInode>) {
     for inode in inodes {
         let (ranges, attrs) = into.entry(inode.ino).or_default();
         for (start, end) in inode.ranges {
@@ -322,14 +309,13 @@ fn read_log(path: &Path) -> std::io::Result<Option<Snapshot>> {
     let mut replay = Replay::default();
     let mut at = 0;
     let mut first = true;
-    while bytes.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+    // Every read is checked: a torn or corrupt tail ends the replay.
+    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+        let (len, sum) = header.split_at(4);
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
         let body_at = at + FRAME_HEADER;
-        if len > MAX_ENTRY_BYTES || bytes.len() - body_at < len {
-            break;
-        }
-        let body = &bytes[body_at..body_at + len];
-        if blake3::hash(body).as_bytes()[..8] != bytes[at + 4..at + 12] {
+        let Some(body) = bytes.get(body_at..body_at.saturating_add(len)).filter(|_| len <= MAX_ENTRY_BYTES) else { break };
+        if blake3::hash(body).as_bytes()[..8] != *sum {
             break;
         }
         let Ok(entry) = postcard::from_bytes::<LogEntry>(body) else { break };
@@ -393,9 +379,9 @@ impl JournalWriter {
                 .name("journal".into())
                 .spawn(move || loop {
                     let (lock, ready) = &*shared;
-                    let mut handover = lock.lock().expect("journal handover");
+                    let mut handover = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     while handover.pending.is_empty() && !handover.stop {
-                        handover = ready.wait(handover).expect("journal handover");
+                        handover = ready.wait(handover).unwrap_or_else(|poisoned| poisoned.into_inner());
                     }
                     if handover.pending.is_empty() {
                         return;
@@ -459,7 +445,7 @@ impl JournalWriter {
 
     fn hand_over(&mut self, write: Handed) {
         let (lock, ready) = &*self.shared;
-        lock.lock().expect("journal handover").pending.push_back(write);
+        lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pending.push_back(write);
         ready.notify_one();
         self.last_submit = Some(Instant::now());
     }
@@ -472,7 +458,7 @@ impl JournalWriter {
     /// Writes what is pending and stops the thread.
     pub fn finish(&mut self) {
         let (lock, ready) = &*self.shared;
-        lock.lock().expect("journal handover").stop = true;
+        lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).stop = true;
         ready.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

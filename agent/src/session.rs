@@ -348,7 +348,7 @@ impl Replicator {
         // which only makes a restart verify more; it is written again anyway once
         // the time bound can move past the last change seen, so that a restart
         // does not verify what this journal vouches for.
-        let last = last.expect("checked above");
+        let Some(last) = last else { return };
         let stale = last.verify_since <= self.last_event_secs && header.verify_since > last.verify_since;
         let unchanged = entries.is_empty() && last.next_seq == header.next_seq && last.tree_nonempty == header.tree_nonempty;
         if unchanged && !stale && !always {

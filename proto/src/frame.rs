@@ -90,10 +90,11 @@ fn compress_fast(data: &[u8]) -> std::io::Result<Vec<u8>> {
     }
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = Some(zstd::bulk::Compressor::new(1)?);
-        }
-        cell.as_mut().expect("set above").compress(data)
+        let compressor = match cell.as_mut() {
+            Some(compressor) => compressor,
+            None => cell.insert(zstd::bulk::Compressor::new(1)?),
+        };
+        compressor.compress(data)
     })
 }
 
