@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Largest handle the kernel hands out (MAX_HANDLE_SZ).
@@ -178,23 +178,38 @@ pub fn segments(file: &File, start: u64, end: u64) -> io::Result<Vec<Segment>> {
 
 /// Reads up to `len` bytes at `offset` (fewer at end of file).
 pub fn read_range(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-    let mut data = vec![0u8; len as usize];
-    let mut filled = 0;
-    while filled < data.len() {
-        match file.read_at(&mut data[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+    // Read into spare capacity: zeroing the buffer first would cost as much as
+    // hashing what is read into it.
+    let len = len as usize;
+    let mut data: Vec<u8> = Vec::with_capacity(len);
+    while data.len() < len {
+        let Ok(at) = libc::off_t::try_from(offset + data.len() as u64) else { return Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+        let want = len - data.len();
+        let spare = data.spare_capacity_mut();
+        // SAFETY: the kernel writes at most `want` bytes, no more than the spare
+        // capacity (at least `len` in all), which this Vec owns.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, at) };
+        match n {
+            0 => break,
+            n if n > 0 => {
+                // SAFETY: the kernel initialized the next `n` bytes.
+                unsafe { data.set_len(data.len() + n as usize) };
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
     }
-    data.truncate(filled);
     Ok(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
     use std::os::unix::fs::MetadataExt;
 
     #[test]

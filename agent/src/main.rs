@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Run { config } => {
+            daemon::keep_buffers_mapped();
             daemon::init_logging();
             let config = sluice_agent::config::Config::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;

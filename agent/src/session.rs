@@ -41,7 +41,8 @@ const JOURNAL_SLACK_SECS: i64 = 2;
 const STALL: Duration = Duration::from_secs(1);
 /// Wanted files read in one turn of the session loop, at most.
 const WANTS_PER_TURN: usize = 32;
-/// File content read ahead of sending while answering the receiver's wants.
+/// File content read ahead of sending, by flushes of dirty data and while
+/// answering the receiver's wants.
 const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// File content in flight (sent, not acknowledged as applied), at most.
 const IN_FLIGHT_BYTES: u64 = 32 << 20;
@@ -198,6 +199,7 @@ impl Replicator {
     /// Reads the dirty ranges whose coalescing time is up into operations.
     pub fn flush(&mut self) {
         let mut pending = std::mem::take(&mut self.scratch);
+        self.refill_read_budget();
         tokio::task::block_in_place(|| self.engine.flush(&mut pending));
         self.queue(&mut pending);
         self.scratch = pending;
@@ -226,6 +228,14 @@ impl Replicator {
         self.hold_data_if_needed();
     }
 
+    /// Dirty data is read no further ahead of sending than [`READ_AHEAD_BYTES`]:
+    /// reading and sending overlap, and a file written faster than the link
+    /// carries waits as ranges (which later writes to them coalesce into), not as
+    /// copies of its content in memory.
+    fn refill_read_budget(&mut self) {
+        self.engine.read_budget = READ_AHEAD_BYTES.saturating_sub(self.backlog.unsent_payload());
+    }
+
     /// Dirty data stays as ranges while the backlog is at its memory bound, or while
     /// offline with a tree comparison owed (which will cover it).
     fn hold_data_if_needed(&mut self) {
@@ -246,6 +256,7 @@ impl Replicator {
         let mut pending = std::mem::take(&mut self.scratch);
         // What was captured before the walk goes first, so the walk is not older
         // than the operations ahead of it.
+        self.refill_read_budget();
         tokio::task::block_in_place(|| self.engine.flush(&mut pending));
         self.queue(&mut pending);
         self.scratch = pending;

@@ -76,9 +76,11 @@ impl FrameWriter {
     /// Sends one message; returns the frame's size in bytes.
     pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<usize, NetError> {
         let frame = encode_frame(message, self.compress)?;
-        self.send.write_all(&frame).await?;
-        self.bytes_written += frame.len() as u64;
-        Ok(frame.len())
+        let len = frame.len();
+        // Handed over, not copied into the stream's buffer.
+        self.send.write_chunk(bytes::Bytes::from(frame)).await?;
+        self.bytes_written += len as u64;
+        Ok(len)
     }
 
     /// Sends an already encoded frame.

@@ -48,28 +48,39 @@ pub enum FrameError {
 }
 
 /// Encodes `message` into a complete frame, compressing when `compress` is set and it pays.
+/// The message is serialized once, straight into the frame: bulk file data is
+/// copied no more than that on its way out.
 pub fn encode_frame<T: Serialize>(message: &T, compress: bool) -> Result<Vec<u8>, FrameError> {
-    let body = postcard::to_stdvec(message).map_err(|source| FrameError::Encode { source })?;
+    let len = postcard::experimental::serialized_size(message).map_err(|source| FrameError::Encode { source })?;
     // Checked before compression: the receiving side bounds what it decompresses by it.
-    if body.len() > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len: body.len() });
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
     }
-    let (flags, body) = if compress && body.len() >= COMPRESS_MIN && sample_compresses(&body) {
-        match compress_fast(&body) {
-            Ok(small) if small.len() < body.len() - body.len() / 8 => (FLAG_ZSTD, small),
-            _ => (0, body),
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + len);
+    frame.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let mut frame = postcard::to_extend(message, frame).map_err(|source| FrameError::Encode { source })?;
+    let body = frame.get(FRAME_HEADER_LEN..).unwrap_or_default();
+    if compress && body.len() >= COMPRESS_MIN && sample_compresses(body) {
+        match compress_fast(body) {
+            Ok(small) if small.len() < body.len() - body.len() / 8 => {
+                let mut compressed = Vec::with_capacity(FRAME_HEADER_LEN + small.len());
+                compressed.extend_from_slice(&header(small.len(), FLAG_ZSTD));
+                compressed.extend_from_slice(&small);
+                return Ok(compressed);
+            }
+            _ => {}
         }
-    } else {
-        (0, body)
-    };
-    if body.len() > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len: body.len() });
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.push(flags);
-    frame.extend_from_slice(&body);
+    let plain = header(frame.len() - FRAME_HEADER_LEN, 0);
+    if let Some(head) = frame.get_mut(..FRAME_HEADER_LEN) {
+        head.copy_from_slice(&plain);
+    }
     Ok(frame)
+}
+
+fn header(body_len: usize, flags: u8) -> [u8; FRAME_HEADER_LEN] {
+    let len = (body_len as u32).to_le_bytes();
+    [len[0], len[1], len[2], len[3], flags]
 }
 
 /// True when `body` is small, or a sample from its middle shrinks by an eighth.

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
+            daemon::keep_buffers_mapped();
             daemon::init_logging();
             let config = Config::load(&config).context("invalid configuration")?;
             let sockets = Sockets::bind(&config)?;

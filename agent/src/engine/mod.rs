@@ -183,6 +183,10 @@ pub struct Engine {
     /// range cost nothing) instead of being read into operations: the backlog of
     /// unsent operations is at its memory bound.
     pub data_held: bool,
+    /// File content one flush may read; the rest stays dirty for the next. The
+    /// session sets it to the room left in the backlog, so a large file written
+    /// at once is read as fast as it is sent, not into memory in one piece.
+    pub read_budget: u64,
     /// Sync barriers seen while data was held: they follow that data.
     held_barriers: Vec<(Option<RelPath>, u64)>,
     /// Changes seen to any inode so far, and the count at each inode's last one,
@@ -251,6 +255,7 @@ impl Engine {
             mapped: HashMap::new(),
             bytes_read: 0,
             data_held: false,
+            read_budget: u64::MAX,
             held_barriers: Vec::new(),
             changes: 0,
             last_change: HashMap::new(),
@@ -787,12 +792,11 @@ impl Engine {
             Some(_) => return,
             None => None,
         };
-        if self.data_held {
-            // The data before it is not read yet; the barrier waits for it.
+        if !self.flush_within_budget(out) {
+            // The data before it is not all read yet; the barrier waits for it.
             self.held_barriers.push((path, ts));
             return;
         }
-        self.flush(out);
         out.push(PendingOp { op: Op::Barrier { path }, captured_ns: ts, ino: None });
     }
 

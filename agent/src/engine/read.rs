@@ -6,21 +6,42 @@ use super::*;
 impl Engine {
     /// Reads every dirty range and emits its writes and attributes, oldest first.
     pub fn flush(&mut self, out: &mut Vec<PendingOp>) {
+        self.flush_within_budget(out);
+    }
+
+    /// [`Engine::flush`], reading no more than [`Engine::read_budget`]; true when
+    /// nothing dirty was left behind for lack of budget (or held).
+    pub(super) fn flush_within_budget(&mut self, out: &mut Vec<PendingOp>) -> bool {
         if self.data_held {
-            return;
+            return false;
         }
         if self.dirty.is_empty() {
             self.release_barriers(out);
-            return;
+            return true;
         }
+        let mut budget = self.read_budget;
+        let complete = self.flush_dirty(&mut budget, out);
+        self.read_budget = budget;
+        if complete {
+            self.release_barriers(out);
+        }
+        complete
+    }
+
+    fn flush_dirty(&mut self, budget: &mut u64, out: &mut Vec<PendingOp>) -> bool {
         let mut order: Vec<(u64, u64)> = self.dirty.iter().map(|(ino, d)| (d.first_ns, *ino)).collect();
         order.sort_unstable();
         for (_, ino) in order {
+            if *budget == 0 {
+                // The rest stays dirty for the next flush, and so do the barriers
+                // behind it.
+                return false;
+            }
             let Some(dirty) = self.dirty.remove(&ino) else { continue };
             let Some(path) = self.index.path_of(ino) else { continue };
             match self.index.kind(ino) {
                 Some(NodeKind::File) => {
-                    if let Err(dirty) = self.flush_file(ino, &path, dirty, out) {
+                    if let Err(dirty) = self.flush_file(ino, &path, dirty, budget, out) {
                         // Renamed after the change, and the rename event is still on its
                         // way: try again once the index has caught up.
                         if crate::session::monotonic_ns().saturating_sub(dirty.first_ns) > REOPEN_PATIENCE_NS {
@@ -34,7 +55,7 @@ impl Engine {
                 None => {}
             }
         }
-        self.release_barriers(out);
+        *budget > 0 || self.dirty.is_empty()
     }
 
     /// Sends the barriers held back while data was held, now that it is read.
@@ -44,9 +65,10 @@ impl Engine {
         }
     }
 
-    /// Emits the writes and attributes of a dirty file; gives `dirty` back when the
+    /// Emits the writes and attributes of a dirty file, reading at most `budget`
+    /// bytes (what is left of the file stays dirty); gives `dirty` back when the
     /// file cannot be found under its indexed path (yet).
-    pub(super) fn flush_file(&mut self, ino: u64, path: &RelPath, dirty: Dirty, out: &mut Vec<PendingOp>) -> Result<(), Dirty> {
+    pub(super) fn flush_file(&mut self, ino: u64, path: &RelPath, mut dirty: Dirty, budget: &mut u64, out: &mut Vec<PendingOp>) -> Result<(), Dirty> {
         let file = match self.files.open(ino, path.as_path()) {
             Ok(file) => file,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESTALE)) => return Err(dirty),
@@ -66,14 +88,24 @@ impl Engine {
         }
         let Ok(meta) = file.metadata() else { return Ok(()) };
         let size = meta.len();
-        for (start, end) in dirty.ranges.iter() {
+        let ranges: Vec<(u64, u64)> = dirty.ranges.iter().collect();
+        for (start, end) in ranges {
             let end = end.min(size);
             if start >= end {
                 continue;
             }
-            if let Err(e) = self.emit_range(&file, ino, path, (start, end), dirty.first_ns, out) {
-                self.request_rescan(format!("cannot read {path}: {e}"));
-                return Ok(());
+            match self.emit_range(&file, ino, path, (start, end), dirty.first_ns, budget, out) {
+                Ok(None) => {}
+                Ok(Some(stopped_at)) => {
+                    // Metadata and xattrs follow the last of the data, next time.
+                    dirty.ranges.remove(0, stopped_at);
+                    self.dirty.insert(ino, dirty);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.request_rescan(format!("cannot read {path}: {e}"));
+                    return Ok(());
+                }
             }
         }
         // Metadata after the data: the receiver's own writes move its mtime.
@@ -88,6 +120,9 @@ impl Engine {
     }
 
     /// Emits `[start, end)` of `file`: writes for data, punched holes for holes.
+    /// Reads at most `budget` bytes; returns where it stopped when that ran out
+    /// first.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn emit_range(
         &mut self,
         file: &std::fs::File,
@@ -95,8 +130,9 @@ impl Engine {
         path: &RelPath,
         (start, end): (u64, u64),
         ts: u64,
+        budget: &mut u64,
         out: &mut Vec<PendingOp>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<u64>> {
         for segment in segments(file, start, end)? {
             if !segment.data {
                 let op = Op::Fallocate { path: path.clone(), mode: PUNCH_HOLE, offset: segment.start, len: segment.end - segment.start };
@@ -105,19 +141,23 @@ impl Engine {
             }
             let mut offset = segment.start;
             while offset < segment.end {
+                if *budget == 0 {
+                    return Ok(Some(offset));
+                }
                 let data = read_range(file, offset, (segment.end - offset).min(MAX_WRITE))?;
                 if data.is_empty() {
                     break;
                 }
                 self.bytes_read += data.len() as u64;
                 let read = data.len() as u64;
+                *budget = budget.saturating_sub(read);
                 self.remember_mapped_pages(ino, offset, &data);
                 let hash = hash(&data);
                 out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash }, captured_ns: ts, ino: Some(ino) });
                 offset += read;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Records what was sent of a file's mapped pages, so a re-check sends a page
@@ -189,7 +229,8 @@ impl Engine {
                 if theirs_block != Some(&ours) {
                     // Part of the block is a hole on the master: send its data and
                     // punch the rest, so the standby's copy keeps the same holes.
-                    let split = has_hole(offset, end) && self.emit_range(&file, ino, path, (offset, end), ts, out).is_ok();
+                    let split = has_hole(offset, end)
+                        && self.emit_range(&file, ino, path, (offset, end), ts, &mut { u64::MAX }, out).is_ok();
                     if !split {
                         out.push(PendingOp { op: Op::Write { path: path.clone(), offset, data, hash: ours }, captured_ns: ts, ino: Some(ino) });
                     }

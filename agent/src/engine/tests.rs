@@ -215,6 +215,26 @@ fn a_barrier_waits_for_the_data_held_before_it() {
 }
 
 #[test]
+fn a_flush_out_of_budget_leaves_the_rest_and_the_barrier_for_the_next() {
+    let len = 3 * MAX_WRITE;
+    let mut f = Fixture::new(|root| fs::write(root.join("db"), vec![3u8; len as usize]).unwrap());
+    let ino = f.inode("db");
+    assert!(f.feed(EventKind::Write { inode: ino, offset: 0, len, fd: 3 }).is_empty());
+    f.engine.read_budget = 1;
+    let first = f.flush();
+    assert!(matches!(&first[..], [Op::Write { offset: 0, data, .. }] if data.len() as u64 == MAX_WRITE), "{first:?}");
+    assert_eq!(f.engine.read_budget, 0);
+    let sync = EventKind::Sync { inode: Some(ino), offset: 0, len: sluice_common::TO_END, kind: SyncKind::Fsync };
+    assert!(f.feed(sync).is_empty(), "no barrier ahead of the data it covers");
+    f.engine.read_budget = u64::MAX;
+    let rest = f.flush();
+    assert!(
+        matches!(&rest[..], [Op::Write { offset, .. }, Op::Write { .. }, Op::SetAttrs { .. }, Op::Barrier { path: Some(p) }] if *offset == MAX_WRITE && *p == rel("db")),
+        "{rest:?}"
+    );
+}
+
+#[test]
 fn an_exchange_with_a_name_outside_the_tree_brings_in_what_was_outside() {
     let outside = tempfile::tempdir().unwrap();
     let mut f = Fixture::new(|root| fs::write(root.join("inside"), b"old inside").unwrap());
@@ -341,6 +361,15 @@ fn random_data_changes_converge_whatever_the_event_order() {
         let mut events: Vec<EventKind> = Vec::new();
         let mut ops = Vec::new();
         let mut log = Vec::new();
+        // Every other seed flushes with small read budgets, as a busy session
+        // does: what a flush leaves dirty must follow in a later one.
+        let budgeted = seed % 2 == 0;
+        let flush = |f: &mut Fixture, rng: &mut Rng| {
+            if budgeted {
+                f.engine.read_budget = rng.below(3) * rng.below(30_000);
+            }
+            f.flush()
+        };
         for step in 0..60 {
             let size = file.metadata().unwrap().len();
             let offset = rng.below(size + 50_000);
@@ -378,7 +407,7 @@ fn random_data_changes_converge_whatever_the_event_order() {
                 }
                 _ => {
                     if rng.below(2) == 0 {
-                        ops.extend(f.flush());
+                        ops.extend(flush(&mut f, &mut rng));
                     }
                     None
                 }
@@ -397,7 +426,7 @@ fn random_data_changes_converge_whatever_the_event_order() {
                 for event in events.drain(..) {
                     ops.extend(f.feed(event));
                     if rng.below(4) == 0 {
-                        ops.extend(f.flush());
+                        ops.extend(flush(&mut f, &mut rng));
                     }
                 }
             }
@@ -405,6 +434,7 @@ fn random_data_changes_converge_whatever_the_event_order() {
         for event in events.drain(..) {
             ops.extend(f.feed(event));
         }
+        f.engine.read_budget = u64::MAX;
         ops.extend(f.flush());
         let mut copy = initial.clone();
         for op in &ops {

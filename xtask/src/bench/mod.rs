@@ -5,7 +5,8 @@
 //! - [`replicator`]: starting each replicator, configured as its docs recommend.
 //! - [`procs`]: namespaces, child processes and the counters read about them.
 //! - [`workload`]: test data and the convergence check.
-//! - [`scenarios`]: S1–S4 around one replicator; [`s1`] the marker-lag workload.
+//! - [`scenarios`]: S1–S4 and S6 around one replicator; [`s1`] the marker-lag
+//!   workload.
 //! - [`syscost`]: S5, what capture adds to syscalls; [`bpfstats`] the run time of
 //!   the agent's BPF programs.
 //! - [`scale`]: S7, a tree of many small files (initial sync, start-up, memory).
@@ -38,8 +39,8 @@ pub struct Sizes {
     /// Limit for each convergence or startup wait.
     pub timeout: Duration,
     pub s1_file: u64,
-    pub s1_rate: u64,
-    pub s1_secs: u64,
+    /// S1's loads: random 4 KiB writes per second and for how many seconds.
+    pub s1_loads: Vec<(u64, u64)>,
     /// How long S1 keeps looking for markers after the writes stop.
     pub s1_grace: Duration,
     pub s2_files: usize,
@@ -49,6 +50,9 @@ pub struct Sizes {
     pub s3_big: u64,
     pub s4_bytes: u64,
     pub s4_files: usize,
+    pub s6_bytes: u64,
+    /// Limit for S6's convergence, which follows a long write.
+    pub s6_timeout: Duration,
     /// `sluice-syscost` iterations per run, and rounds of runs without and with
     /// the agent.
     pub s5_getppid: u64,
@@ -76,8 +80,7 @@ impl Sizes {
             Sizes {
                 timeout: Duration::from_secs(30),
                 s1_file: 256 * MIB,
-                s1_rate: 1000,
-                s1_secs: 10,
+                s1_loads: vec![(1000, 10), (10_000, 5)],
                 s1_grace: Duration::from_secs(25),
                 s2_files: 5_000,
                 s2_dirs: 50,
@@ -86,6 +89,8 @@ impl Sizes {
                 s3_big: 128 * MIB,
                 s4_bytes: 256 * MIB,
                 s4_files: 1_024,
+                s6_bytes: 512 * MIB,
+                s6_timeout: Duration::from_secs(60),
                 s5_getppid: 2_000_000,
                 s5_pwrites: 200_000,
                 s5_fsyncs: 2_000,
@@ -96,8 +101,7 @@ impl Sizes {
             Sizes {
                 timeout: Duration::from_secs(90),
                 s1_file: 2048 * MIB,
-                s1_rate: 1000,
-                s1_secs: 30,
+                s1_loads: vec![(1000, 30), (10_000, 10)],
                 s1_grace: Duration::from_secs(30),
                 s2_files: 50_000,
                 s2_dirs: 500,
@@ -106,6 +110,8 @@ impl Sizes {
                 s3_big: 1024 * MIB,
                 s4_bytes: 2048 * MIB,
                 s4_files: 4_096,
+                s6_bytes: 4096 * MIB,
+                s6_timeout: Duration::from_secs(300),
                 s5_getppid: 2_000_000,
                 s5_pwrites: 200_000,
                 s5_fsyncs: 2_000,
@@ -121,10 +127,13 @@ impl Sizes {
             (
                 "S1".into(),
                 format!(
-                    "{} file, {} random 4 KiB writes/s for {} s, marker every 100 ms, markers looked for up to {} s after the writes stop",
+                    "{} file, {}, marker every 100 ms, markers looked for up to {} s after the writes stop",
                     mib(self.s1_file),
-                    self.s1_rate,
-                    self.s1_secs,
+                    self.s1_loads
+                        .iter()
+                        .map(|(rate, secs)| format!("{rate} random 4 KiB writes/s for {secs} s"))
+                        .collect::<Vec<_>>()
+                        .join(", then "),
                     self.s1_grace.as_secs()
                 ),
             ),
@@ -157,6 +166,14 @@ impl Sizes {
                 format!(
                     "{} getppid, {} random 4 KiB pwrites into a 64 MiB file, {} pwrite+fsync pairs per run; {} rounds without and with the agent",
                     self.s5_getppid, self.s5_pwrites, self.s5_fsyncs, self.s5_rounds
+                ),
+            ),
+            (
+                "S6".into(),
+                format!(
+                    "one {} file written sequentially in 1 MiB writes to an empty tree; limit {} s after the last write",
+                    mib(self.s6_bytes),
+                    self.s6_timeout.as_secs()
                 ),
             ),
             (

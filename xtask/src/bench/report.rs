@@ -83,13 +83,15 @@ fn ok(row: &Row) -> bool {
     row.error.is_none() && row.converged_s.is_some()
 }
 
-/// The headline number of a case for time: marker p99 lag for S1, else convergence.
+/// The headline number of a case for time: marker p99 lag for S1, from the first
+/// byte for S6, else convergence.
 fn headline_time(row: &Row) -> Option<f64> {
     if !ok(row) {
         return None;
     }
     match &row.lag {
         Some(lag) => Some(lag.p99_ms / 1e3),
+        None if row.write_s.is_some() => row.from_first_byte_s(),
         None => row.converged_s,
     }
 }
@@ -127,8 +129,9 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
     writeln!(
         md,
         "Each cell is *peer ÷ sluice*: above 1× sluice took less time or sent fewer bytes. \
-         Time is p99 marker lag for S1 and time to converge otherwise; bytes are bytes on \
-         the replicator's loopback.\n"
+         Time is p99 marker lag for S1, from the first byte written until the standby \
+         held the file for S6, and time to converge otherwise; bytes are bytes on the \
+         replicator's loopback.\n"
     )?;
     md.push_str("| scenario | case | sluice time | sluice bytes |");
     for p in peers {
@@ -168,7 +171,11 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
 
     writeln!(md, "## Per scenario\n")?;
     s1_table(&mut md, r)?;
-    for (scenario, case) in cases(r).into_iter().filter(|(s, _)| *s != "S1") {
+    s6_table(&mut md, r)?;
+    for (scenario, case) in cases(r)
+        .into_iter()
+        .filter(|(s, _)| *s != "S1" && *s != "S6")
+    {
         writeln!(md, "### {scenario}: {case}\n")?;
         md.push_str("| replicator | time to converge | × sluice | bytes on wire | × sluice | wire ÷ data | standby writes | CPU master / standby | identical |\n|---|---|---|---|---|---|---|---|---|\n");
         let s = find(r, scenario, &case, Kind::Sluice);
@@ -248,60 +255,109 @@ fn identical(row: &Row) -> &'static str {
 }
 
 fn s1_table(md: &mut String, r: &Results) -> anyhow::Result<()> {
-    let rows: Vec<&Row> = r.rows.iter().filter(|x| x.scenario == "S1").collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    writeln!(md, "### S1: {}\n", rows[0].case)?;
-    md.push_str("| replicator | lag p50 | lag p99 | lag max | markers seen | wire ÷ changed | standby writes ÷ changed | CPU master / standby | identical |\n|---|---|---|---|---|---|---|---|---|\n");
-    for row in rows {
-        let per = |b: f64| format!("{:.2}", b / row.changed_bytes.max(1) as f64);
-        let (p50, p99, max, seen) = match (&row.lag, &row.error) {
-            (Some(l), None) if l.seen > 0 => {
-                let suffix = if l.periodic_pass { " (one pass)" } else { "" };
-                (
-                    format!("{}{suffix}", secs(l.p50_ms / 1e3)),
-                    format!("{}{suffix}", secs(l.p99_ms / 1e3)),
-                    if l.seen < l.total {
-                        format!("> {:.0} s", row.timeout_s)
-                    } else {
-                        secs(l.max_ms / 1e3)
-                    },
-                    format!("{}/{}", l.seen, l.total),
-                )
-            }
-            (Some(l), None) => ("–".into(), "–".into(), "–".into(), format!("0/{}", l.total)),
-            _ => ("failed".into(), "–".into(), "–".into(), "–".into()),
-        };
-        let wire = match row.agent_wire_bytes {
-            Some(a) => format!("{} (agent metric {})", per(row.lo_bytes as f64), per(a)),
-            None => per(row.lo_bytes as f64),
-        };
+    for (_, case) in cases(r).into_iter().filter(|(s, _)| *s == "S1") {
+        let rows: Vec<&Row> = r
+            .rows
+            .iter()
+            .filter(|x| x.scenario == "S1" && x.case == case)
+            .collect();
+        writeln!(md, "### S1: {case}\n")?;
+        md.push_str("| replicator | writes/s reached | lag p50 | lag p99 | lag max | markers seen | wire ÷ changed | standby writes ÷ changed | CPU master / standby | identical |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        for row in &rows {
+            let per = |b: f64| format!("{:.2}", b / row.changed_bytes.max(1) as f64);
+            let (p50, p99, max, seen) = match (&row.lag, &row.error) {
+                (Some(l), None) if l.seen > 0 => {
+                    let suffix = if l.periodic_pass { " (one pass)" } else { "" };
+                    (
+                        format!("{}{suffix}", secs(l.p50_ms / 1e3)),
+                        format!("{}{suffix}", secs(l.p99_ms / 1e3)),
+                        if l.seen < l.total {
+                            format!("> {:.0} s", row.timeout_s)
+                        } else {
+                            secs(l.max_ms / 1e3)
+                        },
+                        format!("{}/{}", l.seen, l.total),
+                    )
+                }
+                (Some(l), None) => ("–".into(), "–".into(), "–".into(), format!("0/{}", l.total)),
+                _ => ("failed".into(), "–".into(), "–".into(), "–".into()),
+            };
+            let wire = match row.agent_wire_bytes {
+                Some(a) => format!("{} (agent metric {})", per(row.lo_bytes as f64), per(a)),
+                None => per(row.lo_bytes as f64),
+            };
+            writeln!(
+                md,
+                "| {} | {} | {p50} | {p99} | {max} | {seen} | {wire} | {} | {:.2} / {:.2} s | {} |",
+                row.replicator.name(),
+                row.lag
+                    .as_ref()
+                    .filter(|l| l.writes_per_s > 0.0)
+                    .map_or("–".into(), |l| format!("{:.0}", l.writes_per_s)),
+                per(row.standby_written_bytes as f64),
+                row.master_cpu_s,
+                row.standby_cpu_s,
+                identical(row)
+            )?;
+        }
         writeln!(
             md,
-            "| {} | {p50} | {p99} | {max} | {seen} | {wire} | {} | {:.2} / {:.2} s | {} |",
-            row.replicator.name(),
-            per(row.standby_written_bytes as f64),
-            row.master_cpu_s,
-            row.standby_cpu_s,
-            identical(row)
+            "\nChanged bytes: {} (every 4 KiB write counted, repeats included).\n",
+            bytes(rows.first().map_or(0, |x| x.changed_bytes) as f64)
         )?;
     }
-    writeln!(
-        md,
-        "\nChanged bytes: {} (every 4 KiB write counted, repeats included).\n",
-        bytes(
-            r.rows
-                .iter()
-                .find(|x| x.scenario == "S1")
-                .map_or(0, |x| x.changed_bytes) as f64
-        )
-    )?;
+    Ok(())
+}
+
+/// S6: one file written sequentially; time from its first byte, and throughput
+/// per CPU second on each side.
+fn s6_table(md: &mut String, r: &Results) -> anyhow::Result<()> {
+    for (_, case) in cases(r).into_iter().filter(|(s, _)| *s == "S6") {
+        writeln!(md, "### S6: {case}\n")?;
+        md.push_str("| replicator | write took | standby held it, from the first byte | from the last byte | × sluice | MiB/s per CPU-s master / standby | bytes on wire | standby writes | identical |\n|---|---|---|---|---|---|---|---|---|\n");
+        let s = find(r, "S6", &case, Kind::Sluice).and_then(headline_time);
+        for kind in Kind::ALL {
+            let Some(row) = find(r, "S6", &case, kind) else {
+                continue;
+            };
+            let per_cpu = |cpu: f64| {
+                if cpu > 0.0 {
+                    format!("{:.0}", row.changed_bytes as f64 / (1 << 20) as f64 / cpu)
+                } else {
+                    "–".into()
+                }
+            };
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                kind.name(),
+                row.write_s.map_or("–".into(), secs),
+                headline_time(row).map_or_else(|| time_cell(row), secs),
+                time_cell(row),
+                if kind == Kind::Sluice {
+                    "1×".into()
+                } else {
+                    ratio(headline_time(row), s)
+                },
+                per_cpu(row.master_cpu_s),
+                per_cpu(row.standby_cpu_s),
+                bytes(row.lo_bytes as f64),
+                bytes(row.standby_written_bytes as f64),
+                identical(row)
+            )?;
+        }
+        writeln!(
+            md,
+            "\nrsync runs once the write is done (a schedule with no delay, its best case), \
+             so its time from the first byte is the write plus one pass. CPU is the \
+             replicator's processes on each side, the writer excluded.\n"
+        )?;
+    }
     Ok(())
 }
 
 fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
-    writeln!(md, "## Targets from issue 5 and where sluice stands\n")?;
+    writeln!(md, "## Targets from issues 5 and 11 and where sluice stands\n")?;
     writeln!(md, "| target | measured | met |\n|---|---|---|")?;
     let sl = |s: &'static str| {
         r.rows
@@ -319,27 +375,36 @@ fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
             }
         );
     };
-    if let Some(s1) = sl("S1").next() {
-        match (&s1.lag, &s1.error) {
-            (Some(l), None) if l.seen > 0 => {
-                let p99_ok = l.seen == l.total && l.p99_ms < 20.0;
-                line(
-                    "S1 p99 lag < 20 ms",
+    for s1 in sl("S1") {
+        let rate = s1.lag.as_ref().map(|l| l.writes_per_s);
+        // Issue 5 asked for 20 ms at 1,000 writes/s; issue 11 for 5 ms there and
+        // 20 ms at 10,000/s.
+        let goals: &[f64] = if s1.case.contains("10,000") {
+            &[20.0]
+        } else {
+            &[20.0, 5.0]
+        };
+        for &goal in goals {
+            let what = format!("S1 {}: p99 lag < {goal:.0} ms", s1.case);
+            match (&s1.lag, &s1.error) {
+                (Some(l), None) if l.seen > 0 => line(
+                    &what,
                     format!(
-                        "{} ({} of {} markers)",
+                        "{} ({} of {} markers, {:.0} writes/s reached)",
                         secs(l.p99_ms / 1e3),
                         l.seen,
-                        l.total
+                        l.total,
+                        rate.unwrap_or(0.0)
                     ),
-                    Some(p99_ok),
-                );
+                    Some(l.seen == l.total && l.p99_ms < goal),
+                ),
+                _ => line(&what, "no lag measured".into(), Some(false)),
             }
-            _ => line("S1 p99 lag < 20 ms", "no lag measured".into(), Some(false)),
         }
         let c = s1.changed_bytes.max(1) as f64;
         let wire = s1.agent_wire_bytes.unwrap_or(s1.lo_bytes as f64) / c;
         line(
-            "S1 wire ÷ changed ≤ 1.05 (agent metric)",
+            &format!("S1 {}: wire ÷ changed ≤ 1.05 (agent metric)", s1.case),
             format!(
                 "{wire:.2} (loopback incl. headers and acks: {:.2})",
                 s1.lo_bytes as f64 / c
@@ -348,7 +413,7 @@ fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
         );
         let w = s1.standby_written_bytes as f64 / c;
         line(
-            "S1 standby writes ÷ changed ≤ 1.05",
+            &format!("S1 {}: standby writes ÷ changed ≤ 1.05", s1.case),
             format!("{w:.2} (block device, ext4 journal included)"),
             Some(w <= 1.05),
         );
@@ -366,19 +431,76 @@ fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
             Some(ok(s3) && s3.lo_bytes < 64 * 1024),
         );
     }
+    let rsync_of = |row: &Row| find(r, row.scenario, &row.case, Kind::Rsync).filter(|x| ok(x));
     for s4 in sl("S4") {
-        let rsync = find(r, "S4", &s4.case, Kind::Rsync);
+        let goal = if s4.case.starts_with("90%") { 2.0 } else { 1.5 };
         let speedup = match (
-            rsync.filter(|x| ok(x)).and_then(|x| x.converged_s),
+            rsync_of(s4).and_then(|x| x.converged_s),
             ok(s4).then_some(s4.converged_s).flatten(),
         ) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
         };
         line(
-            &format!("S4 {} ≥ 1.5× faster than rsync", s4.case),
+            &format!("S4 {} ≥ {goal}× faster than rsync", s4.case),
             speedup.map_or("–".into(), |x| format!("{x:.2}×")),
+            Some(speedup.is_some_and(|x| x >= goal)),
+        );
+        for (side, cpu) in [
+            ("master", (|x: &Row| x.master_cpu_s) as fn(&Row) -> f64),
+            ("standby", |x: &Row| x.standby_cpu_s),
+        ] {
+            let measured = rsync_of(s4).filter(|_| ok(s4)).map(|rs| (cpu(s4), cpu(rs)));
+            line(
+                &format!("S4 {}: {side} CPU per byte ≤ rsync's", s4.case),
+                measured.map_or("–".into(), |(a, b)| {
+                    format!(
+                        "{a:.2} s vs {b:.2} s ({} vs {} per GiB)",
+                        secs(a / (s4.changed_bytes.max(1) as f64 / (1u64 << 30) as f64)),
+                        secs(b / (s4.changed_bytes.max(1) as f64 / (1u64 << 30) as f64))
+                    )
+                }),
+                Some(measured.is_some_and(|(a, b)| a <= b)),
+            );
+        }
+    }
+    for s6 in sl("S6") {
+        let speedup = match (
+            rsync_of(s6).and_then(headline_time),
+            headline_time(s6),
+        ) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        line(
+            &format!("S6 {}: standby holds it ≥ 1.5× sooner than rsync, from the first byte", s6.case),
+            match (speedup, headline_time(s6)) {
+                (Some(x), Some(t)) => format!("{x:.2}× ({} for sluice)", secs(t)),
+                _ => "–".into(),
+            },
             Some(speedup.is_some_and(|x| x >= 1.5)),
+        );
+    }
+    // Flash wear: the standby's disk may write no more than rsync --inplace for the
+    // same change (S1 has its own goal against the bytes changed).
+    for row in r
+        .rows
+        .iter()
+        .filter(|x| x.replicator == Kind::Sluice && x.scenario != "S1")
+    {
+        let peer = rsync_of(row).map(|x| x.standby_written_bytes);
+        line(
+            &format!("{} {}: standby writes ≤ rsync --inplace's", row.scenario, row.case),
+            match peer {
+                Some(p) if ok(row) => format!(
+                    "{} vs {} ({:.2}×)",
+                    bytes(row.standby_written_bytes as f64),
+                    bytes(p as f64),
+                    row.standby_written_bytes as f64 / p.max(1) as f64
+                ),
+                _ => "–".into(),
+            },
+            Some(peer.is_some_and(|p| ok(row) && row.standby_written_bytes <= p)),
         );
     }
     if let Some(c) = &r.syscall_costs {
@@ -516,17 +638,28 @@ fn bytes_chart(r: &Results) -> String {
 }
 
 fn lag_chart(r: &Results) -> String {
-    let series: Vec<(&str, &[(f64, f64)])> = Kind::ALL
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    for (_, case) in cases(r).into_iter().filter(|(s, _)| *s == "S1") {
+        for kind in Kind::ALL {
+            // Only replicators with per-marker lags, so the palette covers them.
+            if let Some(row) = find(r, "S1", &case, kind)
+                .filter(|row| row.lag.as_ref().is_some_and(|l| !l.points.is_empty()))
+            {
+                let load = case.rsplit(", ").next().unwrap_or_default();
+                names.push(format!("{} {load}", kind.name()));
+                rows.push(row);
+            }
+        }
+    }
+    let series: Vec<(&str, &[(f64, f64)])> = names
         .iter()
-        .filter_map(|k| {
-            let row = r
-                .rows
-                .iter()
-                .find(|x| x.scenario == "S1" && x.replicator == *k)?;
-            Some((
-                k.name(),
+        .zip(&rows)
+        .map(|(name, row)| {
+            (
+                name.as_str(),
                 row.lag.as_ref().map_or(&[][..], |l| &l.points[..]),
-            ))
+            )
         })
         .collect();
     svg::lines(

@@ -27,7 +27,17 @@ pub struct Row {
     pub master_cpu_s: f64,
     pub standby_cpu_s: f64,
     pub lag: Option<Lag>,
+    /// S6: seconds the workload spent writing, so the time from its first byte is
+    /// this plus `converged_s`.
+    pub write_s: Option<f64>,
     pub error: Option<String>,
+}
+
+impl Row {
+    /// S6's figure: from the first byte written until the standby held the file.
+    pub fn from_first_byte_s(&self) -> Option<f64> {
+        Some(self.write_s? + self.converged_s?)
+    }
 }
 
 /// S1 replication lag from marker writes.
@@ -42,6 +52,8 @@ pub struct Lag {
     pub points: Vec<(f64, f64)>,
     /// True when the figures are one full rsync pass rather than marker lags.
     pub periodic_pass: bool,
+    /// Random writes per second the writer reached (it aims at the case's rate).
+    pub writes_per_s: f64,
 }
 
 impl Lag {
@@ -63,6 +75,7 @@ impl Lag {
             total,
             points,
             periodic_pass: false,
+            writes_per_s: 0.0,
         }
     }
 }

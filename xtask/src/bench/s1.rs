@@ -1,4 +1,5 @@
-//! S1, the big mutable file: random 4 KiB writes at a fixed rate, with a marker (a
+//! S1, the big mutable file: random 4 KiB writes at a fixed rate (the writer
+//! catches up in bursts when a sleep overshoots), with a marker (a
 //! unique 16-byte value at a page no other write touches) every 100 ms, and a
 //! poller that preads the standby's copy every millisecond to time when each
 //! marker becomes readable there.
@@ -31,18 +32,28 @@ struct Marker {
     written: Instant,
 }
 
+/// The case name of one load, as the report shows it.
+pub fn case(rate: u64) -> String {
+    let mut digits = rate.to_string();
+    if rate >= 1_000 {
+        digits.insert(digits.len() - 3, ',');
+    }
+    format!("random 4 KiB writes, {digits}/s")
+}
+
 pub fn workload(
     master: &Path,
     standby: &Path,
     kind: Kind,
     sizes: &Sizes,
+    (rate, secs): (u64, u64),
 ) -> anyhow::Result<Outcome> {
     let file = OpenOptions::new()
         .write(true)
         .open(master.join(FILE))
         .context("cannot open the master's big file")?;
     let pages = sizes.s1_file / PAGE;
-    let duration = Duration::from_secs(sizes.s1_secs);
+    let duration = Duration::from_secs(secs);
     let (tx, rx) = mpsc::channel::<Marker>();
     // rsync only replicates after the workload, so waiting for its markers during
     // it would measure nothing; its lag is the pass that follows.
@@ -55,7 +66,7 @@ pub fn workload(
     let start = Instant::now();
     let poller = std::thread::spawn(move || poll(&standby_file, rx, start, duration + grace));
 
-    let interval = Duration::from_secs_f64(1.0 / sizes.s1_rate as f64);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut state = 0x1234_5678_9abc_def1u64 ^ std::process::id() as u64;
     let mut writes = 0u64;
     let mut markers = 0u64;
@@ -104,7 +115,8 @@ pub fn workload(
         .join()
         .map_err(|_| anyhow::anyhow!("poller panicked"))?;
     let all_seen = points.len() as u64 == markers;
-    let lag = Lag::from_points(points, markers as usize);
+    let mut lag = Lag::from_points(points, markers as usize);
+    lag.writes_per_s = writes as f64 / end.duration_since(start).as_secs_f64();
     let converged = if all_seen {
         Some(last_seen.map_or(Duration::ZERO, |t| t.saturating_duration_since(end)))
     } else {
@@ -114,6 +126,7 @@ pub fn workload(
         expect: Expect::from_master(master, &[PathBuf::from(FILE)], &[])?,
         changed_bytes: writes * PAGE + markers * 16,
         lag: Some((lag, converged)),
+        write_s: None,
     })
 }
 

@@ -1,4 +1,4 @@
-//! Scenarios S1–S4: for one replicator, a fresh master and standby, the scenario's
+//! Scenarios S1–S4 and S6: for one replicator, a fresh master and standby, the scenario's
 //! data and workload, and the measurements around it ([`run_case`]).
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ pub struct Outcome {
     /// S1 only: lags already measured, and the time from the last write until the
     /// last marker showed up.
     pub lag: Option<(Lag, Option<Duration>)>,
+    /// S6 only: how long the write took.
+    pub write_s: Option<f64>,
 }
 
 /// When the clock starts and what runs before it.
@@ -68,6 +70,7 @@ pub fn run_case(
         master_cpu_s: 0.0,
         standby_cpu_s: 0.0,
         lag: None,
+        write_s: None,
         error: None,
     };
     if let Err(e) = measure(&mut row, sizes, fs_mib, mode, prepare, workload, bin_dir) {
@@ -94,7 +97,12 @@ fn measure(
     let (m, s) = (master.path(), standby.path());
     let device = loop_device(standby.image())?;
     prepare(m, s).context("preparing the data")?;
-    let timeout = sizes.timeout;
+    let timeout = if row.scenario == "S6" {
+        sizes.s6_timeout
+    } else {
+        sizes.timeout
+    };
+    row.timeout_s = timeout.as_secs_f64();
 
     let (mut replicator, before, written_before, outcome, since) = match mode {
         Mode::Continuous => {
@@ -117,6 +125,7 @@ fn measure(
         }
     };
     row.changed_bytes = outcome.changed_bytes;
+    row.write_s = outcome.write_s;
     if outcome.lag.is_some() {
         // S1's limit is how long markers are looked for after the writes stop.
         row.timeout_s = sizes.s1_grace.as_secs_f64();
@@ -144,6 +153,7 @@ fn measure(
                 total: lag.total,
                 points: Vec::new(),
                 periodic_pass: true,
+                writes_per_s: lag.writes_per_s,
             }
         }
         _ => lag,
@@ -181,29 +191,76 @@ fn measure(
     Ok(())
 }
 
-/// Every case of S1–S4 in the order they run, for `kinds`.
+/// S6's file, written in 1 MiB writes from a 64 MiB random pattern read at a
+/// shifting offset, so no compressor window sees a repeat.
+fn write_sequential(path: &Path, len: u64) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    const CHUNK: usize = 1 << 20;
+    let pattern = sluice_tests::random_bytes(64 << 20, len ^ 0x5e9);
+    let mut file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let started = Instant::now();
+    let mut written = 0u64;
+    let mut shift = 0usize;
+    while written < len {
+        let n = CHUNK.min((len - written) as usize);
+        // Any offset up to 63 MiB leaves a whole chunk in the pattern.
+        shift = (shift + 7 * 4096 + 123) % (pattern.len() - CHUNK);
+        file.write_all(&pattern[shift..shift + n])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        written += n as u64;
+    }
+    drop(file);
+    Ok(started.elapsed())
+}
+
+/// Every case of S1–S4 and S6 in the order they run, for `kinds`.
 pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path) -> Vec<Row> {
     let want = |s: &str| wanted.is_empty() || wanted.iter().any(|w| w.eq_ignore_ascii_case(s));
     let mut rows = Vec::new();
     let fs_for = |bytes: u64| (bytes >> 20) * 2 + 512;
-    for sc in ["S1", "S2", "S3", "S4"] {
+    for sc in ["S1", "S2", "S3", "S4", "S6"] {
         if !want(sc) {
             continue;
         }
         for &kind in kinds {
             if sc == "S1" {
+                for &load in &sizes.s1_loads {
+                    rows.push(run_case(
+                        "S1",
+                        &s1::case(load.0),
+                        kind,
+                        sizes,
+                        fs_for(sizes.s1_file),
+                        Mode::Continuous,
+                        &|m: &Path, s: &Path| {
+                            write_file(&m.join("big.img"), sizes.s1_file)?;
+                            copy_tree(m, s)
+                        },
+                        &|m: &Path, s: &Path, k: Kind| s1::workload(m, s, k, sizes, load),
+                        bin_dir,
+                    ));
+                }
+            }
+            if sc == "S6" {
                 rows.push(run_case(
-                    "S1",
-                    "random 4 KiB writes",
+                    "S6",
+                    &format!("sequential write of {} MiB", sizes.s6_bytes >> 20),
                     kind,
                     sizes,
-                    fs_for(sizes.s1_file),
+                    fs_for(sizes.s6_bytes),
                     Mode::Continuous,
-                    &|m: &Path, s: &Path| {
-                        write_file(&m.join("big.img"), sizes.s1_file)?;
-                        copy_tree(m, s)
+                    &|_: &Path, _: &Path| Ok(()),
+                    &|m: &Path, _: &Path, _: Kind| {
+                        let path = PathBuf::from("sequential.bin");
+                        let took = write_sequential(&m.join(&path), sizes.s6_bytes)?;
+                        Ok(Outcome {
+                            expect: Expect::from_master(m, &[path], &[])?,
+                            changed_bytes: sizes.s6_bytes,
+                            lag: None,
+                            write_s: Some(took.as_secs_f64()),
+                        })
                     },
-                    &|m: &Path, s: &Path, k: Kind| s1::workload(m, s, k, sizes),
                     bin_dir,
                 ));
             }
@@ -225,6 +282,7 @@ pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path)
                             expect: Expect::from_master(m, &paths, &[])?,
                             changed_bytes: total,
                             lag: None,
+                            write_s: None,
                         })
                     },
                     bin_dir,
@@ -256,6 +314,7 @@ pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path)
                             expect: Expect::from_master(m, &paths, &[PathBuf::from("tree")])?,
                             changed_bytes: 0,
                             lag: None,
+                            write_s: None,
                         })
                     },
                     bin_dir,
@@ -281,6 +340,7 @@ pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path)
                             )?,
                             changed_bytes: 0,
                             lag: None,
+                            write_s: None,
                         })
                     },
                     bin_dir,
@@ -324,6 +384,7 @@ pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path)
                                 expect: Expect::from_master(m, &paths, &[])?,
                                 changed_bytes: total,
                                 lag: None,
+                                write_s: None,
                             })
                         },
                         bin_dir,
