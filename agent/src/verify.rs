@@ -84,7 +84,8 @@ enum Work {
 
 struct Request {
     work: Work,
-    /// The engine's change count when the request was sent.
+    /// The engine's change count when the request was sent; for a confirmation,
+    /// when the first look was sent.
     changes: u64,
     confirming: bool,
     pass: u64,
@@ -123,7 +124,11 @@ pub struct Verifier {
     next_id: u64,
     pass: Pass,
     outstanding: HashMap<u64, Request>,
-    confirm: VecDeque<(Instant, Work)>,
+    /// Differences to look at again, when, and the change count at the first look:
+    /// a difference is confirmed only if its entry did not change since then. The
+    /// master's file is read ahead of the events about it, so a file written all
+    /// the time looks different on every look, but never unchanged.
+    confirm: VecDeque<(Instant, Work, u64)>,
     demand: Option<Demand>,
     /// Paths reported lately, and when.
     reported: HashMap<RelPath, Instant>,
@@ -184,10 +189,13 @@ impl Verifier {
         if self.tokens <= 0.0 {
             return None;
         }
-        let (work, confirming) = match self.confirm.front() {
-            Some((due, _)) if *due <= now => (self.confirm.pop_front().map(|(_, w)| w)?, true),
+        let (work, changes, confirming) = match self.confirm.front() {
+            Some((due, _, _)) if *due <= now => {
+                let (_, work, changes) = self.confirm.pop_front()?;
+                (work, changes, true)
+            }
             _ => match self.next_work(engine) {
-                Some(work) => (work, false),
+                Some(work) => (work, engine.change_count(), false),
                 None => {
                     self.end_pass_if_done();
                     return None;
@@ -207,7 +215,7 @@ impl Verifier {
             }
         };
         tracing::debug!(id, work = ?work, confirming, "verifier request");
-        self.outstanding.insert(id, Request { work, changes: engine.change_count(), confirming, pass: self.pass.number });
+        self.outstanding.insert(id, Request { work, changes, confirming, pass: self.pass.number });
         Some(message)
     }
 
@@ -328,7 +336,7 @@ impl Verifier {
         if request.confirming {
             self.confirmed(engine, path, differs.join(", "), request.pass);
         } else {
-            self.confirm.push_back((Instant::now() + CONFIRM_AFTER, request.work));
+            self.confirm.push_back((Instant::now() + CONFIRM_AFTER, request.work, request.changes));
         }
     }
 
@@ -421,7 +429,7 @@ impl Verifier {
             return;
         }
         let suspects = differences.into_iter().map(|(name, _)| name).collect();
-        self.confirm.push_back((Instant::now() + CONFIRM_AFTER, Work::List { dir: dir.clone(), after, suspects: Some(suspects) }));
+        self.confirm.push_back((Instant::now() + CONFIRM_AFTER, Work::List { dir: dir.clone(), after, suspects: Some(suspects) }, request.changes));
     }
 }
 

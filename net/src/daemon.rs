@@ -31,9 +31,8 @@ const RETAINED_HEAP_BYTES: libc::c_int = 64 << 20;
 
 /// Keeps glibc from handing file-data buffers back to the kernel after each use.
 /// Both daemons allocate and free buffers of up to a few MiB per write they
-/// move; by default glibc maps such buffers afresh or trims the heap under
-/// them, so every one costs page faults and zeroing by the kernel, which was a
-/// third of the agent's CPU while streaming a large file. Call before any
+/// move; glibc may map such a buffer afresh or trim the heap under it, and then
+/// every one costs page faults and zeroing by the kernel. Call before any
 /// thread starts.
 pub fn keep_buffers_mapped() {
     // SAFETY: mallopt only adjusts allocator parameters; called while the
