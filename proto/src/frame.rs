@@ -144,9 +144,36 @@ pub fn decode_body<T: DeserializeOwned>(flags: u8, body: &[u8]) -> Result<T, Fra
     })
 }
 
-/// Decompresses a body into at most [`MAX_FRAME_LEN`] bytes, growing the
-/// buffer as data comes rather than reserving the limit for every frame.
+/// Decompresses a body into at most [`MAX_FRAME_LEN`] bytes. The size its header
+/// declares (bounded by the limit) is reserved once, with a decompression
+/// context kept per thread: making one per frame cost more than decompressing a
+/// frame of small operations. A body that declares no size is decompressed as
+/// a stream, the buffer growing as data comes.
 fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    let declared = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(len)) if len > MAX_FRAME_LEN as u64 => return Err(FrameError::TooLarge { len: usize::try_from(len).unwrap_or(usize::MAX) }),
+        Ok(Some(len)) => len as usize,
+        Ok(None) => return decompress_stream(body),
+        Err(_) => return Err(FrameError::Decompress { source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a zstd frame") }),
+    };
+    let mut plain = Vec::with_capacity(declared);
+    DECOMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let decompressor = match cell.as_mut() {
+                Some(decompressor) => decompressor,
+                None => cell.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompressor.decompress_to_buffer(body, &mut plain)
+        })
+        .map_err(|source| FrameError::Decompress { source })?;
+    Ok(plain)
+}
+
+fn decompress_stream(body: &[u8]) -> Result<Vec<u8>, FrameError> {
     use std::io::Read;
     let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|source| FrameError::Decompress { source })?;
     let mut plain = Vec::with_capacity(body.len().saturating_mul(2).min(MAX_FRAME_LEN));
@@ -215,6 +242,23 @@ mod tests {
         assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
         let too_big = AgentMessage::Manifest(Vec::new());
         assert!(encode_frame(&too_big, true).is_ok());
+    }
+
+    #[test]
+    fn a_body_holding_more_than_its_header_declares_is_refused() {
+        let body = postcard::to_stdvec(&write(vec![b'x'; 10_000])).unwrap();
+        // Two frames back to back: the first declares a few bytes, the second
+        // holds the message.
+        let mut lying = zstd::bulk::compress(b"tiny", 1).unwrap();
+        lying.extend(zstd::bulk::compress(&body, 1).unwrap());
+        let err = decode_body::<AgentMessage>(FLAG_ZSTD, &lying).unwrap_err();
+        assert!(matches!(err, FrameError::Decompress { .. }), "{err}");
+        // A body that declares no size at all decodes as a stream.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        std::io::Write::write_all(&mut encoder, &body).unwrap();
+        let streamed = encoder.finish().unwrap();
+        assert!(matches!(zstd::zstd_safe::get_frame_content_size(&streamed), Ok(None)));
+        assert_eq!(decode_body::<AgentMessage>(FLAG_ZSTD, &streamed).unwrap(), write(vec![b'x'; 10_000]));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct Row {
 
 impl Row {
     /// S6's figure: from the first byte written until the standby held the file.
-    pub fn from_first_byte_s(&self) -> Option<f64> {
+    pub fn since_first_byte_s(&self) -> Option<f64> {
         Some(self.write_s? + self.converged_s?)
     }
 }
