@@ -127,6 +127,7 @@ pub fn workload(
         changed_bytes: writes * PAGE + markers * 16,
         lag: Some((lag, converged)),
         write_s: None,
+        last_change: None,
     })
 }
 
