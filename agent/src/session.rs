@@ -451,8 +451,9 @@ pub struct Session<'a> {
     coalesce: Duration,
     /// When acknowledgements last moved forward (or sending started from nothing in flight).
     last_progress: Instant,
-    /// Files the receiver wants, not yet read.
-    wants: VecDeque<(RelPath, Vec<Hash>)>,
+    /// Files the receiver wants, not yet read: the path, the standby's block
+    /// hashes, and the block to go on from.
+    wants: VecDeque<(RelPath, Vec<Hash>, usize)>,
     /// A file whose hashes have come in part.
     partial_want: Option<(RelPath, Vec<Hash>)>,
     /// The receiver's `ManifestDone`, held until every want has been read.
@@ -723,7 +724,7 @@ impl<'a> Session<'a> {
                 assembled.truncate(first);
                 assembled.extend(hashes);
                 if last {
-                    self.wants.push_back((path, assembled));
+                    self.wants.push_back((path, assembled, 0));
                 } else {
                     self.partial_want = Some((path, assembled));
                 }
@@ -769,11 +770,16 @@ impl<'a> Session<'a> {
 
     /// Reads the blocks of the next wanted file that the standby lacks.
     fn answer_next_want(&mut self) {
-        let Some((path, hashes)) = self.wants.pop_front() else { return };
+        let Some((path, hashes, from)) = self.wants.pop_front() else { return };
         let now = monotonic_ns();
         let mut pending = Vec::new();
-        tokio::task::block_in_place(|| self.rep.engine.answer_want(&path, &hashes, now, &mut pending));
+        let budget = READ_AHEAD_BYTES.saturating_sub(self.rep.backlog.unsent_payload()).max(1);
+        let resume = tokio::task::block_in_place(|| self.rep.engine.answer_want(&path, &hashes, from, budget, now, &mut pending));
         self.rep.queue(&mut pending);
+        if let Some(next) = resume {
+            self.wants.push_front((path, hashes, next));
+            return;
+        }
         self.wants_answered += 1;
         let sent = self.rep.metrics.payload_bytes_sent.get();
         if let Some(bar) = &self.progress {

@@ -198,11 +198,14 @@ impl Engine {
     }
 
     /// Answers the receiver's `Want`: the blocks whose hashes differ from `theirs`
-    /// (holes where the master has holes), then size and metadata.
-    pub fn answer_want(&mut self, path: &RelPath, theirs: &[Hash], ts: u64, out: &mut Vec<PendingOp>) {
-        let Some(ino) = self.index.resolve(path) else { return };
-        let Ok(file) = self.files.open(ino, path.as_path()) else { return };
-        let Ok(meta) = file.metadata() else { return };
+    /// (holes where the master has holes), then size and metadata. Starts at
+    /// block `from` and reads about `budget` bytes at most: returns the block
+    /// to go on from when it stopped short (a file of many GiB is answered a
+    /// piece at a time, as fast as it is sent, not read into memory whole).
+    pub fn answer_want(&mut self, path: &RelPath, theirs: &[Hash], from: usize, budget: u64, ts: u64, out: &mut Vec<PendingOp>) -> Option<usize> {
+        let ino = self.index.resolve(path)?;
+        let file = self.files.open(ino, path.as_path()).ok()?;
+        let meta = file.metadata().ok()?;
         let size = meta.len();
         let holes: Vec<(u64, u64)> = segments(&file, 0, size)
             .unwrap_or_default()
@@ -212,9 +215,13 @@ impl Engine {
             .collect();
         let in_hole = |start: u64, end: u64| holes.iter().any(|&(s, e)| s <= start && end <= e);
         let has_hole = |start: u64, end: u64| holes.iter().any(|&(s, e)| s < end && start < e);
-        let mut block = 0usize;
-        let mut offset = 0;
+        let mut block = from;
+        let mut offset = (from as u64).saturating_mul(BLOCK_SIZE);
+        let mut read = 0u64;
         while offset < size {
+            if read >= budget {
+                return Some(block);
+            }
             let end = (offset + BLOCK_SIZE).min(size);
             let theirs_block = theirs.get(block);
             if in_hole(offset, end) {
@@ -225,6 +232,7 @@ impl Engine {
                     _ => break,
                 };
                 self.bytes_read += data.len() as u64;
+                read += data.len() as u64;
                 let ours = hash(&data);
                 if theirs_block != Some(&ours) {
                     // Part of the block is a hole on the master: send its data and
@@ -259,5 +267,6 @@ impl Engine {
         let m = meta_of(&file.metadata().unwrap_or(meta));
         let attrs = Attrs { size: Some(size), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
         out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts, ino: Some(ino) });
+        None
     }
 }

@@ -235,6 +235,40 @@ fn a_flush_out_of_budget_leaves_the_rest_and_the_barrier_for_the_next() {
 }
 
 #[test]
+fn a_want_is_answered_a_piece_at_a_time() {
+    let block = sluice_proto::blocks::BLOCK_SIZE;
+    let len = 10 * block + 100;
+    let content: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let mut f = Fixture::new(|root| fs::write(root.join("img"), &content).unwrap());
+    // The standby holds the first two blocks already.
+    let theirs: Vec<_> = (0..2).map(|b| sluice_proto::blocks::hash(&content[(b * block) as usize..((b + 1) * block) as usize])).collect();
+    let mut copy = content[..(2 * block) as usize].to_vec();
+    let (mut from, mut pieces, mut ops) = (0, 0, Vec::new());
+    loop {
+        let mut out = Vec::new();
+        let resume = f.engine.answer_want(&rel("img"), &theirs, from, 3 * block, 1, &mut out);
+        pieces += 1;
+        let read: u64 = out.iter().map(|op| op.op.payload_len()).sum();
+        assert!(read <= 3 * block, "piece {pieces} carries {read} bytes");
+        ops.extend(out.into_iter().map(|op| op.op));
+        match resume {
+            Some(next) => {
+                assert!(next > from, "no progress from block {from}");
+                from = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pieces, 4, "10 blocks and a tail, 3 blocks a piece");
+    assert!(matches!(ops.last(), Some(Op::SetAttrs { .. })), "size and metadata come once, after the data: {ops:?}");
+    assert_eq!(ops.iter().filter(|op| matches!(op, Op::SetAttrs { .. })).count(), 1);
+    for op in &ops {
+        apply_to_copy(&mut copy, op);
+    }
+    assert_eq!(copy, content);
+}
+
+#[test]
 fn an_exchange_with_a_name_outside_the_tree_brings_in_what_was_outside() {
     let outside = tempfile::tempdir().unwrap();
     let mut f = Fixture::new(|root| fs::write(root.join("inside"), b"old inside").unwrap());

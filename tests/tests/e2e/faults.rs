@@ -200,7 +200,11 @@ fn receiver_killed_mid_apply_then_restarted() {
         total / changed,
         restarted.elapsed()
     );
-    assert!(total <= 2.0 * changed + BLOCK, "sent {total} for {changed} changed");
+    // Everything sent before the kill may be sent again (none of it was durable
+    // yet), and a writeback thread may redirty a large folio (2 MiB on ext4)
+    // that was already read, which is read and sent once more.
+    let redirtied = 2.0 * (2 * MIB) as f64;
+    assert!(total <= 2.0 * changed + redirtied, "sent {total} for {changed} changed");
     assert!(restarted.elapsed() < Duration::from_secs(30), "recovery took {:.1?}", restarted.elapsed());
 }
 
