@@ -1,7 +1,8 @@
-//! Random 4 KiB writes into a 256 MiB file.
+//! Random 4 KiB writes into a 256 MiB file; files larger than the agent's
+//! memory bounds, at initial sync and written at once while streaming.
 
 use crate::common::converge;
-use sluice_tests::{FsKind, LoopFs, Pair, random_bytes};
+use sluice_tests::{FsKind, LoopFs, Pair, compare_trees, random_bytes};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -54,4 +55,37 @@ fn random_writes_ext4() {
 #[test]
 fn random_writes_btrfs() {
     random_writes_cost_what_they_change(FsKind::Btrfs);
+}
+
+/// The agent's peak resident memory, from `/proc/<pid>/status`.
+fn agent_peak_bytes(pair: &mut Pair) -> u64 {
+    let pid = pair.agent().pid().expect("agent running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A file of 1 GiB, at initial sync to an empty standby and then written in one
+/// call while streaming, is read as fast as it is sent: the agent never holds it
+/// whole (its bound is about 16 MiB read ahead and 32 MiB in flight).
+#[test]
+fn files_larger_than_the_agents_bounds_stream_through_them() {
+    const GIB: usize = 1 << 30;
+    let master = LoopFs::new(FsKind::Ext4, 3 * 1024).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 3 * 1024).unwrap();
+    std::fs::write(master.path().join("first.img"), random_bytes(GIB, 41)).unwrap();
+    let mut pair = Pair::start(master.path(), standby.path()).unwrap();
+    converge(&pair, Duration::from_secs(180));
+    let after_initial = agent_peak_bytes(&mut pair);
+    std::fs::write(master.path().join("second.img"), random_bytes(GIB, 42)).unwrap();
+    converge(&pair, Duration::from_secs(180));
+    let after_streaming = agent_peak_bytes(&mut pair);
+    println!("agent peak memory: {} MiB after the initial sync of 1 GiB, {} MiB after 1 GiB written at once", after_initial >> 20, after_streaming >> 20);
+    compare_trees(master.path(), standby.path()).unwrap();
+    assert!(after_initial < 256 << 20, "peak {after_initial} bytes for the initial sync of a 1 GiB file");
+    assert!(after_streaming < 256 << 20, "peak {after_streaming} bytes streaming a 1 GiB write");
 }
