@@ -289,14 +289,27 @@ pub fn run(
         scale: scale_runs,
         wall_s: started.elapsed().as_secs_f64(),
     };
-    let dir = workspace_root().join("bench/results").join(if quick {
-        format!("{date}-quick")
-    } else {
-        date
-    });
+    let dir = workspace_root().join("bench/results").join(run_name(&date, quick, scenarios, scale));
     report::write(&dir, &results)?;
     println!("bench: report in {}", dir.join("report.md").display());
     Ok(())
+}
+
+/// The results directory of a run: a partial run (some scenarios, other tree
+/// sizes) is written beside the full run of the day, not over it.
+fn run_name(date: &str, quick: bool, scenarios: &[String], scale: &[usize]) -> String {
+    let mut name = date.to_owned();
+    if quick {
+        name.push_str("-quick");
+    }
+    if !scenarios.is_empty() {
+        name.push('-');
+        name.push_str(&scenarios.join("-").to_ascii_lowercase());
+    }
+    for files in scale {
+        name.push_str(&format!("-{files}-files"));
+    }
+    name
 }
 
 /// Installs the peers that are missing; `apt-get update` only when a plain install
@@ -360,4 +373,18 @@ fn machine_info() -> Vec<(String, String)> {
             "ext4 on loop devices backed by sparse files in /tmp".into(),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn partial_runs_do_not_overwrite_the_full_one() {
+        let name = |q, s: &[&str], n: &[usize]| {
+            super::run_name("2026-12-02", q, &s.iter().map(|x| x.to_string()).collect::<Vec<_>>(), n)
+        };
+        assert_eq!(name(false, &[], &[]), "2026-12-02");
+        assert_eq!(name(true, &[], &[]), "2026-12-02-quick");
+        assert_eq!(name(false, &["S7"], &[2_000_000]), "2026-12-02-s7-2000000-files");
+        assert_eq!(name(true, &["S1", "S6"], &[]), "2026-12-02-quick-s1-s6");
+    }
 }

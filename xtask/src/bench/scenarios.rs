@@ -14,6 +14,7 @@ use super::results::{Lag, Row};
 use super::s1;
 use super::workload::{
     Expect, copy_tree, spread, wait_converged, wait_identical, write_file, write_tree,
+    write_tree_expecting,
 };
 
 /// What a workload leaves for the measurement to check.
@@ -287,13 +288,13 @@ pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path)
                     Mode::Continuous,
                     &|_: &Path, _: &Path| Ok(()),
                     &|m: &Path, _: &Path, _: Kind| {
-                        let (paths, total) =
-                            write_tree(m, "small", sizes.s2_dirs, sizes.s2_files, |i| {
+                        let (expect, total) =
+                            write_tree_expecting(m, "small", sizes.s2_dirs, sizes.s2_files, |i| {
                                 spread(i, 1024, 16 * 1024)
                             })?;
                         let last_change = Some(Instant::now());
                         Ok(Outcome {
-                            expect: Expect::from_master(m, &paths, &[])?,
+                            expect,
                             changed_bytes: total,
                             lag: None,
                             write_s: None,
@@ -317,17 +318,22 @@ pub fn run_all(sizes: &Sizes, wanted: &[String], kinds: &[Kind], bin_dir: &Path)
                         copy_tree(m, s)
                     },
                     &|m: &Path, _: &Path, _: Kind| {
-                        std::fs::rename(m.join("tree"), m.join("moved"))?;
-                        let last_change = Some(Instant::now());
                         let paths: Vec<PathBuf> = (0..sizes.s3_files)
                             .map(|i| {
-                                Path::new("moved")
+                                Path::new("tree")
                                     .join(format!("d{:04}", i % 10))
                                     .join(format!("f{i:06}.bin"))
                             })
                             .collect();
+                        let before = Expect::from_master(m, &paths, &[])?;
+                        std::fs::rename(m.join("tree"), m.join("moved"))?;
+                        let last_change = Some(Instant::now());
                         Ok(Outcome {
-                            expect: Expect::from_master(m, &paths, &[PathBuf::from("tree")])?,
+                            expect: before.moved(
+                                Path::new("tree"),
+                                Path::new("moved"),
+                                &[PathBuf::from("tree")],
+                            ),
                             changed_bytes: 0,
                             lag: None,
                             write_s: None,

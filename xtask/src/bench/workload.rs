@@ -30,6 +30,37 @@ pub fn write_file(path: &Path, len: u64) -> anyhow::Result<()> {
 
 /// `files` files spread over `dirs` directories under `root/<prefix>`; sizes come
 /// from `size(i)`. Returns the paths relative to `root` and the total bytes.
+/// [`write_tree`], reading the expectation of each file right after writing it
+/// (from the page cache), so none is left to read after the last write.
+pub fn write_tree_expecting(
+    root: &Path,
+    prefix: &str,
+    dirs: usize,
+    files: usize,
+    size: impl Fn(usize) -> u64,
+) -> anyhow::Result<(Expect, u64)> {
+    let mut expect = Expect {
+        files: Vec::with_capacity(files),
+        absent: Vec::new(),
+    };
+    let mut total = 0;
+    for i in 0..files {
+        let rel = tree_path(prefix, dirs, i);
+        let len = size(i);
+        write_file(&root.join(&rel), len)?;
+        let (size, head, tail) = probe(&root.join(&rel))?;
+        expect.files.push((rel, size, head, tail));
+        total += len;
+    }
+    Ok((expect, total))
+}
+
+fn tree_path(prefix: &str, dirs: usize, i: usize) -> PathBuf {
+    Path::new(prefix)
+        .join(format!("d{:04}", i % dirs.max(1)))
+        .join(format!("f{i:06}.bin"))
+}
+
 pub fn write_tree(
     root: &Path,
     prefix: &str,
@@ -40,9 +71,7 @@ pub fn write_tree(
     let mut paths = Vec::with_capacity(files);
     let mut total = 0;
     for i in 0..files {
-        let rel = Path::new(prefix)
-            .join(format!("d{:04}", i % dirs.max(1)))
-            .join(format!("f{i:06}.bin"));
+        let rel = tree_path(prefix, dirs, i);
         let len = size(i);
         write_file(&root.join(&rel), len)?;
         paths.push(rel);
@@ -94,6 +123,24 @@ impl Expect {
             files,
             absent: absent.to_vec(),
         })
+    }
+
+    /// The same files under `to` instead of `from`, and `absent` gone: what a
+    /// directory rename must show, read before the rename so that reading it
+    /// does not delay the first look after.
+    pub fn moved(&self, from: &Path, to: &Path, absent: &[PathBuf]) -> Expect {
+        let files = self
+            .files
+            .iter()
+            .map(|(rel, size, head, tail)| {
+                let rel = rel.strip_prefix(from).map_or_else(|_| rel.clone(), |r| to.join(r));
+                (rel, *size, head.clone(), tail.clone())
+            })
+            .collect();
+        Expect {
+            files,
+            absent: absent.to_vec(),
+        }
     }
 
     pub fn holds(&self, standby: &Path) -> bool {
