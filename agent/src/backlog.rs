@@ -176,6 +176,11 @@ impl Backlog {
         self.unsent.len() + self.unconfirmed.len() > self.limits.ops
     }
 
+    /// The most operations it may hold before it overflows.
+    pub fn ops_limit(&self) -> usize {
+        self.limits.ops
+    }
+
     pub fn unsent_len(&self) -> usize {
         self.unsent.len()
     }

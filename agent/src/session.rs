@@ -46,6 +46,13 @@ const WANTS_PER_TURN: usize = 32;
 const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// File content in flight (sent, not acknowledged as applied), at most.
 const IN_FLIGHT_BYTES: u64 = 32 << 20;
+/// Operations read ahead of sending while answering wants, and in flight, at
+/// most (and no more than an eighth and a quarter of the backlog's bound): a
+/// tree of small files makes many operations per byte, and the backlog's own
+/// bound on operations, which a comparison answers by starting over, must stay
+/// far away.
+const READ_AHEAD_OPS: usize = 16_384;
+const IN_FLIGHT_OPS: usize = 65_536;
 /// Why the tree is compared when there is no durable state to resume from.
 const NO_STATE: &str = "no durable state from an earlier run";
 
@@ -601,9 +608,11 @@ impl<'a> Session<'a> {
                 self.writer.write(&request).await?;
             }
             let stalled = self.rep.backlog.in_flight() > 0
-                && (self.last_progress.elapsed() >= STALL || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES);
+                && (self.last_progress.elapsed() >= STALL
+                    || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES
+                    || self.rep.backlog.in_flight() >= IN_FLIGHT_OPS.min(self.rep.backlog.ops_limit() / 4).max(1));
             let sendable = !self.rep.backlog.is_idle() && !stalled;
-            let answerable = !self.wants.is_empty() && self.rep.backlog.unsent_payload() < READ_AHEAD_BYTES;
+            let answerable = !self.wants.is_empty() && self.room_to_read_ahead();
             tokio::select! {
                 reply = self.replies.recv() => {
                     let reply = reply.ok_or_else(|| anyhow!("receiver reader stopped"))??;
@@ -621,7 +630,7 @@ impl<'a> Session<'a> {
                     // turn of this loop.
                     for _ in 0..WANTS_PER_TURN {
                         self.answer_next_want();
-                        if self.wants.is_empty() || self.rep.backlog.unsent_payload() >= READ_AHEAD_BYTES {
+                        if self.wants.is_empty() || !self.room_to_read_ahead() {
                             break;
                         }
                     }
@@ -769,6 +778,11 @@ impl<'a> Session<'a> {
     }
 
     /// Reads the blocks of the next wanted file that the standby lacks.
+    fn room_to_read_ahead(&self) -> bool {
+        self.rep.backlog.unsent_payload() < READ_AHEAD_BYTES
+            && self.rep.backlog.unsent_len() < READ_AHEAD_OPS.min(self.rep.backlog.ops_limit() / 8).max(1)
+    }
+
     fn answer_next_want(&mut self) {
         let Some((path, hashes, from)) = self.wants.pop_front() else { return };
         let now = monotonic_ns();
