@@ -173,7 +173,12 @@ impl Backlog {
 
     /// True when more operations are held than allowed.
     pub fn overflowed(&self) -> bool {
-        self.unsent.len() + self.unconfirmed.len() > self.limits.ops
+        self.held_ops() > self.limits.ops
+    }
+
+    /// Operations held: unsent, and sent but not yet durable on the standby.
+    pub fn held_ops(&self) -> usize {
+        self.unsent.len() + self.unconfirmed.len()
     }
 
     /// The most operations it may hold before it overflows.

@@ -778,9 +778,15 @@ impl<'a> Session<'a> {
     }
 
     /// Reads the blocks of the next wanted file that the standby lacks.
+    /// Whether answering another want keeps the backlog within its bounds. Half
+    /// of its bound on operations is left for what the standby has not made
+    /// durable yet (it does so when its stream pauses), the other half for what
+    /// the tree's changes bring meanwhile.
     fn room_to_read_ahead(&self) -> bool {
-        self.rep.backlog.unsent_payload() < READ_AHEAD_BYTES
-            && self.rep.backlog.unsent_len() < READ_AHEAD_OPS.min(self.rep.backlog.ops_limit() / 8).max(1)
+        let backlog = &self.rep.backlog;
+        backlog.unsent_payload() < READ_AHEAD_BYTES
+            && backlog.unsent_len() < READ_AHEAD_OPS.min(backlog.ops_limit() / 8).max(1)
+            && backlog.held_ops() < (backlog.ops_limit() / 2).max(1)
     }
 
     fn answer_next_want(&mut self) {

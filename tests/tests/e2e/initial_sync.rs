@@ -1,7 +1,8 @@
-//! Initial sync against a standby that already holds a stale copy.
+//! Initial sync against a standby that already holds a stale copy, and of a tree
+//! holding more files than the backlog may hold operations.
 
 use crate::common::converge;
-use sluice_tests::{FsKind, LoopFs, Pair, random_bytes, run};
+use sluice_tests::{FsKind, LoopFs, Pair, PairOptions, compare_trees, random_bytes, run};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -42,4 +43,26 @@ fn stale_standby_gets_only_differing_blocks() {
     assert!(payload >= expected - 64.0 * 1024.0, "sent {payload}: too little to repair");
     assert!(wire <= 1.1 * expected + 512.0 * 1024.0, "wire {wire} for {expected} differing bytes");
     assert!(!s.join("only-on-standby").exists());
+}
+
+/// Each file becomes a few operations; a tree with several times more files than
+/// the backlog may hold operations is synced in one comparison, not restarted
+/// whenever the operations in flight pass that bound.
+#[test]
+fn more_files_than_the_backlog_holds_operations_sync_in_one_comparison() {
+    let master = LoopFs::new(FsKind::Ext4, 512).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 512).unwrap();
+    let files = 12_000;
+    for d in 0..12 {
+        fs::create_dir(master.path().join(format!("d{d}"))).unwrap();
+    }
+    for i in 0..files {
+        fs::write(master.path().join(format!("d{}/f{i}", i % 12)), format!("file {i}\n")).unwrap();
+    }
+    let options = PairOptions { agent_toml: "[durability]\nbacklog_ops = 4000\n".into(), ..PairOptions::default() };
+    let pair = Pair::start_with(master.path(), standby.path(), options).unwrap();
+    let metrics = converge(&pair, Duration::from_secs(120));
+    compare_trees(master.path(), standby.path()).unwrap();
+    assert_eq!(metrics.get("sluice_tree_compares_total"), 1.0, "{}", crate::common::tail(&pair.agent_log()));
+    assert_eq!(metrics.get("sluice_backlog_overflows_total"), 0.0);
 }
