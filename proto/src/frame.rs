@@ -79,8 +79,8 @@ pub fn encode_frame<T: Serialize>(message: &T, compress: bool) -> Result<Vec<u8>
 }
 
 fn header(body_len: usize, flags: u8) -> [u8; FRAME_HEADER_LEN] {
-    let len = (body_len as u32).to_le_bytes();
-    [len[0], len[1], len[2], len[3], flags]
+    let [a, b, c, d] = (body_len as u32).to_le_bytes();
+    [a, b, c, d, flags]
 }
 
 /// True when `body` is small, or a sample from its middle shrinks by an eighth.
