@@ -312,7 +312,8 @@ fn read_log(path: &Path) -> std::io::Result<Option<Snapshot>> {
     // Every read is checked: a torn or corrupt tail ends the replay.
     while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
         let (len, sum) = header.split_at(4);
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Ok(len) = <[u8; 4]>::try_from(len) else { break };
+        let len = u32::from_le_bytes(len) as usize;
         let body_at = at + FRAME_HEADER;
         let Some(body) = bytes.get(body_at..body_at.saturating_add(len)).filter(|_| len <= MAX_ENTRY_BYTES) else { break };
         if blake3::hash(body).as_bytes()[..8] != *sum {
