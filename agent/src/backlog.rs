@@ -152,6 +152,11 @@ impl Backlog {
         self.durable
     }
 
+    /// The highest sequence number the receiver reported applied.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied
+    }
+
     /// Numbers `pending` and queues it.
     pub fn push(&mut self, pending: PendingOp, captured_ns: u64) {
         let seq = self.next_seq;

@@ -39,6 +39,41 @@ pub struct Config {
     pub durability: DurabilityConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
+}
+
+/// `[failover]`: what the agent does when the standby was promoted.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub when_fenced: WhenFenced,
+}
+
+/// `[failover] when_fenced`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFenced {
+    /// Exit with an error (a service manager should not restart it blindly).
+    #[default]
+    Exit,
+    /// Keep running, asking again every few seconds (the standby may be
+    /// demoted, or its lineage removed, by an operator).
+    Wait,
+}
+
+/// `[hooks]`: programs run on a change of role, with `SLUICE_EVENT`,
+/// `SLUICE_ROLE`, `SLUICE_ROOT`, `SLUICE_PEER`, `SLUICE_GENERATION` and
+/// `SLUICE_REASON` in their environment.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Run when the standby refuses this agent because it was promoted.
+    pub on_fenced: Option<PathBuf>,
+    /// Run when a switchover made this tree a standby.
+    pub on_demote: Option<PathBuf>,
 }
 
 /// The background verifier.
@@ -180,6 +215,13 @@ impl Config {
         if config.durability.backlog_ops == 0 {
             return Err(invalid("durability.backlog_ops", "must be at least 1".into()));
         }
+        for (key, hook) in [("hooks.on_fenced", &config.hooks.on_fenced), ("hooks.on_demote", &config.hooks.on_demote)] {
+            if let Some(hook) = hook
+                && !hook.is_absolute()
+            {
+                return Err(invalid(key, format!("{} is not an absolute path", hook.display())));
+            }
+        }
         sluice_net::parse_fingerprint(&config.tls.peer_fingerprint)
             .map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;
         Ok(config)
@@ -220,5 +262,11 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
         assert!(err.contains("state_dir") && err.contains("inside the watched root"), "{err}");
         let err = parse(&format!("{GOOD}\nbogus = 1\n")).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+        let err = parse(&format!("{GOOD}\n[hooks]\non_fenced = \"fenced.sh\"\n")).unwrap_err().to_string();
+        assert!(err.contains("hooks.on_fenced"), "{err}");
+        let err = parse(&format!("{GOOD}\n[failover]\nwhen_fenced = \"retry\"\n")).unwrap_err().to_string();
+        assert!(err.contains("when_fenced"), "{err}");
+        let config = parse(&format!("{GOOD}\n[failover]\nwhen_fenced = \"wait\"\n")).unwrap();
+        assert_eq!(config.failover.when_fenced, WhenFenced::Wait);
     }
 }

@@ -1,6 +1,6 @@
 //! The agent's local control socket, `<state_dir>/control.sock`: how
-//! `sluice-agent verify` asks the running daemon for a verification pass and
-//! hears what it finds. One JSON request per line in, JSON reports per line out.
+//! `sluice-agent verify`, `status` and `switchover` reach the running daemon.
+//! One JSON request per line in, JSON reports per line out.
 
 use crate::verify::Report;
 use anyhow::{Context, bail};
@@ -20,6 +20,55 @@ pub const SOCKET_NAME: &str = "control.sock";
 pub enum Request {
     /// Compare the whole tree now; repair what differs only with `repair`.
     Verify { repair: bool },
+    /// What the agent is doing.
+    Status,
+    /// Wait until the standby holds everything captured, then promote it.
+    Switchover,
+}
+
+/// One screen of what the agent is doing, for people and scripts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub root: PathBuf,
+    pub role: String,
+    pub generation: String,
+    /// The receiver's address.
+    pub peer: String,
+    pub connected: bool,
+    /// The standby holds the tree (the comparison after connecting is done).
+    pub synced: bool,
+    /// The last sequence number given to an operation.
+    pub last_seq: u64,
+    /// The last one the standby applied, and the last it holds on disk.
+    pub applied_seq: u64,
+    pub durable_seq: u64,
+    pub backlog_ops: u64,
+    pub backlog_bytes: u64,
+    pub lag_seconds: f64,
+    pub lag_bytes: u64,
+    pub events_dropped: u64,
+    pub tree_compares: u64,
+    pub verify_mismatches: u64,
+    /// When the verifier last finished a pass over the tree (Unix seconds, 0: never).
+    pub verify_last_pass_unix: f64,
+    /// Connected and synced.
+    pub healthy: bool,
+}
+
+/// What a switchover proves: the standby, promoted, holds every operation the
+/// master captured up to `last_seq` on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverProof {
+    /// The master's last operation before the switchover point.
+    pub last_seq: u64,
+    /// The standby's durable operation when it was promoted (equal when nothing was lost).
+    pub standby_durable_seq: u64,
+    /// The standby's new generation, which this tree now follows as a standby.
+    pub generation: String,
+    /// Operations captured on the master after the point (writers that did not
+    /// stop): they are not on the new primary.
+    pub captured_after: u64,
+    pub seconds: f64,
 }
 
 /// A request, and where its reports go.
@@ -77,7 +126,7 @@ async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<ControlRequest>) -
         Err(e) => reply.send(Report::Error(format!("bad request: {e}")))?,
     }
     while let Some(report) = reports.recv().await {
-        let last = matches!(report, Report::Done { .. } | Report::Error(_));
+        let last = report.is_last();
         let mut text = serde_json::to_string(&report)?;
         text.push('\n');
         write.write_all(text.as_bytes()).await?;
@@ -105,9 +154,9 @@ pub async fn request(state_dir: &Path, request: &Request, mut on_report: impl Fn
     while let Some(line) = lines.next_line().await? {
         let report: Report = serde_json::from_str(&line).with_context(|| format!("unexpected answer {line:?}"))?;
         on_report(&report);
-        if matches!(report, Report::Done { .. } | Report::Error(_)) {
+        if report.is_last() {
             return Ok(report);
         }
     }
-    bail!("the agent closed the control socket before the verification ended")
+    bail!("the agent closed the control socket before answering")
 }

@@ -8,7 +8,7 @@ use crate::backlog::Limits;
 use crate::engine::Engine;
 use crate::journal::{Journal, JournalWriter};
 use crate::metrics::{Metrics, ModeLabel};
-use crate::session::{CaptureBatch, Replicator, Session};
+use crate::session::{About, CaptureBatch, Fenced, Replicator, Session};
 use anyhow::Context;
 use sluice_net::{Identity, SERVER_NAME, client_endpoint, is_unknown_peer};
 use std::future::Future;
@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How long a fenced agent that waits (`[failover] when_fenced = "wait"`) waits
+/// between two attempts.
+const FENCED_RETRY: Duration = Duration::from_secs(10);
 /// Pause between two reads of fanotify's notices.
 const NOTICE_BATCHING: Duration = Duration::from_millis(20);
 
@@ -36,6 +39,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             config.state_dir.display()
         );
     }
+
+    let tree_file = crate::lineage::TreeFile::open(&root).context("the tree's lineage")?;
+    let tree = tree_file.primary()?;
 
     let options = CaptureOptions {
         ring_buffer_bytes: config.capture.ring_buffer_bytes,
@@ -89,6 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
     rep.engine.names_cross_checked = notices_task.is_some();
+    rep.about = About { root: root.clone(), peer: config.receiver.to_string(), lineage: tree };
     let (control_tx, mut control) = mpsc::unbounded_channel();
     let control_task = crate::control::serve(&config.state_dir, control_tx).context("control socket")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -105,10 +112,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     tokio::pin!(shutdown);
     let coalesce = Duration::from_millis(config.capture.coalesce_ms);
+    let mut exit_error: Option<anyhow::Error> = None;
+    let mut reconnect_after = Duration::ZERO;
+    let mut fenced_announced = false;
     'connections: loop {
         // Changes keep flowing into the backlog while there is no connection.
         let connection = {
-            let connect = connect(&endpoint, config.receiver);
+            let connect = async {
+                tokio::time::sleep(reconnect_after).await;
+                connect(&endpoint, config.receiver).await
+            };
             tokio::pin!(connect);
             let mut flush_tick = tokio::time::interval(coalesce.max(Duration::from_millis(1)));
             flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,6 +144,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
             }
         };
+        reconnect_after = Duration::ZERO;
         tracing::info!(receiver = %config.receiver, "connected");
         metrics.connected.set(1);
         let attempt = async {
@@ -146,8 +160,64 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics.initial_sync_complete.set(0);
         match result {
             None => break,
-            Some(Err(e)) => tracing::warn!("replication stopped: {e:#}; reconnecting"),
+            Some(Err(e)) => match e.downcast::<Fenced>() {
+                Ok(fenced) => {
+                    metrics.fenced.set(1);
+                    tracing::error!("{fenced}");
+                    if !fenced_announced {
+                        fenced_announced = true;
+                        if let Some(hook) = &config.hooks.on_fenced {
+                            let vars = [
+                                ("SLUICE_ROLE", rep.about.lineage.role.to_string()),
+                                ("SLUICE_ROOT", root.display().to_string()),
+                                ("SLUICE_PEER", config.receiver.to_string()),
+                                ("SLUICE_GENERATION", rep.about.lineage.lineage.current.to_string()),
+                                ("SLUICE_PEER_GENERATION", fenced.lineage.current.to_string()),
+                                ("SLUICE_REASON", fenced.reason.clone()),
+                            ];
+                            sluice_net::daemon::run_hook("fenced", hook, &vars);
+                        }
+                    }
+                    match config.failover.when_fenced {
+                        crate::config::WhenFenced::Exit => {
+                            exit_error = Some(anyhow::Error::new(fenced));
+                            break;
+                        }
+                        crate::config::WhenFenced::Wait => reconnect_after = FENCED_RETRY,
+                    }
+                }
+                Err(e) => tracing::warn!("replication stopped: {e:#}; reconnecting"),
+            },
             Some(Ok(())) => {}
+        }
+        if let Some(switched) = rep.switched.take() {
+            match tree_file.demote(&switched.lineage) {
+                Ok(tree) => {
+                    tracing::warn!(
+                        generation = %tree.lineage.current,
+                        last_seq = switched.proof.last_seq,
+                        "switched over: the standby is the primary now and this tree its standby; stopping (run `sluice-receiver` on {} to follow it)",
+                        root.display()
+                    );
+                    if let Some(hook) = &config.hooks.on_demote {
+                        let vars = [
+                            ("SLUICE_ROLE", tree.role.to_string()),
+                            ("SLUICE_ROOT", root.display().to_string()),
+                            ("SLUICE_PEER", config.receiver.to_string()),
+                            ("SLUICE_GENERATION", tree.lineage.current.to_string()),
+                            ("SLUICE_DURABLE_SEQ", switched.proof.standby_durable_seq.to_string()),
+                        ];
+                        sluice_net::daemon::run_hook("demote", hook, &vars);
+                    }
+                    let _ = switched.reply.send(crate::verify::Report::SwitchedOver(switched.proof));
+                }
+                Err(e) => {
+                    let message = format!("the standby was promoted, but this tree could not be marked its standby: {e}; do not start the agent on it again");
+                    let _ = switched.reply.send(crate::verify::Report::Error(message.clone()));
+                    exit_error = Some(anyhow::anyhow!(message));
+                }
+            }
+            break;
         }
         if capture_task.is_finished() {
             break;
@@ -171,7 +241,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     capture_task.abort();
     tracing::info!("agent stopped");
-    Ok(())
+    exit_error.map_or(Ok(()), Err)
 }
 
 /// True when `root` holds nothing but what is never replicated.

@@ -10,10 +10,11 @@
 //! - [`engine`]: events → index updates and replication operations.
 //! - [`backlog`]: operations the standby does not hold durably yet, bounded in memory.
 //! - [`journal`]: the durable record of that backlog, for restarts.
+//! - [`lineage`]: the tree's role and generation (`<root>/.sluice/lineage`).
 //! - [`session`]: replication across connections, and one connection to the receiver.
 //! - [`crosscheck`]: fanotify notices, checked against what capture reported.
 //! - [`verify`]: the verifier comparing the standby's copy with the master's.
-//! - [`control`]: the local control socket (`sluice-agent verify`).
+//! - [`control`]: the local control socket (`verify`, `status`, `switchover`).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`config`]: the TOML configuration.
 //! - [`daemon`]: `run(config, shutdown)`, tying it all together.
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod files;
 pub mod index;
 pub mod journal;
+pub mod lineage;
 pub mod metrics;
 pub mod ranges;
 pub mod scan;

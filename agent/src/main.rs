@@ -32,6 +32,27 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the role, the connection, lag, backlog and durable position. Exits 0
+    /// when healthy (connected and the standby in sync), 1 otherwise.
+    Status {
+        /// Path of the running agent's TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: wait until the standby holds everything captured,
+    /// promote it, and make this tree its standby (the agent stops). Stop the
+    /// services writing to the tree first.
+    Switchover {
+        /// Path of the running agent's TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Give up after this many seconds (nothing is promoted then).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Ask the running agent to compare the whole standby with the master now,
     /// block by block; print every difference. Exits 1 if any was found.
     Verify {
@@ -55,6 +76,16 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let config = sluice_agent::config::Config::load(&config)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             verify(runtime, &config, repair, std::time::Duration::from_secs(timeout))
+        }
+        Command::Status { config, json } => {
+            let config = sluice_agent::config::Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            status(runtime, &config, json)
+        }
+        Command::Switchover { config, timeout } => {
+            let config = sluice_agent::config::Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            switchover(runtime, &config, std::time::Duration::from_secs(timeout))
         }
         Command::Init { identity, force } => {
             let fingerprint = daemon::init_identity(&identity, force)
@@ -102,6 +133,78 @@ fn verify(
             Ok(if mismatches == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
         }
         Report::Error(e) => anyhow::bail!("the agent could not verify: {e}"),
-        Report::Mismatch(m) => anyhow::bail!("the verification ended early after {}", m.path),
+        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+/// `sluice-agent status`: exit status 0 when healthy.
+fn status(runtime: tokio::runtime::Runtime, config: &sluice_agent::config::Config, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    use sluice_agent::control::{Request, request};
+    use sluice_agent::verify::Report;
+    let answer = runtime.block_on(request(&config.state_dir, &Request::Status, |_| {}));
+    let status = match answer {
+        Ok(Report::Status(status)) => status,
+        Ok(Report::Error(e)) => anyhow::bail!("the agent could not tell its status: {e}"),
+        Ok(other) => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "running": false, "healthy": false, "error": format!("{e:#}") }));
+            } else {
+                println!("agent: not running ({e:#})");
+            }
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    if json {
+        let mut value = serde_json::to_value(&*status)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("running".into(), true.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let s = &status;
+        println!("root:        {}", s.root.display());
+        println!("role:        {} (generation {})", s.role, s.generation);
+        let link = if s.connected { "connected" } else { "not connected" };
+        let sync = if s.synced { "in sync" } else { "not in sync yet" };
+        println!("standby:     {} ({link}, {sync})", s.peer);
+        println!("operations:  last {}, applied {}, durable {}", s.last_seq, s.applied_seq, s.durable_seq);
+        println!("lag:         {:.3} s, {} bytes", s.lag_seconds, s.lag_bytes);
+        println!("backlog:     {} operations, {} bytes unsent", s.backlog_ops, s.backlog_bytes);
+        println!("problems:    {} events dropped, {} verifier mismatches, {} tree comparisons", s.events_dropped, s.verify_mismatches, s.tree_compares);
+        println!("health:      {}", if s.healthy { "ok" } else { "NOT OK" });
+    }
+    Ok(if status.healthy { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}
+
+/// `sluice-agent switchover`: prints what it waits for, then the proof.
+fn switchover(runtime: tokio::runtime::Runtime, config: &sluice_agent::config::Config, timeout: std::time::Duration) -> anyhow::Result<std::process::ExitCode> {
+    use sluice_agent::control::{Request, request};
+    use sluice_agent::verify::Report;
+    let asked = request(&config.state_dir, &Request::Switchover, |report| {
+        if let Report::Progress(what) = report {
+            println!("{what}");
+        }
+    });
+    let last = runtime
+        .block_on(async { tokio::time::timeout(timeout, asked).await })
+        .map_err(|_| anyhow::anyhow!("the standby did not catch up within {} s; the switchover is cancelled and nothing was promoted (check with `sluice-agent status`)", timeout.as_secs()))??;
+    match last {
+        Report::SwitchedOver(proof) => {
+            println!("switched over in {:.3} s: the standby is the primary of generation {}", proof.seconds, proof.generation);
+            println!("master: last operation {}; standby: durable up to {}", proof.last_seq, proof.standby_durable_seq);
+            if proof.standby_durable_seq >= proof.last_seq && proof.captured_after == 0 {
+                println!("nothing was lost: every operation the master captured is durable on the new primary");
+            } else {
+                println!(
+                    "WARNING: {} operations captured on this tree after the switchover point are not on the new primary (writers were still running)",
+                    proof.captured_after + proof.last_seq.saturating_sub(proof.standby_durable_seq)
+                );
+            }
+            println!("this tree is its standby now and the agent stopped: run `sluice-receiver` on {} and point the new primary's agent at it", config.root.display());
+            Ok(if proof.captured_after == 0 && proof.standby_durable_seq >= proof.last_seq { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+        }
+        Report::Error(e) => anyhow::bail!("switchover failed: {e}"),
+        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
     }
 }

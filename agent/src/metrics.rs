@@ -48,6 +48,7 @@ pub struct Metrics {
     pub path_mtu: Gauge,
     pub connected: Gauge,
     pub initial_sync_complete: Gauge,
+    pub fenced: Gauge,
     pub capture_mode: Family<ModeLabel, Gauge>,
 }
 
@@ -88,6 +89,7 @@ impl Metrics {
         r.register("sluice_path_mtu", "Largest UDP payload the path to the receiver carries, as QUIC discovered it", self.path_mtu.clone());
         r.register("sluice_connected", "1 while connected to the receiver", self.connected.clone());
         r.register("sluice_initial_sync_complete", "1 once the standby matched the tree in this connection", self.initial_sync_complete.clone());
+        r.register("sluice_fenced", "1 while the standby refuses this agent because it was promoted (or holds an unrelated generation)", self.fenced.clone());
         r.register("sluice_capture_mode", "How changes are captured (tp_btf: BTF raw syscall tracepoints)", self.capture_mode.clone());
         r
     }

@@ -7,11 +7,12 @@ use crate::backlog::{Backlog, Limits, ManifestState, Next, Rewound};
 use crate::capture::Event;
 use crate::engine::{Engine, PendingOp, Recovery};
 use crate::journal::{Header, LogEntry, JournalWriter, Snapshot};
-use crate::control::{ControlRequest, Request};
+use crate::control::{AgentStatus, ControlRequest, Request, SwitchoverProof};
 use crate::metrics::Metrics;
-use crate::verify::Verifier;
+use crate::verify::{Report, Verifier};
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
+use sluice_proto::lineage::{Lineage, Role, TreeLineage};
 use sluice_proto::{AgentMessage, Entry, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -25,6 +26,8 @@ const MANIFEST_CHUNK_BYTES: usize = 1 << 20;
 const FRAME_PAYLOAD: u64 = 1 << 20;
 /// Rescans closer together than this are deferred, so a burst of unplaceable events costs one.
 const RESCAN_SPACING: Duration = Duration::from_secs(2);
+/// How often a waiting switchover tells the operator what it waits for.
+const SWITCHOVER_REPORT: Duration = Duration::from_secs(1);
 /// How often the initial sync logs its progress when no terminal shows a bar.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// How far before a journal write an inode change may have happened without its
@@ -104,6 +107,49 @@ pub struct Replicator {
     crosscheck_seen: (u64, u64),
     /// Capture time of the newest event handled.
     latest_event_ns: u64,
+    /// What the status names: the tree, the standby, the lineage.
+    pub about: About,
+    /// A switchover asked for and not finished.
+    switchover: Option<PendingSwitchover>,
+    /// A switchover the standby confirmed: the daemon makes this tree a standby and stops.
+    pub switched: Option<Switched>,
+}
+
+/// What the agent's status names besides its counters.
+#[derive(Clone, Debug)]
+pub struct About {
+    pub root: std::path::PathBuf,
+    pub peer: String,
+    pub lineage: TreeLineage,
+}
+
+/// A switchover waiting for the standby to hold everything.
+struct PendingSwitchover {
+    reply: mpsc::UnboundedSender<crate::verify::Report>,
+    started: Instant,
+    /// The last operation before the switchover point, once `Promote` was sent.
+    point: Option<u64>,
+    last_report: Instant,
+    /// Events captured since the last progress report.
+    events_seen: u64,
+}
+
+/// A switchover the standby confirmed.
+pub struct Switched {
+    pub proof: SwitchoverProof,
+    /// The standby's new lineage, which this tree now follows.
+    pub lineage: Lineage,
+    pub reply: mpsc::UnboundedSender<crate::verify::Report>,
+}
+
+/// The standby refused this agent: it was promoted out of this tree's
+/// generation (or holds an unrelated one).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the standby refused this agent (fenced): {reason}")]
+pub struct Fenced {
+    pub reason: String,
+    /// The standby's lineage.
+    pub lineage: Lineage,
 }
 
 impl Replicator {
@@ -174,11 +220,21 @@ impl Replicator {
             crosscheck: crate::crosscheck::CrossCheck::default(),
             crosscheck_seen: (0, 0),
             latest_event_ns: 0,
+            about: About {
+                root: std::path::PathBuf::new(),
+                peer: String::new(),
+                lineage: TreeLineage { role: Role::Primary, lineage: Lineage::fresh(""), promoted: None, keep_replaced: false },
+            },
+            switchover: None,
+            switched: None,
         })
     }
 
     /// Applies a batch of captured events.
     pub fn handle_batch(&mut self, batch: CaptureBatch) {
+        if let Some(switchover) = &mut self.switchover {
+            switchover.events_seen += batch.events.len() as u64;
+        }
         self.metrics.events_captured.inc_by(batch.events.len() as u64);
         if !batch.events.is_empty() {
             self.last_event_secs = unix_secs();
@@ -397,12 +453,68 @@ impl Replicator {
                 tracing::info!(repair, "verification of the whole tree asked for");
                 self.verifier.start_demand(repair, control.reply);
             }
+            Request::Status => {
+                let _ = control.reply.send(Report::Status(Box::new(self.status())));
+            }
+            Request::Switchover if !self.online => {
+                let _ = control.reply.send(Report::Error(format!(
+                    "not connected to the standby at {}: a switchover needs it (to fail over without the master, run `sluice-receiver promote` on the standby)",
+                    self.about.peer
+                )));
+            }
+            Request::Switchover if self.switchover.is_some() => {
+                let _ = control.reply.send(Report::Error("a switchover is already running".into()));
+            }
+            Request::Switchover => {
+                tracing::warn!("switchover asked for: waiting until the standby holds everything captured, then promoting it");
+                self.switchover = Some(PendingSwitchover {
+                    reply: control.reply,
+                    started: Instant::now(),
+                    point: None,
+                    last_report: Instant::now(),
+                    events_seen: 0,
+                });
+            }
+        }
+    }
+
+    /// What the agent is doing, for `sluice-agent status`.
+    pub fn status(&self) -> AgentStatus {
+        let m = &self.metrics;
+        let connected = self.online;
+        let synced = connected && m.initial_sync_complete.get() == 1;
+        AgentStatus {
+            root: self.about.root.clone(),
+            role: self.about.lineage.role.to_string(),
+            generation: self.about.lineage.lineage.current.to_string(),
+            peer: self.about.peer.clone(),
+            connected,
+            synced,
+            last_seq: self.backlog.next_seq().saturating_sub(1),
+            applied_seq: self.backlog.applied_seq(),
+            durable_seq: self.backlog.durable(),
+            backlog_ops: self.backlog.unsent_len() as u64,
+            backlog_bytes: self.backlog.unsent_payload(),
+            lag_seconds: m.lag_seconds.get(),
+            lag_bytes: u64::try_from(m.lag_bytes.get()).unwrap_or(0),
+            events_dropped: m.events_dropped.get(),
+            tree_compares: m.tree_compares.get(),
+            verify_mismatches: m.verify_mismatches.get(),
+            verify_last_pass_unix: m.verify_last_pass.get(),
+            healthy: synced,
         }
     }
 
     /// Marks the end of a connection.
     pub fn offline(&mut self) {
         self.online = false;
+        if let Some(switchover) = self.switchover.take() {
+            let reason = match switchover.point {
+                Some(_) => "the connection ended before the standby confirmed its promotion: check `sluice-receiver status` on it before writing anywhere",
+                None => "the connection to the standby ended before it held everything; nothing was promoted",
+            };
+            let _ = switchover.reply.send(Report::Error(reason.into()));
+        }
         self.verifier.connection_lost();
         self.hold_data_if_needed();
         self.update_metrics();
@@ -474,12 +586,17 @@ impl<'a> Session<'a> {
         let (send, recv) = connection.open_bi().await.context("opening the replication stream")?;
         let mut writer = FrameWriter::new(send, true);
         let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent }).await?;
+        let lineage = rep.about.lineage.lineage.clone();
+        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: lineage.clone() }).await?;
         let mut reader = FrameReader::new(recv);
         let (durable_seq, uncertain) = match reader.read::<ReceiverMessage>().await? {
-            Some(ReceiverMessage::Hello { version, durable_seq, uncertain }) if version == PROTOCOL_VERSION => {
+            Some(ReceiverMessage::Hello { version, durable_seq, uncertain, lineage: theirs }) if version == PROTOCOL_VERSION => {
+                if theirs.current != lineage.current {
+                    bail!("the standby answered with generation {}, not this tree's {}", theirs.current, lineage.current);
+                }
                 (durable_seq, uncertain)
             }
+            Some(ReceiverMessage::Fenced { reason, lineage }) => return Err(Fenced { reason, lineage }.into()),
             Some(ReceiverMessage::Hello { version, .. }) => {
                 bail!("receiver speaks protocol {version}, this agent {PROTOCOL_VERSION}")
             }
@@ -611,12 +728,19 @@ impl<'a> Session<'a> {
                 && (self.last_progress.elapsed() >= STALL
                     || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES
                     || self.rep.backlog.in_flight() >= IN_FLIGHT_OPS.min(self.rep.backlog.ops_limit() / 4).max(1));
-            let sendable = !self.rep.backlog.is_idle() && !stalled;
+            let promoting = self.rep.switchover.as_ref().is_some_and(|s| s.point.is_some());
+            let sendable = !self.rep.backlog.is_idle() && !stalled && !promoting;
+            if self.rep.switchover.is_some() && !promoting {
+                self.advance_switchover(comparing).await?;
+            }
             let answerable = !self.wants.is_empty() && self.room_to_read_ahead();
             tokio::select! {
                 reply = self.replies.recv() => {
                     let reply = reply.ok_or_else(|| anyhow!("receiver reader stopped"))??;
                     self.on_reply(reply)?;
+                    if self.rep.switched.is_some() {
+                        return Ok(());
+                    }
                 }
                 batch = events.recv() => {
                     let Some(batch) = batch else { return Ok(()) };
@@ -773,6 +897,79 @@ impl<'a> Session<'a> {
                 self.rep.verifier.on_listing(&mut self.rep.engine, id, exists, entries, more)
             }
             ReceiverMessage::Hello { .. } => bail!("unexpected second Hello from the receiver"),
+            ReceiverMessage::Fenced { reason, lineage } => return Err(Fenced { reason, lineage }.into()),
+            ReceiverMessage::Promoted { durable_seq, at_barrier, consistent_unix_ns, lineage } => {
+                let Some(switchover) = self.rep.switchover.take() else { bail!("the standby says it was promoted, but no switchover was asked for") };
+                let Some(point) = switchover.point else { bail!("the standby was promoted before the switchover point") };
+                let last = self.rep.backlog.next_seq().saturating_sub(1);
+                let proof = SwitchoverProof {
+                    last_seq: point,
+                    standby_durable_seq: durable_seq,
+                    generation: lineage.current.to_string(),
+                    captured_after: last.saturating_sub(point) + u64::from(self.rep.engine.has_dirty()),
+                    seconds: switchover.started.elapsed().as_secs_f64(),
+                };
+                tracing::warn!(
+                    last_seq = point,
+                    standby_durable_seq = durable_seq,
+                    at_barrier,
+                    consistent_unix_ns,
+                    generation = %lineage.current,
+                    "switchover: the standby is the primary now"
+                );
+                self.rep.switched = Some(Switched { proof, lineage, reply: switchover.reply });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `Promote` once the standby holds everything captured (the switchover
+    /// point), and tells the operator what it waits for meanwhile.
+    async fn advance_switchover(&mut self, comparing: bool) -> anyhow::Result<()> {
+        let rep = &mut *self.rep;
+        let backlog = &rep.backlog;
+        let mut waiting = Vec::new();
+        if !self.synced || comparing || rep.compare_owed() {
+            waiting.push("the comparison of the tree to finish".to_string());
+        } else if let Some(manifest) = backlog.unsettled_manifest() {
+            let done = manifest.done_seq.map_or_else(|| "not answered yet".to_string(), |seq| format!("up to operation {seq}"));
+            waiting.push(format!("the comparison to be durable on the standby ({done}; durable: {})", backlog.durable()));
+        }
+        if !backlog.is_idle() {
+            waiting.push(format!("{} operations to be sent", backlog.unsent_len()));
+        }
+        if backlog.in_flight() > 0 {
+            waiting.push(format!("{} operations to be applied", backlog.in_flight()));
+        }
+        if rep.engine.has_dirty() {
+            waiting.push("changed files to be read".to_string());
+        }
+        if rep.engine.has_repairs() {
+            waiting.push("repairs of the standby".to_string());
+        }
+        let ready = waiting.is_empty();
+        let Some(switchover) = rep.switchover.as_mut() else { return Ok(()) };
+        if switchover.reply.is_closed() {
+            tracing::warn!("switchover cancelled: whoever asked for it is gone; nothing was promoted");
+            rep.switchover = None;
+            return Ok(());
+        }
+        if ready {
+            let point = backlog.next_seq().saturating_sub(1);
+            switchover.point = Some(point);
+            let _ = switchover.reply.send(Report::Progress(format!("the standby holds every operation up to {point}: promoting it")));
+            self.writer.write(&AgentMessage::Promote).await?;
+            return Ok(());
+        }
+        if switchover.last_report.elapsed() >= SWITCHOVER_REPORT {
+            let writes = if switchover.events_seen > 0 {
+                format!("; {} changes were captured meanwhile: stop the services writing to {}", switchover.events_seen, rep.about.root.display())
+            } else {
+                String::new()
+            };
+            let _ = switchover.reply.send(Report::Progress(format!("waiting for {}{writes}", waiting.join(", "))));
+            switchover.last_report = Instant::now();
+            switchover.events_seen = 0;
         }
         Ok(())
     }

@@ -52,13 +52,25 @@ pub struct Mismatch {
     pub what: String,
 }
 
-/// What a pass asked for on demand reports to whoever asked.
+/// What a request on the control socket reports to whoever asked: a pass
+/// asked for on demand, the status, or a switchover.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Report {
     Mismatch(Mismatch),
     Done { mismatches: u64, bytes: u64, entries: u64, seconds: f64 },
     Error(String),
+    Status(Box<crate::control::AgentStatus>),
+    /// A switchover waiting, and for what.
+    Progress(String),
+    SwitchedOver(crate::control::SwitchoverProof),
+}
+
+impl Report {
+    /// True for the last report of a request.
+    pub fn is_last(&self) -> bool {
+        !matches!(self, Report::Mismatch(_) | Report::Progress(_))
+    }
 }
 
 /// Totals since the agent started.

@@ -58,3 +58,28 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// Runs an operator's hook (`[hooks] on_promote = "/path/to/program"` and the
+/// like) with `vars` added to its environment, without waiting for it: a hook
+/// that hangs must not hold replication or a promotion. Its exit status is
+/// logged when it ends.
+pub fn run_hook(event: &'static str, program: &Path, vars: &[(&str, String)]) {
+    let mut command = std::process::Command::new(program);
+    command.env("SLUICE_EVENT", event).stdin(std::process::Stdio::null());
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::error!(hook = event, program = %program.display(), "cannot run the hook: {e}");
+            return;
+        }
+    };
+    let program = program.to_owned();
+    std::thread::spawn(move || match child.wait() {
+        Ok(status) if status.success() => tracing::info!(hook = event, program = %program.display(), "hook ran"),
+        Ok(status) => tracing::warn!(hook = event, program = %program.display(), "hook failed: {status}"),
+        Err(e) => tracing::warn!(hook = event, program = %program.display(), "waiting for the hook: {e}"),
+    });
+}

@@ -28,6 +28,7 @@
 
 use crate::RelPath;
 use crate::limit;
+use crate::lineage::Lineage;
 use serde::{Deserialize, Serialize};
 
 /// Most entries in one `Manifest` message.
@@ -321,6 +322,9 @@ pub enum AgentMessage {
         version: u32,
         #[serde(deserialize_with = "limit::string::<_, MAX_NAME>")]
         agent: String,
+        /// The master tree's history: a standby promoted out of it refuses it
+        /// (`Fenced`), an old master's tree it descends from follows it.
+        lineage: Lineage,
     },
     /// Part of the master's tree, in walk order (parents before children).
     Manifest(#[serde(deserialize_with = "limit::vec::<_, _, MAX_MANIFEST_ENTRIES>")] Vec<Entry>),
@@ -356,6 +360,10 @@ pub enum AgentMessage {
     /// comparison of the whole tree. From `next_seq` on, each operation is
     /// numbered one after the one before; anything else is refused.
     Skip { next_seq: u64 },
+    /// A planned switchover: once everything sent before this is applied and
+    /// durable, the standby becomes a primary of a new generation and answers
+    /// `Promoted`; the stream ends there.
+    Promote,
 }
 
 /// Messages from the receiver to the agent.
@@ -369,6 +377,27 @@ pub enum ReceiverMessage {
         /// since: operations after `durable_seq` may or may not be applied, so
         /// replaying one that is not idempotent (a rename) could do harm.
         uncertain: bool,
+        /// The standby tree's history as of this connection (the master's, or a
+        /// fork of it).
+        lineage: Lineage,
+    },
+    /// The standby will not take this master's stream: it was promoted out of
+    /// the master's generation (or holds an unrelated one). Sent instead of
+    /// `Hello`; the connection closes.
+    Fenced {
+        #[serde(deserialize_with = "limit::string::<_, MAX_REASON>")]
+        reason: String,
+        lineage: Lineage,
+    },
+    /// The answer to `Promote`: the standby is a primary of `lineage.current`,
+    /// holding every operation up to `durable_seq` on disk; `at_barrier` when the
+    /// last of them was an fsync barrier, `consistent_unix_ns` the master's
+    /// capture time of it.
+    Promoted {
+        durable_seq: u64,
+        at_barrier: bool,
+        consistent_unix_ns: u64,
+        lineage: Lineage,
     },
     /// The receiver's copy of `path` (`size` bytes) differs: `hashes` are blake3
     /// of its [`crate::blocks::BLOCK_SIZE`] blocks from block `first_block` on.

@@ -47,6 +47,22 @@ pub struct Config {
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub safety: SafetyConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
+}
+
+/// `[hooks]`: programs run when the tree changes role, with `SLUICE_EVENT`,
+/// `SLUICE_ROLE`, `SLUICE_ROOT`, `SLUICE_GENERATION`, `SLUICE_DURABLE_SEQ` and
+/// `SLUICE_CONSISTENT_AS_OF` (Unix ns of the master's capture) in their environment.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Run once the standby was promoted (by `sluice-receiver promote` or a
+    /// switchover): start the services that use the tree, and its agent.
+    pub on_promote: Option<PathBuf>,
+    /// Run when an old primary's tree starts following the master promoted out
+    /// of it (failback).
+    pub on_demote: Option<PathBuf>,
 }
 
 /// `[replication]`: what the receiver is willing to make.
@@ -180,6 +196,13 @@ impl Config {
         if config.safety.max_manifest_entries == 0 {
             return Err(invalid("safety.max_manifest_entries", "must be at least 1".into()));
         }
+        for (key, hook) in [("hooks.on_promote", &config.hooks.on_promote), ("hooks.on_demote", &config.hooks.on_demote)] {
+            if let Some(hook) = hook
+                && !hook.is_absolute()
+            {
+                return Err(invalid(key, format!("{} is not an absolute path", hook.display())));
+            }
+        }
         if config.rollback.keep_days < 1 {
             return Err(invalid(
                 "rollback.keep_days",
@@ -256,6 +279,10 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
         assert_eq!(config.safety.max_delete_fraction, 0.9);
         let err = parse(&format!("{GOOD}[safety]\nmax_delete_fraction = 1.5\n")).unwrap_err().to_string();
         assert!(err.contains("safety.max_delete_fraction"), "{err}");
+        let config = parse(&format!("{GOOD}[hooks]\non_promote = \"/usr/local/bin/up\"\n")).unwrap();
+        assert_eq!(config.hooks.on_promote.as_deref(), Some(Path::new("/usr/local/bin/up")));
+        let err = parse(&format!("{GOOD}[hooks]\non_demote = \"down.sh\"\n")).unwrap_err().to_string();
+        assert!(err.contains("hooks.on_demote"), "{err}");
     }
 
     #[test]

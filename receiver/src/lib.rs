@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod control;
 pub mod listing;
 pub mod metrics;
 pub mod privileges;

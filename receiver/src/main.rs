@@ -1,4 +1,5 @@
-//! `sluice-receiver`: `init` creates the TLS identity, `run` serves replication.
+//! `sluice-receiver`: `init` creates the TLS identity, `run` serves replication,
+//! `promote` makes the standby a primary, `status` says what it is doing.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_net::daemon;
 use sluice_receiver::config::Config;
+use sluice_receiver::control;
 use sluice_receiver::server::{Server, Sockets};
 use sluice_receiver::state::State;
 
@@ -33,6 +35,27 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make this standby a primary: stop taking the master's stream (its agent
+    /// is fenced from now on), make the tree durable, and print what it holds.
+    /// Then start `sluice-agent` on the tree.
+    Promote {
+        /// Path of receiver.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the role, the connection, lag and the durable position. Exits 0
+    /// when healthy (running, and connected to a master or a primary), 1 otherwise.
+    Status {
+        /// Path of receiver.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Allow the next comparison of the whole tree to delete more than
     /// `[safety] max_delete_fraction` of the standby (once).
     AllowMassDelete {
@@ -42,13 +65,14 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
     match Cli::parse().command {
         Command::Init { identity, force } => {
             let fingerprint = daemon::init_identity(&identity, force)
                 .with_context(|| format!("creating an identity in {}", identity.display()))?;
             println!("fingerprint: {fingerprint}");
-            Ok(())
+            Ok(ok)
         }
         Command::Run { config } => {
             daemon::keep_buffers_mapped();
@@ -62,7 +86,40 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
                 Server::bind_on(&config, sockets).await?.run(shutdown).await
-            })
+            })?;
+            Ok(ok)
+        }
+        Command::Promote { config, json } => {
+            let config = Config::load(&config).context("invalid configuration")?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let report = match runtime.block_on(control::request(&config.root, &control::Request::Promote))? {
+                Some(control::Answer::Promoted(report)) => report,
+                Some(control::Answer::Error(e)) => anyhow::bail!("the receiver could not promote {}: {e}", config.root.display()),
+                Some(other) => anyhow::bail!("unexpected answer from the receiver: {other:?}"),
+                None => control::promote_offline(&config.root).context("promoting the tree (no receiver is running on it)")?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_promotion(&report);
+            }
+            Ok(ok)
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config).context("invalid configuration")?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let status = match runtime.block_on(control::request(&config.root, &control::Request::Status))? {
+                Some(control::Answer::Status(status)) => status,
+                Some(control::Answer::Error(e)) => anyhow::bail!("the receiver could not tell its status: {e}"),
+                Some(other) => anyhow::bail!("unexpected answer from the receiver: {other:?}"),
+                None => control::Status::from_disk(&config.root)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(if status.healthy { ok } else { std::process::ExitCode::from(1) })
         }
         Command::AllowMassDelete { config } => {
             let config = Config::load(&config).context("invalid configuration")?;
@@ -74,7 +131,52 @@ fn main() -> anyhow::Result<()> {
                 config.safety.max_delete_fraction,
                 config.root.display()
             );
-            Ok(())
+            Ok(ok)
         }
     }
+}
+
+/// A capture time of the master, readable.
+fn master_time(unix_ns: u64) -> String {
+    if unix_ns == 0 {
+        return "unknown".into();
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns);
+    humantime::format_rfc3339_nanos(time).to_string()
+}
+
+fn print_promotion(report: &control::PromotionReport) {
+    let tree = &report.lineage;
+    if report.already {
+        println!("{} is a primary already (generation {})", report.root.display(), tree.lineage.current);
+    } else {
+        let from = tree.lineage.forks.first().map_or_else(|| "none".to_string(), |f| f.parent.to_string());
+        println!("promoted {}: a primary of generation {} (forked from {from})", report.root.display(), tree.lineage.current);
+    }
+    if let Some(p) = &tree.promoted {
+        println!("consistent as of: operation {} of the old master, captured {}", p.durable_seq, master_time(p.consistent_unix_ns));
+        let barrier = if p.at_barrier { "yes (the copy is what the master held at an fsync)" } else { "no" };
+        println!("at a durable barrier: {barrier}; newest fsync barrier held: {}", master_time(p.barrier_unix_ns));
+    }
+    println!("took {:.3} s. The old master's agent is refused from now on; start `sluice-agent` on this tree to replicate it.", report.seconds);
+}
+
+fn print_status(status: &control::Status) {
+    println!("root:        {}", status.root.display());
+    println!("role:        {} (generation {})", status.role, status.generation.as_deref().unwrap_or("none"));
+    let running = if status.running { "running" } else { "not running" };
+    let link = match (&status.peer, status.connected) {
+        (Some(peer), true) => format!("connected to the agent at {peer}"),
+        _ => "no agent connected".into(),
+    };
+    println!("receiver:    {running}, {link}");
+    println!("applied:     operation {} (durable: {})", status.last_applied_seq, status.durable_seq);
+    println!("consistent:  as of the master's {}{}", master_time(status.consistent_as_of_unix_ns), if status.at_barrier { ", at an fsync barrier" } else { "" });
+    println!("last epoch:  {}", master_time(status.last_durable_barrier_unix_ns));
+    println!("lag:         {:.3} s", status.lag_seconds);
+    println!("problems:    {} refused, {} diverged, {} agents fenced", status.ops_refused, status.ops_diverged, status.agents_fenced);
+    if let Some(p) = &status.promoted {
+        println!("promoted:    {} at operation {}", master_time(p.at_unix_ns), p.durable_seq);
+    }
+    println!("health:      {}", if status.healthy { "ok" } else { "NOT OK" });
 }

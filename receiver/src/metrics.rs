@@ -50,6 +50,11 @@ pub struct Metrics {
     pub mass_deletes_allowed: Counter,
     /// Incoming connections refused before their handshake (too many at once).
     pub handshakes_refused: Counter,
+    /// 1 once the tree is a primary (promoted): no agent streams into it.
+    pub role_primary: Gauge,
+    /// Agents refused because their generation does not lead to this tree's
+    /// (an old master, after a promotion).
+    pub agents_fenced: Counter,
 }
 
 impl Metrics {
@@ -74,7 +79,19 @@ impl Metrics {
             mass_deletes_refused: Counter::default(),
             mass_deletes_allowed: Counter::default(),
             handshakes_refused: Counter::default(),
+            role_primary: Gauge::default(),
+            agents_fenced: Counter::default(),
         };
+        registry.register(
+            "sluice_role_primary",
+            "1 once this tree was promoted to a primary; 0 while it is a standby",
+            metrics.role_primary.clone(),
+        );
+        registry.register(
+            "sluice_agents_fenced",
+            "Agents refused because this tree was promoted out of their generation (or holds an unrelated one)",
+            metrics.agents_fenced.clone(),
+        );
         registry.register(
             "sluice_mass_deletes_refused",
             "Comparisons refused because they would delete more than [safety] max_delete_fraction of the standby",

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -21,10 +22,10 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::apply::Applier;
 use crate::apply::rollback::{self, RollbackCounters};
-use crate::config::Config;
+use crate::config::{Config, HooksConfig};
 use crate::metrics::Metrics;
-use crate::session::{DurableError, Session};
-use crate::state::State;
+use crate::session::{DurableError, RoleChange, Session};
+use crate::state::{Position, State};
 
 /// Longest time between an applied op and its durable record while a stream is busy.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(300);
@@ -50,6 +51,12 @@ const CLOSE_REFUSED: u32 = 1;
 const CLOSE_BUSY: u32 = 2;
 /// Close code telling an agent a newer connection of the same identity replaced it.
 const CLOSE_SUPERSEDED: u32 = 3;
+/// Close code telling an agent this tree was promoted (or is being): it is fenced.
+pub const CLOSE_FENCED: u32 = 4;
+
+/// Runs the operator's hooks for a change of role; the peer is the agent's
+/// address when one caused it.
+pub type Announce = Arc<dyn Fn(RoleChange) + Send + Sync>;
 
 /// A bound, not yet running receiver.
 pub struct Server {
@@ -61,6 +68,11 @@ pub struct Server {
     session: Arc<Mutex<Session>>,
     /// The connection being served, so a newer one from the agent can replace it.
     current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+    /// Set while `sluice-receiver promote` runs: connections are turned away.
+    promoting: Arc<AtomicBool>,
+    control_task: tokio::task::JoinHandle<()>,
+    announce: Announce,
+    root: PathBuf,
 }
 
 /// Binds and runs the receiver until `shutdown` completes.
@@ -106,12 +118,21 @@ impl Server {
             });
         }
         let state = State::open(&config.root)?;
-        let durable = state.load()?;
+        let position = state.load_position()?;
+        let durable = position.seq;
+        let tree = state.load_lineage()?;
         let unclean = state.unclean();
         if unclean {
             tracing::warn!(durable_seq = durable, "the previous run did not stop cleanly; the agent will verify what it sent after the durable state instead of replaying it");
         }
-        let mut session = Session::new(applier, state, durable, unclean, metrics.clone());
+        if let Some(tree) = &tree {
+            metrics.role_primary.set(i64::from(tree.role == sluice_proto::Role::Primary));
+            if tree.role == sluice_proto::Role::Primary {
+                tracing::warn!(generation = %tree.lineage.current, "this tree was promoted: it is a primary, and agents of the generation it came from are fenced");
+            }
+        }
+        let mut session = Session::new(applier, state.clone(), durable, unclean, metrics.clone());
+        session.restore(position, tree);
         session.set_limits(crate::session::SyncLimits {
             max_entries: config.safety.max_manifest_entries,
             max_delete_fraction: config.safety.max_delete_fraction,
@@ -133,6 +154,21 @@ impl Server {
             .rollback
             .enabled
             .then(|| spawn_rollback_expiry(config.root.clone(), config.rollback.keep_days));
+        let session = Arc::new(Mutex::new(session));
+        let current = Arc::new(std::sync::Mutex::new(None));
+        let promoting = Arc::new(AtomicBool::new(false));
+        let announce = announcer(config.root.clone(), config.hooks.clone());
+        let control_task = crate::control::serve(crate::control::Shared {
+            root: config.root.clone(),
+            listen: Some(endpoint.local_addr()?),
+            session: session.clone(),
+            current: current.clone(),
+            metrics: metrics.clone(),
+            promoting: promoting.clone(),
+            state,
+            announce: announce.clone(),
+        })
+        .context("control socket")?;
         tracing::info!(root = %config.root.display(), durable_seq = durable, "listening on {}", endpoint.local_addr()?);
         Ok(Server {
             endpoint,
@@ -140,8 +176,12 @@ impl Server {
             metrics_addr,
             metrics_task,
             rollback_expiry_task,
-            session: Arc::new(Mutex::new(session)),
-            current: Arc::new(std::sync::Mutex::new(None)),
+            session,
+            current,
+            promoting,
+            control_task,
+            announce,
+            root: config.root.clone(),
         })
     }
 
@@ -177,7 +217,8 @@ impl Server {
                         incoming.refuse();
                         continue;
                     };
-                    tasks.spawn(connection(incoming, handshake, self.session.clone(), self.current.clone(), self.metrics.clone(), stop.subscribe()));
+                    let slot = Slot { session: self.session.clone(), current: self.current.clone(), promoting: self.promoting.clone(), announce: self.announce.clone() };
+                    tasks.spawn(connection(incoming, handshake, slot, self.metrics.clone(), stop.subscribe()));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -199,8 +240,38 @@ impl Server {
         if let Some(task) = self.rollback_expiry_task {
             task.abort();
         }
+        self.control_task.abort();
+        let _ = std::fs::remove_file(crate::control::socket_path(&self.root));
         Ok(())
     }
+}
+
+/// Runs the configured hook of each change of role.
+fn announcer(root: PathBuf, hooks: HooksConfig) -> Announce {
+    Arc::new(move |change| {
+        let (event, program, tree) = match &change {
+            RoleChange::Promoted(tree) => ("promote", hooks.on_promote.as_ref(), tree),
+            RoleChange::Demoted(tree) => ("demote", hooks.on_demote.as_ref(), tree),
+        };
+        let Some(program) = program else { return };
+        let promotion = tree.promoted;
+        let vars = [
+            ("SLUICE_ROLE", tree.role.to_string()),
+            ("SLUICE_ROOT", root.display().to_string()),
+            ("SLUICE_GENERATION", tree.lineage.current.to_string()),
+            ("SLUICE_DURABLE_SEQ", promotion.map_or(0, |p| p.durable_seq).to_string()),
+            ("SLUICE_CONSISTENT_AS_OF", promotion.map_or(0, |p| p.consistent_unix_ns).to_string()),
+        ];
+        sluice_net::daemon::run_hook(event, program, &vars);
+    })
+}
+
+/// What each connection shares with the server.
+struct Slot {
+    session: Arc<Mutex<Session>>,
+    current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+    promoting: Arc<AtomicBool>,
+    announce: Announce,
 }
 
 /// Deletes the rollback date directories older than `keep_days` now and then
@@ -234,11 +305,11 @@ fn spawn_rollback_expiry(root: PathBuf, keep_days: u32) -> tokio::task::JoinHand
 async fn connection(
     incoming: Incoming,
     handshake: OwnedSemaphorePermit,
-    session: Arc<Mutex<Session>>,
-    current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+    slot: Slot,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Slot { session, current, promoting, announce } = slot;
     let addr = incoming.remote_address();
     let handshaken = incoming.await;
     drop(handshake);
@@ -254,10 +325,15 @@ async fn connection(
             return;
         }
     };
+    if promoting.load(Ordering::SeqCst) {
+        tracing::warn!("refused agent {addr}: the standby is being promoted");
+        conn.close(VarInt::from_u32(CLOSE_FENCED), b"the standby is being promoted");
+        return;
+    }
     // Only the pinned agent gets this far, so a new connection means the old one
     // is dead (a killed or restarted agent whose close never arrived) or about to
     // be: close it now instead of holding the standby until QUIC's idle timeout.
-    if let Some(previous) = current.lock().expect("connection slot").replace(conn.clone())
+    if let Some(previous) = current.lock().unwrap_or_else(|e| e.into_inner()).replace(conn.clone())
         && previous.close_reason().is_none()
     {
         tracing::info!("agent {addr} supersedes the previous connection from {}", previous.remote_address());
@@ -271,7 +347,7 @@ async fn connection(
     tracing::info!("agent {addr} connected");
     metrics.connected.set(1);
     let result = tokio::select! {
-        result = serve(&conn, guard, &metrics) => result,
+        result = serve(&conn, guard, &metrics, &announce) => result,
         _ = stop.wait_for(|stopping| *stopping) => Ok(()),
     };
     metrics.connected.set(0);
@@ -311,6 +387,7 @@ async fn serve(
     conn: &Connection,
     guard: OwnedMutexGuard<Session>,
     metrics: &Metrics,
+    announce: &Announce,
 ) -> anyhow::Result<()> {
     let mut session = Lent(Some(guard));
     session.get().connected();
@@ -331,7 +408,7 @@ async fn serve(
     let mut last_flush = Instant::now();
     // A periodic flush runs beside the applying, so a slow syncfs (gigabytes of
     // dirty pages after a bulk copy) does not hold the stream back.
-    let mut flushing: Option<tokio::task::JoinHandle<Result<u64, DurableError>>> = None;
+    let mut flushing: Option<tokio::task::JoinHandle<Result<Position, DurableError>>> = None;
     loop {
         let next = match rx.try_recv() {
             Ok(next) => Some(next),
@@ -343,7 +420,7 @@ async fn serve(
                     session.with(|s| s.make_durable()).await??;
                     last_flush = Instant::now();
                 }
-                if let Some(ack) = session.get().take_ack() {
+                while let Some(ack) = session.get().take_ack() {
                     writer.write(&ack).await?;
                 }
                 last_ack = Instant::now();
@@ -390,7 +467,15 @@ async fn serve(
         for reply in &replies {
             writer.write(reply).await?;
         }
+        if let Some(change) = session.get().take_role_change() {
+            announce(change);
+        }
         if let Err(refusal) = result {
+            if refusal.fenced {
+                let _ = timeout(FINISH_TIMEOUT, writer.finish()).await;
+                conn.close(VarInt::from_u32(CLOSE_FENCED), b"fenced");
+                return Ok(());
+            }
             return refuse(
                 conn,
                 writer,
@@ -401,13 +486,18 @@ async fn serve(
             )
             .await;
         }
+        if session.get().is_primary() {
+            // A switchover: the stream ends with `Promoted`.
+            let _ = timeout(FINISH_TIMEOUT, writer.finish()).await;
+            return Ok(());
+        }
         if last_ack.elapsed() >= ACK_INTERVAL {
             // An fsync on the master is acknowledged only once it holds here too.
             if session.get().barrier_pending() {
                 session.with(|s| s.make_durable()).await??;
                 last_flush = Instant::now();
             }
-            if let Some(ack) = session.get().take_ack() {
+            while let Some(ack) = session.get().take_ack() {
                 writer.write(&ack).await?;
             }
             last_ack = Instant::now();
@@ -422,7 +512,7 @@ async fn serve(
         }
     }
     session.with(|s| s.make_durable()).await??;
-    if let Some(ack) = session.get().take_ack() {
+    while let Some(ack) = session.get().take_ack() {
         writer.write(&ack).await?;
     }
     let _ = timeout(FINISH_TIMEOUT, writer.finish()).await;
@@ -430,7 +520,7 @@ async fn serve(
 }
 
 /// Starts making everything applied so far durable, in the background.
-fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<u64, DurableError>>>> {
+fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<Position, DurableError>>>> {
     let Some(flush) = session.flush_target().context("starting a flush")? else {
         return Ok(None);
     };
@@ -440,10 +530,10 @@ fn start_flush(session: &mut Session) -> anyhow::Result<Option<tokio::task::Join
 /// Records the result of a background flush.
 fn finish_flush(
     session: &mut Lent,
-    flushed: Result<Result<u64, DurableError>, tokio::task::JoinError>,
+    flushed: Result<Result<Position, DurableError>, tokio::task::JoinError>,
 ) -> anyhow::Result<()> {
-    let seq = flushed.context("flush task panicked")?.context("flushing applied data")?;
-    session.get().durable_reached(seq);
+    let position = flushed.context("flush task panicked")?.context("flushing applied data")?;
+    session.get().durable_reached(position);
     Ok(())
 }
 
@@ -459,7 +549,7 @@ async fn refuse(
 ) -> anyhow::Result<()> {
     metrics.ops_refused.inc();
     tracing::error!(seq, "refusing: {reason}; closing the connection");
-    if let Some(ack) = session.get().take_ack() {
+    while let Some(ack) = session.get().take_ack() {
         writer.write(&ack).await?;
     }
     writer

@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use sluice_proto::blocks::BLOCK_SIZE;
+use sluice_proto::lineage::{Kinship, Lineage, Promotion, Role, TreeLineage};
 use sluice_proto::{AgentMessage, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath, SeqOp};
 
+use crate::apply::rollback::RollbackCounters;
 use crate::apply::{Applier, ApplyError};
 use crate::metrics::Metrics;
-use crate::state::{State, StateError};
+use crate::state::{Position, State, StateError};
 use crate::sync::InitialSync;
 
 /// Most blocks one `Verify` may ask for (64 MiB of file content): hashing runs
@@ -25,6 +27,31 @@ pub const MAX_SEQ: u64 = 1 << 62;
 /// Largest forward jump one `Skip` may announce: more operations than an agent
 /// could have dropped (it holds each in memory first) in centuries.
 pub const MAX_SEQ_JUMP: u64 = 1 << 48;
+
+/// The lineage of `tree` (a fresh one when it never had one) promoted at
+/// `at`: a primary of a new generation forked from the one it followed.
+pub fn promotion_of(tree: Option<&TreeLineage>, at: Position, host: &str) -> TreeLineage {
+    let base = tree.map_or_else(|| Lineage::fresh(host), |t| t.lineage.clone());
+    let now = unix_ns_now();
+    TreeLineage {
+        role: Role::Primary,
+        lineage: base.fork(host, at.seq, now),
+        promoted: Some(Promotion {
+            at_unix_ns: now,
+            durable_seq: at.seq,
+            consistent_unix_ns: at.captured_unix_ns,
+            at_barrier: at.at_barrier,
+            barrier_unix_ns: at.barrier_unix_ns,
+        }),
+        keep_replaced: false,
+    }
+}
+
+fn unix_ns_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
 
 /// What the comparisons of the tree may do.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +79,8 @@ pub struct Refusal {
     /// (handshake, manifest, a malformed frame).
     pub seq: u64,
     pub reason: String,
+    /// The agent was fenced: `Fenced` was sent in place of `Hello`.
+    pub fenced: bool,
 }
 
 /// Why the applied state could not be made durable.
@@ -65,20 +94,29 @@ pub enum DurableError {
     Store(#[from] StateError),
 }
 
+/// Why the standby could not be promoted.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error("cannot record the promotion: {0}")]
+    Store(#[from] StateError),
+}
+
 /// Makes applied operations durable away from the session: syncfs, then the
-/// sequence number it covers is stored.
+/// position it covers is stored.
 pub struct BackgroundFlush {
-    seq: u64,
+    position: Position,
     sync: crate::apply::SyncHandle,
     state: State,
 }
 
 impl BackgroundFlush {
-    /// Runs the flush (blocking); returns the sequence number now durable.
-    pub fn run(self) -> Result<u64, DurableError> {
+    /// Runs the flush (blocking); returns the position now durable.
+    pub fn run(self) -> Result<Position, DurableError> {
         self.sync.sync()?;
-        self.state.store(self.seq)?;
-        Ok(self.seq)
+        self.state.store(self.position)?;
+        Ok(self.position)
     }
 }
 
@@ -104,6 +142,25 @@ pub struct Session {
     /// Operations numbered below this may skip numbers (announced by `Skip`).
     skip_to: u64,
     limits: SyncLimits,
+    /// Where the last applied operation stands in the master's stream.
+    applied_at: Position,
+    /// Where the copy on disk stands.
+    durable_at: Position,
+    /// The tree's role and history; `None` until a master is first followed.
+    tree: Option<TreeLineage>,
+    /// This host's name, for fresh generation identifiers.
+    host: String,
+    /// A change of role not yet announced to the operator's hooks.
+    role_change: Option<RoleChange>,
+}
+
+/// A change of the tree's role, for the operator's hooks.
+#[derive(Clone, Debug)]
+pub enum RoleChange {
+    /// The standby became a primary.
+    Promoted(TreeLineage),
+    /// An old primary's tree follows the master promoted out of it.
+    Demoted(TreeLineage),
 }
 
 impl Session {
@@ -128,7 +185,172 @@ impl Session {
             started_at: durable,
             skip_to: 0,
             limits: SyncLimits::default(),
+            applied_at: Position { seq: durable, ..Position::default() },
+            durable_at: Position { seq: durable, ..Position::default() },
+            tree: None,
+            host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            role_change: None,
         }
+    }
+
+    /// The last change of role, once.
+    pub fn take_role_change(&mut self) -> Option<RoleChange> {
+        self.role_change.take()
+    }
+
+    /// This host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The highest sequence number whose effects are on disk.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Resumes from the durable position and lineage stored in the state directory.
+    pub fn restore(&mut self, position: Position, tree: Option<TreeLineage>) {
+        if position.seq == self.durable {
+            self.applied_at = position;
+            self.durable_at = position;
+        }
+        if tree.as_ref().is_some_and(|t| t.keep_replaced) {
+            self.keep_rollback();
+        }
+        self.tree = tree;
+    }
+
+    /// Keeps what replication replaces, whatever the configuration says.
+    fn keep_rollback(&mut self) {
+        if !self.applier.rollback_enabled() {
+            self.applier.enable_rollback(RollbackCounters {
+                bytes_kept: self.metrics.rollback_bytes_kept.clone(),
+                entries_kept: self.metrics.rollback_entries_kept.clone(),
+            });
+        }
+    }
+
+    /// The failback of an old primary compared its whole tree with the new
+    /// master: what it replaces no longer needs keeping beyond configuration.
+    fn failback_compared(&mut self) -> Result<(), StateError> {
+        if let Some(tree) = self.tree.as_mut().filter(|t| t.keep_replaced) {
+            tree.keep_replaced = false;
+            let tree = tree.clone();
+            self.state.store_lineage(&tree)?;
+            tracing::info!("failback: the old primary's tree matches the new master; its replaced content is in the rollback directory");
+        }
+        Ok(())
+    }
+
+    /// The tree's role and history.
+    pub fn tree(&self) -> Option<&TreeLineage> {
+        self.tree.as_ref()
+    }
+
+    /// True when the tree is a primary: no agent streams into it.
+    pub fn is_primary(&self) -> bool {
+        self.tree.as_ref().is_some_and(|t| t.role == Role::Primary)
+    }
+
+    /// Where the copy on disk stands in the master's stream.
+    pub fn durable_position(&self) -> Position {
+        self.durable_at
+    }
+
+    /// Makes the tree a primary of a new generation, forked from the one it
+    /// followed at the durable position: from now on every agent of the old
+    /// generation is fenced. A tree already primary keeps its promotion.
+    pub fn promote(&mut self) -> Result<TreeLineage, PromoteError> {
+        self.make_durable()?;
+        if let Some(tree) = self.tree.as_ref().filter(|t| t.role == Role::Primary) {
+            return Ok(tree.clone());
+        }
+        let at = self.durable_at;
+        let promoted = promotion_of(self.tree.as_ref(), at, &self.host);
+        self.state.store_lineage(&promoted)?;
+        self.role_change = Some(RoleChange::Promoted(promoted.clone()));
+        self.metrics.role_primary.set(1);
+        tracing::warn!(
+            generation = %promoted.lineage.current,
+            durable_seq = at.seq,
+            "promoted: this tree is a primary now; agents of the old generation are fenced"
+        );
+        self.tree = Some(promoted.clone());
+        Ok(promoted)
+    }
+
+    /// Decides whether the agent of `theirs` may stream into this tree, adopting
+    /// its lineage when it may. `Err` names why not (the agent is fenced).
+    fn admit(&mut self, agent: &str, theirs: &Lineage) -> Result<(), String> {
+        let Some(tree) = &self.tree else {
+            tracing::info!(generation = %theirs.current, "following the first master of this tree");
+            return self.follow(theirs, false, false).map_err(|e| e.to_string());
+        };
+        let root = self.state.dir().parent().unwrap_or(self.state.dir()).display().to_string();
+        let ours = tree.lineage.current;
+        match (tree.role, tree.lineage.kinship(theirs)) {
+            (Role::Standby, Kinship::Same) => Ok(()),
+            (Role::Standby, Kinship::Ancestor(fork)) => {
+                tracing::info!(generation = %theirs.current, previous = %ours, fork_seq = fork.seq, "following a master promoted out of the generation this tree held");
+                self.follow(theirs, true, false).map_err(|e| e.to_string())
+            }
+            (Role::Primary, Kinship::Ancestor(fork)) => {
+                tracing::warn!(
+                    generation = %theirs.current,
+                    previous = %ours,
+                    fork_seq = fork.seq,
+                    "this tree was a primary; {agent} was promoted out of its generation and is the master now: this tree becomes its standby, and what it holds that the new master does not is kept in the rollback directory"
+                );
+                self.follow(theirs, true, true).map_err(|e| e.to_string())
+            }
+            (Role::Primary, Kinship::Descendant(fork)) => Err(format!(
+                "{root} was promoted out of this agent's generation {} (holding its operations up to {}) and is a primary now (generation {ours}); two primaries never stream into each other. To make the agent's tree a standby of this one, stop `sluice-agent` on {agent}, run `sluice-receiver` on its tree and point this tree's agent at it",
+                theirs.current, fork.seq
+            )),
+            (Role::Standby, Kinship::Descendant(fork)) => Err(format!(
+                "{root} follows generation {ours}, promoted out of this agent's generation {} at operation {}: the agent's tree is the old master and must not stream here. Make it a standby of the new master instead",
+                theirs.current, fork.seq
+            )),
+            (Role::Primary, Kinship::Same) => Err(format!(
+                "{root} is a primary of the same generation {ours} as the agent's tree: both were written as masters of one history (a copied tree?); refusing rather than merging them"
+            )),
+            (_, Kinship::Unrelated) => Err(format!(
+                "{root} holds generation {ours} ({}), unrelated to the agent's {}: it is a copy of another master. To make it a copy of this one, remove {}/lineage on it; its content is then compared and replaced",
+                tree.role,
+                theirs.current,
+                self.state.dir().display()
+            )),
+        }
+    }
+
+    /// Makes the tree a standby of `lineage`; with `restart` the sequence
+    /// starts over (the master numbers its own operations), with `demoted` what
+    /// the comparison that follows replaces is kept in the rollback directory.
+    fn follow(&mut self, lineage: &Lineage, restart: bool, demoted: bool) -> Result<(), StateError> {
+        if restart {
+            self.state.reset_position()?;
+            self.last_applied = 0;
+            self.durable = 0;
+            self.acked = 0;
+            self.durable_reported = 0;
+            self.started_at = 0;
+            self.unclean_start = false;
+            self.barrier = None;
+            self.applied_at = Position::default();
+            self.durable_at = Position::default();
+            self.metrics.last_applied_seq.set(0);
+        }
+        if demoted {
+            self.keep_rollback();
+        }
+        let tree = TreeLineage { role: Role::Standby, lineage: lineage.clone(), promoted: None, keep_replaced: demoted };
+        self.state.store_lineage(&tree)?;
+        if demoted {
+            self.role_change = Some(RoleChange::Demoted(tree.clone()));
+        }
+        self.tree = Some(tree);
+        self.metrics.role_primary.set(0);
+        Ok(())
     }
 
     /// Sets what comparisons of the tree may do.
@@ -172,8 +394,9 @@ impl Session {
         }
         let seq = self.last_applied;
         self.applier.sync_to_disk()?;
-        self.state.store(seq)?;
+        self.state.store(self.applied_at)?;
         self.durable = seq;
+        self.durable_at = self.applied_at;
         if let Some(captured) = self.barrier.take() {
             self.metrics.durable_epoch(captured);
         }
@@ -187,12 +410,15 @@ impl Session {
             return Ok(None);
         }
         let sync = self.applier.sync_handle()?;
-        Ok(Some(BackgroundFlush { seq: self.last_applied, sync, state: self.state.clone() }))
+        Ok(Some(BackgroundFlush { position: self.applied_at, sync, state: self.state.clone() }))
     }
 
-    /// Records that a background flush made everything up to `seq` durable.
-    pub fn durable_reached(&mut self, seq: u64) {
-        self.durable = self.durable.max(seq);
+    /// Records that a background flush made everything up to `position` durable.
+    pub fn durable_reached(&mut self, position: Position) {
+        if position.seq > self.durable {
+            self.durable = position.seq;
+            self.durable_at = position;
+        }
     }
 
     /// True when an applied fsync barrier must be made durable before the next ack.
@@ -202,6 +428,8 @@ impl Session {
 
     /// A cumulative `Ack` when something was applied since the last one, else a
     /// `Durable` when more of it reached the disk since that was last reported.
+    /// Call until `None`: a barrier makes what it acknowledges durable at once,
+    /// and both must reach the agent.
     pub fn take_ack(&mut self) -> Option<ReceiverMessage> {
         if self.last_applied > self.acked {
             self.acked = self.last_applied;
@@ -219,9 +447,9 @@ impl Session {
         message: AgentMessage,
         out: &mut Vec<ReceiverMessage>,
     ) -> Result<(), Refusal> {
-        let refuse = |reason: String| Refusal { seq: 0, reason };
+        let refuse = |reason: String| Refusal { seq: 0, reason, fenced: false };
         match message {
-            AgentMessage::Hello { version, agent } => {
+            AgentMessage::Hello { version, agent, lineage } => {
                 if self.greeted {
                     return Err(refuse("second Hello on one connection".into()));
                 }
@@ -230,20 +458,43 @@ impl Session {
                         "protocol version {version}, this receiver speaks {PROTOCOL_VERSION}"
                     )));
                 }
+                if let Err(reason) = self.admit(&agent, &lineage) {
+                    tracing::error!(agent = ?agent, "fenced: {reason}");
+                    self.metrics.agents_fenced.inc();
+                    let ours = self.tree.as_ref().map_or(lineage, |t| t.lineage.clone());
+                    out.push(ReceiverMessage::Fenced { reason: reason.clone(), lineage: ours });
+                    return Err(Refusal { seq: 0, reason, fenced: true });
+                }
                 // The agent resumes after what we report, so report only what is on disk.
                 self.make_durable().map_err(|e| refuse(e.to_string()))?;
                 tracing::info!(agent = ?agent, durable_seq = self.durable, "agent said hello");
                 self.greeted = true;
+                let lineage = self.tree.as_ref().map(|t| t.lineage.clone()).ok_or_else(|| refuse("no lineage after admitting the agent".into()))?;
                 out.push(ReceiverMessage::Hello {
                     version: PROTOCOL_VERSION,
                     durable_seq: self.durable,
                     uncertain: self.unclean_start && self.last_applied == self.started_at,
+                    lineage,
+                });
+            }
+            AgentMessage::Promote => {
+                if self.sync.is_some() {
+                    return Err(refuse("switchover in the middle of a manifest".into()));
+                }
+                let tree = self.promote().map_err(|e| refuse(e.to_string()))?;
+                let at = self.durable_at;
+                out.push(ReceiverMessage::Promoted {
+                    durable_seq: at.seq,
+                    at_barrier: at.at_barrier,
+                    consistent_unix_ns: at.captured_unix_ns,
+                    lineage: tree.lineage,
                 });
             }
             _ if !self.greeted => return Err(refuse("message before Hello".into())),
             AgentMessage::Manifest(entries) => {
                 let max_entries = self.limits.max_entries;
-                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries));
+                let keep = self.tree.as_ref().is_some_and(|t| t.keep_replaced);
+                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries).keeping_replaced(keep));
                 let replies = sync
                     .entries(&mut self.applier, &entries)
                     .map_err(|e| refuse(e.to_string()))?;
@@ -262,6 +513,9 @@ impl Session {
                 let (wanted, replies) = sync
                     .finish(&mut self.applier, &subtrees)
                     .map_err(|e| refuse(e.to_string()))?;
+                if subtrees.iter().any(RelPath::is_root) {
+                    self.failback_compared().map_err(|e| refuse(e.to_string()))?;
+                }
                 tracing::info!(
                     wanted,
                     subtrees = subtrees.len(),
@@ -352,6 +606,7 @@ impl Session {
             return Err(Refusal {
                 seq: op.seq,
                 reason: "operation in the middle of a manifest".into(),
+                fenced: false,
             });
         }
         // Numbers only go forward, one at a time, except where the agent said
@@ -365,16 +620,23 @@ impl Session {
                 format!("operation {} leaves a gap after {}, the last one applied (expected {expected})", op.seq, self.last_applied)
             };
             tracing::error!(seq = op.seq, "{reason}");
-            return Err(Refusal { seq: op.seq, reason });
+            return Err(Refusal { seq: op.seq, reason, fenced: false });
         }
         match self.applier.apply(&op.op) {
             Ok(applied) => {
                 self.last_applied = op.seq;
                 self.metrics
                     .applied(op.seq, op.captured_unix_ns, applied.bytes_written);
-                if matches!(op.op, sluice_proto::Op::Barrier { .. }) {
+                let at_barrier = matches!(op.op, sluice_proto::Op::Barrier { .. });
+                if at_barrier {
                     self.barrier = Some(op.captured_unix_ns);
                 }
+                self.applied_at = Position {
+                    seq: op.seq,
+                    captured_unix_ns: op.captured_unix_ns,
+                    at_barrier,
+                    barrier_unix_ns: if at_barrier { op.captured_unix_ns } else { self.applied_at.barrier_unix_ns },
+                };
                 Ok(())
             }
             Err(e) if e.is_environmental() => {
@@ -382,6 +644,7 @@ impl Session {
                 Err(Refusal {
                     seq: op.seq,
                     reason: e.to_string(),
+                    fenced: false,
                 })
             }
             Err(e) => {
@@ -389,6 +652,7 @@ impl Session {
                 // and let the agent repair these paths.
                 tracing::warn!(seq = op.seq, path = %op.op.path(), error = %e, "operation does not fit the standby's copy; skipped, reported for repair");
                 self.last_applied = op.seq;
+                self.applied_at = Position { seq: op.seq, captured_unix_ns: op.captured_unix_ns, at_barrier: false, ..self.applied_at };
                 self.metrics.last_applied_seq.set(i64::try_from(op.seq).unwrap_or(i64::MAX));
                 self.metrics.ops_diverged.inc();
                 out.push(ReceiverMessage::Diverged {
@@ -411,19 +675,104 @@ mod tests {
         let state = State::open(root).unwrap();
         let durable = state.load().unwrap();
         let unclean = state.unclean();
-        Session::new(
+        let position = state.load_position().unwrap();
+        let tree = state.load_lineage().unwrap();
+        let mut session = Session::new(
             Applier::open(root).unwrap(),
             state,
             durable,
             unclean,
             Arc::new(Metrics::new()),
-        )
+        );
+        session.restore(position, tree);
+        session
+    }
+
+    fn hello_of(lineage: &Lineage) -> AgentMessage {
+        AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "test".into(), lineage: lineage.clone() }
+    }
+
+    fn fenced(s: &mut Session, lineage: &Lineage) -> String {
+        s.connected();
+        let mut out = Vec::new();
+        let refusal = s.handle(hello_of(lineage), &mut out).unwrap_err();
+        assert!(refusal.fenced, "{refusal}");
+        match out.pop() {
+            Some(ReceiverMessage::Fenced { reason, .. }) => reason,
+            other => panic!("expected Fenced, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_promoted_standby_fences_its_old_master_and_an_old_primary_follows_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Lineage::fresh("master");
+        let mut s = session(dir.path());
+        let mut out = Vec::new();
+        s.connected();
+        s.handle(hello_of(&first), &mut out).unwrap();
+        s.handle(AgentMessage::Skip { next_seq: 1 }, &mut out).unwrap();
+        s.handle(AgentMessage::Op(SeqOp { seq: 1, captured_unix_ns: 11, op: Op::Barrier { path: None } }), &mut out).unwrap();
+        s.handle(AgentMessage::Op(mkdir(2, "d")), &mut out).unwrap();
+        out.clear();
+        s.handle(AgentMessage::Promote, &mut out).unwrap();
+        let Some(ReceiverMessage::Promoted { durable_seq: 2, at_barrier: false, lineage: promoted, .. }) = out.pop() else {
+            panic!("expected Promoted at operation 2")
+        };
+        assert!(matches!(first.kinship(&promoted), Kinship::Ancestor(f) if f.seq == 2));
+        assert!(s.is_primary());
+        assert!(matches!(s.take_role_change(), Some(RoleChange::Promoted(_))));
+        assert_eq!(s.durable_position().barrier_unix_ns, 11, "the last barrier held");
+
+        // The old master comes back: fenced, now and after a restart.
+        let reason = fenced(&mut s, &first);
+        assert!(reason.contains("promoted") && reason.contains("two primaries"), "{reason}");
+        drop(s);
+        let mut s = session(dir.path());
+        assert!(s.is_primary());
+        fenced(&mut s, &first);
+        let reason = fenced(&mut s, &Lineage::fresh("stranger"));
+        assert!(reason.contains("unrelated"), "{reason}");
+        assert!(s.handle(AgentMessage::Op(mkdir(3, "e")), &mut out).is_err(), "nothing applied after a fence");
+        assert!(!dir.path().join("e").exists());
+
+        // This tree as an old primary: a master promoted out of it is followed,
+        // from operation 1 of its own numbering, and what it replaces is kept.
+        let newer = promoted.fork("elsewhere", 5, 1);
+        s.connected();
+        out.clear();
+        s.handle(hello_of(&newer), &mut out).unwrap();
+        assert!(matches!(out.pop(), Some(ReceiverMessage::Hello { durable_seq: 0, ref lineage, .. }) if *lineage == newer));
+        assert!(!s.is_primary());
+        assert!(matches!(s.take_role_change(), Some(RoleChange::Demoted(_))));
+        assert!(s.applier.rollback_enabled(), "a demoted tree keeps what the new master replaces");
+        s.handle(AgentMessage::Op(mkdir(1, "from-new-master")), &mut out).unwrap();
+        assert!(dir.path().join("from-new-master").is_dir());
+    }
+
+    #[test]
+    fn a_promotion_is_kept_once_and_an_old_generation_cannot_follow_a_newer_standby() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Lineage::fresh("master");
+        let mut s = session(dir.path());
+        s.connected();
+        s.handle(hello_of(&first), &mut Vec::new()).unwrap();
+        let promoted = s.promote().unwrap();
+        assert_eq!(s.promote().unwrap(), promoted, "promoting twice changes nothing");
+        // A standby of the promoted tree refuses the old master too.
+        let other = tempfile::tempdir().unwrap();
+        let mut t = session(other.path());
+        t.connected();
+        t.handle(hello_of(&promoted.lineage), &mut Vec::new()).unwrap();
+        let reason = fenced(&mut t, &first);
+        assert!(reason.contains("old master"), "{reason}");
     }
 
     fn hello() -> AgentMessage {
         AgentMessage::Hello {
             version: PROTOCOL_VERSION,
             agent: "test".into(),
+            lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
         }
     }
 
@@ -455,6 +804,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 durable_seq: 0,
                 uncertain: false,
+                lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
             })
         );
         let meta = Meta {
@@ -540,6 +890,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 durable_seq: 4,
                 uncertain: false,
+                lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
             })
         );
         // A run that ends without a clean stop leaves the next one uncertain about
@@ -554,6 +905,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 durable_seq: 4,
                 uncertain: true,
+                lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
             })
         );
         assert!(
@@ -620,6 +972,7 @@ mod tests {
         let hello = AgentMessage::Hello {
             version: PROTOCOL_VERSION + 1,
             agent: "future".into(),
+            lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
         };
         assert!(s.handle(hello, &mut Vec::new()).is_err());
     }

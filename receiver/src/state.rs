@@ -1,6 +1,7 @@
 //! The durable replication state: the highest sequence number whose effects are
-//! on disk, kept in `<root>/.sluice/state` so a restarted receiver tells the
-//! agent where to resume, and the markers beside it.
+//! on disk (with when the master captured it), kept in `<root>/.sluice/state` so
+//! a restarted receiver tells the agent where to resume; the tree's lineage
+//! (`<root>/.sluice/lineage`: role and generations); and the markers beside them.
 //!
 //! Everything here is reached through a descriptor of `.sluice` opened without
 //! following symlinks, and files are created with `O_EXCL | O_NOFOLLOW` and
@@ -19,14 +20,18 @@ use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::apply::STATE_DIR;
+use sluice_proto::lineage::{LINEAGE_FILE, TreeLineage};
 
 const STATE_FILE: &str = "state";
 const STATE_TMP: &str = "state.tmp";
+const LINEAGE_TMP: &str = "lineage.tmp";
+/// The lineage file is a few hundred bytes; a longer one is not ours.
+const MAX_LINEAGE_LEN: u64 = 64 << 10;
 const RUNNING_FILE: &str = "running";
 /// Written by `sluice-receiver allow-mass-delete`; consumed by the comparison it allows.
 pub const MASS_DELETE_PERMIT: &str = "allow-mass-delete";
-/// The state file holds one number; anything longer is not ours.
-const MAX_STATE_LEN: u64 = 64;
+/// The state file holds a few numbers; anything longer is not ours.
+const MAX_STATE_LEN: u64 = 128;
 
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,45 @@ pub enum StateError {
     /// The file does not hold a sequence number.
     #[error("{}: not a sequence number: {content:?}", path.display())]
     Corrupt { path: PathBuf, content: String },
+    /// The lineage file is not one.
+    #[error("{}: not a lineage: {reason}", path.display())]
+    CorruptLineage { path: PathBuf, reason: String },
+}
+
+/// Where the durable copy stands in the master's stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The highest sequence number whose effects are on disk.
+    pub seq: u64,
+    /// When the master captured that operation (Unix ns; 0 when unknown).
+    pub captured_unix_ns: u64,
+    /// That operation was an fsync barrier.
+    pub at_barrier: bool,
+    /// Capture time of the newest barrier on disk (0: none known).
+    pub barrier_unix_ns: u64,
+}
+
+impl Position {
+    fn encode(&self) -> String {
+        format!("{} {} {} {}\n", self.seq, self.captured_unix_ns, u8::from(self.at_barrier), self.barrier_unix_ns)
+    }
+
+    /// The sequence number alone (what older receivers wrote), or all four fields.
+    fn decode(text: &str) -> Option<Position> {
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        let seq = fields.next()?.ok()?;
+        let mut rest = [0u64; 3];
+        for slot in &mut rest {
+            match fields.next() {
+                Some(field) => *slot = field.ok()?,
+                None => break,
+            }
+        }
+        if fields.next().is_some() || rest[1] > 1 {
+            return None;
+        }
+        Some(Position { seq, captured_unix_ns: rest[0], at_barrier: rest[1] == 1, barrier_unix_ns: rest[2] })
+    }
 }
 
 /// The state directory of one root.
@@ -52,7 +96,7 @@ pub struct State {
     unclean: bool,
     /// The highest sequence number stored, shared by clones: a background flush
     /// that finishes after a newer one must not store an older number.
-    stored: Arc<Mutex<u64>>,
+    stored: Arc<Mutex<Position>>,
 }
 
 impl State {
@@ -78,7 +122,7 @@ impl State {
             }
             Err(errno) => return Err(io(errno)),
         };
-        let mut state = State { dir, fd: Arc::new(fd), unclean: false, stored: Arc::new(Mutex::new(0)) };
+        let mut state = State { dir, fd: Arc::new(fd), unclean: false, stored: Arc::new(Mutex::new(Position::default())) };
         state.unclean = nix::sys::stat::fstatat(state.fd.as_fd(), RUNNING_FILE, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
         state.create(RUNNING_FILE)?;
         state.sync_dir()?;
@@ -96,7 +140,7 @@ impl State {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(root_fd.as_fd(), STATE_DIR, flags, Mode::empty())
             .map_err(|errno| StateError::Io { path: dir.clone(), source: errno.into() })?;
-        Ok(State { dir, fd: Arc::new(fd), unclean: false, stored: Arc::new(Mutex::new(0)) })
+        Ok(State { dir, fd: Arc::new(fd), unclean: false, stored: Arc::new(Mutex::new(Position::default())) })
     }
 
     /// True when the previous run did not stop cleanly (it was killed, or the
@@ -114,44 +158,93 @@ impl State {
 
     /// The durable sequence number, 0 when none was ever stored.
     pub fn load(&self) -> Result<u64, StateError> {
+        self.load_position().map(|p| p.seq)
+    }
+
+    /// The durable position, all zero when none was ever stored.
+    pub fn load_position(&self) -> Result<Position, StateError> {
         let path = self.dir.join(STATE_FILE);
+        let Some(text) = self.read_small(STATE_FILE, MAX_STATE_LEN)? else { return Ok(Position::default()) };
+        let position = Position::decode(&text).ok_or(StateError::Corrupt { path, content: text })?;
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        if position.seq > stored.seq {
+            *stored = position;
+        }
+        Ok(position)
+    }
+
+    /// Reads `name` whole (at most `max` bytes); `None` when it does not exist.
+    fn read_small(&self, name: &str, max: u64) -> Result<Option<String>, StateError> {
+        let path = self.dir.join(name);
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let file = match openat(self.fd.as_fd(), STATE_FILE, flags, Mode::empty()) {
+        let file = match openat(self.fd.as_fd(), name, flags, Mode::empty()) {
             Ok(fd) => File::from(fd),
-            Err(Errno::ENOENT) => return Ok(0),
+            Err(Errno::ENOENT) => return Ok(None),
             Err(errno) => return Err(StateError::Io { path, source: errno.into() }),
         };
         let mut text = String::new();
         let read = match file.metadata() {
-            Ok(meta) if meta.is_file() => file.take(MAX_STATE_LEN).read_to_string(&mut text).map(drop),
+            Ok(meta) if meta.is_file() => file.take(max).read_to_string(&mut text).map(drop),
             Ok(_) => Err(std::io::Error::other("not a regular file")),
             Err(e) => Err(e),
         };
-        read.map_err(|source| StateError::Io { path: path.clone(), source })?;
-        text.trim().parse().map_err(|_| StateError::Corrupt { path, content: text })
+        read.map_err(|source| StateError::Io { path, source })?;
+        Ok(Some(text))
     }
 
-    /// Stores `seq` atomically (temp file, fsync, rename, fsync of the directory),
-    /// so a crash leaves either the old or the new number.
-    pub fn store(&self, seq: u64) -> Result<(), StateError> {
+    /// Stores `position` atomically (temp file, fsync, rename, fsync of the
+    /// directory), so a crash leaves either the old or the new one; an older
+    /// position than the one stored is ignored.
+    pub fn store(&self, position: Position) -> Result<(), StateError> {
         let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-        if seq <= *stored {
+        if position.seq <= stored.seq {
             return Ok(());
         }
-        self.write(seq)?;
-        *stored = seq;
+        self.write_atomically(STATE_TMP, STATE_FILE, position.encode().as_bytes())?;
+        *stored = position;
         Ok(())
     }
 
-    fn write(&self, seq: u64) -> Result<(), StateError> {
-        let tmp = self.dir.join(STATE_TMP);
-        let mut file = self.create(STATE_TMP)?;
-        writeln!(file, "{seq}")
+    /// Starts the sequence over at 0: the tree now follows another master,
+    /// whose operations are numbered from its own start.
+    pub fn reset_position(&self) -> Result<(), StateError> {
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_atomically(STATE_TMP, STATE_FILE, Position::default().encode().as_bytes())?;
+        *stored = Position::default();
+        Ok(())
+    }
+
+    /// The tree's lineage, `None` when it never had one.
+    pub fn load_lineage(&self) -> Result<Option<TreeLineage>, StateError> {
+        let Some(text) = self.read_small(LINEAGE_FILE, MAX_LINEAGE_LEN)? else { return Ok(None) };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::CorruptLineage { path: self.dir.join(LINEAGE_FILE), reason: e.to_string() })
+    }
+
+    /// Stores the tree's lineage atomically.
+    pub fn store_lineage(&self, lineage: &TreeLineage) -> Result<(), StateError> {
+        let mut text = serde_json::to_string_pretty(lineage).map_err(|e| StateError::CorruptLineage {
+            path: self.dir.join(LINEAGE_FILE),
+            reason: e.to_string(),
+        })?;
+        text.push('\n');
+        self.write_atomically(LINEAGE_TMP, LINEAGE_FILE, text.as_bytes())
+    }
+
+    fn write_atomically(&self, tmp: &str, name: &str, content: &[u8]) -> Result<(), StateError> {
+        let mut file = self.create(tmp)?;
+        file.write_all(content)
             .and_then(|()| file.sync_all())
-            .map_err(|source| StateError::Io { path: tmp.clone(), source })?;
-        renameat(self.fd.as_fd(), STATE_TMP, self.fd.as_fd(), STATE_FILE)
-            .map_err(|errno| StateError::Io { path: self.dir.join(STATE_FILE), source: errno.into() })?;
+            .map_err(|source| StateError::Io { path: self.dir.join(tmp), source })?;
+        renameat(self.fd.as_fd(), tmp, self.fd.as_fd(), name)
+            .map_err(|errno| StateError::Io { path: self.dir.join(name), source: errno.into() })?;
         self.sync_dir()
+    }
+
+    /// `<root>/.sluice`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// True (once) when an operator allowed the next mass deletion: the permit
@@ -201,9 +294,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
         assert_eq!(state.load().unwrap(), 0);
-        state.store(42).unwrap();
-        assert_eq!(State::open(dir.path()).unwrap().load().unwrap(), 42);
-        std::fs::write(dir.path().join(".sluice/state"), "junk").unwrap();
-        assert!(matches!(state.load(), Err(StateError::Corrupt { .. })));
+        let position = Position { seq: 42, captured_unix_ns: 7, at_barrier: true, barrier_unix_ns: 5 };
+        state.store(position).unwrap();
+        assert_eq!(State::open(dir.path()).unwrap().load_position().unwrap(), position);
+        state.store(Position { seq: 41, ..position }).unwrap();
+        assert_eq!(state.load().unwrap(), 42, "an older position is not stored over a newer one");
+        std::fs::write(dir.path().join(".sluice/state"), "17\n").unwrap();
+        assert_eq!(state.load_position().unwrap(), Position { seq: 17, ..Position::default() }, "the older format");
+        state.reset_position().unwrap();
+        assert_eq!(state.load().unwrap(), 0);
+        for junk in ["junk", "1 2 3", "1 2 2 3", "1 2 1 3 4"] {
+            std::fs::write(dir.path().join(".sluice/state"), junk).unwrap();
+            assert!(matches!(state.load(), Err(StateError::Corrupt { .. })), "{junk}");
+        }
+        assert_eq!(state.load_lineage().unwrap(), None);
+        let lineage = TreeLineage { role: sluice_proto::Role::Standby, lineage: sluice_proto::Lineage::fresh("t"), promoted: None, keep_replaced: false };
+        state.store_lineage(&lineage).unwrap();
+        assert_eq!(state.load_lineage().unwrap(), Some(lineage));
+        std::fs::write(dir.path().join(".sluice/lineage"), "{").unwrap();
+        assert!(matches!(state.load_lineage(), Err(StateError::CorruptLineage { .. })));
     }
 }

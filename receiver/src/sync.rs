@@ -122,6 +122,9 @@ pub struct InitialSync {
     /// Metadata applied at the end, in manifest order (parents first).
     deferred: Vec<(RelPath, Meta, bool)>,
     wanted: u64,
+    /// Copy each file that differs into the rollback directory before it is
+    /// rewritten (failback of an old primary).
+    keep_replaced: bool,
 }
 
 /// Turns an entry's failure into a reply, unless the standby cannot take writes.
@@ -178,7 +181,15 @@ impl InitialSync {
             listed_dirs: HashSet::new(),
             deferred: Vec::new(),
             wanted: 0,
+            keep_replaced: false,
         }
+    }
+
+    /// Copies each differing file into the rollback directory before it is
+    /// rewritten (the applier must keep rollback on).
+    pub fn keeping_replaced(mut self, keep: bool) -> Self {
+        self.keep_replaced = keep;
+        self
     }
 
     fn key(&self, path: &RelPath) -> u64 {
@@ -345,6 +356,9 @@ impl InitialSync {
             };
             applier.set_attrs(path, &attrs)?;
             return Ok(None);
+        }
+        if self.keep_replaced {
+            applier.keep_copy(path, &stat)?;
         }
         let file = applier.open_read(path)?;
         let runs = data_block_hashes(&file, stat.st_size as u64).map_err(|source| SyncError::Hash {

@@ -77,7 +77,7 @@ proptest! {
         std::fs::create_dir_all(&canary).unwrap();
         std::fs::write(canary.join("secret"), b"do not touch").unwrap();
         let state = sluice_receiver::state::State::open(&root).unwrap();
-        state.store(41).unwrap();
+        state.store(sluice_receiver::state::Position { seq: 41, ..Default::default() }).unwrap();
         let mut applier = Applier::open(&root).unwrap();
         if rollback {
             applier.enable_rollback(RollbackCounters::default());
@@ -88,7 +88,7 @@ proptest! {
         for op in &ops {
             let _ = applier.apply(op);
         }
-        state.store(42).unwrap();
+        state.store(sluice_receiver::state::Position { seq: 42, ..Default::default() }).unwrap();
         prop_assert_eq!(snapshot(&canary), canary_before, "outside the root changed");
         let state_after: Vec<_> = snapshot(&root.join(".sluice")).into_iter().filter(|(p, _)| !p.starts_with("rollback")).collect();
         prop_assert_eq!(state_after.len(), state_before.len(), ".sluice changed: {:?}", state_after);

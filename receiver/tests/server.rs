@@ -102,6 +102,7 @@ async fn session_over_quic() {
         .write(&AgentMessage::Hello {
             version: PROTOCOL_VERSION,
             agent: "test".into(),
+            lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
         })
         .await
         .unwrap();
@@ -112,6 +113,7 @@ async fn session_over_quic() {
             version: PROTOCOL_VERSION,
             durable_seq: 0,
             uncertain: false,
+            lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
         }
     );
 
@@ -240,6 +242,7 @@ async fn session_over_quic() {
         .write(&AgentMessage::Hello {
             version: PROTOCOL_VERSION,
             agent: "test".into(),
+            lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
         })
         .await
         .unwrap();
@@ -250,6 +253,7 @@ async fn session_over_quic() {
             version: PROTOCOL_VERSION,
             durable_seq: 3,
             uncertain: false,
+            lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
         }
     );
 

@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use walkdir::WalkDir;
 
 /// Differences past this many are counted, not listed, and file contents are no
@@ -577,4 +578,13 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// The lineage recorded in `<root>/.sluice/lineage` (by the agent on a master,
+/// the receiver on a standby), for tests that speak the protocol themselves.
+pub fn lineage_of(root: &Path) -> anyhow::Result<sluice_proto::Lineage> {
+    let path = root.join(".sluice").join(sluice_proto::lineage::LINEAGE_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tree: sluice_proto::lineage::TreeLineage = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(tree.lineage)
 }

@@ -87,7 +87,7 @@ fn the_state_directory_cannot_be_reached_through_an_alias() {
     let target = outside.path().join("shadow");
     fs::write(&target, b"secret").unwrap();
     let state = crate::state::State::open(dir.path()).unwrap();
-    state.store(7).unwrap();
+    state.store(crate::state::Position { seq: 7, ..Default::default() }).unwrap();
     a.apply(&symlink("x", ".")).unwrap();
     let aliased = [
         symlink("x/.sluice/state.tmp", target.to_str().unwrap()),
@@ -98,7 +98,7 @@ fn the_state_directory_cannot_be_reached_through_an_alias() {
     for op in aliased {
         assert!(a.apply(&op).is_err(), "{op:?} reached .sluice");
     }
-    state.store(8).unwrap();
+    state.store(crate::state::Position { seq: 8, ..Default::default() }).unwrap();
     assert_eq!(fs::read(&target).unwrap(), b"secret", "the flush wrote outside the root");
     assert_eq!(state.load().unwrap(), 8);
 }
@@ -120,7 +120,7 @@ fn a_root_entry_of_another_kind_removes_nothing() {
     let (dir, mut a) = setup();
     fs::create_dir(dir.path().join("keep")).unwrap();
     fs::write(dir.path().join("keep/f"), b"precious").unwrap();
-    crate::state::State::open(dir.path()).unwrap().store(3).unwrap();
+    crate::state::State::open(dir.path()).unwrap().store(crate::state::Position { seq: 3, ..Default::default() }).unwrap();
     let meta = Meta { mode: 0o644, uid: 0, gid: 0, mtime: Timestamp { secs: 1, nanos: 0 } };
     let mut sync = crate::sync::InitialSync::new();
     for kind in [EntryKind::File { size: 1 }, EntryKind::Fifo, EntryKind::Symlink { target: b"/".to_vec() }] {

@@ -444,6 +444,11 @@ fn preserve_metadata(copy: &File, original: &FileStat) -> Result<(), (&'static s
 impl Applier {
     /// Keeps what later operations would destroy in the rollback directory,
     /// counting it in `counters`.
+    /// True when what replication replaces is kept.
+    pub fn rollback_enabled(&self) -> bool {
+        self.rollback.is_some()
+    }
+
     pub fn enable_rollback(&mut self, counters: RollbackCounters) {
         self.rollback = Some(Rollback {
             counters,

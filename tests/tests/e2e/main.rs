@@ -22,6 +22,8 @@ mod write_paths;
 mod metadata;
 // Cut links, killed daemons, a full standby, lost events, changes while down.
 mod faults;
+// Promotion, fencing, switchover and failback.
+mod failover;
 // The receiver's rollback directory keeps what the master deletes, truncates or overwrites.
 mod rollback;
 // The verifier finds and repairs differences planted on the standby.

@@ -50,7 +50,7 @@ enum RawOp {
 
 /// Connects as `identity`, says Hello, sends one raw write of `path`, and returns
 /// the receiver's answer (or the error that ended the stream).
-async fn send_raw_write(addr: SocketAddr, identity: &Identity, receiver_fp: &str, path: &[u8]) -> String {
+async fn send_raw_write(addr: SocketAddr, identity: &Identity, receiver_fp: &str, path: &[u8], lineage: sluice_proto::Lineage) -> String {
     let endpoint = client_endpoint(identity, receiver_fp).unwrap();
     let connection = match endpoint.connect(addr, SERVER_NAME).unwrap().await {
         Ok(c) => c,
@@ -62,7 +62,7 @@ async fn send_raw_write(addr: SocketAddr, identity: &Identity, receiver_fp: &str
     };
     let mut writer = FrameWriter::new(send, false);
     let mut reader = FrameReader::new(recv);
-    let hello = AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "crafted".into() };
+    let hello = AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "crafted".into(), lineage };
     if let Err(e) = writer.write(&hello).await {
         return format!("hello failed: {e}");
     }
@@ -88,7 +88,7 @@ async fn unpinned_peer_is_refused_and_writes_nothing() {
     let standby = LoopFs::new(FsKind::Ext4, 64).unwrap();
     let pair = Pair::start(master.path(), standby.path()).unwrap();
     let intruder = Identity::generate().unwrap();
-    let answer = send_raw_write(receiver_addr(&pair), &intruder, &receiver_fingerprint(&pair), b"intruder").await;
+    let answer = send_raw_write(receiver_addr(&pair), &intruder, &receiver_fingerprint(&pair), b"intruder", sluice_tests::tree::lineage_of(master.path()).unwrap()).await;
     assert!(!answer.contains("Ack"), "an unpinned peer got an answer: {answer}");
     assert!(!standby.path().join("intruder").exists());
     let pair = &pair;
@@ -129,7 +129,7 @@ async fn paths_escaping_the_root_are_refused() {
             Ok(pair.receiver_metrics()?.get("sluice_connected") == 0.0)
         })
         .unwrap();
-        let answer = send_raw_write(addr, &agent, &fp, &path).await;
+        let answer = send_raw_write(addr, &agent, &fp, &path, sluice_tests::tree::lineage_of(master.path()).unwrap()).await;
         eprintln!("{name}: {answer}");
         // A path that cannot even be a path ends the connection; one through a
         // symlink is a well-formed operation that did nothing, reported as such.

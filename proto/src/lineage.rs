@@ -1,0 +1,188 @@
+//! The history of a replicated tree: which generation of data it holds, and
+//! which generation each earlier one forked into. Both daemons keep it beside
+//! the tree (`<root>/.sluice/lineage`) and exchange it in `Hello`, so a standby
+//! that was promoted recognises its old master when it comes back and refuses it
+//! (fencing), and an old master's tree recognises the new master it must now
+//! follow (failback). Like DRBD's generation identifiers, without the bitmap.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limit;
+
+/// Most forks a lineage remembers; older ones are forgotten (a tree that was
+/// promoted and demoted that many times compares its history that far back).
+pub const MAX_FORKS: usize = 64;
+
+/// One generation of a tree's data: a new one starts when a standby is promoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GenerationId(pub u64);
+
+impl std::fmt::Display for GenerationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl GenerationId {
+    /// A fresh identifier: a digest of the clock, the process and the host, so
+    /// two promotions anywhere never draw the same one.
+    pub fn fresh(host: &str) -> GenerationId {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&now.to_le_bytes());
+        hasher.update(&std::process::id().to_le_bytes());
+        hasher.update(host.as_bytes());
+        let digest = hasher.finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest.as_bytes()[..8]);
+        GenerationId(u64::from_le_bytes(id).max(1))
+    }
+}
+
+/// Where a generation began: a standby holding `parent`'s stream up to `seq`
+/// durably was promoted at `at_unix_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub parent: GenerationId,
+    pub child: GenerationId,
+    pub seq: u64,
+    pub at_unix_ns: u64,
+}
+
+/// A tree's generation and the forks that led to it, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub current: GenerationId,
+    #[serde(deserialize_with = "limit::vec::<_, _, MAX_FORKS>")]
+    pub forks: Vec<Fork>,
+}
+
+/// What a tree is for now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Written by its users and replicated from (an agent runs on it).
+    Primary,
+    /// A copy that only replication writes (a receiver applies to it).
+    Standby,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        })
+    }
+}
+
+/// How one lineage stands to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kinship {
+    /// The same generation.
+    Same,
+    /// The other lineage forked from this one's current generation (directly
+    /// or further down): it is newer, and this one is its past. The fork is the
+    /// first one after this generation.
+    Ancestor(Fork),
+    /// This lineage forked from the other's current generation: this one is newer.
+    Descendant(Fork),
+    /// Neither holds the other's generation.
+    Unrelated,
+}
+
+impl Lineage {
+    /// A new history starting with a fresh generation.
+    pub fn fresh(host: &str) -> Lineage {
+        Lineage { current: GenerationId::fresh(host), forks: Vec::new() }
+    }
+
+    /// This lineage forked into a new generation: a standby holding `seq` of
+    /// the current one durably was promoted.
+    pub fn fork(&self, host: &str, seq: u64, at_unix_ns: u64) -> Lineage {
+        let child = GenerationId::fresh(host);
+        let mut forks = vec![Fork { parent: self.current, child, seq, at_unix_ns }];
+        forks.extend(self.forks.iter().copied().take(MAX_FORKS - 1));
+        Lineage { current: child, forks }
+    }
+
+    /// How this lineage stands to `other`.
+    pub fn kinship(&self, other: &Lineage) -> Kinship {
+        if self.current == other.current {
+            return Kinship::Same;
+        }
+        // Forks are newest first: the oldest fork out of a generation is the
+        // one that left it.
+        if let Some(fork) = other.forks.iter().rev().find(|f| f.parent == self.current) {
+            return Kinship::Ancestor(*fork);
+        }
+        if let Some(fork) = self.forks.iter().rev().find(|f| f.parent == other.current) {
+            return Kinship::Descendant(*fork);
+        }
+        Kinship::Unrelated
+    }
+}
+
+/// The file in `<root>/.sluice/` that holds a tree's [`TreeLineage`].
+pub const LINEAGE_FILE: &str = "lineage";
+
+/// What a tree's lineage file holds: its role and history, and how it was
+/// last promoted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeLineage {
+    pub role: Role,
+    pub lineage: Lineage,
+    #[serde(default)]
+    pub promoted: Option<Promotion>,
+    /// An old primary now following the master promoted out of it, whose first
+    /// comparison with that master has not finished: whatever the comparison
+    /// replaces is kept in the rollback directory (the old primary's changes
+    /// the new one never received).
+    #[serde(default)]
+    pub keep_replaced: bool,
+}
+
+/// The point a promoted standby's copy is consistent as of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub at_unix_ns: u64,
+    /// The last operation of the old master's stream the copy holds durably.
+    pub durable_seq: u64,
+    /// When the master captured it.
+    pub consistent_unix_ns: u64,
+    /// It was an fsync barrier: the copy is what the master held at an fsync.
+    pub at_barrier: bool,
+    /// The capture time of the last fsync barrier the copy holds (0: none).
+    pub barrier_unix_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinship_follows_forks_both_ways() {
+        let first = Lineage::fresh("a");
+        let promoted = first.fork("b", 41, 1);
+        let again = promoted.fork("a", 7, 2);
+        assert_eq!(first.kinship(&first.clone()), Kinship::Same);
+        assert!(matches!(first.kinship(&promoted), Kinship::Ancestor(f) if f.seq == 41 && f.child == promoted.current));
+        assert!(matches!(promoted.kinship(&first), Kinship::Descendant(f) if f.seq == 41));
+        assert!(matches!(first.kinship(&again), Kinship::Ancestor(f) if f.seq == 41), "the fork that left the old generation");
+        assert!(matches!(promoted.kinship(&again), Kinship::Ancestor(f) if f.seq == 7));
+        assert_eq!(Lineage::fresh("c").kinship(&again), Kinship::Unrelated);
+        assert_ne!(first.current, promoted.current);
+    }
+
+    #[test]
+    fn forks_stay_bounded() {
+        let mut lineage = Lineage::fresh("a");
+        for i in 0..(MAX_FORKS as u64 + 10) {
+            lineage = lineage.fork("a", i, i);
+        }
+        assert_eq!(lineage.forks.len(), MAX_FORKS);
+    }
+}

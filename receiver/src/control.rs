@@ -1,0 +1,295 @@
+//! The receiver's local control socket, `<root>/.sluice/control.sock`: how
+//! `sluice-receiver promote` and `status` reach the running daemon. One JSON
+//! request per line in, one JSON answer out; root only (the directory is 0700).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use sluice_proto::lineage::{Promotion, Role, TreeLineage};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::apply::STATE_DIR;
+use crate::metrics::Metrics;
+use crate::session::Session;
+use crate::state::{Position, State};
+
+/// The socket's file name in `<root>/.sluice`.
+pub const SOCKET_NAME: &str = "control.sock";
+/// How long a promotion waits for the connection it closed to let go of the tree.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a client asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Stop following the master and become a primary.
+    Promote,
+    Status,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Promoted(PromotionReport),
+    Status(Status),
+    Error(String),
+}
+
+/// What a promotion did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromotionReport {
+    pub root: PathBuf,
+    pub lineage: TreeLineage,
+    /// It was a primary already (nothing changed).
+    pub already: bool,
+    /// Wall time the promotion took, from the request to the lineage on disk.
+    pub seconds: f64,
+}
+
+/// One screen of what the receiver is doing, for people and scripts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub running: bool,
+    pub root: PathBuf,
+    /// `standby`, `primary`, or `new` (no master followed yet).
+    pub role: String,
+    pub generation: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub connected: bool,
+    /// The agent's address while one is connected.
+    pub peer: Option<String>,
+    pub last_applied_seq: u64,
+    pub durable_seq: u64,
+    /// The master's capture time of the last durable operation (Unix ns).
+    pub consistent_as_of_unix_ns: u64,
+    /// The last durable operation was an fsync barrier.
+    pub at_barrier: bool,
+    /// The master's capture time of the newest durable fsync barrier (Unix ns).
+    pub last_durable_barrier_unix_ns: u64,
+    pub lag_seconds: f64,
+    pub ops_refused: u64,
+    pub ops_diverged: u64,
+    pub agents_fenced: u64,
+    pub promoted: Option<Promotion>,
+    /// Running and either connected to its master or a primary.
+    pub healthy: bool,
+}
+
+impl Status {
+    /// What the files in `<root>/.sluice` say, for a receiver that is not running.
+    pub fn from_disk(root: &Path) -> anyhow::Result<Status> {
+        let state = State::open_existing(root).with_context(|| format!("no receiver state under {}", root.display()))?;
+        let position = state.load_position()?;
+        let tree = state.load_lineage()?;
+        Ok(Status::of(root, &position, tree.as_ref(), None))
+    }
+
+    fn of(root: &Path, position: &Position, tree: Option<&TreeLineage>, live: Option<Live<'_>>) -> Status {
+        let role = tree.map_or_else(|| "new".to_string(), |t| t.role.to_string());
+        let primary = tree.is_some_and(|t| t.role == Role::Primary);
+        let metrics = live.as_ref().map(|l| l.metrics);
+        let connected = metrics.is_some_and(|m| m.connected.get() == 1);
+        let count = |get: fn(&Metrics) -> u64| metrics.map_or(0, get);
+        Status {
+            running: live.is_some(),
+            root: root.to_owned(),
+            role,
+            generation: tree.map(|t| t.lineage.current.to_string()),
+            listen: live.as_ref().and_then(|l| l.listen),
+            connected,
+            peer: live.as_ref().and_then(|l| l.peer.clone()),
+            last_applied_seq: metrics.map_or(position.seq, |m| u64::try_from(m.last_applied_seq.get()).unwrap_or(0)),
+            durable_seq: position.seq,
+            consistent_as_of_unix_ns: position.captured_unix_ns,
+            at_barrier: position.at_barrier,
+            last_durable_barrier_unix_ns: position.barrier_unix_ns,
+            lag_seconds: metrics.map_or(0.0, |m| m.lag_seconds.get()),
+            ops_refused: count(|m| m.ops_refused.get()),
+            ops_diverged: count(|m| m.ops_diverged.get()),
+            agents_fenced: count(|m| m.agents_fenced.get()),
+            promoted: tree.and_then(|t| t.promoted),
+            healthy: live.is_some() && (connected || primary),
+        }
+    }
+}
+
+/// What only a running receiver knows.
+struct Live<'a> {
+    metrics: &'a Metrics,
+    listen: Option<SocketAddr>,
+    peer: Option<String>,
+}
+
+/// What the control socket needs of the running server.
+#[derive(Clone)]
+pub struct Shared {
+    pub root: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub session: Arc<Mutex<Session>>,
+    pub current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
+    pub metrics: Arc<Metrics>,
+    /// Set while a promotion runs: new connections are turned away.
+    pub promoting: Arc<AtomicBool>,
+    pub state: State,
+    /// Runs the hooks of a change of role.
+    pub announce: Arc<dyn Fn(crate::session::RoleChange) + Send + Sync>,
+}
+
+/// The socket path for `root`.
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join(SOCKET_NAME)
+}
+
+/// Listens on the control socket, answering each request.
+pub fn serve(shared: Shared) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let path = socket_path(&shared.root);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", path.display())),
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", path.display()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, shared).await {
+                    tracing::debug!("control client: {e:#}");
+                }
+            });
+        }
+    }))
+}
+
+async fn answer(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    // A request is one short line; a client sending more is not one of ours.
+    if BufReader::new(read.take(64 * 1024)).read_line(&mut line).await? == 0 {
+        return Ok(());
+    }
+    let answer = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Request::Status) => status(&shared),
+        Ok(Request::Promote) => match promote(&shared).await {
+            Ok(report) => Answer::Promoted(report),
+            Err(e) => Answer::Error(format!("{e:#}")),
+        },
+        Err(e) => Answer::Error(format!("bad request: {e}")),
+    };
+    let mut text = serde_json::to_string(&answer)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+fn status(shared: &Shared) -> Answer {
+    let position = match shared.state.load_position() {
+        Ok(position) => position,
+        Err(e) => return Answer::Error(e.to_string()),
+    };
+    let tree = match shared.state.load_lineage() {
+        Ok(tree) => tree,
+        Err(e) => return Answer::Error(e.to_string()),
+    };
+    let peer = shared
+        .current
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|c| c.close_reason().is_none())
+        .map(|c| c.remote_address().to_string());
+    Answer::Status(Status::of(&shared.root, &position, tree.as_ref(), Some(Live { metrics: &shared.metrics, listen: shared.listen, peer })))
+}
+
+/// Closes the master's connection, waits for it to let go of the tree (which
+/// makes what it applied durable), and promotes.
+async fn promote(shared: &Shared) -> anyhow::Result<PromotionReport> {
+    let started = std::time::Instant::now();
+    shared.promoting.store(true, Ordering::SeqCst);
+    let _clear = ClearOnDrop(shared.promoting.clone());
+    let previous = shared.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(connection) = previous {
+        tracing::warn!("promotion: closing the connection from {}", connection.remote_address());
+        connection.close(quinn::VarInt::from_u32(crate::server::CLOSE_FENCED), b"the standby is being promoted");
+    }
+    let Ok(mut guard) = tokio::time::timeout(RELEASE_WAIT, shared.session.clone().lock_owned()).await else {
+        bail!("the connection from the master did not let go of the tree within {} s; nothing was promoted", RELEASE_WAIT.as_secs());
+    };
+    let already = guard.is_primary();
+    let (guard, promoted) = tokio::task::spawn_blocking(move || {
+        let promoted = guard.promote();
+        (guard, promoted)
+    })
+    .await
+    .context("promotion task panicked")?;
+    let lineage = promoted.context("promoting")?;
+    let mut guard = guard;
+    if let Some(change) = guard.take_role_change() {
+        (shared.announce)(change);
+    }
+    drop(guard);
+    Ok(PromotionReport { root: shared.root.clone(), lineage, already, seconds: started.elapsed().as_secs_f64() })
+}
+
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Sends `request` to the receiver serving `root`; `None` when none runs there.
+pub async fn request(root: &Path, request: &Request) -> anyhow::Result<Option<Answer>> {
+    let path = socket_path(root);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot reach the receiver at {}", path.display())),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    let line = lines.next_line().await?.context("the receiver closed the control socket without answering")?;
+    let answer = serde_json::from_str(&line).with_context(|| format!("unexpected answer {line:?}"))?;
+    Ok(Some(answer))
+}
+
+/// Promotes a tree no receiver is running on: its filesystem is flushed,
+/// then the lineage written.
+pub fn promote_offline(root: &Path) -> anyhow::Result<PromotionReport> {
+    let started = std::time::Instant::now();
+    let state = State::open_existing(root)
+        .with_context(|| format!("{} holds no receiver state: was it ever a standby?", root.display()))?;
+    let tree = state.load_lineage()?;
+    if let Some(tree) = tree.as_ref().filter(|t| t.role == Role::Primary) {
+        return Ok(PromotionReport { root: root.to_owned(), lineage: tree.clone(), already: true, seconds: started.elapsed().as_secs_f64() });
+    }
+    let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    nix::unistd::syncfs(&dir).with_context(|| format!("flushing the filesystem of {}", root.display()))?;
+    let position = state.load_position()?;
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let promoted = crate::session::promotion_of(tree.as_ref(), position, &host);
+    state.store_lineage(&promoted)?;
+    Ok(PromotionReport { root: root.to_owned(), lineage: promoted, already: false, seconds: started.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,275 @@
+//! Failover and failback: a standby promoted under load in under a second, the
+//! old master fenced when it comes back, a planned switchover that loses no
+//! operation, and the old master's tree following the new one with its lost
+//! changes kept in its rollback directory.
+
+use crate::common::{converge, tail};
+use sluice_proto::lineage::{Role, TreeLineage};
+use sluice_tests::{Binaries, FsKind, LoopFs, Pair, PairOptions, compare_trees, random_bytes, run, wait_until};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn tree_lineage(root: &Path) -> TreeLineage {
+    let text = fs::read_to_string(root.join(".sluice/lineage")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs `binary args...`, returning its output whatever the exit status.
+fn cli(binary: &Path, args: &[&str]) -> Output {
+    Command::new(binary).args(args).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// A hook that writes its `SLUICE_*` environment to `<dir>/<event>.env`.
+fn recording_hook(dir: &Path) -> PathBuf {
+    let hook = dir.join("hook.sh");
+    fs::write(&hook, format!("#!/bin/sh\nenv | grep '^SLUICE_' | sort > {}/\"$SLUICE_EVENT\".env.tmp\nmv {0}/\"$SLUICE_EVENT\".env.tmp {0}/\"$SLUICE_EVENT\".env\n", dir.display())).unwrap();
+    run(&format!("chmod 755 {}", hook.display())).unwrap();
+    hook
+}
+
+fn hook_env(dir: &Path, event: &str) -> String {
+    let path = dir.join(format!("{event}.env"));
+    wait_until(&format!("the {event} hook to run"), Duration::from_secs(10), || Ok(path.exists())).unwrap();
+    fs::read_to_string(path).unwrap()
+}
+
+/// Writes whole files (each with one write, fsynced) into `root` until stopped;
+/// returns how many it wrote.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(root: &Path) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let (root, stop2, written2) = (root.join("load"), stop.clone(), written.clone());
+        fs::create_dir_all(&root).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop2.load(Ordering::SeqCst) {
+                let mut file = fs::File::create(root.join(format!("f{i:06}"))).unwrap();
+                file.write_all(&random_bytes(8192 + (i as usize % 7) * 1000, i)).unwrap();
+                file.sync_all().unwrap();
+                i += 1;
+                written2.store(i, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Writer { stop, written, thread: Some(thread) }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        self.written.load(Ordering::SeqCst)
+    }
+}
+
+/// Every file the standby holds under `load/` is whole: what the master wrote
+/// in one write, not a torn or foreign copy.
+fn assert_whole_files(master: &Path, standby: &Path) -> usize {
+    let mut count = 0;
+    for entry in fs::read_dir(standby.join("load")).unwrap() {
+        let entry = entry.unwrap();
+        let copy = fs::read(entry.path()).unwrap();
+        let original = fs::read(master.join("load").join(entry.file_name())).unwrap();
+        assert!(copy == original, "{} differs from the master's on the promoted standby", entry.path().display());
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn a_standby_promoted_under_load_fences_its_old_master() {
+    let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let hooks = tempfile::tempdir().unwrap();
+    let hook = recording_hook(hooks.path());
+    let options = PairOptions {
+        receiver_toml: format!("[hooks]\non_promote = \"{}\"\n", hook.display()),
+        agent_toml: format!("[hooks]\non_fenced = \"{}\"\n", hook.display()),
+        ..PairOptions::default()
+    };
+    let mut pair = Pair::start_with(master.path(), standby.path(), options).unwrap();
+    let binaries = Binaries::locate().unwrap();
+    let receiver_config = pair.dir().join("receiver.toml");
+    let receiver_config = receiver_config.to_str().unwrap();
+
+    // The master dies in the middle of a stream of fsynced writes.
+    let writer = Writer::start(master.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.kill_agent().unwrap();
+    let written = writer.stop();
+
+    let started = Instant::now();
+    let promoted = cli(&binaries.receiver, &["promote", "--config", receiver_config]);
+    let took = started.elapsed();
+    let out = text(&promoted);
+    eprintln!("{out}");
+    assert!(promoted.status.success(), "{out}\n{}", tail(&pair.receiver_log()));
+    assert!(took < Duration::from_secs(1), "promotion took {took:?}");
+    assert!(out.contains("promoted") && out.contains("consistent as of: operation"), "{out}");
+
+    let tree = tree_lineage(standby.path());
+    assert_eq!(tree.role, Role::Primary);
+    let promotion = tree.promoted.expect("the promotion is recorded");
+    assert!(out.contains(&format!("operation {} of the old master", promotion.durable_seq)), "{out}");
+    let held = assert_whole_files(master.path(), standby.path());
+    assert!(held > 20 && held as u64 <= written, "the standby holds {held} of {written} files");
+    let env = hook_env(hooks.path(), "promote");
+    assert!(env.contains("SLUICE_ROLE=primary") && env.contains(&format!("SLUICE_DURABLE_SEQ={}", promotion.durable_seq)), "{env}");
+
+    let status = cli(&binaries.receiver, &["status", "--config", receiver_config, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["role"], "primary", "{status}");
+    assert_eq!(status["durable_seq"], promotion.durable_seq, "{status}");
+    assert_eq!(status["healthy"], true, "{status}");
+    let applied = pair.receiver_metrics().unwrap().get("sluice_last_applied_seq");
+
+    // The old master comes back with a change the standby must not take.
+    fs::write(master.path().join("after-promotion"), b"written on the old master").unwrap();
+    pair.agent().spawn().unwrap();
+    let agent = pair.agent();
+    wait_until("the fenced agent to exit", Duration::from_secs(30), || Ok(agent.try_wait()?.is_some())).unwrap();
+    let exit = pair.agent().try_wait().unwrap().unwrap();
+    let log = pair.agent_log();
+    assert!(!exit.success(), "a fenced agent exits with an error");
+    assert!(log.contains("fenced") && log.contains("promoted out of this agent's generation"), "{}", tail(&log));
+    assert!(!standby.path().join("after-promotion").exists());
+    let m = pair.receiver_metrics().unwrap();
+    assert_eq!(m.get("sluice_last_applied_seq"), applied, "nothing applied after the promotion");
+    assert!(m.get("sluice_agents_fenced_total") >= 1.0);
+    assert_eq!(m.get("sluice_role_primary"), 1.0);
+    let env = hook_env(hooks.path(), "fenced");
+    assert!(env.contains("SLUICE_EVENT=fenced") && env.contains("SLUICE_REASON=") && env.contains("SLUICE_ROLE=primary"), "{env}");
+
+    // Promoting again changes nothing, and the promotion survives a restart.
+    pair.stop_receiver().unwrap();
+    pair.start_receiver().unwrap();
+    let again = cli(&binaries.receiver, &["promote", "--config", receiver_config]);
+    assert!(again.status.success() && text(&again).contains("a primary already"), "{}", text(&again));
+    assert_eq!(tree_lineage(standby.path()).lineage, tree.lineage);
+}
+
+#[test]
+fn a_planned_switchover_loses_no_operation_and_the_old_master_follows_the_new_one() {
+    let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    fs::write(m.join("old"), random_bytes(300_000, 1)).unwrap();
+    let mut pair = Pair::start(&m, &s).unwrap();
+    let binaries = Binaries::locate().unwrap();
+    let agent_config = pair.dir().join("agent.toml");
+
+    // Writers run, then stop; the switchover waits for the standby to catch up.
+    let writer = Writer::start(&m);
+    std::thread::sleep(Duration::from_millis(1500));
+    writer.stop();
+    let switched = cli(&binaries.agent, &["switchover", "--config", agent_config.to_str().unwrap(), "--timeout", "60"]);
+    let out = text(&switched);
+    eprintln!("{out}");
+    assert!(switched.status.success(), "{out}\n{}", tail(&pair.agent_log()));
+    assert!(out.contains("nothing was lost"), "{out}");
+    let numbers = |prefix: &str| -> u64 {
+        let at = out.find(prefix).unwrap_or_else(|| panic!("{prefix:?} not in {out}")) + prefix.len();
+        out[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (last, durable) = (numbers("master: last operation "), numbers("standby: durable up to "));
+    assert_eq!(last, durable, "{out}");
+    assert!(last > 100, "{out}");
+    let agent = pair.agent();
+    wait_until("the agent to stop after the switchover", Duration::from_secs(20), || Ok(agent.try_wait()?.is_some())).unwrap();
+    assert!(pair.agent().try_wait().unwrap().unwrap().success(), "{}", tail(&pair.agent_log()));
+    compare_trees(&m, &s).expect("the promoted standby holds exactly the master's tree");
+    assert_eq!(pair.receiver_metrics().unwrap().get("sluice_last_applied_seq") as u64, last);
+    let (old, new) = (tree_lineage(&m), tree_lineage(&s));
+    assert_eq!((old.role, new.role), (Role::Standby, Role::Primary));
+    assert_eq!(old.lineage, new.lineage, "the old master follows the new generation");
+
+    // The agent will not run on a tree that is a standby now.
+    pair.agent().spawn().unwrap();
+    let agent = pair.agent();
+    wait_until("the agent to refuse a standby tree", Duration::from_secs(20), || Ok(agent.try_wait()?.is_some())).unwrap();
+    assert!(pair.agent_log().contains("is a standby"), "{}", tail(&pair.agent_log()));
+    drop(pair);
+
+    // Roles reversed: the old master's tree follows the new primary, and a change
+    // made there meanwhile is undone, its old bytes kept.
+    fs::write(m.join("old"), b"changed on the demoted tree").unwrap();
+    fs::write(s.join("new-on-primary"), random_bytes(50_000, 2)).unwrap();
+    let options = PairOptions { receiver_toml: "[rollback]\nenabled = true\n".into(), ..PairOptions::default() };
+    let reversed = Pair::start_with(&s, &m, options).unwrap();
+    converge(&reversed, Duration::from_secs(30));
+    assert!(!reversed.receiver_log().contains("fenced"), "{}", tail(&reversed.receiver_log()));
+}
+
+#[test]
+fn failback_keeps_the_old_masters_lost_changes_and_sends_only_what_diverged() {
+    let master = LoopFs::new(FsKind::Ext4, 512).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 512).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    // 64 MiB in 32 files, of which little will differ.
+    fs::create_dir_all(m.join("data")).unwrap();
+    for i in 0..32 {
+        fs::write(m.join(format!("data/{i:02}")), random_bytes(2 << 20, 100 + i)).unwrap();
+    }
+    let mut pair = Pair::start(&m, &s).unwrap();
+    converge(&pair, Duration::from_secs(60));
+    let binaries = Binaries::locate().unwrap();
+    let receiver_config = pair.dir().join("receiver.toml");
+
+    // The master fails; what it wrote after its agent died never reached the standby.
+    pair.kill_agent().unwrap();
+    let lost = random_bytes(100_000, 7);
+    fs::write(m.join("lost-change"), &lost).unwrap();
+    let before_failure = fs::read(m.join("data/05")).unwrap();
+    let lost_rewrite = random_bytes(2 << 20, 8);
+    fs::write(m.join("data/05"), &lost_rewrite).unwrap();
+    let promoted = cli(&binaries.receiver, &["promote", "--config", receiver_config.to_str().unwrap()]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    drop(pair);
+
+    // The promoted side takes writes of its own.
+    fs::write(s.join("new-on-promoted"), random_bytes(200_000, 9)).unwrap();
+    let mut file = fs::OpenOptions::new().write(true).open(s.join("data/10")).unwrap();
+    std::os::unix::fs::FileExt::write_at(&mut file, &random_bytes(4096, 10), 1 << 20).unwrap();
+    drop(file);
+
+    // Failback: the new primary's agent feeds a receiver on the old master's tree.
+    let today = run("date -u +%F").unwrap().trim().to_owned();
+    let reversed = Pair::start_with(&s, &m, PairOptions::default()).unwrap();
+    let metrics = converge(&reversed, Duration::from_secs(60));
+    let log = reversed.receiver_log();
+    assert!(log.contains("this tree was a primary"), "{}", tail(&log));
+    assert_eq!(tree_lineage(&m).role, Role::Standby);
+    let rollback = m.join(".sluice/rollback");
+    let kept = |name: &str| -> Vec<u8> {
+        let found: Vec<PathBuf> = fs::read_dir(&rollback).unwrap().map(|d| d.unwrap().path().join(name)).filter(|p| p.exists()).collect();
+        assert!(!found.is_empty(), "{name} is not kept under {} (today {today})", rollback.display());
+        fs::read(&found[0]).unwrap()
+    };
+    assert!(kept("lost-change") == lost, "the old master's lost file is kept whole");
+    assert!(kept("data/05") == lost_rewrite, "the old master's rewrite of a file is kept");
+    assert!(fs::read(m.join("data/05")).unwrap() == before_failure, "and the file is the new master's again");
+    let sent = metrics.get("sluice_payload_bytes_sent_total");
+    let read = metrics.get("sluice_bytes_read_total");
+    eprintln!("failback: {read} bytes read and {sent} bytes of content sent for a 64 MiB tree");
+    // Diverged: data/05 (2 MiB, rewritten on the old master), data/10 (one block),
+    // lost-change (deleted), new-on-promoted (200 KB). Not the whole 64 MiB.
+    let diverged = (2 << 20) + (2 << 20) + 200_000;
+    assert!(sent <= 1.2 * diverged as f64, "sent {sent} bytes for {diverged} diverged");
+}
