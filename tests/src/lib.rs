@@ -14,6 +14,7 @@
 //!   drive the daemons themselves.
 //! - [`util`]: [`random_bytes`], [`run`] and [`wait_until`].
 //! - [`torture`]: the randomized differential exerciser (`sluice-torture`).
+//! - [`postgres`]: a PostgreSQL server on a test tree, pgbench and its invariants.
 //!
 //! Most helpers need root (mounts, BPF); `cargo xtask test` runs them as such.
 
@@ -21,6 +22,7 @@ pub mod daemons;
 pub mod loopfs;
 pub mod metrics;
 pub mod netns;
+pub mod postgres;
 pub mod torture;
 pub mod tree;
 pub mod util;

@@ -10,7 +10,8 @@ use crate::cargo::{cargo, cargo_bin_dir, check, path_with};
 
 /// Debian packages: LLVM 22 for bpf-linker (rustc 1.95 uses LLVM 22), filesystem
 /// tools for the loop-mounted test filesystems, network tools for the namespace
-/// tests, and rsync/acl/attr for side-by-side checks.
+/// tests, rsync/acl/attr for side-by-side checks, and PostgreSQL for the tests
+/// that start a database on a promoted standby.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "rsync",
     "python3",
     "util-linux",
+    "postgresql-15",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

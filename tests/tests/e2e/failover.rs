@@ -273,3 +273,43 @@ fn failback_keeps_the_old_masters_lost_changes_and_sends_only_what_diverged() {
     let diverged = (2 << 20) + (2 << 20) + 200_000;
     assert!(sent <= 1.2 * diverged as f64, "sent {sent} bytes for {diverged} diverged");
 }
+
+#[test]
+fn postgres_starts_on_a_standby_promoted_under_pgbench() {
+    use sluice_tests::postgres::{self, Postgres};
+    assert!(postgres::available(), "PostgreSQL 15 is not installed: run `cargo xtask setup`");
+    let master = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    let mut pair = Pair::start(&m, &s).unwrap();
+    let binaries = Binaries::locate().unwrap();
+    let receiver_config = pair.dir().join("receiver.toml");
+
+    postgres::init(&m.join("pg")).unwrap();
+    let mut server = Postgres::start(&m.join("pg"), 5433).unwrap();
+    server.pgbench_init(5).unwrap();
+    let mut load = server.pgbench(4, 120).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    // The link to the master is lost under load; the master keeps committing.
+    pair.kill_agent().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let promoted = cli(&binaries.receiver, &["promote", "--config", receiver_config.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    eprintln!("{}promote took {took:?}", text(&promoted));
+    assert!(took < Duration::from_secs(1), "promotion took {took:?}");
+    let _ = load.kill();
+    let _ = load.wait();
+    let on_master = server.check_pgbench_invariants().unwrap();
+    server.stop_immediate().unwrap();
+
+    // The promoted copy is a database that recovers and whose books balance.
+    postgres::make_traversable(&s.join("pg")).unwrap();
+    let copy = Postgres::start(&s.join("pg"), 5434).unwrap_or_else(|e| panic!("{e:#}\n{}", tail(&pair.receiver_log())));
+    let on_copy = copy.check_pgbench_invariants().unwrap_or_else(|e| panic!("{e:#}\n{}", copy.log()));
+    let log = copy.log();
+    eprintln!("transactions: {on_copy} on the promoted copy, {on_master} on the master");
+    assert!(log.contains("redo done") || log.contains("automatic recovery"), "{log}");
+    assert!(on_copy > 100 && on_copy <= on_master, "{on_copy} transactions on the copy, {on_master} on the master");
+}
