@@ -95,7 +95,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
     rep.engine.names_cross_checked = notices_task.is_some();
+    rep.resume_activity(tree.activity);
     rep.about = About { root: root.clone(), peer: config.receiver.to_string(), lineage: tree };
+    rep.activity_file = Some(crate::lineage::TreeFile::open(&root).context("the tree's lineage")?);
     let (control_tx, mut control) = mpsc::unbounded_channel();
     let control_task = crate::control::serve(&config.state_dir, control_tx).context("control socket")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -137,6 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     _ = flush_tick.tick(), if rep.engine.has_dirty() => rep.flush(),
                     _ = tick.tick() => {
                         rep.tick();
+                        rep.record_activity(Some(crate::lineage::ACTIVITY_INTERVAL));
                         rep.judge_notices(events.is_empty());
                     }
                     Some(request) = control.recv() => rep.handle_control(request),
@@ -164,6 +167,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 Ok(fenced) => {
                     metrics.fenced.set(1);
                     tracing::error!("{fenced}");
+                    rep.record_activity(None);
+                    let ours = rep.about.lineage.lineage.current;
+                    let activity = rep.activity();
+                    if let Some(fork) = fenced.lineage.forks.iter().rev().find(|f| f.parent == ours)
+                        && let Some(changes) = activity.after(fork)
+                    {
+                        tracing::error!(
+                            changes,
+                            fork_seq = fork.seq,
+                            "split brain: this master took changes after the standby was promoted out of it; they are not on the new primary"
+                        );
+                    }
                     if !fenced_announced {
                         fenced_announced = true;
                         if let Some(hook) = &config.hooks.on_fenced {
@@ -229,6 +244,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = std::fs::remove_file(crate::control::socket_path(&config.state_dir));
     rep.write_journal_now();
+    if rep.switched.is_none() {
+        rep.record_activity(None);
+    }
     endpoint.close(0u32.into(), b"agent stopping");
     // Let the close reach the receiver, so it frees its session at once.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -16,9 +16,12 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
-use sluice_proto::lineage::{LINEAGE_FILE, Lineage, Role, TreeLineage};
+use sluice_proto::lineage::{Activity, LINEAGE_FILE, Lineage, Role, TreeLineage};
 
 const STATE_DIR: &str = ".sluice";
+/// How often how far this master got is recorded beside the tree (for judging
+/// a split brain after a failover).
+pub const ACTIVITY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 const LINEAGE_TMP: &str = "lineage.agent.tmp";
 const MAX_LINEAGE_LEN: u64 = 64 << 10;
 
@@ -68,7 +71,7 @@ impl TreeFile {
             Some(tree) => Ok(tree),
             None => {
                 let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-                let tree = TreeLineage { role: Role::Primary, lineage: Lineage::fresh(&host), promoted: None, keep_replaced: false };
+                let tree = TreeLineage { role: Role::Primary, lineage: Lineage::fresh(&host), promoted: None, keep_replaced: false, activity: None };
                 self.store(&tree)?;
                 tracing::info!(generation = %tree.lineage.current, "first generation of this tree");
                 Ok(tree)
@@ -79,9 +82,27 @@ impl TreeFile {
     /// Marks the tree a standby of `lineage` (after a switchover promoted the
     /// standby it fed).
     pub fn demote(&self, lineage: &Lineage) -> Result<TreeLineage, LineageError> {
-        let tree = TreeLineage { role: Role::Standby, lineage: lineage.clone(), promoted: None, keep_replaced: false };
+        let tree = TreeLineage { role: Role::Standby, lineage: lineage.clone(), promoted: None, keep_replaced: false, activity: None };
         self.store(&tree)?;
         Ok(tree)
+    }
+
+    /// Records how far this master got in its generation, if the tree is still
+    /// the primary of `tree`'s generation.
+    pub fn record_activity(&self, tree: &TreeLineage, activity: Activity) -> Result<(), LineageError> {
+        match self.load()? {
+            Some(current) if current.role == Role::Primary && current.lineage == tree.lineage => {
+                // A restarted agent has seen nothing yet: what an earlier run saw stays.
+                let before = current.activity.unwrap_or_default();
+                let activity = Activity {
+                    last_seq: activity.last_seq.max(before.last_seq),
+                    last_change_unix_ns: activity.last_change_unix_ns.max(before.last_change_unix_ns),
+                    changes: activity.changes.max(before.changes),
+                };
+                self.store(&TreeLineage { activity: Some(activity), ..current })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The lineage, `None` when the tree never had one.

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::verify::{Report, Verifier};
 use anyhow::{Context, anyhow, bail};
 use sluice_net::{FrameReader, FrameWriter};
-use sluice_proto::lineage::{Lineage, Role, TreeLineage};
+use sluice_proto::lineage::{Activity, Lineage, Role, TreeLineage};
 use sluice_proto::{AgentMessage, Entry, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -99,6 +99,10 @@ pub struct Replicator {
     online: bool,
     /// When the last event was handled (Unix seconds).
     last_event_secs: i64,
+    /// When the last event was handled (Unix ns).
+    last_event_unix_ns: u64,
+    /// Changes captured in this tree's generation, earlier runs included.
+    generation_changes: u64,
     ticks: u64,
     scratch: Vec<PendingOp>,
     pub verifier: Verifier,
@@ -113,6 +117,9 @@ pub struct Replicator {
     switchover: Option<PendingSwitchover>,
     /// A switchover the standby confirmed: the daemon makes this tree a standby and stops.
     pub switched: Option<Switched>,
+    /// Where how far this master got is recorded now and then.
+    pub activity_file: Option<crate::lineage::TreeFile>,
+    activity_recorded: (Activity, Option<Instant>),
 }
 
 /// What the agent's status names besides its counters.
@@ -213,6 +220,8 @@ impl Replicator {
             skip_owed: false,
             online: false,
             last_event_secs: 0,
+            last_event_unix_ns: 0,
+            generation_changes: 0,
             ticks: 0,
             scratch: Vec::new(),
             verifier,
@@ -223,10 +232,12 @@ impl Replicator {
             about: About {
                 root: std::path::PathBuf::new(),
                 peer: String::new(),
-                lineage: TreeLineage { role: Role::Primary, lineage: Lineage::fresh(""), promoted: None, keep_replaced: false },
+                lineage: TreeLineage { role: Role::Primary, lineage: Lineage::fresh(""), promoted: None, keep_replaced: false, activity: None },
             },
             switchover: None,
             switched: None,
+            activity_file: None,
+            activity_recorded: (Activity::default(), None),
         })
     }
 
@@ -238,6 +249,8 @@ impl Replicator {
         self.metrics.events_captured.inc_by(batch.events.len() as u64);
         if !batch.events.is_empty() {
             self.last_event_secs = unix_secs();
+            self.last_event_unix_ns = unix_ns();
+            self.generation_changes += batch.events.len() as u64;
         }
         if let Some(newest) = batch.events.iter().map(|e| e.ts_ns).max() {
             self.latest_event_ns = self.latest_event_ns.max(newest);
@@ -478,6 +491,42 @@ impl Replicator {
         }
     }
 
+    /// Takes up the count of changes where earlier runs on this generation left it.
+    pub fn resume_activity(&mut self, recorded: Option<Activity>) {
+        if let Some(recorded) = recorded {
+            self.generation_changes = self.generation_changes.max(recorded.changes);
+            self.last_event_unix_ns = self.last_event_unix_ns.max(recorded.last_change_unix_ns);
+        }
+    }
+
+    /// Records how far this master got beside the tree, at most every
+    /// `interval` (or now, with `None`), when it moved.
+    pub fn record_activity(&mut self, interval: Option<Duration>) {
+        let activity = self.activity();
+        let (recorded, at) = self.activity_recorded;
+        let due = match (interval, at) {
+            (Some(interval), Some(at)) => at.elapsed() >= interval,
+            _ => true,
+        };
+        if activity == recorded || !due {
+            return;
+        }
+        let Some(file) = &self.activity_file else { return };
+        match file.record_activity(&self.about.lineage, activity) {
+            Ok(()) => self.activity_recorded = (activity, Some(Instant::now())),
+            Err(e) => tracing::warn!("recording this master's activity: {e}"),
+        }
+    }
+
+    /// How far this master got in its generation.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            last_seq: self.backlog.next_seq().saturating_sub(1),
+            last_change_unix_ns: self.last_event_unix_ns,
+            changes: self.generation_changes,
+        }
+    }
+
     /// What the agent is doing, for `sluice-agent status`.
     pub fn status(&self) -> AgentStatus {
         let m = &self.metrics;
@@ -587,7 +636,7 @@ impl<'a> Session<'a> {
         let mut writer = FrameWriter::new(send, true);
         let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         let lineage = rep.about.lineage.lineage.clone();
-        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: lineage.clone() }).await?;
+        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: lineage.clone(), activity: rep.activity() }).await?;
         let mut reader = FrameReader::new(recv);
         let (durable_seq, uncertain) = match reader.read::<ReceiverMessage>().await? {
             Some(ReceiverMessage::Hello { version, durable_seq, uncertain, lineage: theirs }) if version == PROTOCOL_VERSION => {
@@ -766,6 +815,7 @@ impl<'a> Session<'a> {
                         self.rep.engine.refresh_mapped(monotonic_ns());
                     }
                     self.update_metrics();
+                    self.rep.record_activity(Some(crate::lineage::ACTIVITY_INTERVAL));
                     self.rep.judge_notices(events.is_empty());
                     if self.rep.journal.due() {
                         self.rep.write_journal();

@@ -23,7 +23,7 @@ async fn exchange(client_identity: &Identity, server_identity: &Identity, server
         let (send, _recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         let mut writer = FrameWriter::new(send, true);
         writer
-            .write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "t".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() } })
+            .write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "t".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() }, activity: sluice_proto::lineage::Activity::default() })
             .await
             .map_err(|e| e.to_string())?;
         writer.finish().await.map_err(|e| e.to_string())?;

@@ -143,6 +143,37 @@ pub struct TreeLineage {
     /// the new one never received).
     #[serde(default)]
     pub keep_replaced: bool,
+    /// How far a primary's agent got in its generation, recorded now and then:
+    /// the changes an old primary made after a fork decide a split brain.
+    #[serde(default)]
+    pub activity: Option<Activity>,
+}
+
+/// How far a primary's agent got in its generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// The last sequence number given to an operation.
+    pub last_seq: u64,
+    /// When the last change was captured (Unix ns; 0: none).
+    pub last_change_unix_ns: u64,
+    /// Changes captured in this generation (by every run of the agent).
+    #[serde(default)]
+    pub changes: u64,
+}
+
+impl Activity {
+    /// Operations after `fork` when a change was captured after the promotion
+    /// that made it (the clocks of both hosts are compared, as for lag): `None`
+    /// when this side took no change once the other was promoted.
+    pub fn after(&self, fork: &Fork) -> Option<u64> {
+        (self.last_change_unix_ns > fork.at_unix_ns).then(|| self.last_seq.saturating_sub(fork.seq).max(1))
+    }
+
+    /// The changes of a whole generation: operations numbered, or (before the
+    /// first comparison with a standby numbers any) changes captured.
+    pub fn total(&self) -> u64 {
+        self.last_seq.max(self.changes)
+    }
 }
 
 /// The point a promoted standby's copy is consistent as of.

@@ -325,6 +325,8 @@ pub enum AgentMessage {
         /// The master tree's history: a standby promoted out of it refuses it
         /// (`Fenced`), an old master's tree it descends from follows it.
         lineage: Lineage,
+        /// How far the master got in its generation (to judge a split brain).
+        activity: crate::lineage::Activity,
     },
     /// Part of the master's tree, in walk order (parents before children).
     Manifest(#[serde(deserialize_with = "limit::vec::<_, _, MAX_MANIFEST_ENTRIES>")] Vec<Entry>),

@@ -49,6 +49,31 @@ pub struct Config {
     pub safety: SafetyConfig,
     #[serde(default)]
     pub hooks: HooksConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+/// `[failover]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// What to do when both this tree and the agent's took changes after one
+    /// was promoted out of the other (like DRBD's `after-sb-*`). The discarded
+    /// side's changes always go to its rollback directory.
+    pub after_split_brain: SplitBrainPolicy,
+}
+
+/// `[failover] after_split_brain`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitBrainPolicy {
+    /// Refuse, naming both sides' changes: an operator decides.
+    #[default]
+    Disconnect,
+    /// The side promoted last loses its changes.
+    DiscardYoungerPrimary,
+    /// The side with fewer changes since the fork loses them (on a tie, this tree).
+    DiscardLeastChanges,
 }
 
 /// `[hooks]`: programs run when the tree changes role, with `SLUICE_EVENT`,
@@ -283,6 +308,11 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
         assert_eq!(config.hooks.on_promote.as_deref(), Some(Path::new("/usr/local/bin/up")));
         let err = parse(&format!("{GOOD}[hooks]\non_demote = \"down.sh\"\n")).unwrap_err().to_string();
         assert!(err.contains("hooks.on_demote"), "{err}");
+        assert_eq!(parse(GOOD).unwrap().failover.after_split_brain, SplitBrainPolicy::Disconnect);
+        let config = parse(&format!("{GOOD}[failover]\nafter_split_brain = \"discard-least-changes\"\n")).unwrap();
+        assert_eq!(config.failover.after_split_brain, SplitBrainPolicy::DiscardLeastChanges);
+        let err = parse(&format!("{GOOD}[failover]\nafter_split_brain = \"merge\"\n")).unwrap_err().to_string();
+        assert!(err.contains("after_split_brain") || err.contains("merge"), "{err}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// Agents refused because their generation does not lead to this tree's
     /// (an old master, after a promotion).
     pub agents_fenced: Counter,
+    /// Split brains found (both trees written after a promotion) and refused.
+    pub split_brains: Counter,
 }
 
 impl Metrics {
@@ -81,7 +83,13 @@ impl Metrics {
             handshakes_refused: Counter::default(),
             role_primary: Gauge::default(),
             agents_fenced: Counter::default(),
+            split_brains: Counter::default(),
         };
+        registry.register(
+            "sluice_split_brains",
+            "Connections refused because both this tree and the agent's were written after a promotion",
+            metrics.split_brains.clone(),
+        );
         registry.register(
             "sluice_role_primary",
             "1 once this tree was promoted to a primary; 0 while it is a standby",

@@ -133,6 +133,7 @@ impl Server {
         }
         let mut session = Session::new(applier, state.clone(), durable, unclean, metrics.clone());
         session.restore(position, tree);
+        session.set_split_brain_policy(config.failover.after_split_brain);
         session.set_limits(crate::session::SyncLimits {
             max_entries: config.safety.max_manifest_entries,
             max_delete_fraction: config.safety.max_delete_fraction,

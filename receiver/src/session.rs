@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use sluice_proto::blocks::BLOCK_SIZE;
-use sluice_proto::lineage::{Kinship, Lineage, Promotion, Role, TreeLineage};
+use sluice_proto::lineage::{Activity, Fork, Kinship, Lineage, Promotion, Role, TreeLineage};
 use sluice_proto::{AgentMessage, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath, SeqOp};
 
 use crate::apply::rollback::RollbackCounters;
 use crate::apply::{Applier, ApplyError};
+use crate::config::SplitBrainPolicy;
 use crate::metrics::Metrics;
 use crate::state::{Position, State, StateError};
 use crate::sync::InitialSync;
@@ -27,6 +28,24 @@ pub const MAX_SEQ: u64 = 1 << 62;
 /// Largest forward jump one `Skip` may announce: more operations than an agent
 /// could have dropped (it holds each in memory first) in centuries.
 pub const MAX_SEQ_JUMP: u64 = 1 << 48;
+
+/// What a split brain between this tree and `agent`'s is, and what is done about it.
+fn split_brain(root: &str, agent: &str, fork: &Fork, ours: u64, theirs: u64, policy: SplitBrainPolicy, discard_ours: bool) -> String {
+    let when = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(fork.at_unix_ns));
+    let both = format!(
+        "split brain: both {root} ({ours} changes) and {agent}'s tree ({theirs} changes) were written after the promotion of {when} (generation {} forked at operation {})",
+        fork.child, fork.seq
+    );
+    match (policy, discard_ours) {
+        (_, true) => format!("{both}; `after_split_brain = {policy:?}` discards this tree's changes: it follows {agent}, and what that replaces is kept in its rollback directory"),
+        (SplitBrainPolicy::Disconnect, _) => format!(
+            "{both}; refusing (`[failover] after_split_brain = disconnect`). Decide which side's changes to keep: set `after_split_brain` to `discard-younger-primary` or `discard-least-changes` on the receiver of the side to discard, or make that side follow the other"
+        ),
+        _ => format!(
+            "{both}; `after_split_brain = {policy:?}` discards {agent}'s changes, not this tree's: stop the agent on {agent} and make its tree follow this one (the discarded side keeps its changes in its rollback directory)"
+        ),
+    }
+}
 
 /// The lineage of `tree` (a fresh one when it never had one) promoted at
 /// `at`: a primary of a new generation forked from the one it followed.
@@ -44,6 +63,7 @@ pub fn promotion_of(tree: Option<&TreeLineage>, at: Position, host: &str) -> Tre
             barrier_unix_ns: at.barrier_unix_ns,
         }),
         keep_replaced: false,
+        activity: None,
     }
 }
 
@@ -152,6 +172,7 @@ pub struct Session {
     host: String,
     /// A change of role not yet announced to the operator's hooks.
     role_change: Option<RoleChange>,
+    split_brain: SplitBrainPolicy,
 }
 
 /// A change of the tree's role, for the operator's hooks.
@@ -190,7 +211,13 @@ impl Session {
             tree: None,
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
             role_change: None,
+            split_brain: SplitBrainPolicy::Disconnect,
         }
+    }
+
+    /// What a split brain is answered with.
+    pub fn set_split_brain_policy(&mut self, policy: SplitBrainPolicy) {
+        self.split_brain = policy;
     }
 
     /// The last change of role, once.
@@ -281,7 +308,7 @@ impl Session {
 
     /// Decides whether the agent of `theirs` may stream into this tree, adopting
     /// its lineage when it may. `Err` names why not (the agent is fenced).
-    fn admit(&mut self, agent: &str, theirs: &Lineage) -> Result<(), String> {
+    fn admit(&mut self, agent: &str, theirs: &Lineage, activity: &Activity) -> Result<(), String> {
         let Some(tree) = &self.tree else {
             tracing::info!(generation = %theirs.current, "following the first master of this tree");
             return self.follow(theirs, false, false).map_err(|e| e.to_string());
@@ -295,12 +322,49 @@ impl Session {
                 self.follow(theirs, true, false).map_err(|e| e.to_string())
             }
             (Role::Primary, Kinship::Ancestor(fork)) => {
+                // This tree is the old primary. Changes it took after the agent's
+                // tree was promoted, while the agent's took some too, are a split brain.
+                let changed = tree.activity.and_then(|a| a.after(&fork));
+                if let Some(changed) = changed
+                    && activity.total() > 0
+                {
+                    let discard_ours = match self.split_brain {
+                        SplitBrainPolicy::Disconnect => false,
+                        // The agent's tree was promoted out of this one: it is the younger.
+                        SplitBrainPolicy::DiscardYoungerPrimary => false,
+                        SplitBrainPolicy::DiscardLeastChanges => changed <= activity.total(),
+                    };
+                    let verdict = split_brain(&root, agent, &fork, changed, activity.total(), self.split_brain, discard_ours);
+                    if !discard_ours {
+                        self.metrics.split_brains.inc();
+                        return Err(verdict);
+                    }
+                    tracing::warn!("{verdict}");
+                }
                 tracing::warn!(
                     generation = %theirs.current,
                     previous = %ours,
                     fork_seq = fork.seq,
                     "this tree was a primary; {agent} was promoted out of its generation and is the master now: this tree becomes its standby, and what it holds that the new master does not is kept in the rollback directory"
                 );
+                self.follow(theirs, true, true).map_err(|e| e.to_string())
+            }
+            (Role::Primary, Kinship::Descendant(fork)) if activity.after(&fork).is_some() => {
+                // The agent is the old primary and took changes after this tree was
+                // promoted, while this one may have taken its own: a split brain.
+                let theirs_after = activity.after(&fork).unwrap_or(1);
+                let ours = tree.activity.map_or(0, |a| a.total());
+                let discard_ours = match self.split_brain {
+                    SplitBrainPolicy::Disconnect => false,
+                    SplitBrainPolicy::DiscardYoungerPrimary => true,
+                    SplitBrainPolicy::DiscardLeastChanges => ours <= theirs_after,
+                };
+                let verdict = split_brain(&root, agent, &fork, ours, theirs_after, self.split_brain, discard_ours);
+                if !discard_ours {
+                    self.metrics.split_brains.inc();
+                    return Err(verdict);
+                }
+                tracing::warn!("{verdict}");
                 self.follow(theirs, true, true).map_err(|e| e.to_string())
             }
             (Role::Primary, Kinship::Descendant(fork)) => Err(format!(
@@ -343,7 +407,7 @@ impl Session {
         if demoted {
             self.keep_rollback();
         }
-        let tree = TreeLineage { role: Role::Standby, lineage: lineage.clone(), promoted: None, keep_replaced: demoted };
+        let tree = TreeLineage { role: Role::Standby, lineage: lineage.clone(), promoted: None, keep_replaced: demoted, activity: None };
         self.state.store_lineage(&tree)?;
         if demoted {
             self.role_change = Some(RoleChange::Demoted(tree.clone()));
@@ -449,7 +513,7 @@ impl Session {
     ) -> Result<(), Refusal> {
         let refuse = |reason: String| Refusal { seq: 0, reason, fenced: false };
         match message {
-            AgentMessage::Hello { version, agent, lineage } => {
+            AgentMessage::Hello { version, agent, lineage, activity } => {
                 if self.greeted {
                     return Err(refuse("second Hello on one connection".into()));
                 }
@@ -458,7 +522,7 @@ impl Session {
                         "protocol version {version}, this receiver speaks {PROTOCOL_VERSION}"
                     )));
                 }
-                if let Err(reason) = self.admit(&agent, &lineage) {
+                if let Err(reason) = self.admit(&agent, &lineage, &activity) {
                     tracing::error!(agent = ?agent, "fenced: {reason}");
                     self.metrics.agents_fenced.inc();
                     let ours = self.tree.as_ref().map_or(lineage, |t| t.lineage.clone());
@@ -689,7 +753,7 @@ mod tests {
     }
 
     fn hello_of(lineage: &Lineage) -> AgentMessage {
-        AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "test".into(), lineage: lineage.clone() }
+        AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "test".into(), lineage: lineage.clone(), activity: sluice_proto::lineage::Activity::default() }
     }
 
     fn fenced(s: &mut Session, lineage: &Lineage) -> String {
@@ -773,6 +837,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             agent: "test".into(),
             lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+            activity: sluice_proto::lineage::Activity::default(),
         }
     }
 
@@ -973,6 +1038,7 @@ mod tests {
             version: PROTOCOL_VERSION + 1,
             agent: "future".into(),
             lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+            activity: sluice_proto::lineage::Activity::default(),
         };
         assert!(s.handle(hello, &mut Vec::new()).is_err());
     }

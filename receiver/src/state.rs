@@ -308,7 +308,7 @@ mod tests {
             assert!(matches!(state.load(), Err(StateError::Corrupt { .. })), "{junk}");
         }
         assert_eq!(state.load_lineage().unwrap(), None);
-        let lineage = TreeLineage { role: sluice_proto::Role::Standby, lineage: sluice_proto::Lineage::fresh("t"), promoted: None, keep_replaced: false };
+        let lineage = TreeLineage { role: sluice_proto::Role::Standby, lineage: sluice_proto::Lineage::fresh("t"), promoted: None, keep_replaced: false, activity: None };
         state.store_lineage(&lineage).unwrap();
         assert_eq!(state.load_lineage().unwrap(), Some(lineage));
         std::fs::write(dir.path().join(".sluice/lineage"), "{").unwrap();

@@ -15,7 +15,7 @@ fn session(root: &std::path::Path) -> Session {
     let durable = state.load().unwrap();
     let mut session = Session::new(Applier::open(root).unwrap(), state, durable, false, Arc::new(Metrics::new()));
     session.connected();
-    session.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() } }, &mut Vec::new()).unwrap();
+    session.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() }, activity: sluice_proto::lineage::Activity::default() }, &mut Vec::new()).unwrap();
     session
 }
 
@@ -59,7 +59,7 @@ fn sequence_numbers_only_go_forward_one_at_a_time() {
     assert_eq!(State::open(dir.path()).unwrap().load().unwrap(), 11);
     // A new connection starts without the skip.
     s.connected();
-    s.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "again".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() } }, &mut out).unwrap();
+    s.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "again".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() }, activity: sluice_proto::lineage::Activity::default() }, &mut out).unwrap();
     assert!(s.handle(mkdir(13, "i"), &mut out).is_err());
     s.handle(mkdir(12, "i"), &mut out).unwrap();
 }
@@ -81,7 +81,7 @@ fn a_manifest_that_lists_almost_nothing_deletes_nothing_until_allowed() {
     assert_eq!(std::fs::read_dir(root.join("data")).unwrap().count(), 10, "nothing was deleted");
     // A manifest missing a few entries is no mass deletion.
     s.connected();
-    s.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "again".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() } }, &mut out).unwrap();
+    s.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "again".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() }, activity: sluice_proto::lineage::Activity::default() }, &mut out).unwrap();
     let mut most = vec![entry("", EntryKind::Dir), entry("data", EntryKind::Dir)];
     for i in 0..8 {
         let path = format!("data/f{i}");
@@ -97,7 +97,7 @@ fn a_manifest_that_lists_almost_nothing_deletes_nothing_until_allowed() {
     // Once the operator allows it, the next one goes through, once.
     State::open_existing(root).unwrap().grant_mass_delete_permit().unwrap();
     s.connected();
-    s.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "again".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() } }, &mut out).unwrap();
+    s.handle(AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "again".into(), lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() }, activity: sluice_proto::lineage::Activity::default() }, &mut out).unwrap();
     s.handle(AgentMessage::Manifest(vec![entry("", EntryKind::Dir)]), &mut out).unwrap();
     s.handle(AgentMessage::ManifestEnd, &mut out).unwrap();
     assert!(!root.join("data").exists());

@@ -103,6 +103,7 @@ async fn session_over_quic() {
             version: PROTOCOL_VERSION,
             agent: "test".into(),
             lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+            activity: sluice_proto::lineage::Activity::default(),
         })
         .await
         .unwrap();
@@ -243,6 +244,7 @@ async fn session_over_quic() {
             version: PROTOCOL_VERSION,
             agent: "test".into(),
             lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+            activity: sluice_proto::lineage::Activity::default(),
         })
         .await
         .unwrap();

@@ -444,6 +444,9 @@ pub struct PairOptions {
     /// Run the receiver in its own network namespace behind a veth link
     /// ([`Pair::link`]) instead of on loopback.
     pub standby_netns: bool,
+    /// Start only the agent; the test starts the receiver with
+    /// [`Pair::start_receiver`] (the agent runs without its standby until then).
+    pub defer_receiver: bool,
 }
 
 impl Default for PairOptions {
@@ -455,6 +458,7 @@ impl Default for PairOptions {
             startup_timeout: Duration::from_secs(60),
             binaries: None,
             standby_netns: false,
+            defer_receiver: false,
         }
     }
 }
@@ -553,9 +557,11 @@ impl Pair {
             link,
             dir,
         };
-        pair.start_receiver()?;
+        if !pair.options.defer_receiver {
+            pair.start_receiver()?;
+        }
         pair.start_agent()?;
-        if pair.options.wait_for_initial_sync {
+        if pair.options.wait_for_initial_sync && !pair.options.defer_receiver {
             pair.wait_for_initial_sync()?;
         }
         Ok(pair)

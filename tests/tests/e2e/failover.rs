@@ -313,3 +313,94 @@ fn postgres_starts_on_a_standby_promoted_under_pgbench() {
     assert!(log.contains("redo done") || log.contains("automatic recovery"), "{log}");
     assert!(on_copy > 100 && on_copy <= on_master, "{on_copy} transactions on the copy, {on_master} on the master");
 }
+
+/// A partition: the standby is promoted while the old master keeps running and
+/// takes `master_changes`; then the promoted side's agent runs and takes
+/// `standby_changes` files; then a receiver on the old master's tree (with
+/// `receiver_toml`) is started for it. Returns the pair (agent on the promoted
+/// tree) once the agent has connected and either exited or synced.
+fn split_brain(master: &Path, standby: &Path, master_changes: usize, standby_changes: usize, receiver_toml: &str) -> Pair {
+    let mut pair = Pair::start(master, standby).unwrap();
+    converge(&pair, Duration::from_secs(30));
+    let binaries = Binaries::locate().unwrap();
+    pair.stop_receiver().unwrap();
+    let promoted = cli(&binaries.receiver, &["promote", "--config", pair.dir().join("receiver.toml").to_str().unwrap()]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    // The old master goes on: its agent captures what it writes after the promotion.
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..master_changes {
+        fs::write(master.join(format!("on-old-master-{i}")), random_bytes(10_000, i as u64)).unwrap();
+    }
+    wait_until("the old master's agent to capture its writes", Duration::from_secs(10), || {
+        Ok(pair.agent_metrics()?.get("sluice_backlog_ops") >= master_changes as f64)
+    })
+    .unwrap();
+    pair.stop_agent().unwrap();
+    drop(pair);
+
+    // The promoted side's agent runs (its receiver is not up yet) and takes writes.
+    let options = PairOptions { receiver_toml: receiver_toml.into(), defer_receiver: true, ..PairOptions::default() };
+    let mut pair = Pair::start_with(standby, master, options).unwrap();
+    for i in 0..standby_changes {
+        fs::write(standby.join(format!("on-promoted-{i}")), random_bytes(10_000, 100 + i as u64)).unwrap();
+    }
+    wait_until("the promoted side's agent to capture its writes", Duration::from_secs(10), || {
+        Ok(pair.agent_metrics()?.get("sluice_events_captured_total") >= standby_changes as f64)
+    })
+    .unwrap();
+    pair.start_receiver().unwrap();
+    pair
+}
+
+fn wait_for_exit(pair: &mut Pair) -> std::process::ExitStatus {
+    let agent = pair.agent();
+    wait_until("the agent to exit", Duration::from_secs(30), || Ok(agent.try_wait()?.is_some())).unwrap();
+    pair.agent().try_wait().unwrap().unwrap()
+}
+
+#[test]
+fn a_split_brain_is_refused_by_default_naming_both_sides_changes() {
+    let master = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    let mut pair = split_brain(&m, &s, 3, 5, "");
+    let status = wait_for_exit(&mut pair);
+    let (agent_log, receiver_log) = (pair.agent_log(), pair.receiver_log());
+    assert!(!status.success());
+    assert!(agent_log.contains("split brain") && agent_log.contains("refusing"), "{}", tail(&agent_log));
+    assert!(receiver_log.contains("split brain"), "{}", tail(&receiver_log));
+    // Nothing moved either way.
+    assert!(m.join("on-old-master-0").exists() && !m.join("on-promoted-0").exists());
+    assert_eq!(tree_lineage(&m).role, Role::Primary, "the old master's tree is left as it was");
+    assert_eq!(pair.receiver_metrics().unwrap().get("sluice_split_brains_total"), 1.0);
+}
+
+#[test]
+fn a_split_brain_under_discard_younger_primary_refuses_the_promoted_side() {
+    let master = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    let mut pair = split_brain(&m, &s, 3, 5, "[failover]\nafter_split_brain = \"discard-younger-primary\"\n");
+    wait_for_exit(&mut pair);
+    let log = pair.agent_log();
+    assert!(log.contains("split brain") && log.contains("not this tree's"), "{}", tail(&log));
+    assert!(m.join("on-old-master-0").exists() && !m.join("on-promoted-0").exists());
+}
+
+#[test]
+fn a_split_brain_under_discard_least_changes_keeps_the_busier_side() {
+    let master = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    let kept = fs::read(m.join("on-old-master-0")).ok();
+    assert!(kept.is_none());
+    let pair = split_brain(&m, &s, 2, 20, "[failover]\nafter_split_brain = \"discard-least-changes\"\n");
+    // The old master took fewer changes: its tree follows the promoted one.
+    converge(&pair, Duration::from_secs(30));
+    assert!(pair.receiver_log().contains("discards this tree's changes"), "{}", tail(&pair.receiver_log()));
+    assert!(!m.join("on-old-master-0").exists() && m.join("on-promoted-19").exists());
+    let rollback = m.join(".sluice/rollback");
+    let kept: Vec<PathBuf> = fs::read_dir(&rollback).unwrap().map(|d| d.unwrap().path().join("on-old-master-1")).filter(|p| p.exists()).collect();
+    assert_eq!(kept.len(), 1, "the discarded side's change is in its rollback directory");
+    assert!(fs::read(&kept[0]).unwrap() == random_bytes(10_000, 1));
+}

@@ -69,7 +69,7 @@ impl Hostile {
         let (send, recv) = connection.open_bi().await.unwrap();
         let mut writer = FrameWriter::new(send, false);
         let mut reader = FrameReader::new(recv);
-        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), lineage: sluice_tests::tree::lineage_of(pair.master()).unwrap() }).await.unwrap();
+        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), lineage: sluice_tests::tree::lineage_of(pair.master()).unwrap(), activity: sluice_proto::lineage::Activity::default() }).await.unwrap();
         let durable = match tokio::time::timeout(ANSWER, reader.read::<ReceiverMessage>()).await {
             Ok(Ok(Some(ReceiverMessage::Hello { durable_seq, .. }))) => durable_seq,
             other => panic!("no Hello from the receiver: {other:?}"),

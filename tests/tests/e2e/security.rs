@@ -62,7 +62,7 @@ async fn send_raw_write(addr: SocketAddr, identity: &Identity, receiver_fp: &str
     };
     let mut writer = FrameWriter::new(send, false);
     let mut reader = FrameReader::new(recv);
-    let hello = AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "crafted".into(), lineage };
+    let hello = AgentMessage::Hello { version: PROTOCOL_VERSION, agent: "crafted".into(), lineage, activity: sluice_proto::lineage::Activity::default() };
     if let Err(e) = writer.write(&hello).await {
         return format!("hello failed: {e}");
     }
