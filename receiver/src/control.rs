@@ -33,7 +33,15 @@ pub enum Request {
     /// Stop following the master and become a primary.
     Promote,
     Status,
+    /// Stop applying until this connection closes (at most [`MAX_PAUSE`]), for
+    /// a drill's snapshot of the tree; answered with `Paused`.
+    Pause,
 }
+
+/// Longest a drill may hold the standby still.
+pub const MAX_PAUSE: Duration = Duration::from_secs(600);
+/// How long a pause waits for the operation being applied.
+const PAUSE_WAIT: Duration = Duration::from_secs(30);
 
 /// The daemon's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,7 +49,19 @@ pub enum Request {
 pub enum Answer {
     Promoted(PromotionReport),
     Status(Status),
+    /// Applying is paused at this position (applied, not yet flushed: the
+    /// drill flushes the filesystem before its snapshot).
+    Paused(PausedAt),
     Error(String),
+}
+
+/// Where a paused standby stands.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct PausedAt {
+    pub seq: u64,
+    pub captured_unix_ns: u64,
+    pub at_barrier: bool,
+    pub barrier_unix_ns: u64,
 }
 
 /// What a promotion did.
@@ -142,6 +162,7 @@ pub struct Shared {
     pub state: State,
     /// Runs the hooks of a change of role.
     pub announce: Arc<dyn Fn(crate::session::RoleChange) + Send + Sync>,
+    pub gate: crate::server::ApplyGate,
 }
 
 /// The socket path for `root`.
@@ -183,11 +204,35 @@ async fn answer(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // A request is one short line; a client sending more is not one of ours.
-    if BufReader::new(read.take(64 * 1024)).read_line(&mut line).await? == 0 {
+    let mut read = BufReader::new(read.take(64 * 1024));
+    if read.read_line(&mut line).await? == 0 {
+        return Ok(());
+    }
+    if let Ok(Request::Pause) = serde_json::from_str::<Request>(line.trim()) {
+        let Ok(applied) = tokio::time::timeout(PAUSE_WAIT, shared.gate.lock()).await else {
+            let text = serde_json::to_string(&Answer::Error("the operation being applied did not finish in time".into()))?;
+            write.write_all(format!("{text}\n").as_bytes()).await?;
+            return Ok(());
+        };
+        let at = PausedAt {
+            seq: applied.seq,
+            captured_unix_ns: applied.captured_unix_ns,
+            at_barrier: applied.at_barrier,
+            barrier_unix_ns: applied.barrier_unix_ns,
+        };
+        tracing::info!(seq = at.seq, "applying paused for a drill");
+        let text = serde_json::to_string(&Answer::Paused(at))?;
+        write.write_all(format!("{text}\n").as_bytes()).await?;
+        // Until the client closes (or gives up), nothing is applied.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(MAX_PAUSE, read.read_to_end(&mut rest)).await;
+        drop(applied);
+        tracing::info!("applying resumed after the drill");
         return Ok(());
     }
     let answer = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Status) => status(&shared),
+        Ok(Request::Pause) => Answer::Error("unreachable: pause is answered above".into()),
         Ok(Request::Promote) => match promote(&shared).await {
             Ok(report) => Answer::Promoted(report),
             Err(e) => Answer::Error(format!("{e:#}")),
@@ -254,6 +299,36 @@ struct ClearOnDrop(Arc<AtomicBool>);
 impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A pause of the receiver serving a root: applying resumes when it is dropped.
+pub struct Pause {
+    _stream: UnixStream,
+    pub at: PausedAt,
+}
+
+/// Pauses the receiver serving `root`; `None` when none runs there.
+pub async fn pause(root: &Path) -> anyhow::Result<Option<Pause>> {
+    let path = socket_path(root);
+    let mut stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot reach the receiver at {}", path.display())),
+    };
+    let mut text = serde_json::to_string(&Request::Pause)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await?;
+    // Read the answer byte by byte: the stream itself is kept to hold the pause.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).await? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    match serde_json::from_slice(&line).with_context(|| format!("unexpected answer {:?}", String::from_utf8_lossy(&line)))? {
+        Answer::Paused(at) => Ok(Some(Pause { _stream: stream, at })),
+        Answer::Error(e) => bail!("the receiver could not pause: {e}"),
+        other => bail!("unexpected answer from the receiver: {other:?}"),
     }
 }
 

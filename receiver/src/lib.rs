@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod config;
 pub mod control;
+pub mod drill;
 pub mod listing;
 pub mod metrics;
 pub mod privileges;

@@ -46,6 +46,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a writable copy of the standby for a disaster-recovery drill while
+    /// replication keeps running (a btrfs snapshot, or a copy sharing extents
+    /// where the filesystem can), and print the point it is consistent as of.
+    Drill {
+        /// Path of receiver.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where the copy goes (must not exist, or be empty; outside the standby).
+        #[arg(long)]
+        into: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the role, the connection, lag and the durable position. Exits 0
     /// when healthy (running, and connected to a master or a primary), 1 otherwise.
     Status {
@@ -102,6 +116,29 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_promotion(&report);
+            }
+            Ok(ok)
+        }
+        Command::Drill { config, into, json } => {
+            let config = Config::load(&config).context("invalid configuration")?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let report = runtime
+                .block_on(sluice_receiver::drill::drill(&config.root, &into))
+                .with_context(|| format!("making a drill copy of {} in {}", config.root.display(), into.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "drill copy of {} in {} ({}), made in {:.3} s; applying was paused {:.3} s",
+                    config.root.display(),
+                    report.into.display(),
+                    report.method,
+                    report.seconds,
+                    report.paused_seconds
+                );
+                println!("consistent as of: operation {} of the master, captured {}", report.seq, master_time(report.captured_unix_ns));
+                println!("at a durable barrier: {}; newest fsync barrier held: {}", if report.at_barrier { "yes" } else { "no" }, master_time(report.barrier_unix_ns));
+                println!("the standby keeps replicating, and nothing done in {} reaches it; delete it when the drill is over", report.into.display());
             }
             Ok(ok)
         }

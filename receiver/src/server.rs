@@ -54,9 +54,12 @@ const CLOSE_SUPERSEDED: u32 = 3;
 /// Close code telling an agent this tree was promoted (or is being): it is fenced.
 pub const CLOSE_FENCED: u32 = 4;
 
-/// Runs the operator's hooks for a change of role; the peer is the agent's
-/// address when one caused it.
+/// Runs the operator's hooks for a change of role.
 pub type Announce = Arc<dyn Fn(RoleChange) + Send + Sync>;
+
+/// Held while a message is applied, and by a drill to pause applying; holds
+/// where the last applied operation stands.
+pub type ApplyGate = Arc<Mutex<Position>>;
 
 /// A bound, not yet running receiver.
 pub struct Server {
@@ -72,6 +75,7 @@ pub struct Server {
     promoting: Arc<AtomicBool>,
     control_task: tokio::task::JoinHandle<()>,
     announce: Announce,
+    gate: ApplyGate,
     root: PathBuf,
 }
 
@@ -134,6 +138,7 @@ impl Server {
         let mut session = Session::new(applier, state.clone(), durable, unclean, metrics.clone());
         session.restore(position, tree);
         session.set_split_brain_policy(config.failover.after_split_brain);
+        let gate = Arc::new(Mutex::new(session.applied_position()));
         session.set_limits(crate::session::SyncLimits {
             max_entries: config.safety.max_manifest_entries,
             max_delete_fraction: config.safety.max_delete_fraction,
@@ -168,6 +173,7 @@ impl Server {
             promoting: promoting.clone(),
             state,
             announce: announce.clone(),
+            gate: gate.clone(),
         })
         .context("control socket")?;
         tracing::info!(root = %config.root.display(), durable_seq = durable, "listening on {}", endpoint.local_addr()?);
@@ -182,6 +188,7 @@ impl Server {
             promoting,
             control_task,
             announce,
+            gate,
             root: config.root.clone(),
         })
     }
@@ -218,7 +225,13 @@ impl Server {
                         incoming.refuse();
                         continue;
                     };
-                    let slot = Slot { session: self.session.clone(), current: self.current.clone(), promoting: self.promoting.clone(), announce: self.announce.clone() };
+                    let slot = Slot {
+                        session: self.session.clone(),
+                        current: self.current.clone(),
+                        promoting: self.promoting.clone(),
+                        announce: self.announce.clone(),
+                        gate: self.gate.clone(),
+                    };
                     tasks.spawn(connection(incoming, handshake, slot, self.metrics.clone(), stop.subscribe()));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -273,6 +286,7 @@ struct Slot {
     current: Arc<std::sync::Mutex<Option<quinn::Connection>>>,
     promoting: Arc<AtomicBool>,
     announce: Announce,
+    gate: ApplyGate,
 }
 
 /// Deletes the rollback date directories older than `keep_days` now and then
@@ -310,7 +324,7 @@ async fn connection(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Slot { session, current, promoting, announce } = slot;
+    let Slot { session, current, promoting, announce, gate } = slot;
     let addr = incoming.remote_address();
     let handshaken = incoming.await;
     drop(handshake);
@@ -348,7 +362,7 @@ async fn connection(
     tracing::info!("agent {addr} connected");
     metrics.connected.set(1);
     let result = tokio::select! {
-        result = serve(&conn, guard, &metrics, &announce) => result,
+        result = serve(&conn, guard, &metrics, &announce, &gate) => result,
         _ = stop.wait_for(|stopping| *stopping) => Ok(()),
     };
     metrics.connected.set(0);
@@ -389,6 +403,7 @@ async fn serve(
     guard: OwnedMutexGuard<Session>,
     metrics: &Metrics,
     announce: &Announce,
+    gate: &ApplyGate,
 ) -> anyhow::Result<()> {
     let mut session = Lent(Some(guard));
     session.get().connected();
@@ -458,6 +473,7 @@ async fn serve(
             }
             Some((Err(e), _)) => return Err(e).context("reading from the agent"),
         };
+        let mut applied = gate.lock().await;
         let (replies, result) = session
             .with(move |s| {
                 let mut out = Vec::new();
@@ -465,6 +481,8 @@ async fn serve(
                 (out, result)
             })
             .await?;
+        *applied = session.get().applied_position();
+        drop(applied);
         for reply in &replies {
             writer.write(reply).await?;
         }

@@ -279,6 +279,11 @@ impl Session {
         self.tree.as_ref().is_some_and(|t| t.role == Role::Primary)
     }
 
+    /// Where the last applied operation stands in the master's stream.
+    pub fn applied_position(&self) -> Position {
+        self.applied_at
+    }
+
     /// Where the copy on disk stands in the master's stream.
     pub fn durable_position(&self) -> Position {
         self.durable_at

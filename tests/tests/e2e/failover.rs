@@ -404,3 +404,53 @@ fn a_split_brain_under_discard_least_changes_keeps_the_busier_side() {
     assert_eq!(kept.len(), 1, "the discarded side's change is in its rollback directory");
     assert!(fs::read(&kept[0]).unwrap() == random_bytes(10_000, 1));
 }
+
+#[test]
+fn a_drill_copy_made_under_pgbench_starts_and_leaves_the_standby_alone() {
+    use sluice_tests::postgres::{self, Postgres};
+    assert!(postgres::available(), "PostgreSQL 15 is not installed: run `cargo xtask setup`");
+    let master = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let elsewhere = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    let pair = Pair::start(&m, &s).unwrap();
+    let binaries = Binaries::locate().unwrap();
+    let receiver_config = pair.dir().join("receiver.toml");
+
+    postgres::init(&m.join("pg")).unwrap();
+    let mut server = Postgres::start(&m.join("pg"), 5435).unwrap();
+    server.pgbench_init(5).unwrap();
+    let mut load = server.pgbench(4, 120).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+
+    let into = elsewhere.path().join("drill");
+    let drilled = cli(&binaries.receiver, &["drill", "--config", receiver_config.to_str().unwrap(), "--into", into.to_str().unwrap()]);
+    let out = text(&drilled);
+    eprintln!("{out}");
+    assert!(drilled.status.success(), "{out}\n{}", tail(&pair.receiver_log()));
+    assert!(out.contains("consistent as of: operation"), "{out}");
+    let paused: f64 = out.split("applying was paused ").nth(1).and_then(|r| r.split(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    assert!(paused < 2.0, "applying paused {paused} s");
+    assert!(!into.join(".sluice").exists(), "the standby's state is not in the drill copy");
+
+    // Replication went on during and after the drill.
+    fs::write(m.join("after-drill"), b"still replicating").unwrap();
+    wait_until("a change after the drill to reach the standby", Duration::from_secs(10), || Ok(s.join("after-drill").exists())).unwrap();
+
+    // The drill copy is a database that recovers, with balanced books.
+    postgres::make_traversable(&into.join("pg")).unwrap();
+    // The master's server runs on this same host, under the PID its lock file
+    // names; on a standby host that PID would be nobody's.
+    fs::remove_file(into.join("pg/postmaster.pid")).unwrap();
+    let copy = Postgres::start(&into.join("pg"), 5436).unwrap();
+    let transactions = copy.check_pgbench_invariants().unwrap_or_else(|e| panic!("{e:#}\n{}", copy.log()));
+    assert!(transactions > 0);
+    copy.sql("create table drill_only (x int)").unwrap();
+    drop(copy);
+
+    let _ = load.kill();
+    let _ = load.wait();
+    server.stop_immediate().unwrap();
+    converge(&pair, Duration::from_secs(60));
+    assert!(!run(&format!("grep -rl drill_only {} || true", s.join("pg").display())).unwrap().contains("pg"), "the drill's writes stayed in the copy");
+}
