@@ -5,10 +5,9 @@
 use crate::verify::Report;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 /// The socket's file name in `state_dir`.
@@ -84,32 +83,15 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 
 /// Listens on the control socket (root only), forwarding each request to `tx`.
 pub fn serve(state_dir: &Path, tx: mpsc::UnboundedSender<ControlRequest>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let path = socket_path(state_dir);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", path.display())),
-    }
-    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", path.display()))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("control socket: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, tx).await {
-                    tracing::debug!("control client: {e:#}");
-                }
-            });
+    let task = sluice_net::daemon::serve_control(&socket_path(state_dir), move |stream| {
+        let tx = tx.clone();
+        async move {
+            if let Err(e) = answer(stream, tx).await {
+                tracing::debug!("control client: {e:#}");
+            }
         }
-    }))
+    })?;
+    Ok(task)
 }
 
 async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<ControlRequest>) -> anyhow::Result<()> {

@@ -83,3 +83,35 @@ pub fn run_hook(event: &'static str, program: &Path, vars: &[(&str, String)]) {
         Err(e) => tracing::warn!(hook = event, program = %program.display(), "waiting for the hook: {e}"),
     });
 }
+
+/// Serves a local control socket at `path`, for root only (mode 0600; a stale
+/// socket left by an earlier run is replaced): each connection is handed to
+/// `answer` in a task of its own. Call inside a tokio runtime.
+pub fn serve_control<F, Fut>(path: &Path, answer: F) -> std::io::Result<tokio::task::JoinHandle<()>>
+where
+    F: Fn(tokio::net::UnixStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use std::os::unix::fs::PermissionsExt;
+    let context = |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()));
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(context("removing the stale", e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| context("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| context("chmod", e))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }))
+}

@@ -36,8 +36,7 @@ impl GenerationId {
         hasher.update(&std::process::id().to_le_bytes());
         hasher.update(host.as_bytes());
         let digest = hasher.finalize();
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&digest.as_bytes()[..8]);
+        let id = digest.as_bytes().first_chunk::<8>().copied().unwrap_or_default();
         GenerationId(u64::from_le_bytes(id).max(1))
     }
 }

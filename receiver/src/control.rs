@@ -3,7 +3,6 @@
 //! request per line in, one JSON answer out; root only (the directory is 0700).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +12,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sluice_proto::lineage::{Promotion, Role, TreeLineage};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::apply::STATE_DIR;
@@ -173,31 +172,15 @@ pub fn socket_path(root: &Path) -> PathBuf {
 /// Listens on the control socket, answering each request.
 pub fn serve(shared: Shared) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(&shared.root);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing the stale {}", path.display())),
-    }
-    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", path.display()))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("control socket: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, shared).await {
-                    tracing::debug!("control client: {e:#}");
-                }
-            });
+    let task = sluice_net::daemon::serve_control(&path, move |stream| {
+        let shared = shared.clone();
+        async move {
+            if let Err(e) = answer(stream, shared).await {
+                tracing::debug!("control client: {e:#}");
+            }
         }
-    }))
+    })?;
+    Ok(task)
 }
 
 async fn answer(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
@@ -321,9 +304,15 @@ pub async fn pause(root: &Path) -> anyhow::Result<Option<Pause>> {
     stream.write_all(text.as_bytes()).await?;
     // Read the answer byte by byte: the stream itself is kept to hold the pause.
     let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte).await? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        line.push(byte);
+        if line.len() > 64 * 1024 {
+            bail!("the receiver's answer is too long");
+        }
     }
     match serde_json::from_slice(&line).with_context(|| format!("unexpected answer {:?}", String::from_utf8_lossy(&line)))? {
         Answer::Paused(at) => Ok(Some(Pause { _stream: stream, at })),

@@ -9,7 +9,9 @@
 //! - [`sync`]: the initial sync against the agent's manifest.
 //! - [`listing`]: directory listings for the agent's verifier.
 //! - [`session`]: the replication protocol state machine, free of I/O.
-//! - [`state`]: the durable "last applied sequence number" kept under `.sluice/`.
+//! - [`state`]: the durable position and the tree's lineage, kept under `.sluice/`.
+//! - [`control`]: the local control socket (`promote`, `status`, a drill's pause).
+//! - [`drill`]: a writable copy of the standby for a disaster-recovery drill.
 //! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
 //! - [`privileges`]: the capabilities the daemon keeps, and dropping the rest.
 //! - [`server`]: [`server::run`], the daemon: QUIC endpoint and connection loop.

@@ -79,10 +79,11 @@ impl Position {
                 None => break,
             }
         }
-        if fields.next().is_some() || rest[1] > 1 {
+        let [captured_unix_ns, at_barrier, barrier_unix_ns] = rest;
+        if fields.next().is_some() || at_barrier > 1 {
             return None;
         }
-        Some(Position { seq, captured_unix_ns: rest[0], at_barrier: rest[1] == 1, barrier_unix_ns: rest[2] })
+        Some(Position { seq, captured_unix_ns, at_barrier: at_barrier == 1, barrier_unix_ns })
     }
 }
 

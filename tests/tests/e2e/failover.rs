@@ -245,8 +245,8 @@ fn failback_keeps_the_old_masters_lost_changes_and_sends_only_what_diverged() {
 
     // The promoted side takes writes of its own.
     fs::write(s.join("new-on-promoted"), random_bytes(200_000, 9)).unwrap();
-    let mut file = fs::OpenOptions::new().write(true).open(s.join("data/10")).unwrap();
-    std::os::unix::fs::FileExt::write_at(&mut file, &random_bytes(4096, 10), 1 << 20).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(s.join("data/10")).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, &random_bytes(4096, 10), 1 << 20).unwrap();
     drop(file);
 
     // Failback: the new primary's agent feeds a receiver on the old master's tree.
