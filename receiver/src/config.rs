@@ -114,6 +114,11 @@ pub struct SafetyConfig {
     /// Most entries one comparison may list (memory the receiver spends on it).
     #[serde(default = "SafetyConfig::default_max_manifest_entries")]
     pub max_manifest_entries: u64,
+    /// Watch the standby's filesystem for changes made by anyone but the
+    /// receiver, and put the master's version back (the local one kept in the
+    /// rollback directory).
+    #[serde(default = "SafetyConfig::default_revert_local_changes")]
+    pub revert_local_changes: bool,
 }
 
 impl SafetyConfig {
@@ -124,6 +129,10 @@ impl SafetyConfig {
     fn default_max_manifest_entries() -> u64 {
         50_000_000
     }
+
+    fn default_revert_local_changes() -> bool {
+        true
+    }
 }
 
 impl Default for SafetyConfig {
@@ -132,6 +141,7 @@ impl Default for SafetyConfig {
             max_delete_fraction: Self::default_max_delete_fraction(),
             allow_mass_delete: false,
             max_manifest_entries: Self::default_max_manifest_entries(),
+            revert_local_changes: Self::default_revert_local_changes(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`state`]: the durable position and the tree's lineage, kept under `.sluice/`.
 //! - [`control`]: the local control socket (`promote`, `status`, a drill's pause).
 //! - [`drill`]: a writable copy of the standby for a disaster-recovery drill.
+//! - [`local`]: changes made on the standby by anyone but the receiver (fanotify).
 //! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
 //! - [`privileges`]: the capabilities the daemon keeps, and dropping the rest.
 //! - [`server`]: [`server::run`], the daemon: QUIC endpoint and connection loop.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod drill;
 pub mod listing;
+pub mod local;
 pub mod metrics;
 pub mod privileges;
 pub mod server;

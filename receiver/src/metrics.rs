@@ -57,6 +57,8 @@ pub struct Metrics {
     pub agents_fenced: Counter,
     /// Split brains found (both trees written after a promotion) and refused.
     pub split_brains: Counter,
+    /// Paths changed on the standby by someone other than the receiver.
+    pub local_changes: Counter,
 }
 
 impl Metrics {
@@ -84,7 +86,13 @@ impl Metrics {
             role_primary: Gauge::default(),
             agents_fenced: Counter::default(),
             split_brains: Counter::default(),
+            local_changes: Counter::default(),
         };
+        registry.register(
+            "sluice_local_changes",
+            "Paths changed on the standby by someone other than the receiver, put back as the master has them",
+            metrics.local_changes.clone(),
+        );
         registry.register(
             "sluice_split_brains",
             "Connections refused because both this tree and the agent's were written after a promotion",

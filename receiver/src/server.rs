@@ -25,7 +25,9 @@ use crate::apply::rollback::{self, RollbackCounters};
 use crate::config::{Config, HooksConfig};
 use crate::metrics::Metrics;
 use crate::session::{DurableError, RoleChange, Session};
+use crate::local::{LocalChange, LocalChanges};
 use crate::state::{Position, State};
+use std::collections::BTreeSet;
 
 /// Longest time between an applied op and its durable record while a stream is busy.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(300);
@@ -76,6 +78,8 @@ pub struct Server {
     control_task: tokio::task::JoinHandle<()>,
     announce: Announce,
     gate: ApplyGate,
+    local: LocalQueue,
+    local_task: Option<tokio::task::JoinHandle<()>>,
     root: PathBuf,
 }
 
@@ -88,7 +92,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 pub struct Sockets {
     quic: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
+    /// The watch for local changes, made while the privileges it needs are held.
+    watch: Option<crate::local::Watch>,
 }
+
+/// Local changes read from the standby's filesystem, for the connection being served.
+type LocalQueue = Arc<Mutex<mpsc::UnboundedReceiver<BTreeSet<LocalChange>>>>;
 
 impl Sockets {
     /// Binds the QUIC and metrics addresses of `config` (no runtime needed).
@@ -98,7 +107,18 @@ impl Sockets {
             Some(listen) => Some(std::net::TcpListener::bind(listen).with_context(|| format!("binding metrics on {listen}"))?),
             None => None,
         };
-        Ok(Sockets { quic, metrics })
+        let watch = if config.safety.revert_local_changes {
+            match crate::local::Watch::start(&config.root) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::warn!("cannot watch {} for local changes ({e}); they are found by the verifier only", config.root.display());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Sockets { quic, metrics, watch })
     }
 }
 
@@ -139,6 +159,30 @@ impl Server {
         session.restore(position, tree);
         session.set_split_brain_policy(config.failover.after_split_brain);
         let gate = Arc::new(Mutex::new(session.applied_position()));
+        let (local_tx, local_rx) = mpsc::unbounded_channel();
+        let local_task = match sockets.watch.map(LocalChanges::new).transpose() {
+            Ok(Some(mut changes)) => Some(tokio::spawn(async move {
+                loop {
+                    match changes.next_batch().await {
+                        Ok(batch) if batch.is_empty() => {}
+                        Ok(batch) => {
+                            if local_tx.send(batch).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("watching for local changes stopped: {e}");
+                            return;
+                        }
+                    }
+                }
+            })),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("cannot read local changes: {e}");
+                None
+            }
+        };
         session.set_limits(crate::session::SyncLimits {
             max_entries: config.safety.max_manifest_entries,
             max_delete_fraction: config.safety.max_delete_fraction,
@@ -189,6 +233,8 @@ impl Server {
             control_task,
             announce,
             gate,
+            local: Arc::new(Mutex::new(local_rx)),
+            local_task,
             root: config.root.clone(),
         })
     }
@@ -231,6 +277,7 @@ impl Server {
                         promoting: self.promoting.clone(),
                         announce: self.announce.clone(),
                         gate: self.gate.clone(),
+                        local: self.local.clone(),
                     };
                     tasks.spawn(connection(incoming, handshake, slot, self.metrics.clone(), stop.subscribe()));
                 }
@@ -255,6 +302,9 @@ impl Server {
             task.abort();
         }
         self.control_task.abort();
+        if let Some(task) = self.local_task {
+            task.abort();
+        }
         let _ = std::fs::remove_file(crate::control::socket_path(&self.root));
         Ok(())
     }
@@ -287,6 +337,7 @@ struct Slot {
     promoting: Arc<AtomicBool>,
     announce: Announce,
     gate: ApplyGate,
+    local: LocalQueue,
 }
 
 /// Deletes the rollback date directories older than `keep_days` now and then
@@ -324,7 +375,7 @@ async fn connection(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Slot { session, current, promoting, announce, gate } = slot;
+    let Slot { session, current, promoting, announce, gate, local } = slot;
     let addr = incoming.remote_address();
     let handshaken = incoming.await;
     drop(handshake);
@@ -362,7 +413,7 @@ async fn connection(
     tracing::info!("agent {addr} connected");
     metrics.connected.set(1);
     let result = tokio::select! {
-        result = serve(&conn, guard, &metrics, &announce, &gate) => result,
+        result = serve(&conn, guard, &metrics, &announce, &gate, &local) => result,
         _ = stop.wait_for(|stopping| *stopping) => Ok(()),
     };
     metrics.connected.set(0);
@@ -404,7 +455,9 @@ async fn serve(
     metrics: &Metrics,
     announce: &Announce,
     gate: &ApplyGate,
+    local: &LocalQueue,
 ) -> anyhow::Result<()> {
+    let mut local = local.lock().await;
     let mut session = Lent(Some(guard));
     session.get().connected();
     let (send, recv) = conn
@@ -426,6 +479,13 @@ async fn serve(
     // dirty pages after a bulk copy) does not hold the stream back.
     let mut flushing: Option<tokio::task::JoinHandle<Result<Position, DurableError>>> = None;
     loop {
+        while let Ok(changes) = local.try_recv() {
+            let mut out = Vec::new();
+            session.get().local_changes(changes, &mut out);
+            for reply in &out {
+                writer.write(reply).await?;
+            }
+        }
         let next = match rx.try_recv() {
             Ok(next) => Some(next),
             Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -443,6 +503,14 @@ async fn serve(
                 let flush_due = flushing.is_none() && session.get().needs_flush();
                 tokio::select! {
                     next = rx.recv() => next,
+                    Some(changes) = local.recv() => {
+                        let mut out = Vec::new();
+                        session.get().local_changes(changes, &mut out);
+                        for reply in &out {
+                            writer.write(reply).await?;
+                        }
+                        continue;
+                    }
                     () = sleep_until(last_flush + FLUSH_INTERVAL), if flush_due => {
                         flushing = start_flush(session.get())?;
                         last_flush = Instant::now();

@@ -173,7 +173,16 @@ pub struct Session {
     /// A change of role not yet announced to the operator's hooks.
     role_change: Option<RoleChange>,
     split_brain: SplitBrainPolicy,
+    /// Paths changed on the standby by someone else, until a comparison puts
+    /// them back (their local version is kept first).
+    local_paths: std::collections::BTreeSet<RelPath>,
+    /// Of those, the ones not yet reported to the agent.
+    local_unreported: Vec<RelPath>,
 }
+
+/// Most paths changed locally that are remembered; past it, the oldest reports
+/// stand and the verifier finds the rest.
+const MAX_LOCAL_PATHS: usize = 100_000;
 
 /// A change of the tree's role, for the operator's hooks.
 #[derive(Clone, Debug)]
@@ -212,6 +221,38 @@ impl Session {
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
             role_change: None,
             split_brain: SplitBrainPolicy::Disconnect,
+            local_paths: std::collections::BTreeSet::new(),
+            local_unreported: Vec::new(),
+        }
+    }
+
+    /// Takes changes made on the standby by someone other than the receiver:
+    /// logged, counted, and (when an agent is connected) reported for repair.
+    /// What the repair replaces is kept in the rollback directory.
+    pub fn local_changes(&mut self, changes: std::collections::BTreeSet<crate::local::LocalChange>, out: &mut Vec<ReceiverMessage>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.keep_rollback();
+        for change in changes {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", change.pid)).unwrap_or_default();
+            tracing::warn!(path = %change.path, pid = change.pid, process = comm.trim(), "changed on the standby by someone other than the receiver: putting the master's version back, the local one kept in the rollback directory");
+            self.metrics.local_changes.inc();
+            if self.local_paths.len() < MAX_LOCAL_PATHS && self.local_paths.insert(change.path.clone()) {
+                self.local_unreported.push(change.path);
+            }
+        }
+        self.report_local_changes(out);
+    }
+
+    fn report_local_changes(&mut self, out: &mut Vec<ReceiverMessage>) {
+        if !self.greeted || self.sync.is_some() {
+            return;
+        }
+        while !self.local_unreported.is_empty() {
+            let count = self.local_unreported.len().min(sluice_proto::MAX_PATHS);
+            let paths: Vec<RelPath> = self.local_unreported.drain(..count).collect();
+            out.push(ReceiverMessage::Diverged { seq: 0, paths, reason: "changed on the standby by another process".into() });
         }
     }
 
@@ -545,6 +586,8 @@ impl Session {
                     uncertain: self.unclean_start && self.last_applied == self.started_at,
                     lineage,
                 });
+                self.local_unreported = self.local_paths.iter().cloned().collect();
+                self.report_local_changes(out);
             }
             AgentMessage::Promote => {
                 if self.sync.is_some() {
@@ -563,7 +606,8 @@ impl Session {
             AgentMessage::Manifest(entries) => {
                 let max_entries = self.limits.max_entries;
                 let keep = self.tree.as_ref().is_some_and(|t| t.keep_replaced);
-                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries).keeping_replaced(keep));
+                let local = &self.local_paths;
+                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries).keeping_replaced(keep).keeping_paths(local.clone()));
                 let replies = sync
                     .entries(&mut self.applier, &entries)
                     .map_err(|e| refuse(e.to_string()))?;
@@ -584,6 +628,9 @@ impl Session {
                     .map_err(|e| refuse(e.to_string()))?;
                 if subtrees.iter().any(RelPath::is_root) {
                     self.failback_compared().map_err(|e| refuse(e.to_string()))?;
+                    self.local_paths.clear();
+                } else {
+                    self.local_paths.retain(|path| !subtrees.iter().any(|top| path.starts_with(top)) && self.local_unreported.contains(path));
                 }
                 tracing::info!(
                     wanted,

@@ -125,6 +125,8 @@ pub struct InitialSync {
     /// Copy each file that differs into the rollback directory before it is
     /// rewritten (failback of an old primary).
     keep_replaced: bool,
+    /// Files changed on the standby by someone else: kept the same way.
+    keep_paths: std::collections::BTreeSet<RelPath>,
 }
 
 /// Turns an entry's failure into a reply, unless the standby cannot take writes.
@@ -182,7 +184,14 @@ impl InitialSync {
             deferred: Vec::new(),
             wanted: 0,
             keep_replaced: false,
+            keep_paths: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Copies these files into the rollback directory before they are rewritten.
+    pub fn keeping_paths(mut self, paths: std::collections::BTreeSet<RelPath>) -> Self {
+        self.keep_paths = paths;
+        self
     }
 
     /// Copies each differing file into the rollback directory before it is
@@ -357,7 +366,7 @@ impl InitialSync {
             applier.set_attrs(path, &attrs)?;
             return Ok(None);
         }
-        if self.keep_replaced {
+        if self.keep_replaced || self.keep_paths.contains(path) {
             applier.keep_copy(path, &stat)?;
         }
         let file = applier.open_read(path)?;

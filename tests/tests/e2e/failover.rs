@@ -454,3 +454,36 @@ fn a_drill_copy_made_under_pgbench_starts_and_leaves_the_standby_alone() {
     converge(&pair, Duration::from_secs(60));
     assert!(!run(&format!("grep -rl drill_only {} || true", s.join("pg").display())).unwrap().contains("pg"), "the drill's writes stayed in the copy");
 }
+
+#[test]
+fn a_local_write_on_the_standby_is_reverted_and_kept_in_rollback() {
+    let master = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let standby = LoopFs::new(FsKind::Ext4, 128).unwrap();
+    let (m, s) = (master.path().to_owned(), standby.path().to_owned());
+    let original = random_bytes(100_000, 1);
+    fs::write(m.join("replicated"), &original).unwrap();
+    fs::create_dir(m.join("dir")).unwrap();
+    let pair = Pair::start(&m, &s).unwrap();
+    converge(&pair, Duration::from_secs(30));
+
+    // Someone on the standby edits a replicated file and adds one of their own.
+    let edited = random_bytes(100_000, 2);
+    fs::write(s.join("replicated"), &edited).unwrap();
+    fs::write(s.join("dir/local-only"), b"made on the standby").unwrap();
+    wait_until("the standby to be put back as the master has it", Duration::from_secs(30), || {
+        Ok(fs::read(s.join("replicated"))? == original && !s.join("dir/local-only").exists())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", tail(&pair.receiver_log()), tail(&pair.agent_log())));
+    converge(&pair, Duration::from_secs(30));
+    let log = pair.receiver_log();
+    assert!(log.contains("changed on the standby by someone other than the receiver") && log.contains("replicated"), "{}", tail(&log));
+    assert!(pair.receiver_metrics().unwrap().get("sluice_local_changes_total") >= 2.0);
+    let rollback = s.join(".sluice/rollback");
+    let kept = |name: &str| -> Vec<u8> {
+        let found: Vec<PathBuf> = fs::read_dir(&rollback).unwrap().map(|d| d.unwrap().path().join(name)).filter(|p| p.exists()).collect();
+        assert!(!found.is_empty(), "{name} is not kept under {}", rollback.display());
+        fs::read(&found[0]).unwrap()
+    };
+    assert!(kept("replicated") == edited, "the local version is kept");
+    assert_eq!(kept("dir/local-only"), b"made on the standby");
+}
