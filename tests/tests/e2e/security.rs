@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sluice_net::{FrameReader, FrameWriter, Identity, SERVER_NAME, client_endpoint};
 use sluice_proto::{AgentMessage, PROTOCOL_VERSION, ReceiverMessage, encode_frame};
-use sluice_tests::{FsKind, LoopFs, Pair, wait_until};
+use sluice_tests::{PairOptions, FsKind, LoopFs, Pair, wait_until};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -109,7 +109,10 @@ async fn paths_escaping_the_root_are_refused() {
     let master = LoopFs::new(FsKind::Ext4, 64).unwrap();
     let standby = LoopFs::new(FsKind::Ext4, 64).unwrap();
     let outside = tempfile::tempdir().unwrap();
-    let mut pair = Pair::start(master.path(), standby.path()).unwrap();
+    // The symlink planted on the standby below stands for one a compromised
+    // master made; the receiver's watch for local changes would report it first.
+    let options = PairOptions { receiver_toml: "[safety]\nrevert_local_changes = false\n".into(), ..PairOptions::default() };
+    let mut pair = Pair::start_with(master.path(), standby.path(), options).unwrap();
     pair.stop_agent().unwrap();
     std::os::unix::fs::symlink(outside.path(), standby.path().join("evil")).unwrap();
     let agent = Identity::load(&pair.dir().join("agent-identity")).unwrap();

@@ -11,6 +11,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The differences these tests plant stand for ones no watch sees (a disk that
+/// corrupts, a standby changed while its receiver was stopped): the receiver's
+/// own watch for local changes is off, so only the verifier can find them.
+fn unwatched() -> PairOptions {
+    PairOptions { receiver_toml: "[safety]\nrevert_local_changes = false\n".into(), ..PairOptions::default() }
+}
+
 const MIB: usize = 1 << 20;
 
 /// Rewrites `len` bytes at `offset` of `path` and puts its mtime back, so size and
@@ -44,7 +51,7 @@ fn background_verifier_finds_and_repairs_planted_differences() {
     let master = LoopFs::new(FsKind::Ext4, 256).unwrap();
     let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
     let tree_bytes = populate(master.path());
-    let pair = Pair::start(master.path(), standby.path()).unwrap();
+    let pair = Pair::start_with(master.path(), standby.path(), unwatched()).unwrap();
     converge(&pair, Duration::from_secs(60));
     let before = pair.agent_metrics().unwrap().get("sluice_verify_mismatches_total");
 
@@ -139,7 +146,7 @@ fn verify_command_reports_differences_and_repairs_only_when_asked() {
     let standby = LoopFs::new(FsKind::Ext4, 256).unwrap();
     populate(master.path());
     // Background verification off: only the command looks.
-    let options = PairOptions { agent_toml: "[verify]\nbytes_per_second = 0\n".into(), ..PairOptions::default() };
+    let options = PairOptions { agent_toml: "[verify]\nbytes_per_second = 0\n".into(), ..unwatched() };
     let pair = Pair::start_with(master.path(), standby.path(), options).unwrap();
     converge(&pair, Duration::from_secs(60));
     let (code, stdout) = verify_command(&pair, false);
@@ -186,7 +193,7 @@ fn changes_capture_cannot_place_are_repaired() {
     let m = master.path();
     fs::create_dir_all(m.join("sub")).unwrap();
     fs::write(m.join("sub/a"), random_bytes(100_000, 5)).unwrap();
-    let pair = Pair::start(m, standby.path()).unwrap();
+    let pair = Pair::start_with(m, standby.path(), unwatched()).unwrap();
     converge(&pair, Duration::from_secs(30));
     let parent = m.parent().unwrap();
     let mount = m.file_name().unwrap().to_str().unwrap();
@@ -223,7 +230,7 @@ fn hard_link_groups_that_differ_are_restored() {
     let same = random_bytes(32 * 1024, 2);
     fs::write(m.join("mail/cur/2"), &same).unwrap();
     fs::write(m.join("mail/cur/3"), &same).unwrap();
-    let pair = Pair::start(master.path(), standby.path()).unwrap();
+    let pair = Pair::start_with(master.path(), standby.path(), unwatched()).unwrap();
     converge(&pair, Duration::from_secs(60));
     let before = pair.agent_metrics().unwrap().get("sluice_verify_mismatches_total");
 
