@@ -20,6 +20,12 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How long a fenced agent that waits (`[failover] when_fenced = "wait"`) waits
 /// between two attempts.
 const FENCED_RETRY: Duration = Duration::from_secs(10);
+/// A connection that ends sooner than this after it started counts as a quick
+/// failure: after the first one in a row, the next attempt waits, twice as
+/// long each time up to [`MAX_BACKOFF`], so a standby that refuses every
+/// attempt (disk full) is not asked hundreds of times a second.
+const QUICK_FAILURE: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Pause between two reads of fanotify's notices.
 const NOTICE_BATCHING: Duration = Duration::from_millis(20);
 
@@ -117,6 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut exit_error: Option<anyhow::Error> = None;
     let mut reconnect_after = Duration::ZERO;
     let mut fenced_announced = false;
+    let mut quick_failures = 0u32;
     'connections: loop {
         // Changes keep flowing into the backlog while there is no connection.
         let connection = {
@@ -150,6 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         reconnect_after = Duration::ZERO;
         tracing::info!(receiver = %config.receiver, "connected");
         metrics.connected.set(1);
+        let connected_at = std::time::Instant::now();
         let attempt = async {
             let mut session = Session::open(connection, &mut rep, coalesce).await?;
             session.run(&mut events, &mut control, &mut notices).await
@@ -201,7 +209,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         crate::config::WhenFenced::Wait => reconnect_after = FENCED_RETRY,
                     }
                 }
-                Err(e) => tracing::warn!("replication stopped: {e:#}; reconnecting"),
+                Err(e) => {
+                    quick_failures = if connected_at.elapsed() < QUICK_FAILURE { quick_failures + 1 } else { 0 };
+                    if quick_failures > 1 {
+                        reconnect_after = RECONNECT_DELAY.saturating_mul(1 << (quick_failures - 2).min(5)).min(MAX_BACKOFF);
+                    }
+                    tracing::warn!("replication stopped: {e:#}; reconnecting in {:.0} s", reconnect_after.as_secs_f64());
+                }
             },
             Some(Ok(())) => {}
         }
