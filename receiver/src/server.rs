@@ -96,8 +96,37 @@ pub struct Sockets {
     watch: Option<crate::local::Watch>,
 }
 
-/// Local changes read from the standby's filesystem, for the connection being served.
-type LocalQueue = Arc<Mutex<mpsc::UnboundedReceiver<BTreeSet<LocalChange>>>>;
+/// Local changes read from the standby's filesystem and not yet taken by a
+/// connection: bounded, and not collected at all once the tree is a primary
+/// (its users write to it then).
+#[derive(Default)]
+struct LocalPending {
+    changes: std::sync::Mutex<BTreeSet<LocalChange>>,
+    arrived: tokio::sync::Notify,
+}
+
+type LocalQueue = Arc<LocalPending>;
+
+/// Most local changes held while no agent is connected.
+const MAX_PENDING_LOCAL: usize = 100_000;
+
+impl LocalPending {
+    fn add(&self, batch: BTreeSet<LocalChange>) {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        for change in batch {
+            if changes.len() >= MAX_PENDING_LOCAL {
+                break;
+            }
+            changes.insert(change);
+        }
+        drop(changes);
+        self.arrived.notify_one();
+    }
+
+    fn take(&self) -> BTreeSet<LocalChange> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 impl Sockets {
     /// Binds the QUIC and metrics addresses of `config` (no runtime needed).
@@ -159,24 +188,25 @@ impl Server {
         session.restore(position, tree);
         session.set_split_brain_policy(config.failover.after_split_brain);
         let gate = Arc::new(Mutex::new(session.applied_position()));
-        let (local_tx, local_rx) = mpsc::unbounded_channel();
+        let local = Arc::new(LocalPending::default());
         let local_task = match sockets.watch.map(LocalChanges::new).transpose() {
-            Ok(Some(mut changes)) => Some(tokio::spawn(async move {
-                loop {
-                    match changes.next_batch().await {
-                        Ok(batch) if batch.is_empty() => {}
-                        Ok(batch) => {
-                            if local_tx.send(batch).is_err() {
+            Ok(Some(mut changes)) => {
+                let (local, metrics) = (local.clone(), metrics.clone());
+                Some(tokio::spawn(async move {
+                    loop {
+                        match changes.next_batch().await {
+                            Ok(batch) if batch.is_empty() => {}
+                            // A primary's users write to it: those are not local changes.
+                            Ok(_) if metrics.role_primary.get() == 1 => {}
+                            Ok(batch) => local.add(batch),
+                            Err(e) => {
+                                tracing::warn!("watching for local changes stopped: {e}");
                                 return;
                             }
                         }
-                        Err(e) => {
-                            tracing::warn!("watching for local changes stopped: {e}");
-                            return;
-                        }
                     }
-                }
-            })),
+                }))
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!("cannot read local changes: {e}");
@@ -233,7 +263,7 @@ impl Server {
             control_task,
             announce,
             gate,
-            local: Arc::new(Mutex::new(local_rx)),
+            local,
             local_task,
             root: config.root.clone(),
         })
@@ -457,7 +487,6 @@ async fn serve(
     gate: &ApplyGate,
     local: &LocalQueue,
 ) -> anyhow::Result<()> {
-    let mut local = local.lock().await;
     let mut session = Lent(Some(guard));
     session.get().connected();
     let (send, recv) = conn
@@ -479,7 +508,8 @@ async fn serve(
     // dirty pages after a bulk copy) does not hold the stream back.
     let mut flushing: Option<tokio::task::JoinHandle<Result<Position, DurableError>>> = None;
     loop {
-        while let Ok(changes) = local.try_recv() {
+        let changes = local.take();
+        if !changes.is_empty() {
             let mut out = Vec::new();
             session.get().local_changes(changes, &mut out);
             for reply in &out {
@@ -503,14 +533,7 @@ async fn serve(
                 let flush_due = flushing.is_none() && session.get().needs_flush();
                 tokio::select! {
                     next = rx.recv() => next,
-                    Some(changes) = local.recv() => {
-                        let mut out = Vec::new();
-                        session.get().local_changes(changes, &mut out);
-                        for reply in &out {
-                            writer.write(reply).await?;
-                        }
-                        continue;
-                    }
+                    () = local.arrived.notified() => continue,
                     () = sleep_until(last_flush + FLUSH_INTERVAL), if flush_due => {
                         flushing = start_flush(session.get())?;
                         last_flush = Instant::now();

@@ -230,7 +230,7 @@ impl Session {
     /// logged, counted, and (when an agent is connected) reported for repair.
     /// What the repair replaces is kept in the rollback directory.
     pub fn local_changes(&mut self, changes: std::collections::BTreeSet<crate::local::LocalChange>, out: &mut Vec<ReceiverMessage>) {
-        if changes.is_empty() {
+        if changes.is_empty() || self.is_primary() {
             return;
         }
         self.keep_rollback();

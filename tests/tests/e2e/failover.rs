@@ -312,6 +312,10 @@ fn postgres_starts_on_a_standby_promoted_under_pgbench() {
     eprintln!("transactions: {on_copy} on the promoted copy, {on_master} on the master");
     assert!(log.contains("redo done") || log.contains("automatic recovery"), "{log}");
     assert!(on_copy > 100 && on_copy <= on_master, "{on_copy} transactions on the copy, {on_master} on the master");
+    // The promoted receiver still runs (to fence), and the database's writes
+    // to its tree are a primary's, not local changes to revert.
+    drop(copy);
+    assert!(!pair.receiver_log().contains("changed on the standby"), "{}", tail(&pair.receiver_log()));
 }
 
 /// A partition: the standby is promoted while the old master keeps running and
