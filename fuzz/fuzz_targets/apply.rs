@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use sluice_proto::{Attrs, Op, RelPath, Xattr};
 use sluice_receiver::apply::Applier;
 use sluice_receiver::apply::rollback::RollbackCounters;
+use sluice_receiver::state::Position;
 
 const PATHS: &[&str] = &["a", "b", "a/b", "a/c", "x", "x/a", "x/.sluice", "x/.sluice/state", "x/.sluice/state.tmp", ".sluice", ".sluice/state", "a/.sluice", "l", "l/f", "fifo"];
 const TARGETS: &[&str] = &[".", "..", "/", "../canary", "../canary/secret", ".sluice", "a", "/etc"];
@@ -68,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir_all(&canary).unwrap();
     std::fs::write(canary.join("secret"), b"do not touch").unwrap();
     let state = sluice_receiver::state::State::open(&root).unwrap();
-    state.store(41).unwrap();
+    state.store(Position { seq: 41, ..Position::default() }).unwrap();
     let mut applier = Applier::open(&root).unwrap();
     if u.arbitrary().unwrap_or(false) {
         applier.enable_rollback(RollbackCounters::default());
@@ -80,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    state.store(42).unwrap();
+    state.store(Position { seq: 42, ..Position::default() }).unwrap();
     assert_eq!(listing(&canary), canary_before, "outside the root changed");
     assert_eq!(state.load().unwrap(), 42, ".sluice/state was tampered with");
     let mut stack = vec![root.clone()];
