@@ -72,7 +72,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let journal = JournalWriter::start(journal, interval);
     let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
     let verifier = crate::verify::Verifier::new(config.verify.bytes_per_second);
-    let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, limits, verifier, metrics.clone()))?;
+    let promoted = tree.promoted.map(|p| p.at_unix_ns);
+    let mut rep = tokio::task::block_in_place(|| Replicator::new(engine, journal, loaded, promoted, limits, verifier, metrics.clone()))?;
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
     let notices_task = if config.capture.cross_check != crate::config::CrossCheck::Off {
         let content = config.capture.cross_check == crate::config::CrossCheck::All;
@@ -177,6 +178,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     tracing::error!("{fenced}");
                     rep.record_activity(None);
                     let ours = rep.about.lineage.lineage.current;
+                    let unsent = crate::failback::unsent(&rep, ours, crate::session::unix_ns());
+                    match tree_file.store_unsent(&unsent) {
+                        Ok(()) if unsent.complete => tracing::info!(
+                            files = unsent.files.len(),
+                            paths = unsent.paths.len(),
+                            "recorded what this tree holds that the standby never received, for its failback"
+                        ),
+                        Ok(()) => tracing::warn!("this agent does not know everything the standby never received: its failback compares the whole tree"),
+                        Err(e) => tracing::warn!("cannot record what the standby never received ({e}): its failback compares the whole tree"),
+                    }
                     let activity = rep.activity();
                     if let Some(fork) = fenced.lineage.forks.iter().rev().find(|f| f.parent == ours)
                         && let Some(changes) = activity.after(fork)

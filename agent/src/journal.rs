@@ -25,8 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// J2 added `tree_nonempty`; a J1 snapshot is ignored (a comparison of the tree follows).
-const MAGIC: &[u8; 8] = b"SLUICEJ2";
+/// J3 added `failback_base`, J2 `tree_nonempty`; an older snapshot is ignored
+/// (a comparison of the tree follows).
+const MAGIC: &[u8; 8] = b"SLUICEJ3";
 const HEADER_LEN: usize = 8 + 8 + 8 + 32;
 /// Each log entry: body length (u32 LE), the first 8 bytes of its blake3 hash, the body.
 const FRAME_HEADER: usize = 4 + 8;
@@ -66,6 +67,9 @@ pub struct Snapshot {
     /// next start means the filesystem is not mounted (or was wiped), and
     /// replicating that would empty the standby.
     pub tree_nonempty: bool,
+    /// What is queued is everything this tree changed since it was promoted: a
+    /// failback to the old primary sends just that (see [`crate::failback`]).
+    pub failback_base: bool,
 }
 
 /// The scalar part of the state, written with every append.
@@ -76,6 +80,7 @@ pub struct Header {
     pub compare_owed: bool,
     pub verify_since: i64,
     pub tree_nonempty: bool,
+    pub failback_base: bool,
 }
 
 /// One entry of the log.
@@ -119,6 +124,7 @@ impl Replay {
                     compare_owed: snapshot.compare_owed,
                     verify_since: snapshot.verify_since,
                     tree_nonempty: snapshot.tree_nonempty,
+                    failback_base: snapshot.failback_base,
                 };
                 self.durable = snapshot.durable;
                 self.records = snapshot.ops.into_iter().map(|r| (r.seq(), r)).collect();
@@ -173,6 +179,7 @@ impl Replay {
             ops,
             dirty: dirty_inodes(dirty),
             tree_nonempty: self.header.tree_nonempty,
+            failback_base: self.header.failback_base,
         }
     }
 }
@@ -511,11 +518,12 @@ mod tests {
             ops: vec![mkdir(4, "d")],
             dirty: vec![DirtyInode { ino: 12, ranges: vec![(0, 4096)], attrs: true }],
             tree_nonempty: true,
+            failback_base: false,
         }
     }
 
     fn header(next_seq: u64) -> LogEntry {
-        LogEntry::Header(Header { written_unix_ns: 2, next_seq, compare_owed: false, verify_since: 200, tree_nonempty: true })
+        LogEntry::Header(Header { written_unix_ns: 2, next_seq, compare_owed: false, verify_since: 200, tree_nonempty: true, failback_base: false })
     }
 
     #[test]

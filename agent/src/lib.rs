@@ -24,6 +24,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod failback;
 pub mod files;
 pub mod index;
 pub mod journal;

@@ -16,13 +16,14 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
-use sluice_proto::lineage::{Activity, LINEAGE_FILE, Lineage, Role, TreeLineage};
+use sluice_proto::lineage::{Activity, LINEAGE_FILE, Lineage, Role, TreeLineage, UNSENT_FILE, Unsent};
 
 const STATE_DIR: &str = ".sluice";
 /// How often how far this master got is recorded beside the tree (for judging
 /// a split brain after a failover).
 pub const ACTIVITY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 const LINEAGE_TMP: &str = "lineage.agent.tmp";
+const UNSENT_TMP: &str = "unsent.agent.tmp";
 const MAX_LINEAGE_LEN: u64 = 64 << 10;
 
 /// Why the lineage could not be read, written, or allows no agent.
@@ -125,21 +126,30 @@ impl TreeFile {
     }
 
     fn store(&self, tree: &TreeLineage) -> Result<(), LineageError> {
-        let tmp = self.path(LINEAGE_TMP);
+        self.write_json(LINEAGE_TMP, LINEAGE_FILE, tree)
+    }
+
+    /// Records what this tree holds that its standby never received (read by the
+    /// receiver that runs here once the tree follows the new master).
+    pub fn store_unsent(&self, unsent: &Unsent) -> Result<(), LineageError> {
+        self.write_json(UNSENT_TMP, UNSENT_FILE, unsent)
+    }
+
+    fn write_json(&self, tmp_name: &str, name: &str, value: &impl serde::Serialize) -> Result<(), LineageError> {
+        let tmp = self.path(tmp_name);
         let io = |path: PathBuf| move |source: std::io::Error| LineageError::Io { path, source };
-        let mut text = serde_json::to_string_pretty(tree).map_err(|e| LineageError::Corrupt { path: tmp.clone(), reason: e.to_string() })?;
+        let mut text = serde_json::to_string_pretty(value).map_err(|e| LineageError::Corrupt { path: tmp.clone(), reason: e.to_string() })?;
         text.push('\n');
-        match unlinkat(self.dir.as_fd(), LINEAGE_TMP, UnlinkatFlags::NoRemoveDir) {
+        match unlinkat(self.dir.as_fd(), tmp_name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(errno) => return Err(io(tmp)(errno.into())),
         }
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut file = openat(self.dir.as_fd(), LINEAGE_TMP, flags, Mode::from_bits_truncate(0o600))
+        let mut file = openat(self.dir.as_fd(), tmp_name, flags, Mode::from_bits_truncate(0o600))
             .map(File::from)
             .map_err(|errno| io(tmp.clone())(errno.into()))?;
         file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io(tmp.clone()))?;
-        renameat(self.dir.as_fd(), LINEAGE_TMP, self.dir.as_fd(), LINEAGE_FILE)
-            .map_err(|errno| io(self.path(LINEAGE_FILE))(errno.into()))?;
+        renameat(self.dir.as_fd(), tmp_name, self.dir.as_fd(), name).map_err(|errno| io(self.path(name))(errno.into()))?;
         nix::unistd::fsync(self.dir.as_fd()).map_err(|errno| io(self.path(""))(errno.into()))
     }
 

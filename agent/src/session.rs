@@ -5,7 +5,7 @@
 
 use crate::backlog::{Backlog, Limits, ManifestState, Next, Rewound};
 use crate::capture::Event;
-use crate::engine::{Engine, PendingOp, Recovery};
+use crate::engine::{DirtyInode, Engine, PendingOp, Recovery};
 use crate::journal::{Header, LogEntry, JournalWriter, Snapshot};
 use crate::control::{AgentStatus, ControlRequest, Request, SwitchoverProof};
 use crate::metrics::Metrics;
@@ -71,7 +71,7 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
-fn unix_ns() -> u64 {
+pub fn unix_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -120,6 +120,12 @@ pub struct Replicator {
     /// Where how far this master got is recorded now and then.
     pub activity_file: Option<crate::lineage::TreeFile>,
     activity_recorded: (Activity, Option<Instant>),
+    /// What is queued is everything this tree changed since its promotion (see
+    /// [`crate::failback`]), until the first connection.
+    pub(crate) failback_base: bool,
+    /// A failback by ranges is under way: once all of it is sent, the standby
+    /// is told (`FailbackDone`).
+    failback_sending: bool,
 }
 
 /// What the agent's status names besides its counters.
@@ -163,11 +169,15 @@ impl Replicator {
     /// Resumes from the journal's snapshot when there is one: its operations and
     /// dirty ranges are queued for the standby, and the walk that rebuilds the
     /// index finds what changed after it (see [`Engine::recover`]). Without one,
-    /// the whole tree is compared on the first connection.
+    /// the whole tree is compared on the first connection, unless the tree was
+    /// promoted (at `promoted_unix_ns`): then the files changed since are queued
+    /// whole, and with what capture finds from now on they are what the old
+    /// primary needs at its failback (see [`crate::failback`]).
     pub fn new(
         mut engine: Engine,
         journal: JournalWriter,
         loaded: Option<Snapshot>,
+        promoted_unix_ns: Option<u64>,
         limits: Limits,
         verifier: Verifier,
         metrics: Metrics,
@@ -175,7 +185,33 @@ impl Replicator {
         let now = monotonic_ns();
         let (next_seq, durable) = loaded.as_ref().map_or((1, 0), |s| (s.next_seq, s.durable));
         let mut backlog = Backlog::new(next_seq, durable, limits);
+        let mut failback_base = loaded.as_ref().is_some_and(|s| s.failback_base && !s.compare_owed);
         match loaded {
+            None if let Some(promoted) = promoted_unix_ns => {
+                // Whatever the receiver applied before the promotion has an older
+                // change time, or one within the same second (then the tree is compared).
+                let since = (promoted / 1_000_000_000) as i64;
+                match engine.recover(since).context("walking the watched tree")? {
+                    Recovery::Whole { changed } => {
+                        engine.request_compare(format!("{changed} changed between the promotion and the agent's start"))
+                    }
+                    Recovery::Scoped(entries) => {
+                        tracing::info!(
+                            files = entries.len(),
+                            "the tree was promoted and this agent has no state yet: files changed since the promotion are queued whole, for the old primary's failback"
+                        );
+                        for entry in &entries {
+                            if let Some(ino) = engine.index().resolve(&entry.path) {
+                                engine.redirty(&DirtyInode { ino, ranges: vec![(0, u64::MAX)], attrs: true }, now);
+                            }
+                        }
+                        failback_base = true;
+                        // An empty comparison marks the standby in sync once what is queued is applied.
+                        let since = unix_secs() - JOURNAL_SLACK_SECS;
+                        backlog.push_manifest(ManifestState { scoped: Some(Vec::new()), subtrees: Vec::new(), done_seq: None, since });
+                    }
+                }
+            }
             None => engine.request_compare(NO_STATE),
             Some(snapshot) if snapshot.compare_owed => {
                 engine.request_compare("the previous run had not finished comparing the tree")
@@ -238,6 +274,8 @@ impl Replicator {
             switched: None,
             activity_file: None,
             activity_recorded: (Activity::default(), None),
+            failback_base,
+            failback_sending: false,
         })
     }
 
@@ -393,6 +431,7 @@ impl Replicator {
             compare_owed: self.compare_owed() || full_pending,
             verify_since,
             tree_nonempty: !self.engine.index().is_empty(),
+            failback_base: self.failback_base,
         };
         let (dirtied, mapped) = self.engine.take_journal_deltas();
         let log = self.backlog.take_log();
@@ -420,6 +459,7 @@ impl Replicator {
                 ops,
                 dirty,
                 tree_nonempty: header.tree_nonempty,
+                failback_base: header.failback_base,
             });
             self.last_written = Some(header);
             return;
@@ -437,7 +477,10 @@ impl Replicator {
         // does not verify what this journal vouches for.
         let Some(last) = last else { return };
         let stale = last.verify_since <= self.last_event_secs && header.verify_since > last.verify_since;
-        let unchanged = entries.is_empty() && last.next_seq == header.next_seq && last.tree_nonempty == header.tree_nonempty;
+        let unchanged = entries.is_empty()
+            && last.next_seq == header.next_seq
+            && last.tree_nonempty == header.tree_nonempty
+            && last.failback_base == header.failback_base;
         if unchanged && !stale && !always {
             return;
         }
@@ -638,12 +681,12 @@ impl<'a> Session<'a> {
         let lineage = rep.about.lineage.lineage.clone();
         writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: lineage.clone(), activity: rep.activity() }).await?;
         let mut reader = FrameReader::new(recv);
-        let (durable_seq, uncertain) = match reader.read::<ReceiverMessage>().await? {
-            Some(ReceiverMessage::Hello { version, durable_seq, uncertain, lineage: theirs }) if version == PROTOCOL_VERSION => {
+        let (durable_seq, uncertain, failback) = match reader.read::<ReceiverMessage>().await? {
+            Some(ReceiverMessage::Hello { version, durable_seq, uncertain, lineage: theirs, failback }) if version == PROTOCOL_VERSION => {
                 if theirs.current != lineage.current {
                     bail!("the standby answered with generation {}, not this tree's {}", theirs.current, lineage.current);
                 }
-                (durable_seq, uncertain)
+                (durable_seq, uncertain, failback)
             }
             Some(ReceiverMessage::Fenced { reason, lineage }) => return Err(Fenced { reason, lineage }.into()),
             Some(ReceiverMessage::Hello { version, .. }) => {
@@ -670,6 +713,26 @@ impl<'a> Session<'a> {
             ));
         }
         let now = monotonic_ns();
+        let failback_base = std::mem::take(&mut rep.failback_base);
+        match failback {
+            Some(unsent) if failback_base && !rep.compare_owed() => match crate::failback::start(rep, &unsent, now) {
+                Ok(started) => {
+                    tracing::info!(
+                        files = started.files,
+                        replaced = started.replaced,
+                        own_operations = rep.backlog.unsent_len(),
+                        "failback: sending what this tree changed since its promotion and what the old primary had not sent, not the whole tree"
+                    );
+                    rep.failback_sending = true;
+                }
+                Err(why) => rep.engine.request_compare(format!("failback: {why}; comparing the whole tree")),
+            },
+            Some(_) => rep.engine.request_compare("failback: this agent does not hold every change since the promotion; comparing the whole tree"),
+            None if failback_base => rep.engine.request_compare(
+                "this tree was promoted and the agent held only its changes since, but the standby is not the old primary; comparing the whole tree",
+            ),
+            None => {}
+        }
         let Rewound { requeued, dirty, unfinished, unreplayed } = rep.backlog.rewind(durable_seq, now, !uncertain);
         if unfinished.is_some() {
             rep.engine.request_compare("the previous comparison of the tree did not finish");
@@ -781,6 +844,12 @@ impl<'a> Session<'a> {
             let sendable = !self.rep.backlog.is_idle() && !stalled && !promoting;
             if self.rep.switchover.is_some() && !promoting {
                 self.advance_switchover(comparing).await?;
+            }
+            if self.rep.failback_sending && quiet && !self.rep.engine.has_dirty() {
+                // In stream order: the standby acts on it once all of it is applied.
+                self.rep.failback_sending = false;
+                self.writer.write(&AgentMessage::FailbackDone).await?;
+                tracing::info!("failback: everything the old primary lacked is sent");
             }
             let answerable = !self.wants.is_empty() && self.room_to_read_ahead();
             tokio::select! {

@@ -22,4 +22,4 @@ pub use message::*;
 pub use path::{PathError, RelPath};
 
 /// Bumped whenever a message changes shape; peers with different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;

@@ -189,6 +189,80 @@ pub struct Promotion {
     pub barrier_unix_ns: u64,
 }
 
+/// The file in `<root>/.sluice/` where an old primary's agent, once fenced,
+/// records what it had not sent: the [`Unsent`] a failback repairs.
+pub const UNSENT_FILE: &str = "unsent";
+/// Most files an [`Unsent`] names by range; past it the failback compares the
+/// whole tree.
+pub const MAX_UNSENT_FILES: usize = 4096;
+/// Most ranges one [`UnsentFile`] names.
+pub const MAX_UNSENT_RANGES: usize = 256;
+/// Most paths an [`Unsent`] names for replacement.
+pub const MAX_UNSENT_PATHS: usize = 512;
+/// Most bytes of path names an [`Unsent`] carries, so it fits one frame.
+pub const MAX_UNSENT_PATH_BYTES: usize = 1 << 20;
+
+/// What an old primary changed that its standby may never have received, as its
+/// agent knew it when the promoted standby fenced it: its journal's
+/// unacknowledged ranges and operations, and the files changed after the
+/// journal's last entry. The new master sends its own content for exactly these
+/// (with what it changed itself since the fork) instead of comparing the tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsent {
+    /// The generation the old primary held when it recorded this.
+    pub generation: GenerationId,
+    /// Files whose data changed in these ranges (`end` may run past the file's
+    /// size) or whose metadata changed (no ranges).
+    #[serde(deserialize_with = "limit::vec::<_, _, MAX_UNSENT_FILES>")]
+    pub files: Vec<UnsentFile>,
+    /// Paths a namespace operation (create, remove, rename, link) or an
+    /// unknown change touched: made anew from the new master, whole.
+    #[serde(deserialize_with = "limit::vec::<_, _, MAX_UNSENT_PATHS>")]
+    pub paths: Vec<crate::RelPath>,
+    /// False when the agent could not know everything it had not sent (events
+    /// were lost, a comparison was owed, or the record did not fit): the
+    /// failback compares the whole tree.
+    pub complete: bool,
+    /// When it was recorded (Unix ns).
+    pub recorded_unix_ns: u64,
+}
+
+/// A file of an [`Unsent`] and the byte ranges `[start, end)` changed in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsentFile {
+    pub path: crate::RelPath,
+    #[serde(deserialize_with = "limit::vec::<_, _, MAX_UNSENT_RANGES>")]
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Unsent {
+    /// Nothing is known of what `generation`'s primary did not send.
+    pub fn unknown(generation: GenerationId) -> Unsent {
+        Unsent { generation, files: Vec::new(), paths: Vec::new(), complete: false, recorded_unix_ns: 0 }
+    }
+
+    /// Every path named.
+    pub fn all_paths(&self) -> impl Iterator<Item = &crate::RelPath> {
+        self.files.iter().map(|f| &f.path).chain(&self.paths)
+    }
+
+    /// Within the limits that let it travel in one `Hello`; else the same record
+    /// marked incomplete and emptied.
+    pub fn bounded(mut self) -> Unsent {
+        let path_bytes: usize = self.all_paths().map(|p| p.as_bytes().len()).sum();
+        let fits = self.files.len() <= MAX_UNSENT_FILES
+            && self.paths.len() <= MAX_UNSENT_PATHS
+            && self.files.iter().all(|f| f.ranges.len() <= MAX_UNSENT_RANGES)
+            && path_bytes <= MAX_UNSENT_PATH_BYTES;
+        if !fits {
+            self.files.clear();
+            self.paths.clear();
+            self.complete = false;
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

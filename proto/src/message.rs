@@ -366,6 +366,10 @@ pub enum AgentMessage {
     /// durable, the standby becomes a primary of a new generation and answers
     /// `Promoted`; the stream ends there.
     Promote,
+    /// A failback sent everything the old primary's [`crate::lineage::Unsent`]
+    /// and the new master's changes since the fork named: once what came
+    /// before is applied, the standby stops keeping what it replaces.
+    FailbackDone,
 }
 
 /// Messages from the receiver to the agent.
@@ -382,6 +386,10 @@ pub enum ReceiverMessage {
         /// The standby tree's history as of this connection (the master's, or a
         /// fork of it).
         lineage: Lineage,
+        /// The standby is an old primary following the master promoted out of
+        /// it, and its failback has not finished: what it changed that the new
+        /// master never received, as far as its agent knew.
+        failback: Option<crate::lineage::Unsent>,
     },
     /// The standby will not take this master's stream: it was promoted out of
     /// the master's generation (or holds an unrelated one). Sent instead of

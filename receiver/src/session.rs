@@ -178,6 +178,10 @@ pub struct Session {
     local_paths: std::collections::BTreeSet<RelPath>,
     /// Of those, the ones not yet reported to the agent.
     local_unreported: Vec<RelPath>,
+    /// Files an old primary changed that its new master never received, not yet
+    /// copied to the rollback directory: the first operation of the failback
+    /// that changes one keeps it first.
+    failback_keep: std::collections::BTreeSet<RelPath>,
 }
 
 /// Most paths changed locally that are remembered; past it, the oldest reports
@@ -223,6 +227,7 @@ impl Session {
             split_brain: SplitBrainPolicy::Disconnect,
             local_paths: std::collections::BTreeSet::new(),
             local_unreported: Vec::new(),
+            failback_keep: std::collections::BTreeSet::new(),
         }
     }
 
@@ -305,9 +310,39 @@ impl Session {
             tree.keep_replaced = false;
             let tree = tree.clone();
             self.state.store_lineage(&tree)?;
+            self.state.remove_unsent()?;
+            self.failback_keep.clear();
             tracing::info!("failback: the old primary's tree matches the new master; its replaced content is in the rollback directory");
         }
         Ok(())
+    }
+
+    /// What a demoted old primary tells its new master in `Hello`: what its
+    /// agent recorded it had not sent, when that record belongs to the
+    /// generation this tree was demoted from.
+    fn failback_record(&mut self) -> Result<Option<sluice_proto::lineage::Unsent>, StateError> {
+        use sluice_proto::lineage::Unsent;
+        let Some(tree) = self.tree.as_ref().filter(|t| t.keep_replaced) else { return Ok(None) };
+        let parent = tree.lineage.forks.first().map_or(tree.lineage.current, |f| f.parent);
+        let unsent = match self.state.load_unsent()? {
+            Some(unsent) if tree.lineage.forks.iter().any(|f| f.parent == unsent.generation) => unsent,
+            Some(unsent) => {
+                tracing::warn!(recorded = %unsent.generation, "the record of what this tree's agent had not sent belongs to another generation; the failback compares the whole tree");
+                Unsent::unknown(parent)
+            }
+            None => Unsent::unknown(parent),
+        };
+        self.failback_keep = unsent.all_paths().cloned().collect();
+        if unsent.complete {
+            tracing::info!(
+                files = unsent.files.len(),
+                paths = unsent.paths.len(),
+                "failback: the new master sends what it changed since the fork and what this tree's agent had not sent; the old versions go to the rollback directory"
+            );
+        } else {
+            tracing::info!("failback: no complete record of what this tree's agent had not sent; the new master compares the whole tree");
+        }
+        Ok(Some(unsent))
     }
 
     /// The tree's role and history.
@@ -580,11 +615,13 @@ impl Session {
                 tracing::info!(agent = ?agent, durable_seq = self.durable, "agent said hello");
                 self.greeted = true;
                 let lineage = self.tree.as_ref().map(|t| t.lineage.clone()).ok_or_else(|| refuse("no lineage after admitting the agent".into()))?;
+                let failback = self.failback_record().map_err(|e| refuse(e.to_string()))?;
                 out.push(ReceiverMessage::Hello {
                     version: PROTOCOL_VERSION,
                     durable_seq: self.durable,
                     uncertain: self.unclean_start && self.last_applied == self.started_at,
                     lineage,
+                    failback,
                 });
                 self.local_unreported = self.local_paths.iter().cloned().collect();
                 self.report_local_changes(out);
@@ -603,11 +640,12 @@ impl Session {
                 });
             }
             _ if !self.greeted => return Err(refuse("message before Hello".into())),
+            AgentMessage::FailbackDone => self.failback_compared().map_err(|e| refuse(e.to_string()))?,
             AgentMessage::Manifest(entries) => {
                 let max_entries = self.limits.max_entries;
                 let keep = self.tree.as_ref().is_some_and(|t| t.keep_replaced);
-                let local = &self.local_paths;
-                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries).keeping_replaced(keep).keeping_paths(local.clone()));
+                let keep_paths = self.local_paths.iter().chain(&self.failback_keep).cloned().collect();
+                let sync = self.sync.get_or_insert_with(|| InitialSync::with_limit(max_entries).keeping_replaced(keep).keeping_paths(keep_paths));
                 let replies = sync
                     .entries(&mut self.applier, &entries)
                     .map_err(|e| refuse(e.to_string()))?;
@@ -716,6 +754,26 @@ impl Session {
         Ok(ReceiverMessage::Hashes { id, size: hashes.0, hashes: hashes.1 })
     }
 
+    /// Copies a file the old primary changed (and its new master never received)
+    /// to the rollback directory before `op` changes it in place; removals and
+    /// replacing renames keep what they replace anyway.
+    fn keep_before_failback_changes(&mut self, op: &sluice_proto::Op) -> Result<(), ApplyError> {
+        use sluice_proto::Op;
+        let path = match op {
+            Op::Write { path, .. }
+            | Op::SetAttrs { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Fallocate { path, .. }
+            | Op::SetXattrs { path, .. }
+            | Op::CreateFile { path, truncate: true, .. } => path,
+            _ => return Ok(()),
+        };
+        if self.failback_keep.remove(path) {
+            self.applier.keep_file(path)?;
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, op: SeqOp, out: &mut Vec<ReceiverMessage>) -> Result<(), Refusal> {
         if self.sync.is_some() {
             // Deleting unlisted entries at ManifestEnd would undo such an op.
@@ -737,6 +795,9 @@ impl Session {
             };
             tracing::error!(seq = op.seq, "{reason}");
             return Err(Refusal { seq: op.seq, reason, fenced: false });
+        }
+        if !self.failback_keep.is_empty() {
+            self.keep_before_failback_changes(&op.op).map_err(|e| Refusal { seq: op.seq, reason: e.to_string(), fenced: false })?;
         }
         match self.applier.apply(&op.op) {
             Ok(applied) => {
@@ -922,6 +983,7 @@ mod tests {
                 durable_seq: 0,
                 uncertain: false,
                 lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+                failback: None,
             })
         );
         let meta = Meta {
@@ -1008,6 +1070,7 @@ mod tests {
                 durable_seq: 4,
                 uncertain: false,
                 lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+                failback: None,
             })
         );
         // A run that ends without a clean stop leaves the next one uncertain about
@@ -1023,6 +1086,7 @@ mod tests {
                 durable_seq: 4,
                 uncertain: true,
                 lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+                failback: None,
             })
         );
         assert!(

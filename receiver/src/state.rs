@@ -20,13 +20,15 @@ use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::apply::STATE_DIR;
-use sluice_proto::lineage::{LINEAGE_FILE, TreeLineage};
+use sluice_proto::lineage::{LINEAGE_FILE, TreeLineage, UNSENT_FILE, Unsent};
 
 const STATE_FILE: &str = "state";
 const STATE_TMP: &str = "state.tmp";
 const LINEAGE_TMP: &str = "lineage.tmp";
 /// The lineage file is a few hundred bytes; a longer one is not ours.
 const MAX_LINEAGE_LEN: u64 = 64 << 10;
+/// Longer than any [`Unsent`] within its limits.
+const MAX_UNSENT_LEN: u64 = 16 << 20;
 const RUNNING_FILE: &str = "running";
 /// Written by `sluice-receiver allow-mass-delete`; consumed by the comparison it allows.
 pub const MASS_DELETE_PERMIT: &str = "allow-mass-delete";
@@ -221,6 +223,25 @@ impl State {
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| StateError::CorruptLineage { path: self.dir.join(LINEAGE_FILE), reason: e.to_string() })
+    }
+
+    /// What the old primary's agent recorded it had not sent (see [`Unsent`]),
+    /// `None` when it recorded nothing; a record that cannot be read counts as
+    /// knowing nothing.
+    pub fn load_unsent(&self) -> Result<Option<Unsent>, StateError> {
+        let Some(text) = self.read_small(UNSENT_FILE, MAX_UNSENT_LEN)? else { return Ok(None) };
+        match serde_json::from_str::<Unsent>(&text) {
+            Ok(unsent) => Ok(Some(unsent.bounded())),
+            Err(e) => {
+                tracing::warn!(path = %self.dir.join(UNSENT_FILE).display(), error = %e, "cannot read what the old primary had not sent; its failback compares the whole tree");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forgets the old primary's record once its failback is done.
+    pub fn remove_unsent(&self) -> Result<(), StateError> {
+        self.remove(UNSENT_FILE)
     }
 
     /// Stores the tree's lineage atomically.

@@ -115,6 +115,7 @@ async fn session_over_quic() {
             durable_seq: 0,
             uncertain: false,
             lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+            failback: None,
         }
     );
 
@@ -256,6 +257,7 @@ async fn session_over_quic() {
             durable_seq: 3,
             uncertain: false,
             lineage: sluice_proto::Lineage { current: sluice_proto::GenerationId(1), forks: Vec::new() },
+            failback: None,
         }
     );
 

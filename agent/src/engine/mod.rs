@@ -878,9 +878,18 @@ impl Engine {
             return Place::Outside;
         }
         if !self.index.contains(base.ino) {
-            return if self.outside.contains(&base.ino) { Place::Outside } else { Place::Unknown };
+            return if self.outside.contains(&base.ino) || self.is_excluded_dir(base.ino) { Place::Outside } else { Place::Unknown };
         }
         self.place_from(base.ino, raw)
+    }
+
+    /// True for the inode of a top-level directory that is never replicated
+    /// (`.sluice`, where a receiver on this tree keeps its state, or `lost+found`).
+    fn is_excluded_dir(&self, ino: u64) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        EXCLUDED_TOP_LEVEL
+            .iter()
+            .any(|name| std::fs::symlink_metadata(self.root.join(name)).is_ok_and(|m| m.is_dir() && m.ino() == ino))
     }
 
     fn place_absolute(&self, raw: &[u8]) -> Place {

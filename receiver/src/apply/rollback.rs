@@ -547,25 +547,28 @@ impl Applier {
 
     /// Before `path` is truncated (or recreated empty): copies its content to the
     /// rollback directory when it is a regular file longer than `new_size`.
-    pub(crate) fn keep_before_truncate(
-        &mut self,
-        path: &RelPath,
-        new_size: u64,
-    ) -> Result<(), ApplyError> {
+    pub(crate) fn keep_before_truncate(&mut self, path: &RelPath, new_size: u64) -> Result<(), ApplyError> {
+        self.keep_file_if(path, |stat| stat.st_size as u64 > new_size)
+    }
+
+    /// Copies `path` to the rollback directory if it is a regular file; anything
+    /// else is left alone (removing or replacing it keeps it anyway).
+    pub fn keep_file(&mut self, path: &RelPath) -> Result<(), ApplyError> {
+        self.keep_file_if(path, |_| true)
+    }
+
+    fn keep_file_if(&mut self, path: &RelPath, wanted: impl FnOnce(&FileStat) -> bool) -> Result<(), ApplyError> {
         if self.rollback.is_none() {
             return Ok(());
         }
         let (dir, name) = match self.parent(path) {
             Ok(found) => found,
-            // Left for the truncating call to report.
+            // Left for the changing call to report.
             Err(ApplyError::MissingParent { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let stat = lstat_at(dir.as_fd(), name).map_err(sys(path, "fstatat"))?;
-        match stat {
-            Some(stat) if kind_of(&stat) == SFlag::S_IFREG && stat.st_size as u64 > new_size => {
-                self.keep_copy(path, &stat)
-            }
+        match lstat_at(dir.as_fd(), name).map_err(sys(path, "fstatat"))? {
+            Some(stat) if kind_of(&stat) == SFlag::S_IFREG && wanted(&stat) => self.keep_copy(path, &stat),
             _ => Ok(()),
         }
     }
