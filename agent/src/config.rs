@@ -19,7 +19,7 @@ pub enum ConfigError {
 }
 
 /// `agent.toml`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The watched tree.
@@ -43,10 +43,13 @@ pub struct Config {
     pub failover: FailoverConfig,
     #[serde(default)]
     pub hooks: HooksConfig,
+    #[serde(default)]
+    pub log: sluice_net::daemon::LogConfig,
 }
 
+
 /// `[failover]`: what the agent does when the standby was promoted.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
     pub when_fenced: WhenFenced,
@@ -67,7 +70,7 @@ pub enum WhenFenced {
 /// `[hooks]`: programs run on a change of role, with `SLUICE_EVENT`,
 /// `SLUICE_ROLE`, `SLUICE_ROOT`, `SLUICE_PEER`, `SLUICE_GENERATION` and
 /// `SLUICE_REASON` in their environment.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HooksConfig {
     /// Run when the standby refuses this agent because it was promoted.
@@ -77,7 +80,7 @@ pub struct HooksConfig {
 }
 
 /// The background verifier.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
     /// File content compared per second, on the master and on the standby alike
@@ -92,7 +95,7 @@ impl Default for VerifyConfig {
 }
 
 /// How much the agent holds for the standby, and how often it records it on disk.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DurabilityConfig {
     /// File content kept in memory for operations not yet sent (while the standby
@@ -112,14 +115,14 @@ impl Default for DurabilityConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
     /// Replicate character and block device nodes (off: a standby rarely wants them).
     pub devices: bool,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Directory holding `cert.pem` and `key.pem` from `sluice-agent init`.
@@ -128,14 +131,14 @@ pub struct TlsConfig {
     pub peer_fingerprint: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP `/metrics` endpoint; none disables it.
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Size of the kernel ring buffer (a power of two, at least one page).

@@ -23,6 +23,8 @@ pub enum Request {
     Status,
     /// Wait until the standby holds everything captured, then promote it.
     Switchover,
+    /// Settings a reload of the configuration changed (sent by the daemon itself).
+    Reconfigure { verify_bytes_per_second: u64 },
 }
 
 /// One screen of what the agent is doing, for people and scripts.
@@ -50,6 +52,20 @@ pub struct AgentStatus {
     pub verify_mismatches: u64,
     /// When the verifier last finished a pass over the tree (Unix seconds, 0: never).
     pub verify_last_pass_unix: f64,
+    /// Passes the verifier finished, and content it compared, since the start.
+    #[serde(default)]
+    pub verify_passes: u64,
+    #[serde(default)]
+    pub verify_bytes: u64,
+    /// When the last comparison of the tree (or part of it) with the standby
+    /// ended (Unix seconds, 0: none since the start), and how many files differed.
+    #[serde(default)]
+    pub last_compare_unix: f64,
+    #[serde(default)]
+    pub last_compare_files_differing: u64,
+    /// Errors and warnings logged in the last hour, and the last error.
+    #[serde(flatten)]
+    pub problems: sluice_net::daemon::Problems,
     /// Connected and synced.
     pub healthy: bool,
 }

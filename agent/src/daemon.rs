@@ -29,8 +29,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Pause between two reads of fanotify's notices.
 const NOTICE_BATCHING: Duration = Duration::from_millis(20);
 
-/// Runs the agent until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs the agent until `shutdown` completes; with `reloader`, SIGHUP reads the
+/// configuration again (see [`crate::reload`]).
+pub async fn run(config: Config, reloader: Option<crate::reload::Reloader>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let root = std::fs::canonicalize(&config.root).with_context(|| format!("root {}", config.root.display()))?;
     std::fs::create_dir_all(&config.state_dir).with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let identity = Identity::load(&config.tls.identity).context("loading the agent identity")?;
@@ -102,10 +103,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
     rep.engine.names_cross_checked = notices_task.is_some();
+    if let Some(reloader) = &reloader {
+        rep.notifier = reloader.notifier.clone();
+    }
+    let notifier = rep.notifier.clone();
+    let watchdog_task = sluice_net::notify::spawn_watchdog(rep.heartbeat.clone());
     rep.resume_activity(tree.activity);
     rep.about = About { root: root.clone(), peer: config.receiver.to_string(), lineage: tree };
     rep.activity_file = Some(crate::lineage::TreeFile::open(&root).context("the tree's lineage")?);
     let (control_tx, mut control) = mpsc::unbounded_channel();
+    let (settings_tx, settings) = tokio::sync::watch::channel(config.clone());
+    let reload_task = match reloader {
+        Some(reloader) => Some(crate::reload::spawn(reloader, config.clone(), settings_tx, control_tx.clone()).context("installing the SIGHUP handler")?),
+        None => None,
+    };
     let control_task = crate::control::serve(&config.state_dir, control_tx).context("control socket")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let capture_task = tokio::spawn(async move {
@@ -120,12 +131,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
 
     tokio::pin!(shutdown);
-    let coalesce = Duration::from_millis(config.capture.coalesce_ms);
     let mut exit_error: Option<anyhow::Error> = None;
     let mut reconnect_after = Duration::ZERO;
     let mut fenced_announced = false;
     let mut quick_failures = 0u32;
     'connections: loop {
+        // What a reload may have changed since the last connection.
+        let live = settings.borrow().clone();
+        let coalesce = Duration::from_millis(live.capture.coalesce_ms);
         // Changes keep flowing into the backlog while there is no connection.
         let connection = {
             let connect = async {
@@ -200,7 +213,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     }
                     if !fenced_announced {
                         fenced_announced = true;
-                        if let Some(hook) = &config.hooks.on_fenced {
+                        if let Some(hook) = &live.hooks.on_fenced {
                             let vars = [
                                 ("SLUICE_ROLE", rep.about.lineage.role.to_string()),
                                 ("SLUICE_ROOT", root.display().to_string()),
@@ -212,7 +225,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                             sluice_net::daemon::run_hook("fenced", hook, &vars);
                         }
                     }
-                    match config.failover.when_fenced {
+                    match live.failover.when_fenced {
                         crate::config::WhenFenced::Exit => {
                             exit_error = Some(anyhow::Error::new(fenced));
                             break;
@@ -239,7 +252,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         "switched over: the standby is the primary now and this tree its standby; stopping (run `sluice-receiver` on {} to follow it)",
                         root.display()
                     );
-                    if let Some(hook) = &config.hooks.on_demote {
+                    if let Some(hook) = &live.hooks.on_demote {
                         let vars = [
                             ("SLUICE_ROLE", tree.role.to_string()),
                             ("SLUICE_ROOT", root.display().to_string()),
@@ -263,7 +276,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             break;
         }
     }
+    notifier.stopping();
     control_task.abort();
+    for task in [reload_task, watchdog_task].into_iter().flatten() {
+        task.abort();
+    }
     if let Some(task) = notices_task {
         task.abort();
     }

@@ -11,13 +11,15 @@
 //! - [`backlog`]: operations the standby does not hold durably yet, bounded in memory.
 //! - [`journal`]: the durable record of that backlog, for restarts.
 //! - [`lineage`]: the tree's role and generation (`<root>/.sluice/lineage`).
+//! - [`failback`]: what an old primary had not sent, and sending just that at its failback.
 //! - [`session`]: replication across connections, and one connection to the receiver.
 //! - [`crosscheck`]: fanotify notices, checked against what capture reported.
 //! - [`verify`]: the verifier comparing the standby's copy with the master's.
 //! - [`control`]: the local control socket (`verify`, `status`, `switchover`).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`config`]: the TOML configuration.
-//! - [`daemon`]: `run(config, shutdown)`, tying it all together.
+//! - [`reload`]: what a reload of the configuration (SIGHUP) may change.
+//! - [`daemon`]: `run(config, service, shutdown)`, tying it all together.
 
 pub mod backlog;
 pub mod capture;
@@ -31,6 +33,7 @@ pub mod journal;
 pub mod lineage;
 pub mod metrics;
 pub mod ranges;
+pub mod reload;
 pub mod scan;
 pub mod session;
 pub mod verify;

@@ -28,9 +28,12 @@ enum Command {
     },
     /// Watch the configured tree and replicate it to the receiver.
     Run {
-        /// Path of the TOML configuration.
+        /// Path of the TOML configuration (read again on SIGHUP).
         #[arg(long, short)]
         config: PathBuf,
+        /// Log lines for people (`human`) or one JSON object per line (`json`).
+        #[arg(long, default_value = "human")]
+        log_format: sluice_net::daemon::LogFormat,
     },
     /// Print the role, the connection, lag, backlog and durable position. Exits 0
     /// when healthy (connected and the standby in sync), 1 otherwise.
@@ -69,6 +72,10 @@ enum Command {
     },
 }
 
+/// The exit status of an agent the standby fenced (`RestartPreventExitStatus=` in
+/// the systemd unit).
+const FENCED_EXIT_STATUS: u8 = 3;
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
@@ -93,16 +100,32 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             println!("fingerprint: {fingerprint}");
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
+        Command::Run { config: config_path, log_format } => {
             daemon::keep_buffers_mapped();
-            daemon::init_logging();
-            let config = sluice_agent::config::Config::load(&config)?;
+            let log_level = daemon::init_logging(log_format);
+            let config = sluice_agent::config::Config::load(&config_path)?;
+            if let Err(e) = log_level.set(config.log.level.as_deref()) {
+                anyhow::bail!("{}: `log.level`: {e}", config_path.display());
+            }
+            let reloader = sluice_agent::reload::Reloader {
+                path: config_path,
+                log_level,
+                notifier: sluice_net::notify::Notifier::default(),
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-            runtime.block_on(async {
+            let ran = runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
-                sluice_agent::daemon::run(config, shutdown).await
-            })?;
-            Ok(std::process::ExitCode::SUCCESS)
+                sluice_agent::daemon::run(config, Some(reloader), shutdown).await
+            });
+            match ran {
+                // A distinct status, so a service manager does not restart an agent
+                // the promoted standby would only refuse again.
+                Err(e) if e.downcast_ref::<sluice_agent::session::Fenced>().is_some() => {
+                    eprintln!("Error: {e:#}");
+                    Ok(std::process::ExitCode::from(FENCED_EXIT_STATUS))
+                }
+                ran => ran.map(|()| std::process::ExitCode::SUCCESS),
+            }
         }
     }
 }
@@ -172,9 +195,31 @@ fn status(runtime: tokio::runtime::Runtime, config: &sluice_agent::config::Confi
         println!("lag:         {:.3} s, {} bytes", s.lag_seconds, s.lag_bytes);
         println!("backlog:     {} operations, {} bytes unsent", s.backlog_ops, s.backlog_bytes);
         println!("problems:    {} events dropped, {} verifier mismatches, {} tree comparisons", s.events_dropped, s.verify_mismatches, s.tree_compares);
+        let compared = if s.last_compare_unix > 0.0 {
+            format!("{} ago, {} files differed", ago(s.last_compare_unix), s.last_compare_files_differing)
+        } else {
+            "none since the start".to_owned()
+        };
+        println!("compared:    {compared}");
+        let pass = if s.verify_last_pass_unix > 0.0 { format!("last pass {} ago", ago(s.verify_last_pass_unix)) } else { "no pass finished yet".to_owned() };
+        println!("verifier:    {pass}; {} passes, {} bytes compared", s.verify_passes, s.verify_bytes);
+        println!("last hour:   {}", problems_line(&s.problems));
         println!("health:      {}", if s.healthy { "ok" } else { "NOT OK" });
     }
     Ok(if status.healthy { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}
+
+/// Errors and warnings of the last hour, for people.
+fn problems_line(problems: &sluice_net::daemon::Problems) -> String {
+    let last = problems.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+    format!("{} errors, {} warnings{last}", problems.errors, problems.warnings)
+}
+
+/// How long ago Unix time `at` (seconds) was, for people.
+fn ago(at: f64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let seconds = (now - at).max(0.0);
+    humantime::format_duration(std::time::Duration::from_secs(seconds as u64)).to_string()
 }
 
 /// `sluice-agent switchover`: prints what it waits for, then the proof.

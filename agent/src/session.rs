@@ -58,6 +58,11 @@ const READ_AHEAD_OPS: usize = 16_384;
 const IN_FLIGHT_OPS: usize = 65_536;
 /// Why the tree is compared when there is no durable state to resume from.
 const NO_STATE: &str = "no durable state from an earlier run";
+/// How often systemd hears what the agent does.
+const SERVICE_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// An agent whose standby stays unreachable this long after the start is
+/// ready all the same: it captures and journals every change for it.
+const READY_WITHOUT_STANDBY: Duration = Duration::from_secs(10);
 
 /// A batch of events and the kernel's drop counter read after it.
 pub struct CaptureBatch {
@@ -126,6 +131,16 @@ pub struct Replicator {
     /// A failback by ranges is under way: once all of it is sent, the standby
     /// is told (`FailbackDone`).
     failback_sending: bool,
+    /// What systemd is told (readiness, status lines).
+    pub notifier: sluice_net::notify::Notifier,
+    /// Beats each time a work loop goes round, for systemd's watchdog.
+    pub heartbeat: sluice_net::notify::Heartbeat,
+    /// When the agent started, and when systemd last heard of it.
+    service_started: Instant,
+    service_reported: Option<Instant>,
+    /// When the last comparison with the standby ended (Unix seconds) and how
+    /// many files differed.
+    last_compare: Option<(f64, u64)>,
 }
 
 /// What the agent's status names besides its counters.
@@ -276,6 +291,11 @@ impl Replicator {
             activity_recorded: (Activity::default(), None),
             failback_base,
             failback_sending: false,
+            notifier: sluice_net::notify::Notifier::default(),
+            heartbeat: sluice_net::notify::Heartbeat::default(),
+            service_started: Instant::now(),
+            service_reported: None,
+            last_compare: None,
         })
     }
 
@@ -389,6 +409,8 @@ impl Replicator {
 
     /// Work done every 100 ms while not connected.
     pub fn tick(&mut self) {
+        self.heartbeat.beat();
+        self.report_to_service_manager(false);
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {
             self.engine.refresh_mapped(monotonic_ns());
@@ -396,6 +418,30 @@ impl Replicator {
         self.update_metrics();
         if self.journal.due() {
             self.write_journal();
+        }
+    }
+
+    /// Tells systemd what the agent does, once a second. Ready once the first
+    /// comparison is done or the stream runs (`synced`), or once the standby
+    /// stayed unreachable for [`READY_WITHOUT_STANDBY`]: capture runs and the
+    /// journal keeps every change meanwhile, which is the agent's service.
+    pub fn report_to_service_manager(&mut self, synced: bool) {
+        if self.service_reported.is_some_and(|at| at.elapsed() < SERVICE_STATUS_INTERVAL) {
+            return;
+        }
+        self.service_reported = Some(Instant::now());
+        let (lag, lag_bytes) = (self.metrics.lag_seconds.get(), self.metrics.lag_bytes.get());
+        let status = if !self.online {
+            format!("standby {} unreachable; {} operations and {} bytes journaled for it", self.about.peer, self.backlog.unsent_len(), self.backlog.unsent_payload())
+        } else if !synced || self.compare_owed() {
+            format!("comparing the tree with the standby {}", self.about.peer)
+        } else {
+            format!("streaming to {}; lag {lag:.3} s, {lag_bytes} bytes", self.about.peer)
+        };
+        if (self.online && synced) || (!self.online && self.service_started.elapsed() >= READY_WITHOUT_STANDBY) {
+            self.notifier.ready(&status);
+        } else if self.notifier.is_ready() {
+            self.notifier.status(&status);
         }
     }
 
@@ -512,6 +558,10 @@ impl Replicator {
             Request::Status => {
                 let _ = control.reply.send(Report::Status(Box::new(self.status())));
             }
+            Request::Reconfigure { verify_bytes_per_second } => {
+                tracing::info!(verify_bytes_per_second, "verifier rate changed");
+                self.verifier.set_rate(verify_bytes_per_second);
+            }
             Request::Switchover if !self.online => {
                 let _ = control.reply.send(Report::Error(format!(
                     "not connected to the standby at {}: a switchover needs it (to fail over without the master, run `sluice-receiver promote` on the standby)",
@@ -593,6 +643,11 @@ impl Replicator {
             tree_compares: m.tree_compares.get(),
             verify_mismatches: m.verify_mismatches.get(),
             verify_last_pass_unix: m.verify_last_pass.get(),
+            verify_passes: self.verifier.stats.passes,
+            verify_bytes: self.verifier.stats.bytes,
+            last_compare_unix: self.last_compare.map_or(0.0, |(at, _)| at),
+            last_compare_files_differing: self.last_compare.map_or(0, |(_, differing)| differing),
+            problems: sluice_net::daemon::recent_problems(),
             healthy: synced,
         }
     }
@@ -879,6 +934,9 @@ impl<'a> Session<'a> {
                 }
                 _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
                 _ = metrics_tick.tick() => {
+                    self.rep.heartbeat.beat();
+                    let in_sync = self.rep.metrics.initial_sync_complete.get() == 1;
+                    self.rep.report_to_service_manager(in_sync);
                     ticks += 1;
                     if ticks.is_multiple_of(10) {
                         self.rep.engine.refresh_mapped(monotonic_ns());
@@ -1137,6 +1195,7 @@ impl<'a> Session<'a> {
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }
+        self.rep.last_compare = Some((unix_ns() as f64 / 1e9, wanted));
         tracing::info!(
             files_differing = wanted,
             seconds = self.sync_started.elapsed().as_secs_f64(),

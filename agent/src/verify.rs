@@ -164,6 +164,11 @@ impl Verifier {
         }
     }
 
+    /// Compares `bytes_per_second` of content from now on (0: only on demand).
+    pub fn set_rate(&mut self, bytes_per_second: u64) {
+        self.rate = bytes_per_second;
+    }
+
     fn current_rate(&self) -> u64 {
         if self.demand.is_some() { DEMAND_RATE } else { self.rate }
     }

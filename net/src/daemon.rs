@@ -12,15 +12,190 @@ pub fn init_identity(dir: &Path, force: bool) -> Result<String, NetError> {
     identity.fingerprint()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+/// How log lines are written: for people (the default) or one JSON object per
+/// line for log shippers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogFormat, String> {
+        match text {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}`: expected `human` or `json`")),
+        }
+    }
+}
+
+/// `[log]` in either daemon's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Which lines are written, in `RUST_LOG` syntax (`info`, `debug`,
+    /// `sluice=debug,info`); `RUST_LOG` wins when set. Default `info`.
+    pub level: Option<String>,
+}
+
+/// What a reload of a daemon's configuration changes: the keys that take
+/// effect, and those that cannot change while it runs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    pub applied: Vec<&'static str>,
+    pub refused: Vec<&'static str>,
+}
+
+impl KeyChanges {
+    /// `key` may only change with a restart: refused when `same` is false.
+    pub fn fixed(&mut self, key: &'static str, same: bool) {
+        if !same {
+            self.refused.push(key);
+        }
+    }
+
+    /// `key` takes effect on reload: applied when `same` is false.
+    pub fn live(&mut self, key: &'static str, same: bool) {
+        if !same {
+            self.applied.push(key);
+        }
+    }
+
+    /// Logs each refused key, naming the daemon, and returns the summary line.
+    pub fn report(&self, daemon: &str, path: &Path) -> String {
+        for key in &self.refused {
+            tracing::error!(key, "reload: `{key}` cannot change while the {daemon} runs; keeping the running value (restart the {daemon} to change it)");
+        }
+        format!("reloaded {}: changed {:?}, refused {:?}", path.display(), self.applied, self.refused)
+    }
+}
+
+/// Where a daemon's configuration is read again from on SIGHUP, and what a
+/// reload reaches besides the configuration itself.
+pub struct Reloader {
+    pub path: std::path::PathBuf,
+    pub log_level: LogLevel,
+    pub notifier: crate::notify::Notifier,
+}
+
+/// Changes which log lines are written while the daemon runs.
+#[derive(Clone)]
+pub struct LogLevel {
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+    /// `RUST_LOG` was set: it wins over the configuration.
+    from_environment: bool,
+}
+
+impl LogLevel {
+    /// Applies `directives` (`info`, `debug`, `sluice_agent=debug,info`, ...)
+    /// unless `RUST_LOG` decides; `None` means `info`.
+    pub fn set(&self, directives: Option<&str>) -> Result<(), String> {
+        if self.from_environment {
+            return Ok(());
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(directives.unwrap_or("info")).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` when set, else by
+/// `info` until the configuration says otherwise ([`LogLevel::set`]).
+pub fn init_logging(format: LogFormat) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let environment = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let from_environment = environment.is_some();
+    let filter = environment.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(RecentProblems);
+    match format {
+        LogFormat::Human => {
+            // Colors only for a terminal: not in files, nor in the journal.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init()
+        }
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init(),
+    }
+    LogLevel { handle, from_environment }
+}
+
+/// How long warnings and errors are remembered for `status`.
+const PROBLEM_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most warnings and errors remembered.
+const MAX_PROBLEMS: usize = 1000;
+
+/// A warning or error logged lately.
+struct Problem {
+    at: std::time::Instant,
+    error: bool,
+    text: String,
+}
+
+static PROBLEMS: std::sync::Mutex<std::collections::VecDeque<Problem>> = std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Warnings and errors logged in the last hour, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problems {
+    #[serde(rename = "errors_last_hour", default)]
+    pub errors: u64,
+    #[serde(rename = "warnings_last_hour", default)]
+    pub warnings: u64,
+    /// The last error's message, if any in the last hour.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// What was logged at `WARN` or `ERROR` in the last hour.
+pub fn recent_problems() -> Problems {
+    let problems = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
+    let recent = problems.iter().filter(|p| p.at.elapsed() < PROBLEM_MEMORY);
+    let mut found = Problems::default();
+    for problem in recent {
+        if problem.error {
+            found.errors += 1;
+            found.last_error = Some(problem.text.clone());
+        } else {
+            found.warnings += 1;
+        }
+    }
+    found
+}
+
+/// Remembers warnings and errors for [`recent_problems`].
+struct RecentProblems;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentProblems {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > tracing::Level::WARN {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                if field.name() == "message" {
+                    let _ = write!(self.0, "{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let mut problems = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
+        while problems.len() >= MAX_PROBLEMS || problems.front().is_some_and(|p| p.at.elapsed() >= PROBLEM_MEMORY) {
+            problems.pop_front();
+        }
+        problems.push_back(Problem { at: std::time::Instant::now(), error: level == tracing::Level::ERROR, text: message.0 });
+    }
+}
+
+/// Completes on each SIGHUP (`systemctl reload`). Call inside a tokio runtime.
+pub fn reload_signal() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 /// Allocations below this come from the heap, not a mapping of their own (32 MiB

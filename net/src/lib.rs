@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod framed;
 pub mod identity;
 pub mod metrics_http;
+pub mod notify;
 pub mod pinned;
 
 pub use endpoint::{SERVER_NAME, bind_udp, client_endpoint, is_unknown_peer, server_endpoint, server_endpoint_on};

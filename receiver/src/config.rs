@@ -31,7 +31,7 @@ pub enum ConfigError {
 }
 
 /// `receiver.toml`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The standby tree that replicated changes are applied to.
@@ -51,10 +51,13 @@ pub struct Config {
     pub hooks: HooksConfig,
     #[serde(default)]
     pub failover: FailoverConfig,
+    #[serde(default)]
+    pub log: sluice_net::daemon::LogConfig,
 }
 
+
 /// `[failover]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
     /// What to do when both this tree and the agent's took changes after one
@@ -79,7 +82,7 @@ pub enum SplitBrainPolicy {
 /// `[hooks]`: programs run when the tree changes role, with `SLUICE_EVENT`,
 /// `SLUICE_ROLE`, `SLUICE_ROOT`, `SLUICE_GENERATION`, `SLUICE_DURABLE_SEQ` and
 /// `SLUICE_CONSISTENT_AS_OF` (Unix ns of the master's capture) in their environment.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksConfig {
     /// Run once the standby was promoted (by `sluice-receiver promote` or a
@@ -91,7 +94,7 @@ pub struct HooksConfig {
 }
 
 /// `[replication]`: what the receiver is willing to make.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
     /// Make character and block device nodes the agent sends. Off by default:
@@ -101,7 +104,7 @@ pub struct ReplicationConfig {
 }
 
 /// `[safety]`: guards against a master that lists far less than the standby holds.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyConfig {
     /// A comparison of the whole tree that would delete more than this fraction
@@ -146,7 +149,7 @@ impl Default for SafetyConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Directory holding `cert.pem` and `key.pem` from `sluice-receiver init`.
@@ -155,7 +158,7 @@ pub struct TlsConfig {
     pub peer_fingerprint: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP `/metrics` endpoint; none disables it.
@@ -164,7 +167,7 @@ pub struct MetricsConfig {
 
 /// `[rollback]`: keeping what replication removes, truncates or overwrites under
 /// `<root>/.sluice/rollback/<UTC date>/`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackConfig {
     #[serde(default)]

@@ -99,6 +99,9 @@ pub struct Status {
     pub ops_diverged: u64,
     pub agents_fenced: u64,
     pub promoted: Option<Promotion>,
+    /// Errors and warnings the running receiver logged in the last hour, and the last error.
+    #[serde(flatten)]
+    pub problems: sluice_net::daemon::Problems,
     /// Running and either connected to its master or a primary.
     pub healthy: bool,
 }
@@ -118,6 +121,8 @@ impl Status {
         let metrics = live.as_ref().map(|l| l.metrics);
         let connected = metrics.is_some_and(|m| m.connected.get() == 1);
         let count = |get: fn(&Metrics) -> u64| metrics.map_or(0, get);
+        // Only the running receiver's own log counts.
+        let problems = if live.is_some() { sluice_net::daemon::recent_problems() } else { Default::default() };
         Status {
             running: live.is_some(),
             root: root.to_owned(),
@@ -136,6 +141,7 @@ impl Status {
             ops_diverged: count(|m| m.ops_diverged.get()),
             agents_fenced: count(|m| m.agents_fenced.get()),
             promoted: tree.and_then(|t| t.promoted),
+            problems,
             healthy: live.is_some() && (connected || primary),
         }
     }

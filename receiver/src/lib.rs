@@ -15,6 +15,7 @@
 //! - [`local`]: changes made on the standby by anyone but the receiver (fanotify).
 //! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
 //! - [`privileges`]: the capabilities the daemon keeps, and dropping the rest.
+//! - [`reload`]: what a reload of the configuration (SIGHUP) may change.
 //! - [`server`]: [`server::run`], the daemon: QUIC endpoint and connection loop.
 
 pub mod apply;
@@ -25,6 +26,7 @@ pub mod listing;
 pub mod local;
 pub mod metrics;
 pub mod privileges;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -31,9 +31,12 @@ enum Command {
     },
     /// Run the receiver.
     Run {
-        /// Path of receiver.toml.
+        /// Path of receiver.toml (read again on SIGHUP).
         #[arg(long)]
         config: PathBuf,
+        /// Log lines for people (`human`) or one JSON object per line (`json`).
+        #[arg(long, default_value = "human")]
+        log_format: sluice_net::daemon::LogFormat,
     },
     /// Make this standby a primary: stop taking the master's stream (its agent
     /// is fenced from now on), make the tree durable, and print what it holds.
@@ -88,10 +91,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             println!("fingerprint: {fingerprint}");
             Ok(ok)
         }
-        Command::Run { config } => {
+        Command::Run { config: config_path, log_format } => {
             daemon::keep_buffers_mapped();
-            daemon::init_logging();
-            let config = Config::load(&config).context("invalid configuration")?;
+            let log_level = daemon::init_logging(log_format);
+            let config = Config::load(&config_path).context("invalid configuration")?;
+            if let Err(e) = log_level.set(config.log.level.as_deref()) {
+                anyhow::bail!("{}: `log.level`: {e}", config_path.display());
+            }
             let sockets = Sockets::bind(&config)?;
             // Capabilities are per thread and inherited: dropped while this is the
             // only thread, every thread the runtime starts has only what is left.
@@ -99,7 +105,12 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
-                Server::bind_on(&config, sockets).await?.run(shutdown).await
+                let reloader = sluice_receiver::reload::Reloader {
+                    path: config_path,
+                    log_level,
+                    notifier: sluice_net::notify::Notifier::default(),
+                };
+                Server::bind_on(&config, sockets).await?.run_as_service(shutdown, Some(reloader)).await
             })?;
             Ok(ok)
         }
@@ -214,6 +225,11 @@ fn print_status(status: &control::Status) {
     println!("problems:    {} refused, {} diverged, {} agents fenced", status.ops_refused, status.ops_diverged, status.agents_fenced);
     if let Some(p) = &status.promoted {
         println!("promoted:    {} at operation {}", master_time(p.at_unix_ns), p.durable_seq);
+    }
+    if status.running {
+        let problems = &status.problems;
+        let last = problems.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+        println!("last hour:   {} errors, {} warnings{last}", problems.errors, problems.warnings);
     }
     println!("health:      {}", if status.healthy { "ok" } else { "NOT OK" });
 }

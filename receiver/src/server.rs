@@ -22,6 +22,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::apply::Applier;
 use crate::apply::rollback::{self, RollbackCounters};
+use crate::reload::Reloader;
 use crate::config::{Config, HooksConfig};
 use crate::metrics::Metrics;
 use crate::session::{DurableError, RoleChange, Session};
@@ -31,6 +32,8 @@ use std::collections::BTreeSet;
 
 /// Longest time between an applied op and its durable record while a stream is busy.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(300);
+/// How often an idle connection's loop wakes to show systemd's watchdog it runs.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time between acknowledgements while frames keep arriving.
 const ACK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a closing stream waits for the agent to take the last frames.
@@ -81,6 +84,12 @@ pub struct Server {
     local: LocalQueue,
     local_task: Option<tokio::task::JoinHandle<()>>,
     root: PathBuf,
+    /// The configuration as running (a reload changes parts of it).
+    config: Config,
+    hooks: Arc<std::sync::Mutex<HooksConfig>>,
+    settings: Arc<PendingSettings>,
+    /// Beats while the session's loop goes round, for systemd's watchdog.
+    heartbeat: sluice_net::notify::Heartbeat,
 }
 
 /// Binds and runs the receiver until `shutdown` completes.
@@ -106,6 +115,37 @@ struct LocalPending {
 }
 
 type LocalQueue = Arc<LocalPending>;
+
+/// Settings a reload changed, for the session: applied by the connection that
+/// holds it, or at once when none does.
+#[derive(Default)]
+struct PendingSettings {
+    settings: std::sync::Mutex<Option<SessionSettings>>,
+    arrived: tokio::sync::Notify,
+}
+
+/// The session's part of the configuration that a reload may change.
+#[derive(Clone, Copy, Debug)]
+struct SessionSettings {
+    limits: crate::session::SyncLimits,
+    split_brain: crate::config::SplitBrainPolicy,
+    rollback: bool,
+}
+
+impl PendingSettings {
+    fn put(&self, settings: SessionSettings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+        self.arrived.notify_one();
+    }
+
+    /// Applies what waits, if anything.
+    fn apply_to(&self, session: &mut Session) {
+        let Some(settings) = self.settings.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        session.set_limits(settings.limits);
+        session.set_split_brain_policy(settings.split_brain);
+        session.set_rollback(settings.rollback);
+    }
+}
 
 /// Most local changes held while no agent is connected.
 const MAX_PENDING_LOCAL: usize = 100_000;
@@ -237,7 +277,8 @@ impl Server {
         let session = Arc::new(Mutex::new(session));
         let current = Arc::new(std::sync::Mutex::new(None));
         let promoting = Arc::new(AtomicBool::new(false));
-        let announce = announcer(config.root.clone(), config.hooks.clone());
+        let hooks = Arc::new(std::sync::Mutex::new(config.hooks.clone()));
+        let announce = announcer(config.root.clone(), hooks.clone());
         let control_task = crate::control::serve(crate::control::Shared {
             root: config.root.clone(),
             listen: Some(endpoint.local_addr()?),
@@ -266,6 +307,10 @@ impl Server {
             local,
             local_task,
             root: config.root.clone(),
+            config: config.clone(),
+            hooks,
+            settings: Arc::new(PendingSettings::default()),
+            heartbeat: sluice_net::notify::Heartbeat::default(),
         })
     }
 
@@ -287,13 +332,39 @@ impl Server {
     /// Accepts connections until `shutdown` completes, then closes them and makes
     /// everything applied durable.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_as_service(shutdown, None).await
+    }
+
+    /// [`Server::run`], telling systemd when it serves and what it does, feeding
+    /// its watchdog while the applying session is not stuck, and with
+    /// `reloader`, reading the configuration again on SIGHUP.
+    pub async fn run_as_service(mut self, shutdown: impl Future<Output = ()>, reloader: Option<Reloader>) -> anyhow::Result<()> {
+        let notifier = reloader.as_ref().map(|r| r.notifier.clone()).unwrap_or_default();
+        let mut hangups = match &reloader {
+            Some(_) => Some(sluice_net::daemon::reload_signal().context("installing the SIGHUP handler")?),
+            None => None,
+        };
+        let heartbeat = self.heartbeat.clone();
+        let service_task = spawn_service_status(self.session.clone(), self.metrics.clone(), heartbeat.clone(), notifier.clone(), self.local_addr()?);
+        let watchdog_task = sluice_net::notify::spawn_watchdog(heartbeat);
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::pin!(shutdown);
         loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
+                Some(()) = hangup => {
+                    if let Some(reloader) = &reloader {
+                        self.reload(reloader).await;
+                    }
+                }
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
@@ -308,6 +379,8 @@ impl Server {
                         announce: self.announce.clone(),
                         gate: self.gate.clone(),
                         local: self.local.clone(),
+                        settings: self.settings.clone(),
+                        heartbeat: self.heartbeat.clone(),
                     };
                     tasks.spawn(connection(incoming, handshake, slot, self.metrics.clone(), stop.subscribe()));
                 }
@@ -315,6 +388,11 @@ impl Server {
             }
         }
         tracing::info!("shutting down");
+        notifier.stopping();
+        service_task.abort();
+        if let Some(task) = watchdog_task {
+            task.abort();
+        }
         let _ = stop.send(true);
         self.endpoint
             .close(VarInt::from_u32(CLOSE_NORMAL), b"receiver shutting down");
@@ -340,9 +418,90 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Reads the configuration again and applies what may change while the
+    /// agent stays connected; names what may not.
+    async fn reload(&mut self, reloader: &Reloader) {
+        reloader.notifier.reloading();
+        let outcome = match Config::load(&reloader.path) {
+            Err(e) => format!("reload refused, nothing changed: {e}"),
+            Ok(new) => {
+                let summary = crate::reload::changes(&self.config, &new).report("receiver", &reloader.path);
+                if let Err(e) = reloader.log_level.set(new.log.level.as_deref()) {
+                    tracing::error!("reload: `log.level`: {e}; keeping the running level");
+                }
+                let running = crate::reload::merged(&self.config, &new);
+                self.settings.put(SessionSettings {
+                    limits: crate::session::SyncLimits {
+                        max_entries: running.safety.max_manifest_entries,
+                        max_delete_fraction: running.safety.max_delete_fraction,
+                        allow_mass_delete: running.safety.allow_mass_delete,
+                    },
+                    split_brain: running.failover.after_split_brain,
+                    rollback: running.rollback.enabled,
+                });
+                // With no agent connected, nobody else takes the session.
+                if let Ok(mut session) = self.session.try_lock() {
+                    self.settings.apply_to(&mut session);
+                }
+                *self.hooks.lock().unwrap_or_else(|e| e.into_inner()) = running.hooks.clone();
+                if running.rollback != self.config.rollback {
+                    if let Some(task) = self.rollback_expiry_task.take() {
+                        task.abort();
+                    }
+                    self.rollback_expiry_task =
+                        running.rollback.enabled.then(|| spawn_rollback_expiry(running.root.clone(), running.rollback.keep_days));
+                }
+                self.config = running;
+                summary
+            }
+        };
+        tracing::info!("{outcome}");
+        reloader.notifier.reloaded(&outcome);
+    }
+}
+
+/// Tells systemd once the receiver listens with its state loaded, then once a
+/// second what it does; beats `heartbeat` when no connection holds the session
+/// (a connection's loop beats itself), so an applying loop that is stuck stops
+/// feeding the watchdog.
+fn spawn_service_status(
+    session: Arc<Mutex<Session>>,
+    metrics: Arc<Metrics>,
+    heartbeat: sluice_net::notify::Heartbeat,
+    notifier: sluice_net::notify::Notifier,
+    listen: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // A connection holds the session while it lasts, and its loop beats;
+            // otherwise the session must be free.
+            let durable = match session.try_lock() {
+                Ok(session) => {
+                    heartbeat.beat();
+                    Some(session.durable())
+                }
+                Err(_) => None,
+            };
+            let durable = durable.map_or_else(|| "durable as acknowledged".to_owned(), |seq| format!("durable up to {seq}"));
+            let role = if metrics.role_primary.get() == 1 { "primary (promoted; agents of the old generation are fenced)" } else { "standby" };
+            let status = if metrics.connected.get() > 0 {
+                format!("{role}; agent connected; applied up to {}, {durable}; lag {:.3} s", metrics.last_applied_seq.get(), metrics.lag_seconds.get())
+            } else {
+                format!("{role}; listening on {listen}, no agent connected; {durable}")
+            };
+            notifier.ready(&status);
+        }
+    })
+}
+
 /// Runs the configured hook of each change of role.
-fn announcer(root: PathBuf, hooks: HooksConfig) -> Announce {
+fn announcer(root: PathBuf, hooks: Arc<std::sync::Mutex<HooksConfig>>) -> Announce {
     Arc::new(move |change| {
+        let hooks = hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (event, program, tree) = match &change {
             RoleChange::Promoted(tree) => ("promote", hooks.on_promote.as_ref(), tree),
             RoleChange::Demoted(tree) => ("demote", hooks.on_demote.as_ref(), tree),
@@ -368,6 +527,8 @@ struct Slot {
     announce: Announce,
     gate: ApplyGate,
     local: LocalQueue,
+    settings: Arc<PendingSettings>,
+    heartbeat: sluice_net::notify::Heartbeat,
 }
 
 /// Deletes the rollback date directories older than `keep_days` now and then
@@ -405,7 +566,7 @@ async fn connection(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Slot { session, current, promoting, announce, gate, local } = slot;
+    let (session, current, promoting) = (slot.session.clone(), slot.current.clone(), slot.promoting.clone());
     let addr = incoming.remote_address();
     let handshaken = incoming.await;
     drop(handshake);
@@ -443,7 +604,7 @@ async fn connection(
     tracing::info!("agent {addr} connected");
     metrics.connected.set(1);
     let result = tokio::select! {
-        result = serve(&conn, guard, &metrics, &announce, &gate, &local) => result,
+        result = serve(&conn, guard, &metrics, &slot) => result,
         _ = stop.wait_for(|stopping| *stopping) => Ok(()),
     };
     metrics.connected.set(0);
@@ -483,11 +644,13 @@ async fn serve(
     conn: &Connection,
     guard: OwnedMutexGuard<Session>,
     metrics: &Metrics,
-    announce: &Announce,
-    gate: &ApplyGate,
-    local: &LocalQueue,
+    slot: &Slot,
 ) -> anyhow::Result<()> {
+    let Slot { announce, gate, local, settings, heartbeat, .. } = slot;
     let mut session = Lent(Some(guard));
+    // Wakes the loop when idle, so it beats for the watchdog.
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     session.get().connected();
     let (send, recv) = conn
         .accept_bi()
@@ -508,6 +671,8 @@ async fn serve(
     // dirty pages after a bulk copy) does not hold the stream back.
     let mut flushing: Option<tokio::task::JoinHandle<Result<Position, DurableError>>> = None;
     loop {
+        heartbeat.beat();
+        settings.apply_to(session.get());
         let changes = local.take();
         if !changes.is_empty() {
             let mut out = Vec::new();
@@ -534,6 +699,8 @@ async fn serve(
                 tokio::select! {
                     next = rx.recv() => next,
                     () = local.arrived.notified() => continue,
+                    () = settings.arrived.notified() => continue,
+                    _ = beat.tick() => continue,
                     () = sleep_until(last_flush + FLUSH_INTERVAL), if flush_due => {
                         flushing = start_flush(session.get())?;
                         last_flush = Instant::now();

@@ -293,6 +293,18 @@ impl Session {
         self.tree = tree;
     }
 
+    /// Keeps what replication destroys in the rollback directory, or stops
+    /// (a reload of `[rollback] enabled`), unless a failback or local changes
+    /// need it kept for now.
+    pub fn set_rollback(&mut self, enabled: bool) {
+        let forced = self.tree.as_ref().is_some_and(|t| t.keep_replaced) || !self.local_paths.is_empty();
+        if enabled {
+            self.keep_rollback();
+        } else if !forced {
+            self.applier.disable_rollback();
+        }
+    }
+
     /// Keeps what replication replaces, whatever the configuration says.
     fn keep_rollback(&mut self) {
         if !self.applier.rollback_enabled() {

@@ -217,6 +217,9 @@ pub struct Daemon {
     log: PathBuf,
     metrics_addr: SocketAddr,
     prefix: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Arguments after `run --config <config>`.
+    run_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -236,6 +239,8 @@ impl Daemon {
             log: log.to_owned(),
             metrics_addr,
             prefix: Vec::new(),
+            env: Vec::new(),
+            run_args: Vec::new(),
             child: None,
         }
     }
@@ -244,6 +249,17 @@ impl Daemon {
     pub fn with_prefix(mut self, prefix: Vec<String>) -> Daemon {
         self.prefix = prefix;
         self
+    }
+
+    /// Sets an environment variable for the next start (e.g. `NOTIFY_SOCKET`).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Arguments added after `run --config <config>` from the next start on.
+    pub fn set_run_args(&mut self, args: &[&str]) {
+        self.run_args = args.iter().map(|a| (*a).to_owned()).collect();
     }
 
     /// Starts the process (a no-op if it is running) without waiting for it.
@@ -265,9 +281,11 @@ impl Daemon {
             None => Command::new(&self.binary),
         };
         let child = command
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("run")
             .arg("--config")
             .arg(&self.config)
+            .args(&self.run_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

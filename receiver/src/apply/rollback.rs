@@ -449,6 +449,11 @@ impl Applier {
         self.rollback.is_some()
     }
 
+    /// Stops keeping what replication destroys.
+    pub fn disable_rollback(&mut self) {
+        self.rollback = None;
+    }
+
     pub fn enable_rollback(&mut self, counters: RollbackCounters) {
         self.rollback = Some(Rollback {
             counters,

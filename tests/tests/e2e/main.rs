@@ -24,6 +24,8 @@ mod metadata;
 mod faults;
 // Promotion, fencing, switchover and failback.
 mod failover;
+// systemd units, the notify protocol, reloads, JSON logs.
+mod service;
 // The receiver's rollback directory keeps what the master deletes, truncates or overwrites.
 mod rollback;
 // The verifier finds and repairs differences planted on the standby.
