@@ -70,7 +70,7 @@ pub async fn run(config: Config, reloader: Option<crate::reload::Reloader>, shut
     engine.set_ancestors(capture.ancestors().to_vec());
     let durability = &config.durability;
     let interval = Duration::from_millis(durability.journal_interval_ms);
-    let journal = JournalWriter::start(journal, interval);
+    let journal = JournalWriter::start(journal, interval, metrics.journal_write_failures.clone());
     let limits = Limits { bytes: durability.backlog_bytes, ops: durability.backlog_ops };
     let verifier = crate::verify::Verifier::new(config.verify.bytes_per_second);
     let promoted = tree.promoted.map(|p| p.at_unix_ns);

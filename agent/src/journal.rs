@@ -16,6 +16,7 @@
 
 use crate::backlog::{DirtyMap, Record, dirty_inodes, split_records};
 use crate::engine::DirtyInode;
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -376,8 +377,9 @@ struct Handover {
 }
 
 impl JournalWriter {
-    /// Starts the writing thread; appends are made at most every `interval`.
-    pub fn start(mut journal: Journal, interval: Duration) -> JournalWriter {
+    /// Starts the writing thread; appends are made at most every `interval`, and
+    /// each write or fdatasync that fails is counted in `failures`.
+    pub fn start(mut journal: Journal, interval: Duration, failures: Counter) -> JournalWriter {
         let shared = Arc::new((Mutex::new(Handover::default()), Condvar::new()));
         let bytes_written = Arc::new(AtomicU64::new(0));
         let checkpoint_due = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -419,6 +421,7 @@ impl JournalWriter {
                         }
                         Err(e) => {
                             tracing::error!("cannot write the agent's durable state: {e}");
+                            failures.inc();
                             // Start over from a whole checkpoint in a new file.
                             checkpoint_due.store(true, Ordering::Relaxed);
                             journal.file = None;
@@ -607,7 +610,7 @@ mod tests {
     fn the_writer_checkpoints_then_appends_and_finish_waits_for_both() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path()).unwrap();
-        let mut writer = JournalWriter::start(journal, Duration::from_secs(60));
+        let mut writer = JournalWriter::start(journal, Duration::from_secs(60), Counter::default());
         assert!(writer.due());
         writer.checkpoint(snapshot(5));
         assert!(!writer.due());
@@ -617,5 +620,24 @@ mod tests {
         assert_eq!(loaded.ops, vec![mkdir(4, "d"), mkdir(5, "e")]);
         assert_eq!(loaded.next_seq, 6);
         assert!(writer.bytes_written() > 0);
+    }
+
+    #[test]
+    fn the_writer_counts_writes_that_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let failures = Counter::default();
+        let mut writer = JournalWriter::start(journal, Duration::from_secs(60), failures.clone());
+        writer.checkpoint(snapshot(5));
+        writer.finish();
+        assert_eq!(failures.get(), 0);
+
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let mut writer = JournalWriter::start(journal, Duration::from_secs(60), failures.clone());
+        // The state directory vanishing (an unmounted disk) fails every write.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        writer.checkpoint(snapshot(6));
+        writer.finish();
+        assert_eq!(failures.get(), 1);
     }
 }

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub backlog_bytes: Gauge,
     pub backlog_overflows: Counter,
     pub journal_bytes_written: Counter,
+    pub journal_write_failures: Counter,
     pub path_mtu: Gauge,
     pub connected: Gauge,
     pub initial_sync_complete: Gauge,
@@ -86,6 +87,7 @@ impl Metrics {
         r.register("sluice_backlog_bytes", "File content held in memory by operations waiting to be sent", self.backlog_bytes.clone());
         r.register("sluice_backlog_overflows", "Times the backlog exceeded its operation limit and was replaced by a tree comparison", self.backlog_overflows.clone());
         r.register("sluice_journal_bytes_written", "Bytes written to the agent's durable state", self.journal_bytes_written.clone());
+        r.register("sluice_journal_write_failures", "Writes or fdatasyncs of the agent's durable state that failed (a restart may then compare the whole tree)", self.journal_write_failures.clone());
         r.register("sluice_path_mtu", "Largest UDP payload the path to the receiver carries, as QUIC discovered it", self.path_mtu.clone());
         r.register("sluice_connected", "1 while connected to the receiver", self.connected.clone());
         r.register("sluice_initial_sync_complete", "1 once the standby matched the tree in this connection", self.initial_sync_complete.clone());

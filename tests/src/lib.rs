@@ -15,6 +15,8 @@
 //! - [`util`]: [`random_bytes`], [`run`] and [`wait_until`].
 //! - [`torture`]: the randomized differential exerciser (`sluice-torture`).
 //! - [`postgres`]: a PostgreSQL server on a test tree, pgbench and its invariants.
+//! - [`prometheus`]: a real Prometheus server scraping the daemons with alerting
+//!   rules, and its alerts and query API.
 //!
 //! Most helpers need root (mounts, BPF); `cargo xtask test` runs them as such.
 
@@ -23,6 +25,7 @@ pub mod loopfs;
 pub mod metrics;
 pub mod netns;
 pub mod postgres;
+pub mod prometheus;
 pub mod torture;
 pub mod tree;
 pub mod util;

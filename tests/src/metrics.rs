@@ -1,5 +1,5 @@
 //! Reading the daemons' Prometheus metrics: a parser for the text exposition format
-//! and [`scrape`], a dependency-free HTTP GET of `/metrics`.
+//! and [`scrape`] of `/metrics` over [`http_get`], a dependency-free HTTP GET.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -97,18 +97,23 @@ fn closing_brace(labels: &str) -> Option<usize> {
     None
 }
 
-/// GETs `http://addr/metrics` and parses it. HTTP/1.0 keeps the response simple
-/// (no keep-alive; the body ends when the connection closes), but a chunked body is
-/// decoded anyway.
+/// GETs `http://addr/metrics` and parses it.
 pub fn scrape(addr: SocketAddr) -> anyhow::Result<Metrics> {
+    Ok(Metrics::parse(&http_get(addr, "/metrics")?))
+}
+
+/// GETs `http://addr{path}` and returns the body of a 200 answer. HTTP/1.0 keeps
+/// the response simple (no keep-alive; the body ends when the connection closes),
+/// but a chunked body is decoded anyway.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("cannot connect to the metrics endpoint {addr}"))?;
+        .with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .with_context(|| format!("cannot send the request to {addr}"))?;
     let mut response = Vec::new();
@@ -121,18 +126,17 @@ pub fn scrape(addr: SocketAddr) -> anyhow::Result<Metrics> {
         .with_context(|| format!("malformed HTTP response from {addr}"))?;
     let status_line = head.lines().next().unwrap_or_default();
     if status_line.split_whitespace().nth(1) != Some("200") {
-        bail!("GET http://{addr}/metrics answered `{status_line}`");
+        bail!("GET http://{addr}{path} answered `{status_line}`: {body}");
     }
     let chunked = head.lines().any(|line| {
         let line = line.to_ascii_lowercase();
         line.starts_with("transfer-encoding:") && line.contains("chunked")
     });
-    let body = if chunked {
-        decode_chunked(body)?
+    if chunked {
+        decode_chunked(body)
     } else {
-        body.to_owned()
-    };
-    Ok(Metrics::parse(&body))
+        Ok(body.to_owned())
+    }
 }
 
 fn decode_chunked(mut body: &str) -> anyhow::Result<String> {

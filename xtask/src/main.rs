@@ -9,11 +9,13 @@
 //! - [`bench`]: sluice side by side with rsync, lsyncd and Syncthing.
 //! - [`fuzz`]: the cargo-fuzz targets of `fuzz/`, run for a given time.
 //! - [`torture`]: the randomized differential exerciser, one run or the seed list.
+//! - [`rules`]: the Prometheus alerting rules (promtool) and the Grafana dashboard.
 
 mod bench;
 mod cargo;
 mod demo;
 mod fuzz;
+mod rules;
 mod setup;
 mod test;
 mod torture;
@@ -50,6 +52,9 @@ enum Command {
         #[arg(long, default_value_t = 2.0)]
         minutes: f64,
     },
+    /// Check the Prometheus alerting rules and run their unit tests (promtool), and
+    /// check the Grafana dashboard.
+    Rules,
     /// Set up, build, and measure sluice side by side with rsync, lsyncd and Syncthing.
     Bench {
         /// Smaller data and shorter runs (sizes in the report).
@@ -89,6 +94,7 @@ fn main() -> anyhow::Result<ExitCode> {
             demo::run(&cargo::release_dir()).context("demo failed")?;
         }
         Command::Fuzz { minutes } => fuzz::run(minutes)?,
+        Command::Rules => rules::check()?,
         Command::Bench { quick, scenarios, replicators, scale } => {
             bench::run(quick, &scenarios, &replicators, &scale).context("bench failed")?
         }

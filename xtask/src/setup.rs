@@ -10,8 +10,9 @@ use crate::cargo::{cargo, cargo_bin_dir, check, path_with};
 
 /// Debian packages: LLVM 22 for bpf-linker (rustc 1.95 uses LLVM 22), filesystem
 /// tools for the loop-mounted test filesystems, network tools for the namespace
-/// tests, rsync/acl/attr for side-by-side checks, and PostgreSQL for the tests
-/// that start a database on a promoted standby.
+/// tests, rsync/acl/attr for side-by-side checks, PostgreSQL for the tests that
+/// start a database on a promoted standby, and Prometheus (with promtool) for the
+/// alerting rules' checks and the test that runs them.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "util-linux",
     "postgresql-15",
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

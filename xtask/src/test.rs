@@ -1,6 +1,7 @@
 //! The full test run (what CI runs): setup, release build of the daemons, then every
 //! test, with the end-to-end tests serialized because they mount filesystems and
-//! start daemons, then the committed torture seeds (skipped with `SLUICE_TORTURE_CI=0`).
+//! start daemons, then a short fuzzing run, the alerting rules' checks and unit
+//! tests, and the committed torture seeds (skipped with `SLUICE_TORTURE_CI=0`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -77,6 +78,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             println!("fuzzing failed: {e:#}");
             failures.push("fuzzing".to_owned());
         }
+    }
+
+    if let Err(e) = crate::rules::check() {
+        println!("alert rules failed: {e:#}");
+        failures.push("alert rules".to_owned());
     }
 
     if std::env::var(TORTURE_SWITCH).is_ok_and(|v| v == "0") {

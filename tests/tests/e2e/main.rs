@@ -35,3 +35,5 @@ mod repair;
 // Reflinks, appending pwrite, native AIO, paths from above the root or through
 // aliases, btrfs snapshots, 32-bit syscalls, shared fds, io_uring beyond writes.
 mod exact_capture;
+// The Prometheus alerting rules and the Grafana dashboard against a real Prometheus.
+mod alerts;
