@@ -67,6 +67,12 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Write man pages and shell completions into DIR (used by packaging).
+    #[command(hide = true)]
+    Docs {
+        /// Gets `man/` and `completions/`.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -102,6 +108,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
                 sluice_agent::daemon::run(config, shutdown).await
             })?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Docs { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let written = sluice_net::docs::write(command, &dir)?;
+            for file in written {
+                println!("{}", file.display());
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
