@@ -70,6 +70,12 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Write man pages and shell completions into DIR (used by packaging).
+    #[command(hide = true)]
+    Docs {
+        /// Gets `man/` and `completions/`.
+        dir: PathBuf,
+    },
 }
 
 /// The exit status of an agent the standby fenced (`RestartPreventExitStatus=` in
@@ -126,6 +132,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 }
                 ran => ran.map(|()| std::process::ExitCode::SUCCESS),
             }
+        }
+        Command::Docs { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let written = sluice_net::docs::write(command, &dir)?;
+            for file in written {
+                println!("{}", file.display());
+            }
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }

@@ -11,10 +11,12 @@
 //! - [`pinned`]: rustls verifiers that accept exactly one fingerprint.
 //! - [`endpoint`]: quinn client and server endpoints built from the above.
 //! - [`daemon`]: `init`, logging and signal handling shared by both daemons.
+//! - [`docs`]: man pages and shell completions from a daemon's command line.
 //! - [`framed`]: [`FrameReader`] / [`FrameWriter`] over quinn streams.
 //! - [`metrics_http`]: the `/metrics` endpoint.
 
 pub mod daemon;
+pub mod docs;
 pub mod endpoint;
 pub mod framed;
 pub mod identity;

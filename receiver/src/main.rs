@@ -80,6 +80,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write man pages and shell completions into DIR (used by packaging).
+    #[command(hide = true)]
+    Docs {
+        /// Gets `man/` and `completions/`.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -179,6 +185,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 config.safety.max_delete_fraction,
                 config.root.display()
             );
+            Ok(ok)
+        }
+        Command::Docs { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let written = sluice_net::docs::write(command, &dir)?;
+            for file in written {
+                println!("{}", file.display());
+            }
             Ok(ok)
         }
     }

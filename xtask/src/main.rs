@@ -10,11 +10,13 @@
 //! - [`fuzz`]: the cargo-fuzz targets of `fuzz/`, run for a given time.
 //! - [`torture`]: the randomized differential exerciser, one run or the seed list.
 //! - [`rules`]: the Prometheus alerting rules (promtool) and the Grafana dashboard.
+//! - [`package`]: the Debian packages of the daemons, and their install check.
 
 mod bench;
 mod cargo;
 mod demo;
 mod fuzz;
+mod package;
 mod rules;
 mod setup;
 mod test;
@@ -81,6 +83,14 @@ enum Command {
         #[arg(long, num_args = 0..=1, default_missing_value = "committed", value_name = "FILE")]
         seeds: Option<PathBuf>,
     },
+    /// Build the release binaries and the Debian packages of both daemons into
+    /// `<target>/debian/`.
+    Package {
+        /// Then install them, check what they installed, and purge them again
+        /// (needs root; refused if they are installed already).
+        #[arg(long)]
+        install_check: bool,
+    },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -101,6 +111,13 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Torture { args, seeds } => {
             let seeds = seeds.map(|file| if file.as_os_str() == "committed" { torture::default_seeds() } else { file });
             return torture::run(&args, seeds.as_deref());
+        }
+        Command::Package { install_check } => {
+            if install_check {
+                package::check::run().context("package install check failed")?;
+            } else {
+                package::run()?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

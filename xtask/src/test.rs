@@ -1,7 +1,8 @@
 //! The full test run (what CI runs): setup, release build of the daemons, then every
 //! test, with the end-to-end tests serialized because they mount filesystems and
-//! start daemons, then a short fuzzing run, the alerting rules' checks and unit
-//! tests, and the committed torture seeds (skipped with `SLUICE_TORTURE_CI=0`).
+//! start daemons, then the Debian packages built, installed and purged, a short
+//! fuzzing run, the alerting rules' checks and unit tests, and the committed
+//! torture seeds (skipped with `SLUICE_TORTURE_CI=0`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -63,6 +64,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
         command.env("SLUICE_BIN_DIR", &bin_dir);
         if !run_counting(command, &mut counts)? {
             failures.push(label.to_owned());
+        }
+    }
+
+    // Packaging reuses the release build above, so this costs seconds.
+    match crate::package::check::run() {
+        Ok(()) => println!("packages: built, installed, checked and purged"),
+        Err(e) => {
+            println!("package check failed: {e:#}");
+            failures.push("packages".to_owned());
         }
     }
 

@@ -171,6 +171,7 @@ fn a_reload_applies_what_it_may_names_what_it_refuses_and_compares_nothing() {
 
     // The agent: the verifier's rate changes; its state directory cannot.
     let agent_config = pair.agent().config_path().to_owned();
+    let original: toml::Table = fs::read_to_string(&agent_config).unwrap().parse().unwrap();
     set_key(&agent_config, "verify", "bytes_per_second", toml::Value::Integer(1));
     set_key(&agent_config, "", "state_dir", toml::Value::String("/elsewhere".into()));
     signal(pair.agent().pid(), Signal::SIGHUP);
@@ -204,6 +205,34 @@ fn a_reload_applies_what_it_may_names_what_it_refuses_and_compares_nothing() {
     let metrics = converge(&pair, Duration::from_secs(30));
     assert_eq!(metrics.get("sluice_tree_compares_total"), compares, "a reload compares nothing");
     assert_eq!(pair.agent_log().matches("connected receiver=").count(), 1, "the connection was never dropped: {}", tail(&pair.agent_log()));
+
+    // `status` on both sides: healthy, with the last comparison and the refused
+    // keys' errors of the last hour; unhealthy once the standby is gone.
+    let binaries = Binaries::locate().unwrap();
+    set_key(&agent_config, "", "state_dir", original["state_dir"].clone());
+    let status = |binary: &Path, config: &Path, json: bool| {
+        let mut args = vec!["status", "--config", config.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        std::process::Command::new(binary).args(&args).output().unwrap()
+    };
+    let agent = status(&binaries.agent, &agent_config, true);
+    assert!(agent.status.success(), "{}", String::from_utf8_lossy(&agent.stdout));
+    let agent: serde_json::Value = serde_json::from_slice(&agent.stdout).unwrap();
+    assert_eq!((agent["connected"].as_bool(), agent["synced"].as_bool()), (Some(true), Some(true)), "{agent}");
+    assert!(agent["last_compare_unix"].as_f64().unwrap() > 0.0 && agent["last_compare_files_differing"] == 5, "{agent}");
+    assert!(agent["errors_last_hour"].as_u64().unwrap() >= 1 && agent["last_error"].as_str().unwrap().contains("state_dir"), "{agent}");
+    let text = String::from_utf8_lossy(&status(&binaries.agent, &agent_config, false).stdout).into_owned();
+    for line in ["lag:", "backlog:", "compared:", "verifier:", "last hour:", "health:      ok"] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    let receiver = status(&binaries.receiver, &receiver_config, true);
+    assert!(receiver.status.success(), "{}", String::from_utf8_lossy(&receiver.stdout));
+    let receiver: serde_json::Value = serde_json::from_slice(&receiver.stdout).unwrap();
+    assert!(receiver["errors_last_hour"].as_u64().unwrap() >= 1 && receiver["last_error"].as_str().unwrap().contains("listen"), "{receiver}");
+    pair.stop_receiver().unwrap();
+    wait_until("the agent's status to turn unhealthy", Duration::from_secs(20), || Ok(!status(&binaries.agent, &agent_config, true).status.success())).unwrap();
 }
 
 /// Thaws a frozen filesystem however the test ends.
