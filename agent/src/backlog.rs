@@ -239,6 +239,12 @@ impl Backlog {
     /// Takes the next operations to send (up to about `max_payload` bytes of
     /// content), or the queued manifest when its turn has come.
     pub fn take(&mut self, max_payload: u64, now_mono: u64, now_unix: u64) -> Option<Next> {
+        self.take_stamped(max_payload, &|captured_ns| now_unix.saturating_sub(now_mono.saturating_sub(captured_ns)))
+    }
+
+    /// [`Backlog::take`], with `stamp` turning each operation's capture time
+    /// (CLOCK_MONOTONIC ns) into the Unix time the receiver is told.
+    pub fn take_stamped(&mut self, max_payload: u64, stamp: &dyn Fn(u64) -> u64) -> Option<Next> {
         if let Some((after, _)) = &self.queued_manifest
             && self.unsent.front().is_none_or(|q| q.seq >= *after) {
                 let (after, state) = self.queued_manifest.take().expect("checked above");
@@ -266,7 +272,7 @@ impl Backlog {
             self.in_flight.0 += 1;
             self.in_flight.1 += record.content_len();
             self.unconfirmed.insert(queued.seq, (queued.captured_ns, record));
-            let captured_unix_ns = now_unix.saturating_sub(now_mono.saturating_sub(queued.captured_ns));
+            let captured_unix_ns = stamp(queued.captured_ns);
             batch.push(SeqOp { seq: queued.seq, captured_unix_ns, op: queued.pending.op });
             payload += encoded;
             if payload >= max_payload {

@@ -24,8 +24,13 @@ pub enum ConfigError {
 pub struct Config {
     /// The watched tree.
     pub root: PathBuf,
-    /// The receiver's QUIC address.
-    pub receiver: SocketAddr,
+    /// The receiver's QUIC address, for an agent with one standby (its
+    /// fingerprint is `tls.peer_fingerprint`); `[[standby]]` names several.
+    #[serde(default)]
+    pub receiver: Option<SocketAddr>,
+    /// The standbys this master feeds, each over its own connection.
+    #[serde(default)]
+    pub standby: Vec<StandbyConfig>,
     /// Where the agent keeps its own state.
     pub state_dir: PathBuf,
     pub tls: TlsConfig,
@@ -45,8 +50,40 @@ pub struct Config {
     pub hooks: HooksConfig,
     #[serde(default)]
     pub log: sluice_net::daemon::LogConfig,
+    /// Set when this agent is a relay: it forwards a standby's tree, as that
+    /// standby's receiver applies it, to the standbys after it in a chain.
+    /// A receiver with `[[forward]]` writes this configuration and runs the
+    /// relay itself.
+    #[serde(default)]
+    pub relay: Option<RelayConfig>,
 }
 
+/// `[relay]`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The file where the receiver publishes the master's capture time of the
+    /// operation it applies (what the relay forwards is stamped with it, so
+    /// lag further down the chain is from the master).
+    pub origin: PathBuf,
+}
+
+
+/// `[[standby]]`: one standby this master feeds.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    /// Its name in metrics (`standby` label), logs and status; also names its
+    /// state under `state_dir`.
+    pub name: String,
+    /// The receiver's QUIC address.
+    pub address: SocketAddr,
+    /// The receiver's fingerprint, as printed by `sluice-receiver init`.
+    pub peer_fingerprint: String,
+}
+
+/// The name the one standby of `receiver = …` goes by.
+pub const SOLE_STANDBY: &str = "standby";
 
 /// `[failover]`: what the agent does when the standby was promoted.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -127,8 +164,10 @@ pub struct ReplicationConfig {
 pub struct TlsConfig {
     /// Directory holding `cert.pem` and `key.pem` from `sluice-agent init`.
     pub identity: PathBuf,
-    /// The receiver's fingerprint, as printed by `sluice-receiver init`.
-    pub peer_fingerprint: String,
+    /// The receiver's fingerprint, as printed by `sluice-receiver init` (with
+    /// `receiver`; each `[[standby]]` names its own).
+    #[serde(default)]
+    pub peer_fingerprint: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -212,7 +251,9 @@ impl Config {
         if !size.is_power_of_two() || size < 4096 {
             return Err(invalid("capture.ring_buffer_bytes", format!("{size} is not a power of two of at least 4096")));
         }
-        if config.state_dir.starts_with(&config.root) {
+        // A relay keeps its state in the standby's own `.sluice`, which is never replicated.
+        let beside_tree = config.relay.is_some() && config.state_dir.starts_with(config.root.join(".sluice"));
+        if config.state_dir.starts_with(&config.root) && !beside_tree {
             return Err(invalid("state_dir", format!("{} is inside the watched root: it would be replicated, and every write to it captured", config.state_dir.display())));
         }
         if config.durability.backlog_ops == 0 {
@@ -225,9 +266,48 @@ impl Config {
                 return Err(invalid(key, format!("{} is not an absolute path", hook.display())));
             }
         }
-        sluice_net::parse_fingerprint(&config.tls.peer_fingerprint)
-            .map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;
+        match (&config.receiver, &config.tls.peer_fingerprint, config.standby.is_empty()) {
+            (Some(_), Some(fingerprint), true) => {
+                sluice_net::parse_fingerprint(fingerprint).map_err(|e| invalid("tls.peer_fingerprint", e.to_string()))?;
+            }
+            (Some(_), None, true) => return Err(invalid("tls.peer_fingerprint", "is required with `receiver`".into())),
+            (None, _, true) => return Err(invalid("standby", "name the standby: `receiver` and `tls.peer_fingerprint`, or `[[standby]]` entries".into())),
+            (Some(_), _, false) => return Err(invalid("receiver", "give either `receiver` or `[[standby]]` entries, not both".into())),
+            (None, Some(_), false) => {
+                return Err(invalid("tls.peer_fingerprint", "each `[[standby]]` names its own `peer_fingerprint`".into()));
+            }
+            (None, None, false) => {}
+        }
+        let mut names = std::collections::HashSet::new();
+        for standby in &config.standby {
+            let name = &standby.name;
+            let valid = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(invalid("standby.name", format!("{name:?}: use 1 to 32 letters, digits, `-` or `_`")));
+            }
+            if !names.insert(name.as_str()) {
+                return Err(invalid("standby.name", format!("{name:?} is given twice")));
+            }
+            sluice_net::parse_fingerprint(&standby.peer_fingerprint)
+                .map_err(|e| invalid("standby.peer_fingerprint", format!("standby {name:?}: {e}")))?;
+        }
         Ok(config)
+    }
+
+    /// Every standby this master feeds, the one of `receiver = …` included.
+    pub fn standbys(&self) -> Vec<StandbyConfig> {
+        match (self.receiver, &self.tls.peer_fingerprint) {
+            (Some(address), Some(fingerprint)) => {
+                vec![StandbyConfig { name: SOLE_STANDBY.into(), address, peer_fingerprint: fingerprint.clone() }]
+            }
+            _ => self.standby.clone(),
+        }
+    }
+
+    /// Where the agent keeps what `standby` lacks. The one standby of
+    /// `receiver = …` keeps the state directory itself, as before standbys had names.
+    pub fn standby_state_dir(&self, standby: &StandbyConfig) -> PathBuf {
+        if self.receiver.is_some() { self.state_dir.clone() } else { self.state_dir.join("standby").join(&standby.name) }
     }
 }
 
@@ -271,5 +351,39 @@ peer_fingerprint = "000000000000000000000000000000000000000000000000000000000000
         assert!(err.contains("when_fenced"), "{err}");
         let config = parse(&format!("{GOOD}\n[failover]\nwhen_fenced = \"wait\"\n")).unwrap();
         assert_eq!(config.failover.when_fenced, WhenFenced::Wait);
+    }
+
+    const FINGERPRINT: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn several(entries: &[(&str, &str)]) -> String {
+        let mut text = "root = \"/tmp\"\nstate_dir = \"/var/lib/sluice/agent-state\"\n[tls]\nidentity = \"/tmp/id\"\n".to_string();
+        for (name, address) in entries {
+            text += &format!("[[standby]]\nname = \"{name}\"\naddress = \"{address}\"\npeer_fingerprint = \"{FINGERPRINT}\"\n");
+        }
+        text
+    }
+
+    #[test]
+    fn several_standbys_each_with_a_name_and_a_state_directory() {
+        let config = parse(&several(&[("lan", "10.0.0.2:7400"), ("off-site", "192.0.2.7:7400")])).unwrap();
+        let standbys = config.standbys();
+        assert_eq!(standbys.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["lan", "off-site"]);
+        assert_eq!(config.standby_state_dir(&standbys[1]), Path::new("/var/lib/sluice/agent-state/standby/off-site"));
+        let sole = parse(GOOD).unwrap();
+        assert_eq!(sole.standbys()[0].name, SOLE_STANDBY);
+        assert_eq!(sole.standby_state_dir(&sole.standbys()[0]), Path::new("/var/lib/sluice/agent-state"), "where one standby kept it before");
+    }
+
+    #[test]
+    fn standbys_are_named_once_and_given_one_way() {
+        let err = parse(&several(&[("lan", "10.0.0.2:7400"), ("lan", "10.0.0.3:7400")])).unwrap_err().to_string();
+        assert!(err.contains("standby.name") && err.contains("twice"), "{err}");
+        let err = parse(&several(&[("../x", "10.0.0.2:7400")])).unwrap_err().to_string();
+        assert!(err.contains("standby.name"), "{err}");
+        let err = parse(&several(&[])).unwrap_err().to_string();
+        assert!(err.contains("[[standby]]"), "{err}");
+        let both = format!("{GOOD}\n[[standby]]\nname = \"b\"\naddress = \"10.0.0.2:7400\"\npeer_fingerprint = \"{FINGERPRINT}\"\n");
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 }

@@ -33,10 +33,11 @@ pub struct AgentStatus {
     pub root: PathBuf,
     pub role: String,
     pub generation: String,
-    /// The receiver's address.
+    /// The receivers' addresses.
     pub peer: String,
+    /// Connected to every standby.
     pub connected: bool,
-    /// The standby holds the tree (the comparison after connecting is done).
+    /// Every standby holds the tree (the comparison after connecting is done).
     pub synced: bool,
     /// The last sequence number given to an operation.
     pub last_seq: u64,
@@ -68,6 +69,34 @@ pub struct AgentStatus {
     pub problems: sluice_net::daemon::Problems,
     /// Connected and synced.
     pub healthy: bool,
+    /// Each standby this master feeds.
+    #[serde(default)]
+    pub standbys: Vec<StandbyStatus>,
+}
+
+/// Where one standby stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    pub name: String,
+    pub address: String,
+    pub connected: bool,
+    pub synced: bool,
+    /// The last operation numbered for it, the last it applied, and the last it holds on disk.
+    pub last_seq: u64,
+    pub applied_seq: u64,
+    pub durable_seq: u64,
+    pub backlog_ops: u64,
+    pub backlog_bytes: u64,
+    /// What it lacks is kept as changed ranges until it catches up.
+    pub ahead: bool,
+    pub lag_seconds: f64,
+    pub lag_bytes: u64,
+    /// Why its tree is to be compared, when it is.
+    pub compare_owed: Option<String>,
+    pub last_compare_unix: f64,
+    pub last_compare_files_differing: u64,
+    pub verify_passes: u64,
+    pub verify_bytes: u64,
 }
 
 /// What a switchover proves: the standby, promoted, holds every operation the

@@ -16,26 +16,28 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use sluice_proto::lineage::{GenerationId, MAX_UNSENT_RANGES, Unsent, UnsentFile};
 use sluice_proto::{Op, RelPath};
 
-use crate::backlog::Record;
-use crate::engine::DirtyInode;
+use crate::backlog::{Backlog, Record};
+use crate::engine::{DirtyInode, Engine};
 use crate::index::NodeKind;
 use crate::ranges::RangeSet;
 use crate::session::Replicator;
 
 /// What this agent holds that its standby may lack, for the failback that
 /// follows a promotion of that standby.
-pub fn unsent(rep: &Replicator, generation: GenerationId, now_unix_ns: u64) -> Unsent {
-    if rep.engine.rescan_reason().is_some() || rep.engine.has_repairs() {
+pub fn unsent(rep: &Replicator, feed: usize, generation: GenerationId, now_unix_ns: u64) -> Unsent {
+    let Some(standby) = rep.feeds.get(feed) else { return Unsent { recorded_unix_ns: now_unix_ns, ..Unsent::unknown(generation) } };
+    if standby.compare.is_some() || rep.engine.rescan_reason().is_some() || rep.engine.has_repairs() {
         return Unsent { recorded_unix_ns: now_unix_ns, ..Unsent::unknown(generation) };
     }
     // Files changed after the journal's last entry, how is not known; a pending
     // comparison of the whole tree means nothing is.
-    let changed = match rep.backlog.unsettled_manifest() {
+    let changed = match standby.backlog.unsettled_manifest() {
         Some(manifest) => manifest.scoped.as_ref().map(|entries| entries.iter().map(|e| e.path.clone()).collect()),
         None => Some(Vec::new()),
     };
-    let (records, mut dirty) = rep.backlog.records();
+    let (records, mut dirty) = standby.backlog.records();
     dirty.extend(rep.engine.dirty_inodes());
+    dirty.extend(rep.engine.dirty_inodes_for(feed));
     // An inode no longer in the tree was removed, which an operation names.
     let dirty = dirty.into_iter().map(|inode| (rep.engine.index().paths_of(inode.ino), inode.ranges)).collect();
     let ops = records.into_iter().filter_map(|r| match r {
@@ -140,11 +142,11 @@ pub struct Started {
 /// the promotion: the ranges it changed in files both trees hold are read
 /// here and sent; whatever it made, moved or removed is made anew. `Err` says
 /// why the whole tree must be compared instead.
-pub fn start(rep: &mut Replicator, unsent: &Unsent, now_mono: u64) -> Result<Started, String> {
+pub fn start(engine: &mut Engine, backlog: &Backlog, unsent: &Unsent, now_mono: u64) -> Result<Started, String> {
     if !unsent.complete {
         return Err("the old primary's agent left no complete record of what it had not sent".into());
     }
-    let (records, _) = rep.backlog.records();
+    let (records, _) = backlog.records();
     let ops = records.iter().filter_map(|r| match r {
         Record::Op { op, .. } => Some(op),
         Record::Dirty { .. } => None,
@@ -154,20 +156,20 @@ pub fn start(rep: &mut Replicator, unsent: &Unsent, now_mono: u64) -> Result<Sta
     }
     let mut started = Started::default();
     for file in &unsent.files {
-        let ino = rep.engine.index().resolve(&file.path).filter(|&ino| rep.engine.index().kind(ino) == Some(NodeKind::File));
+        let ino = engine.index().resolve(&file.path).filter(|&ino| engine.index().kind(ino) == Some(NodeKind::File));
         match ino {
             Some(ino) => {
-                rep.engine.redirty(&DirtyInode { ino, ranges: file.ranges.clone(), attrs: true }, now_mono);
+                engine.redirty(&DirtyInode { ino, ranges: file.ranges.clone(), attrs: true }, now_mono);
                 started.files += 1;
             }
             None => {
-                rep.engine.request_replacement(file.path.clone(), "changed on the old primary, which this tree does not hold as a file");
+                engine.request_replacement(file.path.clone(), "changed on the old primary, which this tree does not hold as a file");
                 started.replaced += 1;
             }
         }
     }
     for path in &unsent.paths {
-        rep.engine.request_replacement(path.clone(), "made, moved or removed on the old primary");
+        engine.request_replacement(path.clone(), "made, moved or removed on the old primary");
         started.replaced += 1;
     }
     Ok(started)

@@ -12,7 +12,9 @@
 //! - [`journal`]: the durable record of that backlog, for restarts.
 //! - [`lineage`]: the tree's role and generation (`<root>/.sluice/lineage`).
 //! - [`failback`]: what an old primary had not sent, and sending just that at its failback.
-//! - [`session`]: replication across connections, and one connection to the receiver.
+//! - [`session`]: replication to every standby: reading once, each standby's share, its connections.
+//! - [`feed`]: one standby's share of replication (backlog, journal, connection, metrics).
+//! - [`link`]: connections to the standbys, each written and read by its own tasks.
 //! - [`crosscheck`]: fanotify notices, checked against what capture reported.
 //! - [`verify`]: the verifier comparing the standby's copy with the master's.
 //! - [`control`]: the local control socket (`verify`, `status`, `switchover`).
@@ -27,10 +29,12 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod failback;
+pub mod feed;
 pub mod files;
 pub mod index;
 pub mod journal;
 pub mod lineage;
+pub mod link;
 pub mod metrics;
 pub mod ranges;
 pub mod reload;

@@ -121,7 +121,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
             let ran = runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
-                sluice_agent::daemon::run(config, Some(reloader), shutdown).await
+                match &config.relay {
+                    Some(relay) => {
+                        let origin = sluice_net::origin::OriginClock::open(&relay.origin)
+                            .with_context(|| format!("opening {}", relay.origin.display()))?;
+                        sluice_agent::daemon::run_relay(config, sluice_agent::daemon::Relay { origin }, shutdown).await
+                    }
+                    None => sluice_agent::daemon::run(config, Some(reloader), shutdown).await,
+                }
             });
             match ran {
                 // A distinct status, so a service manager does not restart an agent
@@ -204,10 +211,22 @@ fn status(runtime: tokio::runtime::Runtime, config: &sluice_agent::config::Confi
         println!("role:        {} (generation {})", s.role, s.generation);
         let link = if s.connected { "connected" } else { "not connected" };
         let sync = if s.synced { "in sync" } else { "not in sync yet" };
-        println!("standby:     {} ({link}, {sync})", s.peer);
+        let standby = if s.standbys.len() > 1 { "standbys:" } else { "standby: " };
+        println!("{standby}    {} ({link}, {sync})", s.peer);
         println!("operations:  last {}, applied {}, durable {}", s.last_seq, s.applied_seq, s.durable_seq);
         println!("lag:         {:.3} s, {} bytes", s.lag_seconds, s.lag_bytes);
         println!("backlog:     {} operations, {} bytes unsent", s.backlog_ops, s.backlog_bytes);
+        if s.standbys.len() > 1 {
+            for standby in &s.standbys {
+                let link = if standby.connected { "connected" } else { "not connected" };
+                let sync = if standby.synced { "in sync" } else { "not in sync" };
+                let ahead = if standby.ahead { "; behind, kept as ranges" } else { "" };
+                println!(
+                    "  {:<10} {} ({link}, {sync}): lag {:.3} s, {} bytes; durable {} of {}{ahead}",
+                    standby.name, standby.address, standby.lag_seconds, standby.lag_bytes, standby.durable_seq, standby.last_seq
+                );
+            }
+        }
         println!("problems:    {} events dropped, {} verifier mismatches, {} tree comparisons", s.events_dropped, s.verify_mismatches, s.tree_compares);
         let compared = if s.last_compare_unix > 0.0 {
             format!("{} ago, {} files differed", ago(s.last_compare_unix), s.last_compare_files_differing)

@@ -15,6 +15,7 @@ pub fn changes(running: &Config, new: &Config) -> Changes {
     let mut fixed = |key, same| changes.fixed(key, same);
     fixed("root", running.root == new.root);
     fixed("receiver", running.receiver == new.receiver);
+    fixed("standby", running.standby == new.standby);
     fixed("state_dir", running.state_dir == new.state_dir);
     fixed("tls", running.tls == new.tls);
     fixed("metrics.listen", running.metrics == new.metrics);

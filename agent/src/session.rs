@@ -1,23 +1,27 @@
-//! Replication state that outlives connections ([`Replicator`]: events into the
-//! backlog, memory bounds, the durable journal, restart recovery) and one
-//! connection to the receiver ([`Session`]: handshake, resending what the standby
-//! lacks, tree comparisons, streaming and acknowledgements).
+//! Replication to every standby ([`Replicator`]): events into operations, read
+//! once and handed to each standby's [`Feed`]; memory bounds per standby; the
+//! durable journals; restart recovery; and, per connection, the handshake,
+//! resending what the standby lacks, tree comparisons, streaming and
+//! acknowledgements. Nothing here waits on a connection: frames go to each
+//! connection's [`Outbox`](crate::link::Outbox), so a slow standby never holds
+//! up the others.
 
 use crate::backlog::{Backlog, Limits, ManifestState, Next, Rewound};
 use crate::capture::Event;
+use crate::control::{AgentStatus, ControlRequest, Request, StandbyStatus, SwitchoverProof};
 use crate::engine::{DirtyInode, Engine, PendingOp, Recovery};
-use crate::journal::{Header, LogEntry, JournalWriter, Snapshot};
-use crate::control::{AgentStatus, ControlRequest, Request, SwitchoverProof};
-use crate::metrics::Metrics;
+use crate::feed::{Feed, Link};
+use crate::journal::{Header, JournalWriter, LogEntry, Snapshot};
+use crate::link::{Opened, Outbox};
+use crate::metrics::{Metrics, StandbyMetrics};
 use crate::verify::{Report, Verifier};
-use anyhow::{Context, anyhow, bail};
-use sluice_net::{FrameReader, FrameWriter};
+use anyhow::{Context, bail};
 use sluice_proto::lineage::{Activity, Lineage, Role, TreeLineage};
-use sluice_proto::{AgentMessage, Entry, Hash, PROTOCOL_VERSION, ReceiverMessage, RelPath};
-use std::collections::VecDeque;
+use sluice_proto::{AgentMessage, Entry, Op, PROTOCOL_VERSION, ReceiverMessage};
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Encoded manifest bytes per frame, about (entries with large extended
 /// attributes make few entries a frame).
@@ -25,7 +29,7 @@ const MANIFEST_CHUNK_BYTES: usize = 1 << 20;
 /// Payload bytes per frame of operations; small ops share a frame.
 const FRAME_PAYLOAD: u64 = 1 << 20;
 /// Rescans closer together than this are deferred, so a burst of unplaceable events costs one.
-const RESCAN_SPACING: Duration = Duration::from_secs(2);
+pub const RESCAN_SPACING: Duration = Duration::from_secs(2);
 /// How often a waiting switchover tells the operator what it waits for.
 const SWITCHOVER_REPORT: Duration = Duration::from_secs(1);
 /// How often the initial sync logs its progress when no terminal shows a bar.
@@ -42,8 +46,10 @@ const JOURNAL_SLACK_SECS: i64 = 2;
 /// that comes back before then loses nothing). A receiver that is merely slow
 /// (its disk throttling writes) keeps acknowledging packets and is not paused for.
 const STALL: Duration = Duration::from_secs(1);
-/// Wanted files read in one turn of the session loop, at most.
+/// Wanted files read in one turn of the loop, at most.
 const WANTS_PER_TURN: usize = 32;
+/// Frames queued for one standby in one turn of the loop, at most.
+const FRAMES_PER_TURN: usize = 8;
 /// File content read ahead of sending, by flushes of dirty data and while
 /// answering the receiver's wants.
 const READ_AHEAD_BYTES: u64 = 16 << 20;
@@ -84,24 +90,25 @@ fn unix_secs() -> i64 {
     (unix_ns() / 1_000_000_000) as i64
 }
 
-/// Events → operations → backlog, whether connected or not, and the durable
-/// record of what the standby may lack.
+/// A standby as the agent starts: its journal and what it held.
+pub struct FeedSetup {
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    pub journal: JournalWriter,
+    pub loaded: Option<Snapshot>,
+    pub verifier: Verifier,
+    pub metrics: StandbyMetrics,
+}
+
+/// Events → operations → each standby's backlog, whether connected or not,
+/// and the durable record of what each standby may lack.
 pub struct Replicator {
     pub engine: Engine,
-    pub backlog: Backlog,
-    journal: JournalWriter,
+    pub feeds: Vec<Feed>,
+    limits: Limits,
     metrics: Metrics,
-    /// The header last recorded; `None` until this run's first checkpoint.
-    last_written: Option<Header>,
     dropped_seen: u64,
     read_seen: u64,
-    journal_seen: u64,
-    /// The operation the receiver refused on the previous connection.
-    refused: Option<u64>,
-    /// The backlog was cleared while connected: the next operations sent do not
-    /// follow the last ones, which the receiver must be told.
-    skip_owed: bool,
-    online: bool,
     /// When the last event was handled (Unix seconds).
     last_event_secs: i64,
     /// When the last event was handled (Unix ns).
@@ -110,37 +117,68 @@ pub struct Replicator {
     generation_changes: u64,
     ticks: u64,
     scratch: Vec<PendingOp>,
-    pub verifier: Verifier,
-    verify_seen: crate::verify::Stats,
     pub crosscheck: crate::crosscheck::CrossCheck,
     crosscheck_seen: (u64, u64),
     /// Capture time of the newest event handled.
     latest_event_ns: u64,
-    /// What the status names: the tree, the standby, the lineage.
+    /// What the status names: the tree, the standbys, the lineage.
     pub about: About,
-    /// A switchover asked for and not finished.
+    /// A switchover asked for and not finished (with the one standby there is).
     switchover: Option<PendingSwitchover>,
     /// A switchover the standby confirmed: the daemon makes this tree a standby and stops.
     pub switched: Option<Switched>,
     /// Where how far this master got is recorded now and then.
     pub activity_file: Option<crate::lineage::TreeFile>,
     activity_recorded: (Activity, Option<Instant>),
-    /// What is queued is everything this tree changed since its promotion (see
-    /// [`crate::failback`]), until the first connection.
-    pub(crate) failback_base: bool,
-    /// A failback by ranges is under way: once all of it is sent, the standby
-    /// is told (`FailbackDone`).
-    failback_sending: bool,
     /// What systemd is told (readiness, status lines).
     pub notifier: sluice_net::notify::Notifier,
-    /// Beats each time a work loop goes round, for systemd's watchdog.
+    /// Beats each time the work loop goes round, for systemd's watchdog.
     pub heartbeat: sluice_net::notify::Heartbeat,
     /// When the agent started, and when systemd last heard of it.
     service_started: Instant,
     service_reported: Option<Instant>,
-    /// When the last comparison with the standby ended (Unix seconds) and how
-    /// many files differed.
-    last_compare: Option<(f64, u64)>,
+    /// Notified each time a connection's writer took a frame.
+    pub written: Arc<Notify>,
+    /// When this tree is a standby forwarding what it applies (a relay): the
+    /// master's capture times of what its receiver applied.
+    pub relay: Option<RelayClock>,
+}
+
+/// The master's capture time of what a relay's receiver applied, by when the
+/// relay captured the writes it made (see [`sluice_net::origin`]).
+pub struct RelayClock {
+    clock: sluice_net::origin::OriginClock,
+    /// The capture time (CLOCK_MONOTONIC ns) of the newest event of each batch
+    /// handled → the master's capture time (Unix ns) of what was applied then.
+    timeline: std::collections::BTreeMap<u64, u64>,
+}
+
+/// Batches whose origin a relay remembers, at most.
+const RELAY_TIMELINE: usize = 1 << 16;
+
+impl RelayClock {
+    pub fn new(clock: sluice_net::origin::OriginClock) -> RelayClock {
+        RelayClock { clock, timeline: std::collections::BTreeMap::new() }
+    }
+
+    fn note_batch(&mut self, newest_ns: u64) {
+        let origin = self.clock.get();
+        if origin == 0 {
+            return;
+        }
+        self.timeline.insert(newest_ns, origin);
+        while self.timeline.len() > RELAY_TIMELINE {
+            self.timeline.pop_first();
+        }
+    }
+
+    /// The master's capture time of a change this relay captured at `captured_ns`.
+    fn origin_of(&self, captured_ns: u64, now_mono: u64, now_unix: u64) -> u64 {
+        let local = now_unix.saturating_sub(now_mono.saturating_sub(captured_ns));
+        let origin = self.timeline.range(captured_ns..).next().map(|(_, origin)| *origin).unwrap_or_else(|| self.clock.get());
+        // Never later than the relay saw it.
+        if origin == 0 { local } else { origin.min(local) }
+    }
 }
 
 /// What the agent's status names besides its counters.
@@ -173,73 +211,84 @@ pub struct Switched {
 /// The standby refused this agent: it was promoted out of this tree's
 /// generation (or holds an unrelated one).
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("the standby refused this agent (fenced): {reason}")]
+#[error("the standby {standby} refused this agent (fenced): {reason}")]
 pub struct Fenced {
+    pub standby: String,
     pub reason: String,
     /// The standby's lineage.
     pub lineage: Lineage,
 }
 
 impl Replicator {
-    /// Resumes from the journal's snapshot when there is one: its operations and
-    /// dirty ranges are queued for the standby, and the walk that rebuilds the
-    /// index finds what changed after it (see [`Engine::recover`]). Without one,
-    /// the whole tree is compared on the first connection, unless the tree was
-    /// promoted (at `promoted_unix_ns`): then the files changed since are queued
-    /// whole, and with what capture finds from now on they are what the old
-    /// primary needs at its failback (see [`crate::failback`]).
-    pub fn new(
-        mut engine: Engine,
-        journal: JournalWriter,
-        loaded: Option<Snapshot>,
-        promoted_unix_ns: Option<u64>,
-        limits: Limits,
-        verifier: Verifier,
-        metrics: Metrics,
-    ) -> anyhow::Result<Replicator> {
+    /// Resumes each standby from its journal's snapshot when there is one: its
+    /// operations and dirty ranges are queued for it, and the walk that
+    /// rebuilds the index finds what changed after the oldest of them (see
+    /// [`Engine::recover`]). A standby without one is compared on its first
+    /// connection, unless no standby has one and the tree was promoted (at
+    /// `promoted_unix_ns`): then the files changed since are queued whole, and
+    /// with what capture finds from now on they are what the old primary needs
+    /// at its failback (see [`crate::failback`]).
+    pub fn new(mut engine: Engine, setups: Vec<FeedSetup>, promoted_unix_ns: Option<u64>, limits: Limits, metrics: Metrics) -> anyhow::Result<Replicator> {
         let now = monotonic_ns();
-        let (next_seq, durable) = loaded.as_ref().map_or((1, 0), |s| (s.next_seq, s.durable));
-        let mut backlog = Backlog::new(next_seq, durable, limits);
-        let mut failback_base = loaded.as_ref().is_some_and(|s| s.failback_base && !s.compare_owed);
-        match loaded {
-            None if let Some(promoted) = promoted_unix_ns => {
-                // Whatever the receiver applied before the promotion has an older
-                // change time, or one within the same second (then the tree is compared).
-                let since = (promoted / 1_000_000_000) as i64;
-                match engine.recover(since).context("walking the watched tree")? {
-                    Recovery::Whole { changed } => {
-                        engine.request_compare(format!("{changed} changed between the promotion and the agent's start"))
+        let mut feeds = Vec::new();
+        let mut loaded = Vec::new();
+        for setup in setups {
+            let (next_seq, durable) = setup.loaded.as_ref().map_or((1, 0), |s| (s.next_seq, s.durable));
+            let mut feed = Feed::new(setup.name, setup.address, setup.journal, Backlog::new(next_seq, durable, limits), setup.verifier, setup.metrics);
+            feed.failback_base = setup.loaded.as_ref().is_some_and(|s| s.failback_base && !s.compare_owed);
+            feeds.push(feed);
+            loaded.push(setup.loaded);
+        }
+        let resumable: Vec<&Snapshot> = loaded.iter().flatten().filter(|s| !s.compare_owed).collect();
+        if resumable.is_empty() && loaded.iter().all(Option::is_none) && let Some(promoted) = promoted_unix_ns {
+            // Whatever the receiver applied before the promotion has an older
+            // change time, or one within the same second (then the tree is compared).
+            let since = (promoted / 1_000_000_000) as i64;
+            match engine.recover(since).context("walking the watched tree")? {
+                Recovery::Whole { changed } => {
+                    for feed in &mut feeds {
+                        feed.request_compare(format!("{changed} changed between the promotion and the agent's start"), false);
                     }
-                    Recovery::Scoped(entries) => {
-                        tracing::info!(
-                            files = entries.len(),
-                            "the tree was promoted and this agent has no state yet: files changed since the promotion are queued whole, for the old primary's failback"
-                        );
-                        for entry in &entries {
-                            if let Some(ino) = engine.index().resolve(&entry.path) {
-                                engine.redirty(&DirtyInode { ino, ranges: vec![(0, u64::MAX)], attrs: true }, now);
-                            }
+                }
+                Recovery::Scoped(entries) => {
+                    tracing::info!(
+                        files = entries.len(),
+                        "the tree was promoted and this agent has no state yet: files changed since the promotion are queued whole, for the old primary's failback"
+                    );
+                    for entry in &entries {
+                        if let Some(ino) = engine.index().resolve(&entry.path) {
+                            engine.redirty(&DirtyInode { ino, ranges: vec![(0, u64::MAX)], attrs: true }, now);
                         }
-                        failback_base = true;
-                        // An empty comparison marks the standby in sync once what is queued is applied.
-                        let since = unix_secs() - JOURNAL_SLACK_SECS;
-                        backlog.push_manifest(ManifestState { scoped: Some(Vec::new()), subtrees: Vec::new(), done_seq: None, since });
+                    }
+                    // An empty comparison marks the standby in sync once what is queued is applied.
+                    let since = unix_secs() - JOURNAL_SLACK_SECS;
+                    for feed in &mut feeds {
+                        feed.failback_base = true;
+                        feed.last_compare_start = Some(since);
+                        feed.backlog.push_manifest(ManifestState { scoped: Some(Vec::new()), subtrees: Vec::new(), done_seq: None, since });
                     }
                 }
             }
-            None => engine.request_compare(NO_STATE),
-            Some(snapshot) if snapshot.compare_owed => {
-                engine.request_compare("the previous run had not finished comparing the tree")
-            }
-            Some(snapshot) => {
-                let started = Instant::now();
-                let recovery = engine.recover(snapshot.verify_since).context("walking the watched tree")?;
-                match recovery {
-                    Recovery::Whole { changed } => {
-                        engine.request_compare(format!("{changed} changed while the agent was not running"))
+        } else if let Some(since) = resumable.iter().map(|s| s.verify_since).min() {
+            let started = Instant::now();
+            let recovery = engine.recover(since).context("walking the watched tree")?;
+            for (i, (feed, snapshot)) in feeds.iter_mut().zip(loaded).enumerate() {
+                let snapshot = match snapshot {
+                    None => {
+                        feed.request_compare(NO_STATE, false);
+                        continue;
                     }
+                    Some(snapshot) if snapshot.compare_owed => {
+                        feed.request_compare("the previous run had not finished comparing the tree", false);
+                        continue;
+                    }
+                    Some(snapshot) => snapshot,
+                };
+                match &recovery {
+                    Recovery::Whole { changed } => feed.request_compare(format!("{changed} changed while the agent was not running"), false),
                     Recovery::Scoped(entries) => {
                         tracing::info!(
+                            standby = %feed.name,
                             operations = snapshot.ops.len(),
                             dirty_files = snapshot.dirty.len(),
                             files_to_verify = entries.len(),
@@ -248,54 +297,55 @@ impl Replicator {
                             "resuming from the durable state of the previous run"
                         );
                         metrics.files_verified.inc_by(entries.len() as u64);
-                        backlog.restore(snapshot.ops, now);
+                        feed.backlog.restore(snapshot.ops, now);
                         for dirty in &snapshot.dirty {
-                            engine.redirty(dirty, now);
+                            engine.redirty_for(i, dirty, now);
                         }
-                        let since = snapshot.verify_since;
-                        backlog.push_manifest(ManifestState { scoped: Some(entries), subtrees: Vec::new(), done_seq: None, since });
+                        feed.last_compare_start = Some(since);
+                        let manifest = ManifestState { scoped: Some(entries.clone()), subtrees: Vec::new(), done_seq: None, since };
+                        feed.backlog.push_manifest(manifest);
                     }
                 }
             }
+        } else {
+            for (feed, snapshot) in feeds.iter_mut().zip(&loaded) {
+                match snapshot {
+                    None => feed.request_compare(NO_STATE, false),
+                    Some(_) => feed.request_compare("the previous run had not finished comparing the tree", false),
+                }
+            }
         }
+        let peer = feeds.iter().map(|f| f.address.to_string()).collect::<Vec<_>>().join(", ");
         Ok(Replicator {
             engine,
-            backlog,
-            journal,
+            feeds,
+            limits,
             metrics,
-            last_written: None,
             dropped_seen: 0,
             read_seen: 0,
-            journal_seen: 0,
-            refused: None,
-            skip_owed: false,
-            online: false,
             last_event_secs: 0,
             last_event_unix_ns: 0,
             generation_changes: 0,
             ticks: 0,
             scratch: Vec::new(),
-            verifier,
-            verify_seen: crate::verify::Stats::default(),
             crosscheck: crate::crosscheck::CrossCheck::default(),
             crosscheck_seen: (0, 0),
             latest_event_ns: 0,
             about: About {
                 root: std::path::PathBuf::new(),
-                peer: String::new(),
+                peer,
                 lineage: TreeLineage { role: Role::Primary, lineage: Lineage::fresh(""), promoted: None, keep_replaced: false, activity: None },
             },
             switchover: None,
             switched: None,
             activity_file: None,
             activity_recorded: (Activity::default(), None),
-            failback_base,
-            failback_sending: false,
             notifier: sluice_net::notify::Notifier::default(),
             heartbeat: sluice_net::notify::Heartbeat::default(),
             service_started: Instant::now(),
             service_reported: None,
-            last_compare: None,
+            written: Arc::new(Notify::new()),
+            relay: None,
         })
     }
 
@@ -305,16 +355,15 @@ impl Replicator {
             switchover.events_seen += batch.events.len() as u64;
         }
         self.metrics.events_captured.inc_by(batch.events.len() as u64);
-        if !batch.events.is_empty() {
-            self.last_event_secs = unix_secs();
-            self.last_event_unix_ns = unix_ns();
-            self.generation_changes += batch.events.len() as u64;
-        }
         if let Some(newest) = batch.events.iter().map(|e| e.ts_ns).max() {
             self.latest_event_ns = self.latest_event_ns.max(newest);
+            if let Some(relay) = &mut self.relay {
+                relay.note_batch(newest);
+            }
         }
         self.note_drops(batch.dropped_total);
         let mut pending = std::mem::take(&mut self.scratch);
+        let changes_before = self.engine.change_count();
         for event in &batch.events {
             // A bug in handling one event must not stop replication: the tree is
             // compared instead (which rebuilds every piece of engine state).
@@ -326,54 +375,145 @@ impl Replicator {
                 self.engine.request_rescan("an event could not be processed");
             }
         }
+        // What changed the tree, not every event: writes beside it (in
+        // `.sluice`, where this agent records its activity) are no change of it.
+        let changes = self.engine.change_count().saturating_sub(changes_before) + pending.len() as u64;
+        if changes > 0 {
+            self.last_event_secs = unix_secs();
+            self.last_event_unix_ns = unix_ns();
+            self.generation_changes += changes;
+        }
         self.queue(&mut pending);
         self.scratch = pending;
     }
 
-    /// Reads the dirty ranges whose coalescing time is up into operations.
+    /// Whether anything waits to be read: shared dirty ranges, or a connected
+    /// standby's own.
+    pub fn has_dirty(&self) -> bool {
+        self.engine.has_dirty() || self.feeds.iter().enumerate().any(|(i, f)| f.online() && self.engine.has_dirty_for(i))
+    }
+
+    /// Reads the dirty ranges whose coalescing time is up into operations,
+    /// once for every standby that takes them; then, for each connected
+    /// standby with room, what it alone lacks.
     pub fn flush(&mut self) {
         let mut pending = std::mem::take(&mut self.scratch);
         self.refill_read_budget();
         tokio::task::block_in_place(|| self.engine.flush(&mut pending));
         self.queue(&mut pending);
+        for i in 0..self.feeds.len() {
+            let feed = &self.feeds[i];
+            if !feed.online() || !self.engine.has_dirty_for(i) || self.stalled(i) {
+                continue;
+            }
+            let mut budget = feed.content_room(self.limits, READ_AHEAD_BYTES);
+            if budget == 0 {
+                continue;
+            }
+            tokio::task::block_in_place(|| self.engine.flush_for(i, &mut budget, &mut pending));
+            let feed = &mut self.feeds[i];
+            for op in pending.drain(..) {
+                let captured = op.captured_ns;
+                feed.backlog.push(op, captured);
+            }
+            self.check_overflow(i);
+        }
+        self.absorb_compare_requests();
+        self.hold_data_if_needed();
         self.scratch = pending;
     }
 
-    fn compare_owed(&self) -> bool {
-        self.engine.rescan_reason().is_some()
+    /// Hands the engine's request for a comparison to every standby.
+    fn absorb_compare_requests(&mut self) {
+        if let Some((reason, verify_recent)) = self.engine.take_compare_request() {
+            for feed in &mut self.feeds {
+                feed.request_compare(reason.clone(), verify_recent);
+            }
+        }
     }
 
+    /// Hands `pending` to every standby.
     fn queue(&mut self, pending: &mut Vec<PendingOp>) {
-        if self.compare_owed() && !self.online {
-            // The comparison on the next connection covers these.
-            pending.clear();
-        }
+        self.absorb_compare_requests();
+        let count = self.feeds.len();
         for op in pending.drain(..) {
-            let captured = op.captured_ns;
-            self.backlog.push(op, captured);
+            for i in 1..count {
+                self.queue_one(i, op.clone());
+            }
+            if count > 0 {
+                self.queue_one(0, op);
+            }
         }
-        if self.backlog.overflowed() {
-            self.metrics.backlog_overflows.inc();
-            let reason = format!("more than {} operations waited for the standby", self.backlog.unsent_len());
-            self.backlog.clear();
-            self.skip_owed = true;
-            self.engine.request_compare(reason);
+        for i in 0..count {
+            self.check_overflow(i);
         }
         self.hold_data_if_needed();
     }
 
-    /// Dirty data is read no further ahead of sending than [`READ_AHEAD_BYTES`]:
-    /// reading and sending overlap, and a file written faster than the link
-    /// carries waits as ranges (which later writes to them coalesce into), not as
-    /// copies of its content in memory.
-    fn refill_read_budget(&mut self) {
-        self.engine.read_budget = READ_AHEAD_BYTES.saturating_sub(self.backlog.unsent_payload());
+    /// Hands one operation to standby `i`: as it is, or, while the standby is
+    /// behind, a write or change of attributes as the range or inode it names
+    /// (read again for it when it can take it).
+    fn queue_one(&mut self, i: usize, op: PendingOp) {
+        let feed = &mut self.feeds[i];
+        if feed.compare.is_some() && !feed.online() {
+            // The comparison on its next connection covers this.
+            return;
+        }
+        if feed.ahead && let Some(ino) = op.ino {
+            let dirty = match &op.op {
+                Op::Write { offset, data, .. } => Some(DirtyInode { ino, ranges: vec![(*offset, offset + data.len() as u64)], attrs: false }),
+                Op::SetAttrs { .. } => Some(DirtyInode { ino, ranges: Vec::new(), attrs: true }),
+                _ => None,
+            };
+            if let Some(dirty) = dirty {
+                self.engine.redirty_for(i, &dirty, op.captured_ns);
+                return;
+            }
+        }
+        let captured = op.captured_ns;
+        feed.backlog.push(op, captured);
+        if feed.backlog.content_full() && !feed.ahead {
+            feed.ahead = true;
+            tracing::info!(standby = %feed.name, bytes = feed.backlog.unsent_payload(), "the standby is behind: what it lacks is kept as changed ranges until it catches up");
+        }
     }
 
-    /// Dirty data stays as ranges while the backlog is at its memory bound, or while
-    /// offline with a tree comparison owed (which will cover it).
+    /// A standby holding more operations than allowed is compared instead.
+    fn check_overflow(&mut self, i: usize) {
+        let feed = &mut self.feeds[i];
+        if feed.backlog.overflowed() {
+            self.metrics.backlog_overflows.inc();
+            let reason = format!("more than {} operations waited for the standby", feed.backlog.unsent_len());
+            feed.backlog.clear();
+            feed.skip_owed = true;
+            feed.ahead = false;
+            // Its ranges stay: a comparison by size and time misses a write within one tick.
+            feed.request_compare(reason, false);
+        }
+    }
+
+    /// Dirty data is read no further ahead of sending than [`READ_AHEAD_BYTES`]
+    /// for the standby furthest ahead that takes it: reading and sending
+    /// overlap, and a file written faster than the links carry waits as ranges
+    /// (which later writes to them coalesce into), not as copies of its content
+    /// in memory.
+    fn refill_read_budget(&mut self) {
+        let least = self.feeds.iter().filter(|f| f.takes_content()).map(|f| f.backlog.unsent_payload()).min().unwrap_or(0);
+        self.engine.read_budget = READ_AHEAD_BYTES.saturating_sub(least);
+    }
+
+    /// Dirty data stays as ranges while no standby takes content: each is at
+    /// its memory bound, or away with a comparison owed (which will cover it).
     fn hold_data_if_needed(&mut self) {
-        self.engine.data_held = self.backlog.content_full() || (self.compare_owed() && !self.online);
+        for i in 0..self.feeds.len() {
+            let private = self.engine.has_dirty_for(i);
+            let feed = &mut self.feeds[i];
+            if feed.ahead && !private && feed.backlog.unsent_payload() < self.limits.bytes / 2 {
+                feed.ahead = false;
+                tracing::info!(standby = %feed.name, "the standby caught up");
+            }
+        }
+        self.engine.data_held = !self.feeds.iter().any(Feed::takes_content);
     }
 
     fn note_drops(&mut self, dropped_total: u64) {
@@ -385,7 +525,22 @@ impl Replicator {
         }
     }
 
-    /// Queues a scoped comparison of the paths waiting for repair, in stream order.
+    /// Whether the paths waiting for repair can be queued: no standby that
+    /// gets them has a comparison of part of the tree under way.
+    pub fn repairs_due(&self) -> bool {
+        self.engine.has_repairs()
+            && self.feeds.iter().any(|f| f.online() && f.compare.is_none())
+            && self.feeds.iter().all(|f| f.compare.is_some() || f.backlog.unsettled_manifest().is_none())
+    }
+
+    /// Whether a walk of the tree is due (a comparison or repairs): what
+    /// capture reported should be handled first.
+    pub fn walk_due(&self) -> bool {
+        self.repairs_due() || (0..self.feeds.len()).any(|i| self.compare_due(i))
+    }
+
+    /// Queues a scoped comparison of the paths waiting for repair, in stream
+    /// order, for every standby not owed a comparison of the whole tree.
     pub fn queue_repairs(&mut self) -> anyhow::Result<()> {
         let mut pending = std::mem::take(&mut self.scratch);
         // What was captured before the walk goes first, so the walk is not older
@@ -399,62 +554,79 @@ impl Replicator {
         };
         self.metrics.repairs.inc_by(repair.subtrees.len() as u64);
         let now = monotonic_ns();
-        for path in repair.removes {
-            self.backlog.push(PendingOp { op: sluice_proto::Op::Remove { path }, captured_ns: now, ino: None }, now);
-        }
         let since = unix_secs() - JOURNAL_SLACK_SECS;
-        self.backlog.push_manifest(ManifestState { scoped: Some(repair.entries), subtrees: repair.subtrees, done_seq: None, since });
+        for feed in &mut self.feeds {
+            if feed.compare.is_some() {
+                continue;
+            }
+            for path in &repair.removes {
+                feed.backlog.push(PendingOp { op: Op::Remove { path: path.clone() }, captured_ns: now, ino: None }, now);
+            }
+            let manifest = ManifestState { scoped: Some(repair.entries.clone()), subtrees: repair.subtrees.clone(), done_seq: None, since };
+            feed.backlog.push_manifest(manifest);
+        }
         Ok(())
     }
 
-    /// Work done every 100 ms while not connected.
+    /// Work done every 100 ms.
     pub fn tick(&mut self) {
         self.heartbeat.beat();
-        self.report_to_service_manager(false);
+        self.absorb_compare_requests();
+        self.report_to_service_manager();
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {
             self.engine.refresh_mapped(monotonic_ns());
         }
         self.update_metrics();
-        if self.journal.due() {
+        self.record_activity(Some(crate::lineage::ACTIVITY_INTERVAL));
+        if self.feeds.iter().any(|f| f.journal.due()) {
             self.write_journal();
         }
     }
 
-    /// Tells systemd what the agent does, once a second. Ready once the first
-    /// comparison is done or the stream runs (`synced`), or once the standby
-    /// stayed unreachable for [`READY_WITHOUT_STANDBY`]: capture runs and the
-    /// journal keeps every change meanwhile, which is the agent's service.
-    pub fn report_to_service_manager(&mut self, synced: bool) {
+    /// Tells systemd what the agent does, once a second. Ready once every
+    /// standby is compared and streaming, or once the start is
+    /// [`READY_WITHOUT_STANDBY`] past: capture runs and the journal keeps
+    /// every change for a standby that is away, which is the agent's service.
+    fn report_to_service_manager(&mut self) {
         if self.service_reported.is_some_and(|at| at.elapsed() < SERVICE_STATUS_INTERVAL) {
             return;
         }
         self.service_reported = Some(Instant::now());
-        let (lag, lag_bytes) = (self.metrics.lag_seconds.get(), self.metrics.lag_bytes.get());
-        let status = if !self.online {
-            format!("standby {} unreachable; {} operations and {} bytes journaled for it", self.about.peer, self.backlog.unsent_len(), self.backlog.unsent_payload())
-        } else if !synced || self.compare_owed() {
-            format!("comparing the tree with the standby {}", self.about.peer)
-        } else {
-            format!("streaming to {}; lag {lag:.3} s, {lag_bytes} bytes", self.about.peer)
-        };
-        if (self.online && synced) || (!self.online && self.service_started.elapsed() >= READY_WITHOUT_STANDBY) {
+        let parts: Vec<String> = self
+            .feeds
+            .iter()
+            .map(|feed| {
+                if !feed.online() {
+                    format!("standby {} unreachable; {} operations and {} bytes journaled for it", feed.address, feed.backlog.unsent_len(), feed.backlog.unsent_payload())
+                } else if !feed.synced() || feed.compare.is_some() {
+                    format!("comparing the tree with the standby {}", feed.address)
+                } else {
+                    format!("streaming to {}; lag {:.3} s, {} bytes", feed.address, feed.metrics.lag_seconds.get(), feed.metrics.lag_bytes.get())
+                }
+            })
+            .collect();
+        let status = parts.join("; ");
+        let all_synced = self.feeds.iter().all(|f| f.online() && f.synced());
+        if all_synced || self.service_started.elapsed() >= READY_WITHOUT_STANDBY {
             self.notifier.ready(&status);
         } else if self.notifier.is_ready() {
             self.notifier.status(&status);
         }
     }
 
-    /// Writes the journal at once and waits for it, as the agent stops.
+    /// Writes the journals at once and waits for them, as the agent stops.
     pub fn write_journal_now(&mut self) {
         self.record(true);
-        self.journal.finish();
+        for feed in &mut self.feeds {
+            feed.journal.finish();
+        }
     }
 
-    /// Records what changed since the last write: appended to the log, or a
-    /// whole checkpoint when one is owed (the first write of a run, sequence
-    /// numbers renumbered, the log grown past twice its checkpoint, or a
-    /// comparison of the whole tree starting or settling).
+    /// Records what changed since the last write, in each standby's journal:
+    /// appended to its log, or a whole checkpoint when one is owed (the first
+    /// write of a run, sequence numbers renumbered, the log grown past twice
+    /// its checkpoint, or a comparison of the whole tree starting or settling).
     pub fn write_journal(&mut self) {
         self.record(false);
     }
@@ -463,76 +635,83 @@ impl Replicator {
     /// when nothing changed, so the next start verifies only what changes after.
     fn record(&mut self, always: bool) {
         let now = unix_ns();
-        // Everything changed before this has been captured and is either in the
-        // journal or durable on the standby; files a pending verification covers
-        // are in neither, so their earlier bound is kept.
-        let mut verify_since = (now / 1_000_000_000) as i64 - JOURNAL_SLACK_SECS;
-        if let Some(manifest) = self.backlog.unsettled_manifest() {
-            verify_since = verify_since.min(manifest.since);
-        }
-        let full_pending = self.backlog.unsettled_manifest().is_some_and(|m| m.scoped.is_none());
-        let header = Header {
-            written_unix_ns: now,
-            next_seq: self.backlog.next_seq(),
-            compare_owed: self.compare_owed() || full_pending,
-            verify_since,
-            tree_nonempty: !self.engine.index().is_empty(),
-            failback_base: self.failback_base,
-        };
         let (dirtied, mapped) = self.engine.take_journal_deltas();
-        let log = self.backlog.take_log();
-        let renumbered = self.backlog.take_checkpoint_owed();
-        let last = self.last_written;
-        let checkpoint = renumbered
-            || self.journal.checkpoint_due()
-            || last.is_none_or(|last| last.compare_owed != header.compare_owed);
-        if checkpoint {
-            // While the whole tree is owed a comparison, what is queued is moot:
-            // a restart compares the tree again.
-            let (ops, dirty) = if header.compare_owed {
-                (Vec::new(), Vec::new())
-            } else {
-                let (ops, mut dirty) = self.backlog.records();
-                dirty.extend(self.engine.dirty_inodes());
-                (ops, dirty)
-            };
-            self.journal.checkpoint(Snapshot {
+        let shared_dirty = self.engine.dirty_inodes();
+        let tree_nonempty = !self.engine.index().is_empty();
+        for i in 0..self.feeds.len() {
+            let private_deltas = self.engine.take_journal_deltas_for(i);
+            let private_dirty = self.engine.dirty_inodes_for(i);
+            let last_event_secs = self.last_event_secs;
+            let feed = &mut self.feeds[i];
+            // Everything changed before this has been captured and is either in the
+            // journal or durable on the standby; files a pending verification covers
+            // are in neither, so their earlier bound is kept.
+            let mut verify_since = (now / 1_000_000_000) as i64 - JOURNAL_SLACK_SECS;
+            if let Some(manifest) = feed.backlog.unsettled_manifest() {
+                verify_since = verify_since.min(manifest.since);
+            }
+            let full_pending = feed.backlog.unsettled_manifest().is_some_and(|m| m.scoped.is_none());
+            let header = Header {
                 written_unix_ns: now,
-                next_seq: header.next_seq,
-                durable: self.backlog.durable(),
-                compare_owed: header.compare_owed,
+                next_seq: feed.backlog.next_seq(),
+                compare_owed: feed.compare.is_some() || full_pending,
                 verify_since,
-                ops,
-                dirty,
-                tree_nonempty: header.tree_nonempty,
-                failback_base: header.failback_base,
-            });
-            self.last_written = Some(header);
-            return;
+                tree_nonempty,
+                failback_base: feed.failback_base,
+            };
+            let log = feed.backlog.take_log();
+            let renumbered = feed.backlog.take_checkpoint_owed();
+            let last = feed.last_written;
+            let checkpoint = renumbered || feed.journal.checkpoint_due() || last.is_none_or(|last| last.compare_owed != header.compare_owed);
+            if checkpoint {
+                // While the whole tree is owed a comparison, what is queued is moot:
+                // a restart compares the tree again.
+                let (ops, dirty) = if header.compare_owed {
+                    (Vec::new(), Vec::new())
+                } else {
+                    let (ops, mut dirty) = feed.backlog.records();
+                    dirty.extend(shared_dirty.iter().cloned());
+                    dirty.extend(private_dirty);
+                    (ops, dirty)
+                };
+                feed.journal.checkpoint(Snapshot {
+                    written_unix_ns: now,
+                    next_seq: header.next_seq,
+                    durable: feed.backlog.durable(),
+                    compare_owed: header.compare_owed,
+                    verify_since,
+                    ops,
+                    dirty,
+                    tree_nonempty: header.tree_nonempty,
+                    failback_base: header.failback_base,
+                });
+                feed.last_written = Some(header);
+                continue;
+            }
+            let mut entries = if header.compare_owed { Vec::new() } else { log };
+            if !header.compare_owed && (!dirtied.is_empty() || !private_deltas.is_empty()) {
+                entries.push(LogEntry::Dirtied(dirtied.iter().cloned().chain(private_deltas).collect()));
+            }
+            if !header.compare_owed && !mapped.is_empty() {
+                entries.push(LogEntry::Mapped(mapped.clone()));
+            }
+            // Skipping an unchanged header leaves an older `verify_since` on disk,
+            // which only makes a restart verify more; it is written again anyway once
+            // the time bound can move past the last change seen, so that a restart
+            // does not verify what this journal vouches for.
+            let Some(last) = last else { continue };
+            let stale = last.verify_since <= last_event_secs && header.verify_since > last.verify_since;
+            let unchanged = entries.is_empty()
+                && last.next_seq == header.next_seq
+                && last.tree_nonempty == header.tree_nonempty
+                && last.failback_base == header.failback_base;
+            if unchanged && !stale && !always {
+                continue;
+            }
+            entries.push(LogEntry::Header(header));
+            feed.journal.append(entries);
+            feed.last_written = Some(header);
         }
-        let mut entries = if header.compare_owed { Vec::new() } else { log };
-        if !header.compare_owed && !dirtied.is_empty() {
-            entries.push(LogEntry::Dirtied(dirtied));
-        }
-        if !header.compare_owed && !mapped.is_empty() {
-            entries.push(LogEntry::Mapped(mapped));
-        }
-        // Skipping an unchanged header leaves an older `verify_since` on disk,
-        // which only makes a restart verify more; it is written again anyway once
-        // the time bound can move past the last change seen, so that a restart
-        // does not verify what this journal vouches for.
-        let Some(last) = last else { return };
-        let stale = last.verify_since <= self.last_event_secs && header.verify_since > last.verify_since;
-        let unchanged = entries.is_empty()
-            && last.next_seq == header.next_seq
-            && last.tree_nonempty == header.tree_nonempty
-            && last.failback_base == header.failback_base;
-        if unchanged && !stale && !always {
-            return;
-        }
-        entries.push(LogEntry::Header(header));
-        self.journal.append(entries);
-        self.last_written = Some(header);
     }
 
     /// Judges fanotify's notices whose time has come; `capture_idle` when no
@@ -553,19 +732,35 @@ impl Replicator {
         match control.request {
             Request::Verify { repair } => {
                 tracing::info!(repair, "verification of the whole tree asked for");
-                self.verifier.start_demand(repair, control.reply);
+                if let [feed] = self.feeds.as_mut_slice() {
+                    feed.verifier.start_demand(repair, control.reply);
+                    return;
+                }
+                let (tx, rx) = mpsc::unbounded_channel();
+                for feed in &mut self.feeds {
+                    feed.verifier.start_demand(repair, tx.clone());
+                }
+                tokio::spawn(combine_verifications(self.feeds.len(), rx, control.reply));
             }
             Request::Status => {
                 let _ = control.reply.send(Report::Status(Box::new(self.status())));
             }
             Request::Reconfigure { verify_bytes_per_second } => {
                 tracing::info!(verify_bytes_per_second, "verifier rate changed");
-                self.verifier.set_rate(verify_bytes_per_second);
+                for feed in &mut self.feeds {
+                    feed.verifier.set_rate(verify_bytes_per_second);
+                }
             }
-            Request::Switchover if !self.online => {
+            Request::Switchover if self.feeds.len() != 1 => {
+                let _ = control.reply.send(Report::Error(format!(
+                    "this master feeds {} standbys: a switchover hands the tree to one standby and needs the others to follow it, which is not done yet; promote the standby with `sluice-receiver promote` and point the others at it",
+                    self.feeds.len()
+                )));
+            }
+            Request::Switchover if !self.feeds[0].online() => {
                 let _ = control.reply.send(Report::Error(format!(
                     "not connected to the standby at {}: a switchover needs it (to fail over without the master, run `sluice-receiver promote` on the standby)",
-                    self.about.peer
+                    self.feeds[0].address
                 )));
             }
             Request::Switchover if self.switchover.is_some() => {
@@ -611,20 +806,32 @@ impl Replicator {
         }
     }
 
-    /// How far this master got in its generation.
+    /// How far this master got in its generation (its sequence is the one of
+    /// the standby it has numbered most operations for).
     pub fn activity(&self) -> Activity {
         Activity {
-            last_seq: self.backlog.next_seq().saturating_sub(1),
+            last_seq: self.feeds.iter().map(|f| f.backlog.next_seq().saturating_sub(1)).max().unwrap_or(0),
             last_change_unix_ns: self.last_event_unix_ns,
             changes: self.generation_changes,
         }
     }
 
-    /// What the agent is doing, for `sluice-agent status`.
+    /// The `Hello` a new connection sends.
+    pub fn hello(&self) -> AgentMessage {
+        let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: self.about.lineage.lineage.clone(), activity: self.activity() }
+    }
+
+    /// What the agent is doing, for `sluice-agent status`: the standby
+    /// furthest behind in the summary, then each.
     pub fn status(&self) -> AgentStatus {
         let m = &self.metrics;
-        let connected = self.online;
-        let synced = connected && m.initial_sync_complete.get() == 1;
+        let standbys: Vec<StandbyStatus> = self.feeds.iter().map(|feed| self.standby_status(feed)).collect();
+        let worst = standbys.iter().max_by(|a, b| a.lag_seconds.total_cmp(&b.lag_seconds));
+        let connected = standbys.iter().all(|s| s.connected);
+        let synced = standbys.iter().all(|s| s.synced);
+        let (verify_passes, verify_bytes) = self.feeds.iter().fold((0, 0), |(p, b), f| (p + f.verifier.stats.passes, b + f.verifier.stats.bytes));
+        let last_compare = self.feeds.iter().filter_map(|f| f.last_compare).max_by(|a, b| a.0.total_cmp(&b.0));
         AgentStatus {
             root: self.about.root.clone(),
             role: self.about.lineage.role.to_string(),
@@ -632,168 +839,187 @@ impl Replicator {
             peer: self.about.peer.clone(),
             connected,
             synced,
-            last_seq: self.backlog.next_seq().saturating_sub(1),
-            applied_seq: self.backlog.applied_seq(),
-            durable_seq: self.backlog.durable(),
-            backlog_ops: self.backlog.unsent_len() as u64,
-            backlog_bytes: self.backlog.unsent_payload(),
+            last_seq: worst.map_or(0, |s| s.last_seq),
+            applied_seq: worst.map_or(0, |s| s.applied_seq),
+            durable_seq: worst.map_or(0, |s| s.durable_seq),
+            backlog_ops: standbys.iter().map(|s| s.backlog_ops).sum(),
+            backlog_bytes: standbys.iter().map(|s| s.backlog_bytes).sum(),
             lag_seconds: m.lag_seconds.get(),
             lag_bytes: u64::try_from(m.lag_bytes.get()).unwrap_or(0),
             events_dropped: m.events_dropped.get(),
             tree_compares: m.tree_compares.get(),
             verify_mismatches: m.verify_mismatches.get(),
             verify_last_pass_unix: m.verify_last_pass.get(),
-            verify_passes: self.verifier.stats.passes,
-            verify_bytes: self.verifier.stats.bytes,
-            last_compare_unix: self.last_compare.map_or(0.0, |(at, _)| at),
-            last_compare_files_differing: self.last_compare.map_or(0, |(_, differing)| differing),
+            verify_passes,
+            verify_bytes,
+            last_compare_unix: last_compare.map_or(0.0, |(at, _)| at),
+            last_compare_files_differing: last_compare.map_or(0, |(_, differing)| differing),
             problems: sluice_net::daemon::recent_problems(),
-            healthy: synced,
+            healthy: connected && synced,
+            standbys,
         }
     }
 
-    /// Marks the end of a connection.
-    pub fn offline(&mut self) {
-        self.online = false;
-        if let Some(switchover) = self.switchover.take() {
-            let reason = match switchover.point {
-                Some(_) => "the connection ended before the standby confirmed its promotion: check `sluice-receiver status` on it before writing anywhere",
-                None => "the connection to the standby ended before it held everything; nothing was promoted",
-            };
-            let _ = switchover.reply.send(Report::Error(reason.into()));
+    fn standby_status(&self, feed: &Feed) -> StandbyStatus {
+        StandbyStatus {
+            name: feed.name.clone(),
+            address: feed.address.to_string(),
+            connected: feed.online(),
+            synced: feed.synced(),
+            last_seq: feed.backlog.next_seq().saturating_sub(1),
+            applied_seq: feed.backlog.applied_seq(),
+            durable_seq: feed.backlog.durable(),
+            backlog_ops: feed.backlog.unsent_len() as u64,
+            backlog_bytes: feed.backlog.unsent_payload(),
+            ahead: feed.ahead,
+            lag_seconds: feed.metrics.lag_seconds.get(),
+            lag_bytes: u64::try_from(feed.metrics.lag_bytes.get()).unwrap_or(0),
+            compare_owed: feed.compare.clone(),
+            last_compare_unix: feed.last_compare.map_or(0.0, |(at, _)| at),
+            last_compare_files_differing: feed.last_compare.map_or(0, |(_, differing)| differing),
+            verify_passes: feed.verifier.stats.passes,
+            verify_bytes: feed.verifier.stats.bytes,
         }
-        self.verifier.connection_lost();
-        self.hold_data_if_needed();
-        self.update_metrics();
     }
 
     fn update_metrics(&mut self) {
         let now = monotonic_ns();
-        let oldest = [self.backlog.oldest_unapplied_ns(), self.engine.oldest_dirty_ns()].into_iter().flatten().min();
-        self.metrics.lag_seconds.set(oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9));
-        let bytes = self.backlog.unsent_payload() + self.backlog.in_flight_bytes() + self.engine.dirty_bytes();
-        self.metrics.lag_bytes.set(bytes as i64);
-        self.metrics.ops_in_flight.set(self.backlog.in_flight() as i64);
-        self.metrics.repairs_abandoned.set(self.engine.repairs_abandoned() as i64);
-        let stats = self.verifier.stats;
-        self.metrics.verify_bytes.inc_by(stats.bytes.saturating_sub(self.verify_seen.bytes));
-        self.metrics.verify_mismatches.inc_by(stats.mismatches.saturating_sub(self.verify_seen.mismatches));
-        self.metrics.verify_passes.inc_by(stats.passes.saturating_sub(self.verify_seen.passes));
-        if let Some(last) = stats.last_pass_unix {
-            self.metrics.verify_last_pass.set(last);
+        let (shared_bytes, shared_oldest) = (self.engine.dirty_bytes(), self.engine.oldest_dirty_ns());
+        let mut worst_lag: f64 = 0.0;
+        let mut worst_bytes = 0u64;
+        for i in 0..self.feeds.len() {
+            let (private_bytes, private_oldest) = self.engine.dirty_for(i);
+            let feed = &mut self.feeds[i];
+            let oldest = [feed.backlog.oldest_unapplied_ns(), shared_oldest, private_oldest].into_iter().flatten().min();
+            let lag = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
+            let bytes = feed.backlog.unsent_payload() + feed.backlog.in_flight_bytes() + shared_bytes + private_bytes;
+            feed.metrics.lag_seconds.set(lag);
+            feed.metrics.lag_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            feed.metrics.applied_seq.set(i64::try_from(feed.backlog.applied_seq()).unwrap_or(i64::MAX));
+            feed.metrics.durable_seq.set(i64::try_from(feed.backlog.durable()).unwrap_or(i64::MAX));
+            feed.metrics.backlog_ops.set(feed.backlog.unsent_len() as i64);
+            feed.metrics.backlog_bytes.set(i64::try_from(feed.backlog.unsent_payload()).unwrap_or(i64::MAX));
+            feed.metrics.ahead.set(i64::from(feed.ahead));
+            feed.metrics.connected.set(i64::from(feed.online()));
+            worst_lag = worst_lag.max(lag);
+            worst_bytes = worst_bytes.max(bytes);
+            let stats = feed.verifier.stats;
+            self.metrics.verify_bytes.inc_by(stats.bytes.saturating_sub(feed.verify_seen.bytes));
+            self.metrics.verify_mismatches.inc_by(stats.mismatches.saturating_sub(feed.verify_seen.mismatches));
+            self.metrics.verify_passes.inc_by(stats.passes.saturating_sub(feed.verify_seen.passes));
+            if let Some(last) = stats.last_pass_unix {
+                self.metrics.verify_last_pass.set(self.metrics.verify_last_pass.get().max(last));
+            }
+            feed.verify_seen = stats;
+            let written = feed.journal.bytes_written();
+            self.metrics.journal_bytes_written.inc_by(written.saturating_sub(feed.journal_seen));
+            feed.journal_seen = written;
+            self.update_link_metrics(i);
         }
-        self.verify_seen = stats;
-        let oldest = self.verifier.oldest_change_asked().unwrap_or(self.engine.change_count());
+        self.metrics.lag_seconds.set(worst_lag);
+        self.metrics.lag_bytes.set(i64::try_from(worst_bytes).unwrap_or(i64::MAX));
+        self.metrics.connected.set(i64::from(self.feeds.iter().all(Feed::online)));
+        self.metrics.ops_in_flight.set(self.feeds.iter().map(|f| f.backlog.in_flight() as i64).sum());
+        self.metrics.repairs_abandoned.set(self.engine.repairs_abandoned() as i64);
+        let oldest = self.feeds.iter().filter_map(|f| f.verifier.oldest_change_asked()).min().unwrap_or(self.engine.change_count());
         // The cross-check looks a few seconds back at most.
         self.engine.forget_changes_before(oldest, monotonic_ns().saturating_sub(10_000_000_000));
         self.metrics.crosscheck_misses.inc_by(self.crosscheck.misses.saturating_sub(self.crosscheck_seen.0));
         self.metrics.crosscheck_overflows.inc_by(self.crosscheck.overflows.saturating_sub(self.crosscheck_seen.1));
         self.crosscheck_seen = (self.crosscheck.misses, self.crosscheck.overflows);
-        self.metrics.backlog_ops.set(self.backlog.unsent_len() as i64);
-        self.metrics.backlog_bytes.set(self.backlog.unsent_payload() as i64);
+        self.metrics.backlog_ops.set(self.feeds.iter().map(|f| f.backlog.unsent_len() as i64).sum());
+        self.metrics.backlog_bytes.set(self.feeds.iter().map(|f| i64::try_from(f.backlog.unsent_payload()).unwrap_or(0)).sum());
         self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
         self.read_seen = self.engine.bytes_read;
-        let written = self.journal.bytes_written();
-        self.metrics.journal_bytes_written.inc_by(written.saturating_sub(self.journal_seen));
-        self.journal_seen = written;
     }
-}
 
-/// State of one connection.
-pub struct Session<'a> {
-    connection: quinn::Connection,
-    writer: FrameWriter,
-    replies: mpsc::UnboundedReceiver<anyhow::Result<ReceiverMessage>>,
-    rep: &'a mut Replicator,
-    wire_seen: (u64, u64),
-    lost_seen: u64,
-    quic_acks_seen: u64,
-    synced: bool,
-    sync_started: Instant,
-    last_rescan: Instant,
-    progress: Option<indicatif::ProgressBar>,
-    wants_answered: u64,
-    last_progress_log: Instant,
-    coalesce: Duration,
-    /// When acknowledgements last moved forward (or sending started from nothing in flight).
-    last_progress: Instant,
-    /// Files the receiver wants, not yet read: the path, the standby's block
-    /// hashes, and the block to go on from.
-    wants: VecDeque<(RelPath, Vec<Hash>, usize)>,
-    /// A file whose hashes have come in part.
-    partial_want: Option<(RelPath, Vec<Hash>)>,
-    /// The receiver's `ManifestDone`, held until every want has been read.
-    manifest_done: Option<u64>,
-}
+    /// Wire counters of standby `i`'s connection.
+    fn update_link_metrics(&mut self, i: usize) {
+        let feed = &mut self.feeds[i];
+        let Some(link) = &mut feed.link else { return };
+        let stats = link.connection.stats();
+        let (tx, rx) = (stats.udp_tx.bytes, stats.udp_rx.bytes);
+        self.metrics.wire_bytes_sent.inc_by(tx.saturating_sub(link.wire_seen.0));
+        feed.metrics.wire_bytes_sent.inc_by(tx.saturating_sub(link.wire_seen.0));
+        self.metrics.wire_bytes_received.inc_by(rx.saturating_sub(link.wire_seen.1));
+        link.wire_seen = (tx, rx);
+        self.metrics.wire_bytes_lost.inc_by(stats.path.lost_bytes.saturating_sub(link.lost_seen));
+        self.metrics.path_mtu.set(i64::from(stats.path.current_mtu));
+        if stats.frame_rx.acks > link.quic_acks_seen {
+            link.quic_acks_seen = stats.frame_rx.acks;
+            link.last_progress = Instant::now();
+        }
+        link.lost_seen = stats.path.lost_bytes;
+    }
 
-impl<'a> Session<'a> {
-    /// Opens the stream, exchanges `Hello`, and queues again whatever the receiver
-    /// does not hold durably.
-    pub async fn open(connection: quinn::Connection, rep: &'a mut Replicator, coalesce: Duration) -> anyhow::Result<Session<'a>> {
-        let (send, recv) = connection.open_bi().await.context("opening the replication stream")?;
-        let mut writer = FrameWriter::new(send, true);
-        let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        let lineage = rep.about.lineage.lineage.clone();
-        writer.write(&AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: lineage.clone(), activity: rep.activity() }).await?;
-        let mut reader = FrameReader::new(recv);
-        let (durable_seq, uncertain, failback) = match reader.read::<ReceiverMessage>().await? {
+    /// A standby refused this agent: it was promoted out of this tree.
+    pub fn set_fenced(&self) {
+        self.metrics.fenced.set(1);
+    }
+
+    /// Sets whether every standby is in sync.
+    fn update_sync_metric(&self) {
+        let all = self.feeds.iter().all(|f| f.metrics.initial_sync_complete.get() == 1 && f.online());
+        self.metrics.initial_sync_complete.set(i64::from(all));
+    }
+
+    /// Takes up standby `i`'s new connection: checks its answer to `Hello`,
+    /// and queues again whatever it does not hold durably.
+    pub fn open_feed(&mut self, i: usize, opened: Opened, events: mpsc::UnboundedSender<crate::link::LinkEvent>) -> anyhow::Result<()> {
+        let Opened { connection, writer, reader, answer } = opened;
+        let feed = &mut self.feeds[i];
+        let ours = &self.about.lineage.lineage;
+        let (durable_seq, uncertain, failback) = match answer {
             Some(ReceiverMessage::Hello { version, durable_seq, uncertain, lineage: theirs, failback }) if version == PROTOCOL_VERSION => {
-                if theirs.current != lineage.current {
-                    bail!("the standby answered with generation {}, not this tree's {}", theirs.current, lineage.current);
+                if theirs.current != ours.current {
+                    bail!("the standby answered with generation {}, not this tree's {}", theirs.current, ours.current);
                 }
                 (durable_seq, uncertain, failback)
             }
-            Some(ReceiverMessage::Fenced { reason, lineage }) => return Err(Fenced { reason, lineage }.into()),
+            Some(ReceiverMessage::Fenced { reason, lineage }) => return Err(Fenced { standby: feed.name.clone(), reason, lineage }.into()),
             Some(ReceiverMessage::Hello { version, .. }) => {
                 bail!("receiver speaks protocol {version}, this agent {PROTOCOL_VERSION}")
             }
             other => bail!("expected Hello from the receiver, got {other:?}"),
         };
-        let (tx, replies) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let message = reader.read::<ReceiverMessage>().await;
-                let done = !matches!(message, Ok(Some(_)));
-                let _ = tx.send(message.map_err(anyhow::Error::from).and_then(|m| m.ok_or_else(|| anyhow!("receiver closed the stream"))));
-                if done {
-                    break;
-                }
-            }
-        });
-        rep.online = true;
-        if durable_seq < rep.backlog.durable() {
-            rep.engine.request_compare(format!(
-                "the standby holds operations up to {durable_seq} but had reported {} durable",
-                rep.backlog.durable()
-            ));
+        feed.links_opened += 1;
+        let id = feed.links_opened;
+        let outbox = Outbox::start(i, id, writer, reader, events, self.written.clone());
+        feed.link = Some(Link::new(id, connection, outbox, RESCAN_SPACING));
+        if durable_seq < feed.backlog.durable() {
+            let reason = format!("the standby holds operations up to {durable_seq} but had reported {} durable", feed.backlog.durable());
+            feed.request_compare(reason, false);
         }
         let now = monotonic_ns();
-        let failback_base = std::mem::take(&mut rep.failback_base);
+        let failback_base = std::mem::take(&mut feed.failback_base);
         match failback {
-            Some(unsent) if failback_base && !rep.compare_owed() => match crate::failback::start(rep, &unsent, now) {
+            Some(unsent) if failback_base && feed.compare.is_none() => match crate::failback::start(&mut self.engine, &feed.backlog, &unsent, now) {
                 Ok(started) => {
                     tracing::info!(
+                        standby = %feed.name,
                         files = started.files,
                         replaced = started.replaced,
-                        own_operations = rep.backlog.unsent_len(),
+                        own_operations = feed.backlog.unsent_len(),
                         "failback: sending what this tree changed since its promotion and what the old primary had not sent, not the whole tree"
                     );
-                    rep.failback_sending = true;
+                    feed.failback_sending = true;
                 }
-                Err(why) => rep.engine.request_compare(format!("failback: {why}; comparing the whole tree")),
+                Err(why) => feed.request_compare(format!("failback: {why}; comparing the whole tree"), false),
             },
-            Some(_) => rep.engine.request_compare("failback: this agent does not hold every change since the promotion; comparing the whole tree"),
-            None if failback_base => rep.engine.request_compare(
+            Some(_) => feed.request_compare("failback: this agent does not hold every change since the promotion; comparing the whole tree", false),
+            None if failback_base => feed.request_compare(
                 "this tree was promoted and the agent held only its changes since, but the standby is not the old primary; comparing the whole tree",
+                false,
             ),
             None => {}
         }
-        let Rewound { requeued, dirty, unfinished, unreplayed } = rep.backlog.rewind(durable_seq, now, !uncertain);
+        let Rewound { requeued, dirty, unfinished, unreplayed } = feed.backlog.rewind(durable_seq, now, !uncertain);
         if unfinished.is_some() {
-            rep.engine.request_compare("the previous comparison of the tree did not finish");
+            feed.request_compare("the previous comparison of the tree did not finish", false);
         }
         if !unreplayed.is_empty() {
             tracing::warn!(
+                standby = %feed.name,
                 receiver_durable = durable_seq,
                 operations = unreplayed.len(),
                 "the standby stopped uncleanly and may hold some operations after its durable state; comparing the paths they name instead of replaying them"
@@ -801,229 +1027,251 @@ impl<'a> Session<'a> {
         }
         for op in &unreplayed {
             for path in op.paths() {
-                rep.engine.request_repair(path.clone(), "operation sent before the standby stopped uncleanly");
+                self.engine.request_repair(path.clone(), "operation sent before the standby stopped uncleanly");
             }
         }
-        let resent = if rep.compare_owed() {
-            rep.backlog.clear();
+        let feed = &mut self.feeds[i];
+        let resent = if feed.compare.is_some() {
+            feed.backlog.clear();
+            feed.ahead = false;
             0
         } else {
             requeued
         };
         // What is resent may skip numbers (re-read writes get new ones), and so
         // may what follows a cleared backlog; the receiver refuses any other gap.
-        writer.write(&AgentMessage::Skip { next_seq: rep.backlog.next_seq() }).await?;
-        rep.skip_owed = false;
-        for inode in &dirty {
-            rep.engine.redirty(inode, now);
+        let skip = AgentMessage::Skip { next_seq: feed.backlog.next_seq() };
+        feed.skip_owed = false;
+        if let Some(link) = &feed.link {
+            link.send(skip)?;
         }
+        for inode in &dirty {
+            self.engine.redirty_for(i, inode, now);
+        }
+        let feed = &mut self.feeds[i];
         if resent + dirty.len() > 0 {
             tracing::info!(
+                standby = %feed.name,
                 receiver_durable = durable_seq,
                 operations = resent,
                 files = dirty.len(),
                 "resending what the standby does not hold durably"
             );
-            rep.metrics.ops_resent.inc_by(resent as u64);
+            self.metrics.ops_resent.inc_by(resent as u64);
         }
-        Ok(Session {
-            connection,
-            writer,
-            replies,
-            rep,
-            wire_seen: (0, 0),
-            lost_seen: 0,
-            quic_acks_seen: 0,
-            synced: false,
-            sync_started: Instant::now(),
-            last_rescan: Instant::now() - RESCAN_SPACING,
-            progress: None,
-            wants_answered: 0,
-            last_progress_log: Instant::now(),
-            coalesce,
-            last_progress: Instant::now(),
-            wants: VecDeque::new(),
-            partial_want: None,
-            manifest_done: None,
-        })
+        if feed.backlog.is_idle() && feed.compare.is_none() && let Some(link) = &mut feed.link {
+            link.synced = true;
+            feed.metrics.initial_sync_complete.set(1);
+        }
+        self.update_sync_metric();
+        self.hold_data_if_needed();
+        Ok(())
     }
 
-    /// Runs until the connection fails or `events` closes.
-    pub async fn run(
-        &mut self,
-        events: &mut mpsc::UnboundedReceiver<CaptureBatch>,
-        control: &mut mpsc::UnboundedReceiver<ControlRequest>,
-        notices: &mut mpsc::UnboundedReceiver<Vec<crate::crosscheck::Notice>>,
-    ) -> anyhow::Result<()> {
-        let mut flush_tick = tokio::time::interval(self.coalesce.max(Duration::from_millis(1)));
-        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut metrics_tick = tokio::time::interval(Duration::from_millis(100));
-        let mut ticks = 0u64;
-        if self.rep.backlog.is_idle() && !self.rep.compare_owed() {
-            self.synced = true;
-            self.rep.metrics.initial_sync_complete.set(1);
+    /// Marks the end of standby `i`'s connection.
+    pub fn feed_offline(&mut self, i: usize) {
+        let feed = &mut self.feeds[i];
+        let Some(link) = feed.link.take() else { return };
+        if let Some(bar) = link.progress {
+            bar.finish_and_clear();
         }
-        loop {
-            let comparing = !self.wants.is_empty() || self.manifest_done.is_some();
-            let compare_due = self.rep.compare_owed() && self.rep.backlog.is_idle() && !comparing && self.last_rescan.elapsed() >= RESCAN_SPACING;
-            let repairs_due = self.rep.engine.has_repairs() && self.rep.backlog.unsettled_manifest().is_none() && !self.rep.compare_owed();
-            if compare_due || repairs_due {
-                // Handle what capture already reported first, so that as few events
-                // as possible come from before the walk (see `Engine::superseded_by_walk`).
-                while let Ok(batch) = events.try_recv() {
-                    self.rep.handle_batch(batch);
-                }
-            }
-            if compare_due && self.rep.compare_owed() {
-                self.compare_trees().await?;
-            }
-            if repairs_due && self.rep.engine.has_repairs() && !self.rep.compare_owed() {
-                self.rep.queue_repairs()?;
-            }
-            // Verification goes between bursts of replication, when the standby
-            // holds (or is about to hold) everything captured so far.
-            let quiet = self.synced
-                && !comparing
-                && self.rep.backlog.unsent_len() == 0
-                && self.rep.backlog.unsettled_manifest().is_none()
-                && !self.rep.compare_owed()
-                && !self.rep.engine.has_repairs();
-            if quiet && let Some(request) = self.rep.verifier.next_request(&self.rep.engine, Instant::now()) {
-                self.writer.write(&request).await?;
-            }
-            let stalled = self.rep.backlog.in_flight() > 0
-                && (self.last_progress.elapsed() >= STALL
-                    || self.rep.backlog.in_flight_bytes() >= IN_FLIGHT_BYTES
-                    || self.rep.backlog.in_flight() >= IN_FLIGHT_OPS.min(self.rep.backlog.ops_limit() / 4).max(1));
-            let promoting = self.rep.switchover.as_ref().is_some_and(|s| s.point.is_some());
-            let sendable = !self.rep.backlog.is_idle() && !stalled && !promoting;
-            if self.rep.switchover.is_some() && !promoting {
-                self.advance_switchover(comparing).await?;
-            }
-            if self.rep.failback_sending && quiet && !self.rep.engine.has_dirty() {
-                // In stream order: the standby acts on it once all of it is applied.
-                self.rep.failback_sending = false;
-                self.writer.write(&AgentMessage::FailbackDone).await?;
-                tracing::info!("failback: everything the old primary lacked is sent");
-            }
-            let answerable = !self.wants.is_empty() && self.room_to_read_ahead();
-            tokio::select! {
-                reply = self.replies.recv() => {
-                    let reply = reply.ok_or_else(|| anyhow!("receiver reader stopped"))??;
-                    self.on_reply(reply)?;
-                    if self.rep.switched.is_some() {
-                        return Ok(());
-                    }
-                }
-                batch = events.recv() => {
-                    let Some(batch) = batch else { return Ok(()) };
-                    self.rep.handle_batch(batch);
-                }
-                Some(request) = control.recv() => self.rep.handle_control(request),
-                Some(batch) = notices.recv() => self.rep.handle_notices(batch),
-                () = std::future::ready(()), if sendable => self.send_next().await?,
-                () = std::future::ready(()), if answerable => {
-                    // Several per turn: a want of a small file costs less than a
-                    // turn of this loop.
-                    for _ in 0..WANTS_PER_TURN {
-                        self.answer_next_want();
-                        if self.wants.is_empty() || !self.room_to_read_ahead() {
-                            break;
-                        }
-                    }
-                }
-                _ = flush_tick.tick(), if self.rep.engine.has_dirty() => self.rep.flush(),
-                _ = metrics_tick.tick() => {
-                    self.rep.heartbeat.beat();
-                    let in_sync = self.rep.metrics.initial_sync_complete.get() == 1;
-                    self.rep.report_to_service_manager(in_sync);
-                    ticks += 1;
-                    if ticks.is_multiple_of(10) {
-                        self.rep.engine.refresh_mapped(monotonic_ns());
-                    }
-                    self.update_metrics();
-                    self.rep.record_activity(Some(crate::lineage::ACTIVITY_INTERVAL));
-                    self.rep.judge_notices(events.is_empty());
-                    if self.rep.journal.due() {
-                        self.rep.write_journal();
-                    }
-                }
-            }
+        link.connection.close(0u32.into(), b"connection ended");
+        feed.metrics.connected.set(0);
+        feed.metrics.initial_sync_complete.set(0);
+        feed.verifier.connection_lost();
+        if let Some(switchover) = self.switchover.take() {
+            let reason = match switchover.point {
+                Some(_) => "the connection ended before the standby confirmed its promotion: check `sluice-receiver status` on it before writing anywhere",
+                None => "the connection to the standby ended before it held everything; nothing was promoted",
+            };
+            let _ = switchover.reply.send(Report::Error(reason.into()));
         }
+        self.update_sync_metric();
+        self.hold_data_if_needed();
+        self.update_metrics();
     }
 
-    /// Sends one frame of queued operations, or the queued manifest.
-    async fn send_next(&mut self) -> anyhow::Result<()> {
-        if self.rep.backlog.in_flight() == 0 {
-            self.last_progress = Instant::now();
+    /// Whether standby `i` has operations in flight that it does not acknowledge.
+    fn stalled(&self, i: usize) -> bool {
+        let feed = &self.feeds[i];
+        let Some(link) = &feed.link else { return true };
+        let backlog = &feed.backlog;
+        backlog.in_flight() > 0
+            && (link.last_progress.elapsed() >= STALL
+                || backlog.in_flight_bytes() >= IN_FLIGHT_BYTES
+                || backlog.in_flight() >= IN_FLIGHT_OPS.min(backlog.ops_limit() / 4).max(1))
+    }
+
+    /// Whether standby `i`'s comparison of the whole tree can start now.
+    fn compare_due(&self, i: usize) -> bool {
+        let feed = &self.feeds[i];
+        let Some(link) = &feed.link else { return false };
+        feed.compare.is_some() && feed.backlog.is_idle() && !link.comparing() && link.last_rescan.elapsed() >= RESCAN_SPACING
+    }
+
+    /// Does what standby `i`'s connection is ready for: a comparison, the
+    /// verifier's next request, answers to its wants, and frames of
+    /// operations while its writer has room. True when more could be done at once.
+    pub fn pump(&mut self, i: usize) -> anyhow::Result<bool> {
+        self.absorb_compare_requests();
+        if self.feeds[i].link.is_none() {
+            return Ok(false);
         }
-        match self.rep.backlog.take(FRAME_PAYLOAD, monotonic_ns(), unix_ns()) {
+        if self.compare_due(i) {
+            self.compare_trees(i)?;
+        }
+        let has_repairs = self.engine.has_repairs();
+        let promoting = self.switchover.as_ref().is_some_and(|s| s.point.is_some());
+        let feed = &mut self.feeds[i];
+        let Some(link) = &feed.link else { return Ok(false) };
+        let comparing = link.comparing();
+        // Verification goes between bursts of replication, when the standby
+        // holds (or is about to hold) everything captured so far.
+        let quiet = link.synced
+            && !comparing
+            && feed.backlog.unsent_len() == 0
+            && feed.backlog.unsettled_manifest().is_none()
+            && feed.compare.is_none()
+            && !has_repairs;
+        if quiet && link.outbox.has_room() && let Some(request) = feed.verifier.next_request(&self.engine, Instant::now()) {
+            link.send(request)?;
+        }
+        if self.switchover.is_some() && !promoting {
+            self.advance_switchover(i, comparing)?;
+        }
+        let private = self.engine.has_dirty_for(i);
+        let feed = &mut self.feeds[i];
+        let Some(link) = &feed.link else { return Ok(false) };
+        if feed.failback_sending && quiet && !self.engine.has_dirty() && !private {
+            // In stream order: the standby acts on it once all of it is applied.
+            feed.failback_sending = false;
+            link.send(AgentMessage::FailbackDone)?;
+            tracing::info!(standby = %feed.name, "failback: everything the old primary lacked is sent");
+        }
+        if !link.wants.is_empty() && self.room_to_read_ahead(i) {
+            // Several per turn: a want of a small file costs less than a turn of this loop.
+            for _ in 0..WANTS_PER_TURN {
+                self.answer_next_want(i);
+                let wants_left = self.feeds[i].link.as_ref().is_some_and(|l| !l.wants.is_empty());
+                if !wants_left || !self.room_to_read_ahead(i) {
+                    break;
+                }
+            }
+        }
+        for _ in 0..FRAMES_PER_TURN {
+            if !self.sendable(i, promoting) {
+                break;
+            }
+            self.send_next(i)?;
+        }
+        let answerable = self.feeds[i].link.as_ref().is_some_and(|l| !l.wants.is_empty()) && self.room_to_read_ahead(i);
+        Ok(self.sendable(i, promoting) || answerable)
+    }
+
+    /// Whether standby `i` has operations to send and room for them now.
+    fn sendable(&self, i: usize, promoting: bool) -> bool {
+        let feed = &self.feeds[i];
+        let Some(link) = &feed.link else { return false };
+        !feed.backlog.is_idle() && !self.stalled(i) && !promoting && link.outbox.has_room()
+    }
+
+    /// Sends standby `i` one frame of queued operations, or the queued manifest.
+    fn send_next(&mut self, i: usize) -> anyhow::Result<()> {
+        let feed = &mut self.feeds[i];
+        let Some(link) = &mut feed.link else { return Ok(()) };
+        if feed.backlog.in_flight() == 0 {
+            link.last_progress = Instant::now();
+        }
+        let (now_mono, now_unix) = (monotonic_ns(), unix_ns());
+        let relay = self.relay.as_ref();
+        let stamp = |captured_ns: u64| match relay {
+            Some(relay) => relay.origin_of(captured_ns, now_mono, now_unix),
+            None => now_unix.saturating_sub(now_mono.saturating_sub(captured_ns)),
+        };
+        match feed.backlog.take_stamped(FRAME_PAYLOAD, &stamp) {
             Some(Next::Ops(ops)) => {
-                if self.rep.skip_owed {
-                    self.rep.skip_owed = false;
-                    self.writer.write(&AgentMessage::Skip { next_seq: ops[0].seq }).await?;
+                if feed.skip_owed {
+                    feed.skip_owed = false;
+                    link.send(AgentMessage::Skip { next_seq: ops[0].seq })?;
                 }
-                if !self.synced {
-                    self.rep.metrics.initial_sync_complete.set(0);
+                if !link.synced {
+                    feed.metrics.initial_sync_complete.set(0);
                 }
                 for op in &ops {
-                    self.rep.metrics.ops_sent.inc();
-                    self.rep.metrics.payload_bytes_sent.inc_by(op.op.payload_len());
+                    self.metrics.ops_sent.inc();
+                    let payload = op.op.payload_len();
+                    self.metrics.payload_bytes_sent.inc_by(payload);
+                    feed.metrics.payload_bytes_sent.inc_by(payload);
                 }
-                self.writer.write(&AgentMessage::Ops(ops)).await?;
+                link.send(AgentMessage::Ops(ops))?;
             }
             Some(Next::Manifest { entries, subtrees }) => {
-                tracing::info!(entries = entries.len(), subtrees = subtrees.len(), "comparing part of the tree with the standby");
-                self.synced = false;
-                self.sync_started = Instant::now();
-                self.write_manifest(&entries).await?;
-                self.writer.write(&AgentMessage::ScopedManifestEnd { subtrees }).await?;
+                tracing::info!(standby = %feed.name, entries = entries.len(), subtrees = subtrees.len(), "comparing part of the tree with the standby");
+                link.synced = false;
+                link.sync_started = Instant::now();
+                for chunk in sluice_proto::manifest_chunks(&entries, MANIFEST_CHUNK_BYTES) {
+                    link.send(AgentMessage::Manifest(chunk.to_vec()))?;
+                }
+                link.send(AgentMessage::ScopedManifestEnd { subtrees })?;
             }
             None => {}
         }
-        Ok(())
-    }
-
-    async fn write_manifest(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
-        for chunk in sluice_proto::manifest_chunks(entries, MANIFEST_CHUNK_BYTES) {
-            self.writer.write(&AgentMessage::Manifest(chunk.to_vec())).await?;
+        if !self.feeds[i].link.as_ref().is_some_and(|l| l.synced) {
+            self.update_sync_metric();
         }
         Ok(())
     }
 
-    /// Walks the tree and sends it; the receiver answers with `Want`s and `ManifestDone`.
-    async fn compare_trees(&mut self) -> anyhow::Result<()> {
-        let reason = self.rep.engine.rescan_reason().unwrap_or("requested").to_string();
+    /// Walks the tree and sends it to standby `i`; the receiver answers with
+    /// `Want`s and `ManifestDone`.
+    fn compare_trees(&mut self, i: usize) -> anyhow::Result<()> {
+        let feed = &mut self.feeds[i];
+        let reason = feed.compare.clone().unwrap_or_else(|| "requested".into());
         if reason != NO_STATE {
-            self.rep.metrics.rescans.inc();
+            self.metrics.rescans.inc();
         }
-        self.rep.metrics.tree_compares.inc();
-        self.last_rescan = Instant::now();
-        self.sync_started = Instant::now();
-        self.synced = false;
-        self.wants_answered = 0;
+        self.metrics.tree_compares.inc();
+        feed.metrics.tree_compares.inc();
         let since = unix_secs() - JOURNAL_SLACK_SECS;
-        let entries: Vec<Entry> = tokio::task::block_in_place(|| self.rep.engine.rescan()).context("walking the watched tree")?;
-        tracing::info!(entries = entries.len(), %reason, "comparing the tree with the standby");
+        let verify_since = feed.verify_since();
+        let covers_repairs = self.feeds.len() == 1;
+        let entries: Vec<Entry> = tokio::task::block_in_place(|| self.engine.rescan_for(verify_since, covers_repairs)).context("walking the watched tree")?;
+        let feed = &mut self.feeds[i];
+        feed.compare = None;
+        feed.verify_recent = false;
+        feed.last_compare_start = Some(since + JOURNAL_SLACK_SECS);
+        let Some(link) = &mut feed.link else { return Ok(()) };
+        link.last_rescan = Instant::now();
+        link.sync_started = Instant::now();
+        link.synced = false;
+        link.wants_answered = 0;
+        feed.metrics.initial_sync_complete.set(0);
+        tracing::info!(standby = %feed.name, entries = entries.len(), %reason, "comparing the tree with the standby");
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_message(format!("initial sync: {} entries listed", entries.len()));
+            bar.set_message(format!("initial sync of {}: {} entries listed", feed.name, entries.len()));
             bar.enable_steady_tick(Duration::from_millis(200));
-            self.progress = Some(bar);
+            link.progress = Some(bar);
         }
-        self.write_manifest(&entries).await?;
-        self.writer.write(&AgentMessage::ManifestEnd).await?;
-        self.rep.backlog.full_manifest_sent(since);
+        for chunk in sluice_proto::manifest_chunks(&entries, MANIFEST_CHUNK_BYTES) {
+            link.send(AgentMessage::Manifest(chunk.to_vec()))?;
+        }
+        link.send(AgentMessage::ManifestEnd)?;
+        feed.backlog.full_manifest_sent(since);
+        self.update_sync_metric();
         Ok(())
     }
 
-    fn on_reply(&mut self, reply: ReceiverMessage) -> anyhow::Result<()> {
+    /// Takes a message from standby `i`'s receiver.
+    pub fn on_reply(&mut self, i: usize, reply: ReceiverMessage) -> anyhow::Result<()> {
+        let feed = &mut self.feeds[i];
+        let Some(link) = &mut feed.link else { return Ok(()) };
         match reply {
             // Answered as the backlog makes room: reading every wanted file at once
             // would hold the whole difference in memory.
             ReceiverMessage::Want { path, first_block, hashes, last, .. } => {
                 // A large file's hashes come in parts; blocks no part covers are holes.
-                let mut assembled = match self.partial_want.take() {
+                let mut assembled = match link.partial_want.take() {
                     Some((partial, assembled)) if partial == path => assembled,
                     _ => Vec::new(),
                 };
@@ -1034,56 +1282,54 @@ impl<'a> Session<'a> {
                 assembled.truncate(first);
                 assembled.extend(hashes);
                 if last {
-                    self.wants.push_back((path, assembled, 0));
+                    link.wants.push_back((path, assembled, 0));
                 } else {
-                    self.partial_want = Some((path, assembled));
+                    link.partial_want = Some((path, assembled));
                 }
             }
             ReceiverMessage::ManifestDone { wanted } => {
-                self.manifest_done = Some(wanted);
-                self.finish_manifest_if_answered();
+                link.manifest_done = Some(wanted);
+                self.finish_manifest_if_answered(i);
             }
             ReceiverMessage::Ack { seq } => {
-                let acked = self.rep.backlog.applied(seq);
+                let acked = feed.backlog.applied(seq);
                 if acked > 0 {
-                    self.last_progress = Instant::now();
+                    link.last_progress = Instant::now();
                 }
-                self.rep.metrics.ops_acked.inc_by(acked);
-                if self.rep.refused.is_some_and(|refused| seq >= refused) {
-                    self.rep.refused = None;
+                self.metrics.ops_acked.inc_by(acked);
+                if feed.refused.is_some_and(|refused| seq >= refused) {
+                    feed.refused = None;
                 }
-                self.check_synced();
+                self.check_synced(i);
             }
-            ReceiverMessage::Durable { seq } => self.rep.backlog.confirmed(seq),
+            ReceiverMessage::Durable { seq } => feed.backlog.confirmed(seq),
             ReceiverMessage::Refused { seq, reason } => {
-                if self.rep.refused == Some(seq) {
-                    self.rep.engine.request_compare(format!("the receiver refused operation {seq} twice"));
+                if feed.refused == Some(seq) {
+                    feed.request_compare(format!("the receiver refused operation {seq} twice"), false);
                 }
-                self.rep.refused = Some(seq);
+                feed.refused = Some(seq);
                 bail!("receiver refused operation {seq}: {reason}")
             }
             ReceiverMessage::Diverged { seq, paths, reason } => {
-                self.rep.metrics.ops_diverged.inc();
-                tracing::warn!(seq, paths = ?paths, %reason, "the standby's copy differs from the master's; repairing");
+                self.metrics.ops_diverged.inc();
+                tracing::warn!(standby = %feed.name, seq, paths = ?paths, %reason, "the standby's copy differs from the master's; repairing");
                 for path in paths {
-                    self.rep.engine.request_repair(path, format!("the standby could not apply operation {seq}: {reason}"));
+                    self.engine.request_repair(path, format!("the standby could not apply operation {seq}: {reason}"));
                 }
             }
-            ReceiverMessage::Hashes { id, size, hashes } => self.rep.verifier.on_hashes(&mut self.rep.engine, id, size, &hashes),
-            ReceiverMessage::Listing { id, exists, entries, more } => {
-                self.rep.verifier.on_listing(&mut self.rep.engine, id, exists, entries, more)
-            }
+            ReceiverMessage::Hashes { id, size, hashes } => feed.verifier.on_hashes(&mut self.engine, id, size, &hashes),
+            ReceiverMessage::Listing { id, exists, entries, more } => feed.verifier.on_listing(&mut self.engine, id, exists, entries, more),
             ReceiverMessage::Hello { .. } => bail!("unexpected second Hello from the receiver"),
-            ReceiverMessage::Fenced { reason, lineage } => return Err(Fenced { reason, lineage }.into()),
+            ReceiverMessage::Fenced { reason, lineage } => return Err(Fenced { standby: feed.name.clone(), reason, lineage }.into()),
             ReceiverMessage::Promoted { durable_seq, at_barrier, consistent_unix_ns, lineage } => {
-                let Some(switchover) = self.rep.switchover.take() else { bail!("the standby says it was promoted, but no switchover was asked for") };
+                let Some(switchover) = self.switchover.take() else { bail!("the standby says it was promoted, but no switchover was asked for") };
                 let Some(point) = switchover.point else { bail!("the standby was promoted before the switchover point") };
-                let last = self.rep.backlog.next_seq().saturating_sub(1);
+                let last = feed.backlog.next_seq().saturating_sub(1);
                 let proof = SwitchoverProof {
                     last_seq: point,
                     standby_durable_seq: durable_seq,
                     generation: lineage.current.to_string(),
-                    captured_after: last.saturating_sub(point) + u64::from(self.rep.engine.has_dirty()),
+                    captured_after: last.saturating_sub(point) + u64::from(self.engine.has_dirty()),
                     seconds: switchover.started.elapsed().as_secs_f64(),
                 };
                 tracing::warn!(
@@ -1094,19 +1340,22 @@ impl<'a> Session<'a> {
                     generation = %lineage.current,
                     "switchover: the standby is the primary now"
                 );
-                self.rep.switched = Some(Switched { proof, lineage, reply: switchover.reply });
+                self.switched = Some(Switched { proof, lineage, reply: switchover.reply });
             }
         }
+        self.absorb_compare_requests();
         Ok(())
     }
 
     /// Sends `Promote` once the standby holds everything captured (the switchover
     /// point), and tells the operator what it waits for meanwhile.
-    async fn advance_switchover(&mut self, comparing: bool) -> anyhow::Result<()> {
-        let rep = &mut *self.rep;
-        let backlog = &rep.backlog;
+    fn advance_switchover(&mut self, i: usize, comparing: bool) -> anyhow::Result<()> {
+        let private = self.engine.has_dirty_for(i);
+        let feed = &self.feeds[i];
+        let backlog = &feed.backlog;
+        let Some(link) = &feed.link else { return Ok(()) };
         let mut waiting = Vec::new();
-        if !self.synced || comparing || rep.compare_owed() {
+        if !link.synced || comparing || feed.compare.is_some() {
             waiting.push("the comparison of the tree to finish".to_string());
         } else if let Some(manifest) = backlog.unsettled_manifest() {
             let done = manifest.done_seq.map_or_else(|| "not answered yet".to_string(), |seq| format!("up to operation {seq}"));
@@ -1118,29 +1367,30 @@ impl<'a> Session<'a> {
         if backlog.in_flight() > 0 {
             waiting.push(format!("{} operations to be applied", backlog.in_flight()));
         }
-        if rep.engine.has_dirty() {
+        if self.engine.has_dirty() || private {
             waiting.push("changed files to be read".to_string());
         }
-        if rep.engine.has_repairs() {
+        if self.engine.has_repairs() {
             waiting.push("repairs of the standby".to_string());
         }
         let ready = waiting.is_empty();
-        let Some(switchover) = rep.switchover.as_mut() else { return Ok(()) };
+        let root = self.about.root.display().to_string();
+        let Some(switchover) = self.switchover.as_mut() else { return Ok(()) };
         if switchover.reply.is_closed() {
             tracing::warn!("switchover cancelled: whoever asked for it is gone; nothing was promoted");
-            rep.switchover = None;
+            self.switchover = None;
             return Ok(());
         }
         if ready {
             let point = backlog.next_seq().saturating_sub(1);
             switchover.point = Some(point);
             let _ = switchover.reply.send(Report::Progress(format!("the standby holds every operation up to {point}: promoting it")));
-            self.writer.write(&AgentMessage::Promote).await?;
+            link.send(AgentMessage::Promote)?;
             return Ok(());
         }
         if switchover.last_report.elapsed() >= SWITCHOVER_REPORT {
             let writes = if switchover.events_seen > 0 {
-                format!("; {} changes were captured meanwhile: stop the services writing to {}", switchover.events_seen, rep.about.root.display())
+                format!("; {} changes were captured meanwhile: stop the services writing to {root}", switchover.events_seen)
             } else {
                 String::new()
             };
@@ -1151,81 +1401,110 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Reads the blocks of the next wanted file that the standby lacks.
-    /// Whether answering another want keeps the backlog within its bounds. Half
-    /// of its bound on operations is left for what the standby has not made
-    /// durable yet (it does so when its stream pauses), the other half for what
-    /// the tree's changes bring meanwhile.
-    fn room_to_read_ahead(&self) -> bool {
-        let backlog = &self.rep.backlog;
-        backlog.unsent_payload() < READ_AHEAD_BYTES
+    /// Whether answering another of standby `i`'s wants keeps its backlog
+    /// within its bounds. Half of its bound on operations is left for what the
+    /// standby has not made durable yet (it does so when its stream pauses),
+    /// the other half for what the tree's changes bring meanwhile.
+    fn room_to_read_ahead(&self, i: usize) -> bool {
+        let backlog = &self.feeds[i].backlog;
+        backlog.unsent_payload() < READ_AHEAD_BYTES.min(self.limits.bytes)
             && backlog.unsent_len() < READ_AHEAD_OPS.min(backlog.ops_limit() / 8).max(1)
             && backlog.held_ops() < (backlog.ops_limit() / 2).max(1)
     }
 
-    fn answer_next_want(&mut self) {
-        let Some((path, hashes, from)) = self.wants.pop_front() else { return };
+    /// Reads the blocks of standby `i`'s next wanted file that it lacks.
+    fn answer_next_want(&mut self, i: usize) {
+        let feed = &mut self.feeds[i];
+        let Some(link) = &mut feed.link else { return };
+        let Some((path, hashes, from)) = link.wants.pop_front() else { return };
         let now = monotonic_ns();
         let mut pending = Vec::new();
-        let budget = READ_AHEAD_BYTES.saturating_sub(self.rep.backlog.unsent_payload()).max(1);
-        let resume = tokio::task::block_in_place(|| self.rep.engine.answer_want(&path, &hashes, from, budget, now, &mut pending));
-        self.rep.queue(&mut pending);
+        let budget = READ_AHEAD_BYTES.min(self.limits.bytes).saturating_sub(feed.backlog.unsent_payload()).max(1);
+        let resume = tokio::task::block_in_place(|| self.engine.answer_want(&path, &hashes, from, budget, now, &mut pending));
+        let feed = &mut self.feeds[i];
+        for op in pending {
+            let captured = op.captured_ns;
+            feed.backlog.push(op, captured);
+        }
+        self.check_overflow(i);
+        self.absorb_compare_requests();
+        let feed = &mut self.feeds[i];
+        let Some(link) = &mut feed.link else { return };
         if let Some(next) = resume {
-            self.wants.push_front((path, hashes, next));
+            link.wants.push_front((path, hashes, next));
             return;
         }
-        self.wants_answered += 1;
-        let sent = self.rep.metrics.payload_bytes_sent.get();
-        if let Some(bar) = &self.progress {
-            bar.set_message(format!("initial sync: {} files compared, {sent} bytes sent, now {path}", self.wants_answered));
-        } else if self.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
-            self.last_progress_log = Instant::now();
-            tracing::info!(files_compared = self.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
+        link.wants_answered += 1;
+        let sent = feed.metrics.payload_bytes_sent.get();
+        if let Some(bar) = &link.progress {
+            bar.set_message(format!("initial sync of {}: {} files compared, {sent} bytes sent, now {path}", feed.name, link.wants_answered));
+        } else if link.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
+            link.last_progress_log = Instant::now();
+            tracing::info!(standby = %feed.name, files_compared = link.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
         }
-        self.finish_manifest_if_answered();
+        self.finish_manifest_if_answered(i);
     }
 
     /// Once the receiver has listed every difference and each has been read, the
     /// comparison is complete as far as the agent is concerned.
-    fn finish_manifest_if_answered(&mut self) {
-        if !self.wants.is_empty() {
+    fn finish_manifest_if_answered(&mut self, i: usize) {
+        let feed = &mut self.feeds[i];
+        let Some(link) = &mut feed.link else { return };
+        if !link.wants.is_empty() {
             return;
         }
-        let Some(wanted) = self.manifest_done.take() else { return };
-        if let Some(bar) = self.progress.take() {
+        let Some(wanted) = link.manifest_done.take() else { return };
+        if let Some(bar) = link.progress.take() {
             bar.finish_and_clear();
         }
-        self.rep.last_compare = Some((unix_ns() as f64 / 1e9, wanted));
+        feed.last_compare = Some((unix_ns() as f64 / 1e9, wanted));
         tracing::info!(
+            standby = %feed.name,
             files_differing = wanted,
-            seconds = self.sync_started.elapsed().as_secs_f64(),
+            seconds = link.sync_started.elapsed().as_secs_f64(),
             "standby compared; differing blocks are streaming"
         );
-        self.rep.backlog.manifest_done();
-        self.synced = true;
-        self.check_synced();
+        feed.backlog.manifest_done();
+        link.synced = true;
+        self.check_synced(i);
     }
 
-    fn check_synced(&self) {
-        if self.synced && self.rep.backlog.in_flight() == 0 && self.rep.backlog.is_idle() {
-            self.rep.metrics.initial_sync_complete.set(1);
+    fn check_synced(&self, i: usize) {
+        let feed = &self.feeds[i];
+        if feed.link.as_ref().is_some_and(|l| l.synced) && feed.backlog.in_flight() == 0 && feed.backlog.is_idle() {
+            feed.metrics.initial_sync_complete.set(1);
+            self.update_sync_metric();
         }
     }
+}
 
-    fn update_metrics(&mut self) {
-        self.rep.update_metrics();
-        let metrics = &self.rep.metrics;
-        let stats = self.connection.stats();
-        let (tx, rx) = (stats.udp_tx.bytes, stats.udp_rx.bytes);
-        metrics.wire_bytes_sent.inc_by(tx.saturating_sub(self.wire_seen.0));
-        metrics.wire_bytes_received.inc_by(rx.saturating_sub(self.wire_seen.1));
-        self.wire_seen = (tx, rx);
-        metrics.wire_bytes_lost.inc_by(stats.path.lost_bytes.saturating_sub(self.lost_seen));
-        metrics.path_mtu.set(i64::from(stats.path.current_mtu));
-        if stats.frame_rx.acks > self.quic_acks_seen {
-            self.quic_acks_seen = stats.frame_rx.acks;
-            self.last_progress = Instant::now();
+/// Passes on the reports of `count` standbys' verifications as one: every
+/// mismatch and progress line, then one summary (or the first error).
+async fn combine_verifications(count: usize, mut reports: mpsc::UnboundedReceiver<Report>, reply: mpsc::UnboundedSender<Report>) {
+    let mut done = 0;
+    let (mut mismatches, mut bytes, mut entries, mut seconds) = (0, 0, 0, 0.0f64);
+    while let Some(report) = reports.recv().await {
+        match report {
+            Report::Done { mismatches: m, bytes: b, entries: e, seconds: s } => {
+                mismatches += m;
+                bytes += b;
+                entries = entries.max(e);
+                seconds = seconds.max(s);
+                done += 1;
+                if done == count {
+                    let _ = reply.send(Report::Done { mismatches, bytes, entries, seconds });
+                    return;
+                }
+            }
+            Report::Error(e) => {
+                let _ = reply.send(Report::Error(e));
+                return;
+            }
+            other => {
+                if reply.send(other).is_err() {
+                    return;
+                }
+            }
         }
-        self.lost_seen = stats.path.lost_bytes;
     }
 }

@@ -22,6 +22,7 @@ pub mod framed;
 pub mod identity;
 pub mod metrics_http;
 pub mod notify;
+pub mod origin;
 pub mod pinned;
 
 pub use endpoint::{SERVER_NAME, bind_udp, client_endpoint, is_unknown_peer, server_endpoint, server_endpoint_on};

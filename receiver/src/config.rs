@@ -53,6 +53,36 @@ pub struct Config {
     pub failover: FailoverConfig,
     #[serde(default)]
     pub log: sluice_net::daemon::LogConfig,
+    /// Standbys further down a chain: this standby forwards what it applies
+    /// to them, in order (see [`crate::relay`]).
+    #[serde(default)]
+    pub forward: Vec<ForwardConfig>,
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// `[[forward]]`: a standby this one relays to.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Its name in the relay's metrics, logs and status.
+    pub name: String,
+    /// Its receiver's QUIC address.
+    pub address: SocketAddr,
+    /// Its receiver's fingerprint, as printed by `sluice-receiver init`; it
+    /// pins this receiver's own fingerprint.
+    pub peer_fingerprint: String,
+}
+
+/// `[relay]`: how the relay to the `[[forward]]` standbys runs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// The `sluice-agent` program that forwards (default: the one installed
+    /// beside this receiver).
+    pub agent: Option<PathBuf>,
+    /// Address of the relay's own `/metrics` (per forwarded standby); none disables it.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 
@@ -240,6 +270,24 @@ impl Config {
             {
                 return Err(invalid(key, format!("{} is not an absolute path", hook.display())));
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for forward in &mut config.forward {
+            let name = &forward.name;
+            let valid = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(invalid("forward.name", format!("{name:?}: use 1 to 32 letters, digits, `-` or `_`")));
+            }
+            if !names.insert(name.clone()) {
+                return Err(invalid("forward.name", format!("{name:?} is given twice")));
+            }
+            forward.peer_fingerprint = sluice_net::parse_fingerprint(&forward.peer_fingerprint)
+                .map_err(|e| invalid("forward.peer_fingerprint", format!("forward {name:?}: {e}")))?;
+        }
+        if let Some(agent) = &config.relay.agent
+            && !agent.is_absolute()
+        {
+            return Err(invalid("relay.agent", format!("{} is not an absolute path", agent.display())));
         }
         if config.rollback.keep_days < 1 {
             return Err(invalid(

@@ -15,6 +15,7 @@
 //! - [`local`]: changes made on the standby by anyone but the receiver (fanotify).
 //! - [`metrics`]: Prometheus metrics and their tiny HTTP endpoint.
 //! - [`privileges`]: the capabilities the daemon keeps, and dropping the rest.
+//! - [`relay`]: forwarding what this standby applies to the standbys after it (`[[forward]]`).
 //! - [`reload`]: what a reload of the configuration (SIGHUP) may change.
 //! - [`server`]: [`server::run`], the daemon: QUIC endpoint and connection loop.
 
@@ -26,6 +27,7 @@ pub mod listing;
 pub mod local;
 pub mod metrics;
 pub mod privileges;
+pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod session;

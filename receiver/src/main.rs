@@ -80,6 +80,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Keep the relay to the `[[forward]]` standbys running (started by `run`).
+    #[command(hide = true)]
+    Relay {
+        /// Path of receiver.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write man pages and shell completions into DIR (used by packaging).
     #[command(hide = true)]
     Docs {
@@ -105,11 +112,17 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 anyhow::bail!("{}: `log.level`: {e}", config_path.display());
             }
             let sockets = Sockets::bind(&config)?;
+            // Started while the receiver still holds every privilege: the relay loads eBPF programs.
+            let relay = if config.forward.is_empty() {
+                None
+            } else {
+                Some(sluice_receiver::relay::spawn_supervisor(&config_path)?)
+            };
             // Capabilities are per thread and inherited: dropped while this is the
             // only thread, every thread the runtime starts has only what is left.
             sluice_receiver::privileges::restrict(config.replication.devices)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(async {
+            let served = runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal().context("installing signal handlers")?;
                 let reloader = sluice_receiver::reload::Reloader {
                     path: config_path,
@@ -117,7 +130,16 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     notifier: sluice_net::notify::Notifier::default(),
                 };
                 Server::bind_on(&config, sockets).await?.run_as_service(shutdown, Some(reloader)).await
-            })?;
+            });
+            if let Some(relay) = relay {
+                sluice_receiver::relay::stop_supervisor(relay);
+            }
+            served?;
+            Ok(ok)
+        }
+        Command::Relay { config } => {
+            daemon::init_logging(sluice_net::daemon::LogFormat::Human);
+            sluice_receiver::relay::supervise(&config)?;
             Ok(ok)
         }
         Command::Promote { config, json } => {

@@ -227,6 +227,14 @@ impl Server {
         let mut session = Session::new(applier, state.clone(), durable, unclean, metrics.clone());
         session.restore(position, tree);
         session.set_split_brain_policy(config.failover.after_split_brain);
+        if !config.forward.is_empty() {
+            let path = crate::relay::origin_path(&config.root);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+            }
+            let origin = sluice_net::origin::OriginClock::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+            session.set_origin_clock(origin);
+        }
         let gate = Arc::new(Mutex::new(session.applied_position()));
         let local = Arc::new(LocalPending::default());
         let local_task = match sockets.watch.map(LocalChanges::new).transpose() {

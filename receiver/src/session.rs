@@ -145,6 +145,9 @@ pub struct Session {
     applier: Applier,
     state: State,
     metrics: Arc<Metrics>,
+    /// Where a relay forwarding this tree learns the master's capture time of
+    /// what is applied (with `[[forward]]`).
+    origin: Option<sluice_net::origin::OriginClock>,
     greeted: bool,
     sync: Option<InitialSync>,
     last_applied: u64,
@@ -208,6 +211,7 @@ impl Session {
             applier,
             state,
             metrics,
+            origin: None,
             greeted: false,
             sync: None,
             last_applied: durable,
@@ -264,6 +268,12 @@ impl Session {
     /// What a split brain is answered with.
     pub fn set_split_brain_policy(&mut self, policy: SplitBrainPolicy) {
         self.split_brain = policy;
+    }
+
+    /// Publishes the master's capture time of each operation as it is applied,
+    /// for the relay forwarding this tree.
+    pub fn set_origin_clock(&mut self, origin: sluice_net::origin::OriginClock) {
+        self.origin = Some(origin);
     }
 
     /// The last change of role, once.
@@ -810,6 +820,9 @@ impl Session {
         }
         if !self.failback_keep.is_empty() {
             self.keep_before_failback_changes(&op.op).map_err(|e| Refusal { seq: op.seq, reason: e.to_string(), fenced: false })?;
+        }
+        if let Some(origin) = &self.origin {
+            origin.set(op.captured_unix_ns);
         }
         match self.applier.apply(&op.op) {
             Ok(applied) => {

@@ -493,6 +493,7 @@ pub struct Pair {
     receiver: Daemon,
     options: PairOptions,
     link: Option<crate::netns::StandbyLink>,
+    receiver_fingerprint: String,
     // Declared last: the daemons are killed before their files go away.
     dir: TempDir,
 }
@@ -533,6 +534,7 @@ impl Pair {
             peer_fingerprint: agent_fingerprint,
             metrics_listen: receiver_metrics,
         };
+        let standby_fingerprint = receiver_fingerprint.clone();
         let agent_config = AgentConfig {
             root: master.to_owned(),
             receiver: quic_addr,
@@ -573,6 +575,7 @@ impl Pair {
             ),
             options,
             link,
+            receiver_fingerprint: standby_fingerprint,
             dir,
         };
         if !pair.options.defer_receiver {
@@ -594,6 +597,11 @@ impl Pair {
                 m.get("sluice_initial_sync_complete") == 1.0
             });
         result.with_context(|| format!("receiver log:\n{}", self.receiver.log_tail(40)))
+    }
+
+    /// The receiver's certificate fingerprint (what a peer of it pins).
+    pub fn receiver_fingerprint(&self) -> &str {
+        &self.receiver_fingerprint
     }
 
     pub fn master(&self) -> &Path {

@@ -213,6 +213,19 @@ pub struct Engine {
     /// Inodes changed without a descriptor that could not be found: if the next
     /// comparison does not index them either, they are outside the tree.
     unresolved: HashSet<u64>,
+    /// Per standby (by index): ranges and metadata only that standby lacks,
+    /// because it could not take them when they were read for the others (see
+    /// [`Engine::redirty_for`]).
+    private: HashMap<usize, Private>,
+    /// Set while a standby's private ranges are handled in place of the shared ones.
+    in_private: bool,
+}
+
+/// What one standby alone lacks, and its changes since the journal last took them.
+#[derive(Default)]
+struct Private {
+    dirty: HashMap<u64, Dirty>,
+    journal_dirtied: Vec<DirtyInode>,
 }
 
 /// What the agent found when it restarted with durable state from its previous run.
@@ -267,6 +280,8 @@ impl Engine {
             ancestors: Vec::new(),
             aliases: RefCell::new(HashMap::new()),
             unresolved: HashSet::new(),
+            private: HashMap::new(),
+            in_private: false,
         })
     }
 
@@ -302,13 +317,29 @@ impl Engine {
         }
     }
 
+    /// Takes the comparison asked for, if one is: why, and whether events may
+    /// have been lost (then files changed since the standby's last comparison
+    /// began are compared by content). Each standby keeps its own.
+    pub fn take_compare_request(&mut self) -> Option<(String, bool)> {
+        let reason = self.rescan.take()?;
+        Some((reason, std::mem::take(&mut self.verify_recent)))
+    }
+
     /// Walks the tree anew and returns the manifest. Pending dirty ranges are kept:
     /// a write inside one mtime tick would not show in a size/mtime comparison.
     pub fn rescan(&mut self) -> io::Result<Vec<Entry>> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         // A second of slack for timestamp granularity.
         let verify_since = if self.verify_recent { Some(self.last_compare.map_or(0, |t| t - 1)) } else { None };
         self.verify_recent = false;
+        self.rescan_for(verify_since, true)
+    }
+
+    /// [`Engine::rescan`] for one standby's comparison: files changed since
+    /// `verify_since` are compared by content. With `covers_repairs`, the
+    /// paths waiting for repair are forgotten (the comparison covers them; with
+    /// several standbys the others still need theirs).
+    pub fn rescan_for(&mut self, verify_since: Option<i64>, covers_repairs: bool) -> io::Result<Vec<Entry>> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         self.last_compare = Some(now);
         let walk_start = crate::session::monotonic_ns();
         let scan = scan::scan(&self.root, &mut self.files, self.options.devices, verify_since)?;
@@ -322,9 +353,13 @@ impl Engine {
             }
         }
         self.rescan = None;
-        // The comparison covers every path waiting for repair.
-        self.repairs.clear();
+        if covers_repairs {
+            self.repairs.clear();
+        }
         self.dirty.retain(|ino, _| self.index.contains(*ino));
+        for private in self.private.values_mut() {
+            private.dirty.retain(|ino, _| self.index.contains(*ino));
+        }
         Ok(scan.entries)
     }
 
@@ -410,6 +445,71 @@ impl Engine {
         if dirty.attrs || dirty.ranges.is_empty() {
             self.mark(dirty.ino, None, ts);
         }
+    }
+
+    /// Runs `f` on standby `feed`'s private ranges in place of the shared ones.
+    fn with_private<R>(&mut self, feed: usize, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut private = self.private.remove(&feed).unwrap_or_default();
+        std::mem::swap(&mut self.dirty, &mut private.dirty);
+        std::mem::swap(&mut self.journal_dirtied, &mut private.journal_dirtied);
+        self.in_private = true;
+        let result = f(self);
+        self.in_private = false;
+        std::mem::swap(&mut self.dirty, &mut private.dirty);
+        std::mem::swap(&mut self.journal_dirtied, &mut private.journal_dirtied);
+        if !private.dirty.is_empty() || !private.journal_dirtied.is_empty() {
+            self.private.insert(feed, private);
+        }
+        result
+    }
+
+    /// [`Engine::redirty`] for standby `feed` alone: it could not take what
+    /// was read for the others (it is behind, or away), and reads it anew
+    /// itself when it can.
+    pub fn redirty_for(&mut self, feed: usize, dirty: &DirtyInode, ts: u64) {
+        self.with_private(feed, |engine| engine.redirty(dirty, ts));
+    }
+
+    /// Reads about `budget` bytes of what standby `feed` alone lacks into
+    /// operations for it; true when nothing of it is left.
+    pub fn flush_for(&mut self, feed: usize, budget: &mut u64, out: &mut Vec<PendingOp>) -> bool {
+        if !self.private.contains_key(&feed) {
+            return true;
+        }
+        self.with_private(feed, |engine| engine.flush_dirty(budget, out) && engine.dirty.is_empty())
+    }
+
+    /// Whether standby `feed` alone lacks anything.
+    pub fn has_dirty_for(&self, feed: usize) -> bool {
+        self.private.get(&feed).is_some_and(|p| !p.dirty.is_empty())
+    }
+
+    /// Bytes standby `feed` alone lacks, and the capture time of the oldest.
+    pub fn dirty_for(&self, feed: usize) -> (u64, Option<u64>) {
+        let Some(private) = self.private.get(&feed) else { return (0, None) };
+        let bytes = private.dirty.values().fold(0u64, |sum, d| sum.saturating_add(d.ranges.bytes()));
+        (bytes, private.dirty.values().map(|d| d.first_ns).min())
+    }
+
+    /// What standby `feed` alone lacks, as the journal lists it.
+    pub fn dirty_inodes_for(&self, feed: usize) -> Vec<DirtyInode> {
+        let Some(private) = self.private.get(&feed) else { return Vec::new() };
+        private
+            .dirty
+            .iter()
+            .map(|(ino, d)| DirtyInode { ino: *ino, ranges: d.ranges.iter().collect(), attrs: d.attrs || d.xattrs })
+            .collect()
+    }
+
+    /// [`Engine::take_journal_deltas`] of what standby `feed` alone lacks.
+    pub fn take_journal_deltas_for(&mut self, feed: usize) -> Vec<DirtyInode> {
+        self.private.get_mut(&feed).map(|p| std::mem::take(&mut p.journal_dirtied)).unwrap_or_default()
+    }
+
+    /// Forgets what standby `feed` alone lacks (a comparison of the whole tree
+    /// that verifies content covers it, or the standby is gone).
+    pub fn forget_private(&mut self, feed: usize) {
+        self.private.remove(&feed);
     }
 
     /// Every inode whose data or metadata is dirty and not yet read, including

@@ -28,7 +28,7 @@ impl Engine {
         complete
     }
 
-    fn flush_dirty(&mut self, budget: &mut u64, out: &mut Vec<PendingOp>) -> bool {
+    pub(super) fn flush_dirty(&mut self, budget: &mut u64, out: &mut Vec<PendingOp>) -> bool {
         let mut order: Vec<(u64, u64)> = self.dirty.iter().map(|(ino, d)| (d.first_ns, *ino)).collect();
         order.sort_unstable();
         for (_, ino) in order {
@@ -163,6 +163,10 @@ impl Engine {
     /// Records what was sent of a file's mapped pages, so a re-check sends a page
     /// again only if it changed since.
     pub(super) fn remember_mapped_pages(&mut self, ino: u64, offset: u64, data: &[u8]) {
+        // What one standby alone was sent is not what the others hold.
+        if self.in_private {
+            return;
+        }
         let Some(mapped) = self.mapped.get_mut(&ino) else { return };
         // Whole pages inside what was read; a read shorter than a page covers none.
         let (first, end) = (offset.div_ceil(PAGE), (offset + data.len() as u64) / PAGE);

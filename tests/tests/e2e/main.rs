@@ -35,5 +35,7 @@ mod repair;
 // Reflinks, appending pwrite, native AIO, paths from above the root or through
 // aliases, btrfs snapshots, 32-bit syscalls, shared fds, io_uring beyond writes.
 mod exact_capture;
+// A chain of standbys: a standby forwards what it applies to the next one.
+mod relay;
 // The Prometheus alerting rules and the Grafana dashboard against a real Prometheus.
 mod alerts;
