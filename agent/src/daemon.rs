@@ -219,13 +219,13 @@ async fn run_with(
             }
         }
         let mut more = false;
-        for i in 0..rep.feeds.len() {
+        for (i, connection) in connecting.iter_mut().enumerate() {
             match rep.pump(i) {
                 Ok(ready) => more |= ready,
                 Err(e) => {
                     let delay = connection_ended(&mut rep, i, e, &settings, &root, own_tree_file, &mut fenced_announced, &mut exit_error);
                     match delay {
-                        Some(delay) => connecting[i] = Some(reconnect(&rep, i, &endpoints, delay, &links_tx)),
+                        Some(delay) => *connection = Some(reconnect(&rep, i, &endpoints, delay, &links_tx)),
                         None => break 'feeding,
                     }
                 }

@@ -43,3 +43,5 @@ pub mod session;
 pub mod verify;
 pub mod control;
 pub mod crosscheck;
+#[cfg(test)]
+mod fanout_tests;

@@ -401,26 +401,34 @@ impl Replicator {
         self.refill_read_budget();
         tokio::task::block_in_place(|| self.engine.flush(&mut pending));
         self.queue(&mut pending);
+        self.scratch = pending;
         for i in 0..self.feeds.len() {
-            let feed = &self.feeds[i];
-            if !feed.online() || !self.engine.has_dirty_for(i) || self.stalled(i) {
-                continue;
+            if self.feeds[i].online() && !self.stalled(i) {
+                self.flush_private(i);
             }
-            let mut budget = feed.content_room(self.limits, READ_AHEAD_BYTES);
-            if budget == 0 {
-                continue;
-            }
-            tokio::task::block_in_place(|| self.engine.flush_for(i, &mut budget, &mut pending));
-            let feed = &mut self.feeds[i];
-            for op in pending.drain(..) {
-                let captured = op.captured_ns;
-                feed.backlog.push(op, captured);
-            }
-            self.check_overflow(i);
         }
         self.absorb_compare_requests();
         self.hold_data_if_needed();
+    }
+
+    /// Reads what standby `i` alone lacks, as far as its backlog has room.
+    pub(crate) fn flush_private(&mut self, i: usize) {
+        if !self.engine.has_dirty_for(i) {
+            return;
+        }
+        let mut budget = self.feeds[i].content_room(self.limits, READ_AHEAD_BYTES);
+        if budget == 0 {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.scratch);
+        tokio::task::block_in_place(|| self.engine.flush_for(i, &mut budget, &mut pending));
+        let feed = &mut self.feeds[i];
+        for op in pending.drain(..) {
+            let captured = op.captured_ns;
+            feed.backlog.push(op, captured);
+        }
         self.scratch = pending;
+        self.check_overflow(i);
     }
 
     /// Hands the engine's request for a comparison to every standby.
