@@ -45,3 +45,27 @@ fn example_shows_the_defaults() {
     assert_eq!(config.verify.bytes_per_second, VerifyConfig::default().bytes_per_second);
     assert_eq!(config.failover.when_fenced, FailoverConfig::default().when_fenced);
 }
+
+#[test]
+fn the_examples_several_standbys_load_once_uncommented() {
+    let root = tempfile::tempdir().unwrap();
+    let zeros = "0".repeat(64);
+    let mut text = String::new();
+    for line in EXAMPLE.lines() {
+        if line.starts_with("receiver =") || line.starts_with("peer_fingerprint =") {
+            continue;
+        }
+        let line = match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with("[[standby]]") || rest.starts_with("name =") || rest.starts_with("address =") => rest.to_owned(),
+            Some(rest) if rest.starts_with("peer_fingerprint =") => format!("peer_fingerprint = \"{zeros}\""),
+            _ => line.to_owned(),
+        };
+        text += &line;
+        text += "\n";
+    }
+    let text = text.replacen(EXAMPLE_ROOT, &format!("root = {:?}", root.path().display().to_string()), 1);
+    // `[[standby]]` entries follow `[tls]` in the example: they must not be read as part of it.
+    let config = Config::parse(&text, Path::new("deploy/config/agent.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let names: Vec<String> = config.standbys().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["lan", "offsite"]);
+}
