@@ -35,5 +35,7 @@ mod repair;
 // Reflinks, appending pwrite, native AIO, paths from above the root or through
 // aliases, btrfs snapshots, 32-bit syscalls, shared fds, io_uring beyond writes.
 mod exact_capture;
+// One master feeding several standbys: slow, cut and late ones beside a healthy one.
+mod fanout;
 // The Prometheus alerting rules and the Grafana dashboard against a real Prometheus.
 mod alerts;
