@@ -144,8 +144,12 @@ impl Load {
 }
 
 impl Drop for Load {
+    /// A test that panics still stops the writer before its filesystem goes.
     fn drop(&mut self) {
         self.finish();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
