@@ -168,7 +168,7 @@ impl AgentConfig {
     }
 }
 
-fn path_value(path: &Path) -> toml::Value {
+pub(crate) fn path_value(path: &Path) -> toml::Value {
     path.display().to_string().into()
 }
 
@@ -179,7 +179,7 @@ fn tls_table(identity: &Path, peer_fingerprint: &str) -> toml::Table {
     tls
 }
 
-fn metrics_table(listen: SocketAddr) -> toml::Table {
+pub(crate) fn metrics_table(listen: SocketAddr) -> toml::Table {
     let mut metrics = toml::Table::new();
     metrics.insert("listen".into(), listen.to_string().into());
     metrics
@@ -675,7 +675,7 @@ impl Pair {
     }
 }
 
-fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     File::create(path)
         .and_then(|mut file| file.write_all(contents.as_bytes()))

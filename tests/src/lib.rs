@@ -12,6 +12,10 @@
 //! - [`daemons`]: [`Pair`], a receiver and an agent started from the built binaries,
 //!   plus the pieces it is made of (identities, configs, free ports) for callers that
 //!   drive the daemons themselves.
+//! - [`fanout`]: [`Fanout`], one agent feeding several receivers, each optionally
+//!   behind its own network namespace.
+//! - [`netns`]: [`netns::StandbyLink`], a veth link to a namespace that tests cut,
+//!   restore and rate-limit.
 //! - [`util`]: [`random_bytes`], [`run`] and [`wait_until`].
 //! - [`torture`]: the randomized differential exerciser (`sluice-torture`).
 //! - [`postgres`]: a PostgreSQL server on a test tree, pgbench and its invariants.
@@ -21,6 +25,7 @@
 //! Most helpers need root (mounts, BPF); `cargo xtask test` runs them as such.
 
 pub mod daemons;
+pub mod fanout;
 pub mod loopfs;
 pub mod metrics;
 pub mod netns;
@@ -31,6 +36,7 @@ pub mod tree;
 pub mod util;
 
 pub use daemons::{Binaries, Pair, PairOptions};
+pub use fanout::{Fanout, FanoutOptions, StandbySpec, SyncWait};
 pub use loopfs::{FsKind, LoopFs};
 pub use metrics::{Metrics, scrape};
 pub use tree::{

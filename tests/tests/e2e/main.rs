@@ -37,5 +37,7 @@ mod repair;
 mod exact_capture;
 // A chain of standbys: a standby forwards what it applies to the next one.
 mod relay;
+// One master feeding several standbys: slow, cut and late ones beside a healthy one.
+mod fanout;
 // The Prometheus alerting rules and the Grafana dashboard against a real Prometheus.
 mod alerts;
