@@ -53,7 +53,10 @@ const FRAMES_PER_TURN: usize = 8;
 /// File content read ahead of sending, by flushes of dirty data and while
 /// answering the receiver's wants.
 const READ_AHEAD_BYTES: u64 = 16 << 20;
-/// File content in flight (sent, not acknowledged as applied), at most.
+/// File content in flight (sent, not acknowledged as applied), at most, and
+/// no more than a standby's bound on unsent content: what is in flight sits in
+/// the connection's buffers, so a standby behind a thin link holds at most
+/// twice its bound in memory.
 const IN_FLIGHT_BYTES: u64 = 32 << 20;
 /// Operations read ahead of sending while answering wants, and in flight, at
 /// most (and no more than an eighth and a quarter of the backlog's bound): a
@@ -1067,10 +1070,12 @@ impl Replicator {
             );
             self.metrics.ops_resent.inc_by(resent as u64);
         }
-        if feed.backlog.is_idle() && feed.compare.is_none() && let Some(link) = &mut feed.link {
+        // Matched unless a comparison is owed or under way: what is resent
+        // brings it up to date, and once that is acknowledged it is in sync.
+        if feed.compare.is_none() && feed.backlog.unsettled_manifest().is_none() && let Some(link) = &mut feed.link {
             link.synced = true;
-            feed.metrics.initial_sync_complete.set(1);
         }
+        self.check_synced(i);
         self.update_sync_metric();
         self.hold_data_if_needed();
         Ok(())
@@ -1106,7 +1111,7 @@ impl Replicator {
         let backlog = &feed.backlog;
         backlog.in_flight() > 0
             && (link.last_progress.elapsed() >= STALL
-                || backlog.in_flight_bytes() >= IN_FLIGHT_BYTES
+                || backlog.in_flight_bytes() >= IN_FLIGHT_BYTES.min(self.limits.bytes)
                 || backlog.in_flight() >= IN_FLIGHT_OPS.min(backlog.ops_limit() / 4).max(1))
     }
 
