@@ -10,9 +10,11 @@
 //! - [`syscost`]: S5, what capture adds to syscalls; [`bpfstats`] the run time of
 //!   the agent's BPF programs.
 //! - [`scale`]: S7, a tree of many small files (initial sync, start-up, memory).
+//! - [`fanout`]: S8, one master feeding three standbys against one.
 //! - [`results`], [`report`], [`svg`]: what was measured and how it is written up.
 
 mod bpfstats;
+mod fanout;
 mod procs;
 mod replicator;
 mod report;
@@ -61,6 +63,12 @@ pub struct Sizes {
     pub s5_rounds: usize,
     /// S7: files in each tree (1,000 per directory), one run per entry.
     pub s7_files: Vec<usize>,
+    /// S8: the tree's bytes and files, 4 KiB writes into each file afterwards, and
+    /// the limit for each phase to reach every standby.
+    pub s8_bytes: u64,
+    pub s8_files: usize,
+    pub s8_writes_per_file: usize,
+    pub s8_timeout: Duration,
 }
 
 const MIB: u64 = 1 << 20;
@@ -96,6 +104,10 @@ impl Sizes {
                 s5_fsyncs: 2_000,
                 s5_rounds: 3,
                 s7_files: vec![50_000],
+                s8_bytes: 128 * MIB,
+                s8_files: 64,
+                s8_writes_per_file: 256,
+                s8_timeout: Duration::from_secs(60),
             }
         } else {
             Sizes {
@@ -117,6 +129,10 @@ impl Sizes {
                 s5_fsyncs: 2_000,
                 s5_rounds: 3,
                 s7_files: vec![200_000],
+                s8_bytes: 512 * MIB,
+                s8_files: 256,
+                s8_writes_per_file: 256,
+                s8_timeout: Duration::from_secs(180),
             }
         }
     }
@@ -200,6 +216,20 @@ impl Sizes {
                 ),
             ),
             (
+                "S8".into(),
+                format!(
+                    "{} in {} files of {}, synced to empty standbys, then {} random 4 KiB writes into each file \
+                     ({} in all); 1 and {} standbys; limit {} s per phase",
+                    mib(self.s8_bytes),
+                    self.s8_files,
+                    mib(self.s8_bytes / self.s8_files as u64),
+                    self.s8_writes_per_file,
+                    mib(self.s8_files as u64 * self.s8_writes_per_file as u64 * 4096),
+                    fanout::STANDBYS,
+                    self.s8_timeout.as_secs()
+                ),
+            ),
+            (
                 "limit".into(),
                 format!(
                     "{} s per convergence or startup wait",
@@ -275,6 +305,11 @@ pub fn run(
     } else {
         Vec::new()
     };
+    let fanout = if wants("S8") {
+        fanout::run(&sizes, &kinds, &bin_dir)
+    } else {
+        None
+    };
 
     let date = sluice_tests::run("date +%F")?.trim().to_owned();
     let results = Results {
@@ -287,6 +322,7 @@ pub fn run(
         rows,
         syscall_costs,
         scale: scale_runs,
+        fanout,
         wall_s: started.elapsed().as_secs_f64(),
     };
     let dir = workspace_root().join("bench/results").join(run_name(&date, quick, scenarios, scale));

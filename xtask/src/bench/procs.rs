@@ -260,6 +260,46 @@ pub fn tree_cpu_s(roots: &[u32]) -> f64 {
     ticks as f64 / hz
 }
 
+/// Bytes a process tree has read so far, from `/proc/<pid>/io`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadIo {
+    /// `rchar`: bytes returned by read syscalls (`read`, `pread`, ...), page
+    /// cache hits included; a file read three times counts three times.
+    pub rchar: u64,
+    /// `read_bytes`: bytes the processes caused to be read from block devices.
+    pub read_bytes: u64,
+}
+
+impl ReadIo {
+    pub fn since(self, before: ReadIo) -> ReadIo {
+        ReadIo {
+            rchar: self.rchar.saturating_sub(before.rchar),
+            read_bytes: self.read_bytes.saturating_sub(before.read_bytes),
+        }
+    }
+}
+
+/// Reads of `roots` and their live descendants so far. A process's `io` covers
+/// its threads and the children it has reaped (as `cutime` does for CPU), so
+/// rsyncs that lsyncd started and waited for count towards lsyncd.
+pub fn tree_read_io(roots: &[u32]) -> ReadIo {
+    let mut total = ReadIo::default();
+    for pid in descendants(roots) {
+        let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.rchar += field("rchar");
+        total.read_bytes += field("read_bytes");
+    }
+    total
+}
+
 /// The block device (`loopN`) behind a loop-mounted image.
 pub fn loop_device(image: &Path) -> anyhow::Result<String> {
     let out = run(&format!("losetup -j '{}'", image.display()))?;

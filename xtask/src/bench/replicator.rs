@@ -2,7 +2,8 @@
 //! configured the way its documentation recommends for keeping a standby copy:
 //! sluice (agent + receiver over QUIC), rsync (one pass to an rsync daemon after the
 //! workload), lsyncd (`default.rsync` to the same daemon) and Syncthing (a
-//! send-only / receive-only folder pair with its watcher on).
+//! send-only / receive-only folder pair with its watcher on). sluice and lsyncd
+//! also feed several standbys at once ([`Replicator::start_fanout`], S8).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use serde::Serialize;
 use sluice_tests::daemons::{AgentConfig, ReceiverConfig, init_identity, render_config};
 use sluice_tests::{Binaries, scrape};
 
-use super::procs::{Netns, Proc, tree_cpu_s};
+use super::procs::{Netns, Proc, ReadIo, tree_cpu_s, tree_read_io};
 use super::workload;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,8 +49,39 @@ const QUIC: &str = "127.0.0.1:7400";
 const RECEIVER_METRICS: &str = "127.0.0.1:9400";
 const AGENT_METRICS: &str = "127.0.0.1:9401";
 
+/// The receiver of standby `i` (from 0) listens on QUIC port 7400 + i.
+fn quic_addr(i: usize) -> anyhow::Result<SocketAddr> {
+    let mut addr: SocketAddr = QUIC.parse()?;
+    addr.set_port(addr.port() + i as u16);
+    Ok(addr)
+}
+
+/// Standby `i`'s receiver serves metrics on 9400 for the first, 9410 + i after
+/// (9401 is the agent's).
+fn receiver_metrics_addr(i: usize) -> anyhow::Result<SocketAddr> {
+    let mut addr: SocketAddr = RECEIVER_METRICS.parse()?;
+    if i > 0 {
+        addr.set_port(9410 + i as u16);
+    }
+    Ok(addr)
+}
+
+/// Files of standby `i` in the work directory: `receiver.toml` for the first,
+/// `receiver-2.toml` for the second, and so on.
+fn nth(stem: &str, i: usize, ext: &str) -> String {
+    match i {
+        0 => format!("{stem}{ext}"),
+        _ => format!("{stem}-{}{ext}", i + 1),
+    }
+}
+
+/// The name of standby `i` in a fan-out agent's `[[standby]]` list and metrics.
+pub fn standby_name(i: usize) -> String {
+    format!("s{}", i + 1)
+}
+
 /// Resource counters of a running replicator at one moment.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     pub master_cpu_s: f64,
     pub standby_cpu_s: f64,
@@ -59,6 +91,10 @@ pub struct Counters {
     pub lo_bytes_after_scrape: u64,
     /// `sluice_wire_bytes_sent_total` of the agent (sluice only).
     pub agent_wire_bytes: Option<f64>,
+    /// What the master side's processes have read (`/proc/<pid>/io`).
+    pub master_read: ReadIo,
+    /// The agent's whole scrape (sluice only).
+    pub agent_metrics: Option<sluice_tests::Metrics>,
 }
 
 /// One running replicator. Dropping it kills its processes, then deletes its
@@ -66,7 +102,13 @@ pub struct Counters {
 pub struct Replicator {
     pub kind: Kind,
     master: PathBuf,
-    standby: PathBuf,
+    /// One for S1–S7; several for S8.
+    standbys: Vec<PathBuf>,
+    /// sluice: the agent names its standbys in `[[standby]]` entries (S8), rather
+    /// than the one-standby form `receiver = …` of S1–S7.
+    named_standbys: bool,
+    /// sluice: TOML merged over the agent's config.
+    agent_extra: String,
     master_procs: Vec<Proc>,
     standby_procs: Vec<Proc>,
     /// CPU of finished one-shot rsync passes (they are gone from /proc).
@@ -86,6 +128,38 @@ impl Replicator {
         standby: &Path,
         bin_dir: &Path,
     ) -> anyhow::Result<Replicator> {
+        Replicator::launch(kind, master, vec![standby.to_owned()], None, bin_dir)
+    }
+
+    /// Like [`Replicator::start`], feeding every one of `standbys` from `master`:
+    /// sluice as one agent with a `[[standby]]` entry per standby and a receiver
+    /// for each; lsyncd with a `sync{}` per standby, each to its own module of the
+    /// rsync daemon. Other replicators are not set up for it. `agent_extra` is
+    /// TOML merged over the agent's config (sluice only).
+    pub fn start_fanout(
+        kind: Kind,
+        master: &Path,
+        standbys: &[PathBuf],
+        agent_extra: &str,
+        bin_dir: &Path,
+    ) -> anyhow::Result<Replicator> {
+        anyhow::ensure!(
+            matches!(kind, Kind::Sluice | Kind::Lsyncd),
+            "{} is not set up to feed several standbys",
+            kind.name()
+        );
+        anyhow::ensure!(!standbys.is_empty(), "no standby given");
+        Replicator::launch(kind, master, standbys.to_vec(), Some(agent_extra), bin_dir)
+    }
+
+    fn launch(
+        kind: Kind,
+        master: &Path,
+        standbys: Vec<PathBuf>,
+        // `Some` for S8's agent with `[[standby]]` entries: TOML merged over its config.
+        fanout_agent_extra: Option<&str>,
+        bin_dir: &Path,
+    ) -> anyhow::Result<Replicator> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("sluice-bench-{}-", kind.name()))
             .tempdir()
@@ -93,7 +167,9 @@ impl Replicator {
         let mut r = Replicator {
             kind,
             master: master.to_owned(),
-            standby: standby.to_owned(),
+            standbys,
+            named_standbys: fanout_agent_extra.is_some(),
+            agent_extra: fanout_agent_extra.unwrap_or_default().to_owned(),
             master_procs: Vec::new(),
             standby_procs: Vec::new(),
             one_shot_cpu_s: 0.0,
@@ -116,46 +192,60 @@ impl Replicator {
     fn start_sluice(&mut self, bin_dir: &Path) -> anyhow::Result<()> {
         let binaries = Binaries::in_dir(bin_dir)?;
         let work = &self.dir.path().to_owned();
-        let receiver_identity = work.join("receiver-identity");
         let agent_identity = work.join("agent-identity");
-        let receiver_fp = init_identity(&binaries.receiver, &receiver_identity)?;
         let agent_fp = init_identity(&binaries.agent, &agent_identity)?;
-        let receiver = ReceiverConfig {
-            root: self.standby.clone(),
-            listen: QUIC.parse()?,
-            identity: receiver_identity,
-            peer_fingerprint: agent_fp,
-            metrics_listen: RECEIVER_METRICS.parse()?,
-        };
+        // A receiver per standby, each with its own identity, root, address and
+        // metrics, pinning the agent.
+        let mut receiver_fps = Vec::new();
+        for (i, standby) in self.standbys.clone().iter().enumerate() {
+            let identity = work.join(nth("receiver", i, "-identity"));
+            receiver_fps.push(init_identity(&binaries.receiver, &identity)?);
+            let receiver = ReceiverConfig {
+                root: standby.clone(),
+                listen: quic_addr(i)?,
+                identity,
+                peer_fingerprint: agent_fp.clone(),
+                metrics_listen: receiver_metrics_addr(i)?,
+            };
+            let config = work.join(nth("receiver", i, ".toml"));
+            std::fs::write(&config, render_config(receiver.to_table(), "")?)?;
+            let mut command = self.netns.command(&binaries.receiver);
+            command.arg("run").arg("--config").arg(&config);
+            self.standby_procs.push(Proc::spawn(
+                &nth("sluice-receiver", i, ""),
+                command,
+                &work.join(nth("receiver", i, ".log")),
+            )?);
+            self.wait_metrics(receiver_metrics_addr(i)?)?;
+        }
         let agent = AgentConfig {
             root: self.master.clone(),
-            receiver: QUIC.parse()?,
+            receiver: quic_addr(0)?,
             state_dir: work.join("agent-state"),
             identity: agent_identity,
-            peer_fingerprint: receiver_fp,
+            peer_fingerprint: receiver_fps[0].clone(),
             metrics_listen: AGENT_METRICS.parse()?,
             ring_buffer_bytes: 8 << 20,
         };
-        std::fs::write(
-            work.join("receiver.toml"),
-            render_config(receiver.to_table(), "")?,
-        )?;
-        std::fs::write(
-            work.join("agent.toml"),
-            render_config(agent.to_table(), "")?,
-        )?;
-
-        let mut command = self.netns.command(&binaries.receiver);
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(work.join("receiver.toml"));
-        self.standby_procs.push(Proc::spawn(
-            "sluice-receiver",
-            command,
-            &work.join("receiver.log"),
-        )?);
-        self.wait_metrics(RECEIVER_METRICS.parse()?)?;
+        let mut table = agent.to_table();
+        let mut extra = String::new();
+        if self.named_standbys {
+            // `[[standby]]` entries instead of `receiver` and `tls.peer_fingerprint`.
+            table.remove("receiver");
+            if let Some(tls) = table.get_mut("tls").and_then(|t| t.as_table_mut()) {
+                tls.remove("peer_fingerprint");
+            }
+            for (i, fp) in receiver_fps.iter().enumerate() {
+                writeln!(
+                    extra,
+                    "[[standby]]\nname = \"{}\"\naddress = \"{}\"\npeer_fingerprint = \"{fp}\"",
+                    standby_name(i),
+                    quic_addr(i)?
+                )?;
+            }
+            extra.push_str(&self.agent_extra);
+        }
+        std::fs::write(work.join("agent.toml"), render_config(table, &extra)?)?;
         self.agent_binary = Some(binaries.agent);
         self.spawn_agent()?;
         self.wait_metrics(AGENT_METRICS.parse()?)
@@ -250,16 +340,21 @@ impl Replicator {
         let work = &self.dir.path().to_owned();
         let conf = work.join("rsyncd.conf");
         // Root on both ends so owners, ACLs and xattrs can be applied as with ssh.
-        std::fs::write(
-            &conf,
-            format!(
-                "port = {RSYNC_PORT}\naddress = 127.0.0.1\nuse chroot = no\n\
-                 pid file = {}/rsyncd.pid\n[standby]\npath = {}\nread only = no\n\
-                 uid = root\ngid = root\n",
-                work.display(),
-                self.standby.display()
-            ),
-        )?;
+        // A module per standby: `standby`, then `standby-2`, ...
+        let mut text = format!(
+            "port = {RSYNC_PORT}\naddress = 127.0.0.1\nuse chroot = no\n\
+             pid file = {}/rsyncd.pid\n",
+            work.display()
+        );
+        for (i, standby) in self.standbys.iter().enumerate() {
+            write!(
+                text,
+                "[{}]\npath = {}\nread only = no\nuid = root\ngid = root\n",
+                nth("standby", i, ""),
+                standby.display()
+            )?;
+        }
+        std::fs::write(&conf, text)?;
         let mut command = self.netns.command("rsync");
         command
             .arg("--daemon")
@@ -286,27 +381,33 @@ impl Replicator {
         Ok(())
     }
 
-    fn rsync_target() -> String {
-        format!("rsync://127.0.0.1:{RSYNC_PORT}/standby/")
+    /// The rsync daemon's module of standby `i`.
+    fn rsync_target(i: usize) -> String {
+        format!("rsync://127.0.0.1:{RSYNC_PORT}/{}/", nth("standby", i, ""))
     }
 
     fn start_lsyncd(&mut self) -> anyhow::Result<()> {
         let work = &self.dir.path().to_owned();
         let conf = work.join("lsyncd.lua");
         // default.rsync with no delay: each batch of inotify events becomes one rsync.
-        std::fs::write(
-            &conf,
-            format!(
-                "settings {{ nodaemon = true, insist = true, statusFile = \"{w}/lsyncd.status\" }}\n\
-                 sync {{ default.rsync, source = \"{src}/\", target = \"{dst}\", delay = 0,\n  \
+        // Several standbys get a `sync{}` each with the same source, as lsyncd's
+        // manual does for several targets.
+        let mut text = format!(
+            "settings {{ nodaemon = true, insist = true, statusFile = \"{}/lsyncd.status\" }}\n",
+            work.display()
+        );
+        for i in 0..self.standbys.len() {
+            write!(
+                text,
+                "sync {{ default.rsync, source = \"{src}/\", target = \"{dst}\", delay = 0,\n  \
                  exclude = {{ \"/lost+found\" }},\n  \
                  rsync = {{ archive = true, acls = true, xattrs = true, hard_links = true,\n    \
                  inplace = true, whole_file = false }} }}\n",
-                w = work.display(),
                 src = self.master.display(),
-                dst = Self::rsync_target()
-            ),
-        )?;
+                dst = Self::rsync_target(i)
+            )?;
+        }
+        std::fs::write(&conf, text)?;
         let mut command = self.netns.command("lsyncd");
         command.arg(&conf);
         self.master_procs
@@ -324,7 +425,13 @@ impl Replicator {
                 22001u16,
                 18384u16,
             ),
-            ("standby", self.standby.clone(), "receiveonly", 22002, 18385),
+            (
+                "standby",
+                self.standbys[0].clone(),
+                "receiveonly",
+                22002,
+                18385,
+            ),
         ];
         let mut ids = Vec::new();
         for (name, root, ..) in &sides {
@@ -427,8 +534,8 @@ impl Replicator {
         if self.kind == Kind::Rsync {
             return Ok(true);
         }
-        let (master, standby) = (self.master.clone(), self.standby.clone());
-        workload::wait_live(&master, &standby, timeout, || self.check_alive())
+        let (master, standbys) = (self.master.clone(), self.standbys.clone());
+        workload::wait_live(&master, &standbys, timeout, || self.check_alive())
     }
 
     /// For rsync, one full pass (what a cron job or a loop would run), bounded by
@@ -443,7 +550,7 @@ impl Replicator {
             .args(RSYNC_ARGS)
             .args(["--stats", "--exclude=/lost+found"])
             .arg(format!("{}/", self.master.display()))
-            .arg(Self::rsync_target());
+            .arg(Self::rsync_target(0));
         let log = self.dir.path().join("rsync.log");
         let start = Instant::now();
         let mut pass = Proc::spawn("rsync", command, &log)?;
@@ -460,13 +567,9 @@ impl Replicator {
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let pids = |procs: &[Proc]| procs.iter().filter_map(Proc::pid).collect::<Vec<_>>();
         let lo_bytes = self.netns.lo_tx_bytes()?;
-        let agent_wire_bytes = if self.kind == Kind::Sluice {
+        let agent_metrics = if self.kind == Kind::Sluice {
             let addr: SocketAddr = AGENT_METRICS.parse()?;
-            Some(
-                self.netns
-                    .enter(move || scrape(addr))?
-                    .get("sluice_wire_bytes_sent_total"),
-            )
+            Some(self.netns.enter(move || scrape(addr))?)
         } else {
             None
         };
@@ -475,7 +578,11 @@ impl Replicator {
             standby_cpu_s: tree_cpu_s(&pids(&self.standby_procs)),
             lo_bytes,
             lo_bytes_after_scrape: self.netns.lo_tx_bytes()?,
-            agent_wire_bytes,
+            agent_wire_bytes: agent_metrics
+                .as_ref()
+                .map(|m| m.get("sluice_wire_bytes_sent_total")),
+            master_read: tree_read_io(&pids(&self.master_procs)),
+            agent_metrics,
         })
     }
 

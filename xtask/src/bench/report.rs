@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::replicator::Kind;
-use super::results::{CALLS, Results, Row, ScaleRun, SyscallCosts};
+use super::fanout::STANDBYS;
+use super::results::{CALLS, Fanout, FanoutPhase, FanoutRun, Results, Row, ScaleRun, SyscallCosts};
 use super::svg;
 
 pub fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
@@ -98,7 +99,6 @@ fn headline_time(row: &Row) -> Option<f64> {
 
 fn markdown(r: &Results) -> anyhow::Result<String> {
     let mut md = String::new();
-    let peers = [Kind::Rsync, Kind::Lsyncd, Kind::Syncthing];
     writeln!(
         md,
         "# sluice bench, {}{}\n",
@@ -108,7 +108,7 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
     writeln!(
         md,
         "Produced by `cargo xtask bench{}` in {:.0} s of wall time. Every replicator ran on the \
-         same data on fresh loop-mounted ext4 filesystems (one for the master, one for the \
+         same data on fresh loop-mounted ext4 filesystems (one for the master, one for each \
          standby), in its own network namespace so its loopback carried only its traffic.{}\n",
         match (r.quick, r.scenarios.is_empty()) {
             (true, true) => " --quick".to_owned(),
@@ -125,48 +125,10 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
         }
     )?;
 
-    writeln!(md, "## Headline: peers relative to sluice\n")?;
-    writeln!(
-        md,
-        "Each cell is *peer ÷ sluice*: above 1× sluice took less time or sent fewer bytes. \
-         Time is p99 marker lag for S1, from the first byte written until the standby \
-         held the file for S6, and time to converge otherwise; bytes are bytes on the \
-         replicator's loopback.\n"
-    )?;
-    md.push_str("| scenario | case | sluice time | sluice bytes |");
-    for p in peers {
-        write!(md, " {} time | {} bytes |", p.name(), p.name())?;
+    // S5, S7 and S8 have their own tables; a run of only those has no headline.
+    if !r.rows.is_empty() {
+        headline(&mut md, r)?;
     }
-    md.push_str("\n|---|---|---|---|");
-    md.push_str(&"---|---|".repeat(peers.len()));
-    md.push('\n');
-    for (scenario, case) in cases(r) {
-        let Some(s) = find(r, scenario, &case, Kind::Sluice) else {
-            continue;
-        };
-        let s_time = headline_time(s);
-        let s_bytes = ok(s).then_some(s.lo_bytes as f64);
-        write!(
-            md,
-            "| {scenario} | {case} | {} | {} |",
-            s_time.map_or_else(|| time_cell(s), secs),
-            s_bytes.map_or("–".into(), bytes)
-        )?;
-        for p in peers {
-            match find(r, scenario, &case, p) {
-                Some(row) if ok(row) => write!(
-                    md,
-                    " {} | {} |",
-                    ratio(headline_time(row), s_time),
-                    ratio(Some(row.lo_bytes as f64), s_bytes)
-                )?,
-                Some(row) => write!(md, " {} | – |", time_cell(row))?,
-                None => md.push_str(" – | – |"),
-            }
-        }
-        md.push('\n');
-    }
-    md.push('\n');
     targets(&mut md, r)?;
 
     writeln!(md, "## Per scenario\n")?;
@@ -227,11 +189,16 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
     for run in &r.scale {
         scale_section(&mut md, run)?;
     }
+    if let Some(f) = &r.fanout {
+        fanout_section(&mut md, f)?;
+    }
 
-    writeln!(
-        md,
-        "## Plots\n\n![bytes on the wire per case](bytes.svg)\n\n![S1 lag over time](s1-lag.svg)\n"
-    )?;
+    if !r.rows.is_empty() {
+        writeln!(
+            md,
+            "## Plots\n\n![bytes on the wire per case](bytes.svg)\n\n![S1 lag over time](s1-lag.svg)\n"
+        )?;
+    }
     method(&mut md)?;
     errors(&mut md, r)?;
     writeln!(md, "## Machine\n")?;
@@ -244,6 +211,54 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
     }
     writeln!(md, "\nRaw figures: `results.json`.")?;
     Ok(md)
+}
+
+/// Each scenario case of S1–S4 and S6 with the peers' figures relative to sluice's.
+fn headline(md: &mut String, r: &Results) -> anyhow::Result<()> {
+    let peers = [Kind::Rsync, Kind::Lsyncd, Kind::Syncthing];
+    writeln!(md, "## Headline: peers relative to sluice\n")?;
+    writeln!(
+        md,
+        "Each cell is *peer ÷ sluice*: above 1× sluice took less time or sent fewer bytes. \
+         Time is p99 marker lag for S1, from the first byte written until the standby \
+         held the file for S6, and time to converge otherwise; bytes are bytes on the \
+         replicator's loopback.\n"
+    )?;
+    md.push_str("| scenario | case | sluice time | sluice bytes |");
+    for p in peers {
+        write!(md, " {} time | {} bytes |", p.name(), p.name())?;
+    }
+    md.push_str("\n|---|---|---|---|");
+    md.push_str(&"---|---|".repeat(peers.len()));
+    md.push('\n');
+    for (scenario, case) in cases(r) {
+        let Some(s) = find(r, scenario, &case, Kind::Sluice) else {
+            continue;
+        };
+        let s_time = headline_time(s);
+        let s_bytes = ok(s).then_some(s.lo_bytes as f64);
+        write!(
+            md,
+            "| {scenario} | {case} | {} | {} |",
+            s_time.map_or_else(|| time_cell(s), secs),
+            s_bytes.map_or("–".into(), bytes)
+        )?;
+        for p in peers {
+            match find(r, scenario, &case, p) {
+                Some(row) if ok(row) => write!(
+                    md,
+                    " {} | {} |",
+                    ratio(headline_time(row), s_time),
+                    ratio(Some(row.lo_bytes as f64), s_bytes)
+                )?,
+                Some(row) => write!(md, " {} | – |", time_cell(row))?,
+                None => md.push_str(" – | – |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    Ok(())
 }
 
 fn identical(row: &Row) -> &'static str {
@@ -357,7 +372,7 @@ fn s6_table(md: &mut String, r: &Results) -> anyhow::Result<()> {
 }
 
 fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
-    writeln!(md, "## Targets from issues 5 and 11 and where sluice stands\n")?;
+    writeln!(md, "## Targets from the issues and where sluice stands\n")?;
     writeln!(md, "| target | measured | met |\n|---|---|---|")?;
     let sl = |s: &'static str| {
         r.rows
@@ -526,6 +541,9 @@ fn targets(md: &mut String, r: &Results) -> anyhow::Result<()> {
     for run in &r.scale {
         scale_targets(&mut line, run);
     }
+    if let Some(f) = &r.fanout {
+        fanout_targets(&mut line, f);
+    }
     md.push('\n');
     Ok(())
 }
@@ -579,7 +597,25 @@ fn method(md: &mut String) -> anyhow::Result<()> {
          agent's `VmHWM`; then the agent is stopped and started again on the unchanged tree, timed until a new \
          file reaches the standby. rsync: `rsync -a` (local, to an empty filesystem), then the same again with \
          nothing changed. A run that hits its limit records how far it got: files on the standby and the agent's \
-         backlog and progress metrics.\n\n\
+         backlog and progress metrics.\n\
+         - **S8.** Each configuration gets a fresh master and a fresh ext4 per standby. The tree is written on the \
+         master, its mtimes set an hour back (rsync's quick check compares whole seconds and would skip a file \
+         written again, at the same size, within the second of its copy), its pages dropped from the page cache (`sync -f`, then `POSIX_FADV_DONTNEED` per file), and the \
+         replicator started against empty standbys: the *initial sync* phase runs from its start (start-up \
+         included) until every standby matched. Then every file gets random 4 KiB writes (opened once, its last write on its last 4 KiB, \
+         closed), and the *random writes* phase runs from the last write until every standby matched. Each phase \
+         ends with the full comparison of every standby and, for sluice, `sluice_initial_sync_complete 1`, and \
+         its figures are counter deltas over it. sluice: one agent with a `[[standby]]` entry per standby and one \
+         `sluice-receiver` per standby (own identity, root, port), the background verifier off \
+         (`[verify] bytes_per_second = 0`: it reads at a set rate per standby for as long as the agent runs, \
+         whatever the workload). lsyncd: one `sync{{}}` per target with the same source and options as above, each \
+         to its own module of the rsync daemon (so the receiving rsyncs run on the standby side, as sluice's \
+         receivers do). Master CPU is utime+stime with children (the agent; lsyncd and every rsync it ran); \
+         *read by syscalls* is `rchar` and *from the device* `read_bytes` of `/proc/<pid>/io` over the same \
+         processes (a process's figures include the children it reaped); sluice's `sluice_bytes_read_total` \
+         counts the file bytes the agent read to build operations, once for all standbys. Bytes sent per \
+         standby: sluice's `sluice_standby_wire_bytes_sent_total`; for lsyncd the loopback total divided by \
+         the targets.\n\n\
          ## Limits\n\n\
          - One run per cell on a shared 2-core VM: expect noise of several percent on times, more on short ones.\n\
          - Loopback only: no network latency or bandwidth limit, which flatters whoever sends the most bytes.\n\
@@ -981,4 +1017,248 @@ fn scale_targets(line: &mut impl FnMut(&str, String, Option<bool>), run: &ScaleR
             (Some(_), None, _) => None,
         },
     );
+}
+
+/// `b ÷ a` as "N×" (more standbys over one), "–" when either is missing.
+fn times(b: Option<f64>, a: Option<f64>) -> String {
+    match (b, a) {
+        (Some(b), Some(a)) if a > 0.0 => format!("{:.2}×", b / a),
+        _ => "–".into(),
+    }
+}
+
+fn fanout_phase(run: &FanoutRun, phase: usize) -> Option<&FanoutPhase> {
+    if phase == 0 {
+        run.initial.as_ref()
+    } else {
+        run.writes.as_ref()
+    }
+}
+
+const FANOUT_PHASES: [&str; 2] = ["initial sync", "random writes"];
+
+/// Figures of one configuration's phase, only if every standby matched.
+fn fanout_ok(f: &Fanout, kind: Kind, standbys: usize, phase: usize) -> Option<&FanoutPhase> {
+    f.run(kind, standbys)
+        .and_then(|r| fanout_phase(r, phase))
+        .filter(|p| p.all_converged_s().is_some())
+}
+
+fn fanout_section(md: &mut String, f: &Fanout) -> anyhow::Result<()> {
+    writeln!(
+        md,
+        "### S8: fan-out, one master to 1 and to {STANDBYS} standbys\n\n\
+         {} in {} files written on the master (page cache dropped), synced to empty standbys (*initial sync*); \
+         then {} random 4 KiB writes into each of the {} files, {} in all (*random writes*). Each standby on a \
+         loop-mounted ext4 of its own; sluice with one agent and a receiver per standby, lsyncd with a \
+         `sync{{}}` per target; limit {:.0} s per phase. Figures are for the master side unless said; each \
+         phase counts from its start until every standby matched and was compared in full.\n",
+        bytes(f.tree_bytes as f64),
+        f.files,
+        f.writes_per_file,
+        f.written_files,
+        bytes((f.written_files * f.writes_per_file) as f64 * 4096.0),
+        f.timeout_s
+    )?;
+    writeln!(
+        md,
+        "**{STANDBYS} standbys ÷ 1** (the goal for sluice: files read and hashed once whatever the number of \
+         standbys, so well under {STANDBYS}×):\n"
+    )?;
+    md.push_str(
+        "| phase | replicator | master CPU, 1 → 3 | × | read by syscalls, 1 → 3 | × | agent `sluice_bytes_read` × | from the device × | every standby matched, 1 → 3 |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (phase, name) in FANOUT_PHASES.iter().enumerate() {
+        for kind in [Kind::Sluice, Kind::Lsyncd] {
+            if f.run(kind, 1).is_none() && f.run(kind, STANDBYS).is_none() {
+                continue;
+            }
+            let one = fanout_ok(f, kind, 1, phase);
+            let many = fanout_ok(f, kind, STANDBYS, phase);
+            let pair = |get: &dyn Fn(&FanoutPhase) -> String| {
+                format!(
+                    "{} → {}",
+                    one.map_or("–".into(), get),
+                    many.map_or("–".into(), get)
+                )
+            };
+            let val = |p: Option<&FanoutPhase>, get: fn(&FanoutPhase) -> Option<f64>| p.and_then(get);
+            writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                pair(&|p| format!("{:.2} s", p.master_cpu_s)),
+                times(val(many, |p| Some(p.master_cpu_s)), val(one, |p| Some(p.master_cpu_s))),
+                pair(&|p| bytes(p.read_syscall_bytes as f64)),
+                times(
+                    val(many, |p| Some(p.read_syscall_bytes as f64)),
+                    val(one, |p| Some(p.read_syscall_bytes as f64))
+                ),
+                times(val(many, |p| p.agent_bytes_read), val(one, |p| p.agent_bytes_read)),
+                times(
+                    val(many, |p| Some(p.read_device_bytes as f64)),
+                    val(one, |p| Some(p.read_device_bytes as f64))
+                ),
+                pair(&|p| opt_secs(p.all_converged_s())),
+            )?;
+        }
+    }
+    md.push('\n');
+    for (phase, name) in FANOUT_PHASES.iter().enumerate() {
+        writeln!(md, "{}:\n", {
+            let mut n = name.to_string();
+            n[..1].make_ascii_uppercase();
+            n
+        })?;
+        md.push_str(
+            "| replicator | standbys | every standby matched (each) | master CPU | read by syscalls | from the device | agent `sluice_bytes_read` | sent per standby | loopback, all | standby CPU, all | identical |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for run in &f.runs {
+            let Some(p) = fanout_phase(run, phase) else {
+                let why = match &run.error {
+                    Some(_) => "failed (see below)",
+                    None if phase == 1 => "not run: the initial sync did not finish",
+                    None => "–",
+                };
+                writeln!(
+                    md,
+                    "| {} | {} | {why} | | | | | | | | |",
+                    run.replicator.name(),
+                    run.standbys
+                )?;
+                continue;
+            };
+            let each = p
+                .converged_s
+                .iter()
+                .map(|t| t.map_or(format!("> {:.0} s", f.timeout_s), secs))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sent = if p.standby_wire_bytes.is_empty() {
+                format!(
+                    "{} (loopback ÷ {})",
+                    bytes(p.lo_bytes as f64 / run.standbys as f64),
+                    run.standbys
+                )
+            } else {
+                p.standby_wire_bytes
+                    .iter()
+                    .map(|b| bytes(*b))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let identical = if p.identical.iter().all(|x| *x == Some(true)) {
+                "yes".to_owned()
+            } else {
+                p.identical
+                    .iter()
+                    .map(|x| match x {
+                        Some(true) => "yes",
+                        Some(false) => "**no**",
+                        None => "–",
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            writeln!(
+                md,
+                "| {} | {} | {} ({each}) | {:.2} s | {} | {} | {} | {sent} | {} | {:.2} s | {identical} |",
+                run.replicator.name(),
+                run.standbys,
+                p.all_converged_s()
+                    .map_or(format!("**not within {:.0} s**", f.timeout_s), secs),
+                p.master_cpu_s,
+                bytes(p.read_syscall_bytes as f64),
+                bytes(p.read_device_bytes as f64),
+                p.agent_bytes_read.map_or("–".into(), bytes),
+                bytes(p.lo_bytes as f64),
+                p.standby_cpu_s,
+            )?;
+        }
+        md.push('\n');
+    }
+    let verified: f64 = f
+        .runs
+        .iter()
+        .flat_map(|r| [r.initial.as_ref(), r.writes.as_ref()])
+        .flatten()
+        .filter_map(|p| p.agent_verify_bytes)
+        .sum();
+    writeln!(
+        md,
+        "Data: {} in the initial sync, {} written in the second phase. *Read by syscalls* counts page-cache \
+         hits (a file read once per standby counts once per standby) and what the processes read at start-up \
+         (in the initial sync; the difference from sluice's `sluice_bytes_read`), *from the device* only what \
+         the page cache did not hold (cold at the start of the initial sync, warm after the writes). \
+         Background verifier reads during the runs: {}.\n",
+        bytes(f.tree_bytes as f64),
+        bytes((f.written_files * f.writes_per_file) as f64 * 4096.0),
+        bytes(verified)
+    )?;
+    for run in f.runs.iter().filter(|r| r.error.is_some()) {
+        writeln!(
+            md,
+            "{} to {} standbys failed: `{}`\n",
+            run.replicator.name(),
+            run.standbys,
+            run.error.as_deref().unwrap_or_default().replace('`', "'")
+        )?;
+    }
+    Ok(())
+}
+
+/// S8's goals for sluice: with three standbys, bytes read within 1.1× and master
+/// CPU under 2× of one standby's (files read and hashed once: "well under 3×").
+fn fanout_targets(line: &mut impl FnMut(&str, String, Option<bool>), f: &Fanout) {
+    if f.run(Kind::Sluice, 1).is_none() || f.run(Kind::Sluice, STANDBYS).is_none() {
+        return;
+    }
+    for (phase, name) in FANOUT_PHASES.iter().enumerate() {
+        let one = fanout_ok(f, Kind::Sluice, 1, phase);
+        let many = fanout_ok(f, Kind::Sluice, STANDBYS, phase);
+        let lsyncd = |get: fn(&FanoutPhase) -> f64| {
+            match (
+                fanout_ok(f, Kind::Lsyncd, 1, phase),
+                fanout_ok(f, Kind::Lsyncd, STANDBYS, phase),
+            ) {
+                (Some(a), Some(b)) => format!("; lsyncd {}", times(Some(get(b)), Some(get(a)))),
+                _ => String::new(),
+            }
+        };
+        let ratio = |get: fn(&FanoutPhase) -> f64| match (one, many) {
+            (Some(a), Some(b)) if get(a) > 0.0 => Some(get(b) / get(a)),
+            _ => None,
+        };
+        let read = ratio(|p| p.read_syscall_bytes as f64);
+        line(
+            &format!("S8 {name}: sluice bytes read, {STANDBYS} standbys ≤ 1.1× one"),
+            match (one, many, read) {
+                (Some(a), Some(b), Some(x)) => format!(
+                    "{x:.2}× ({} vs {} by read syscalls; agent metric {}){}",
+                    bytes(b.read_syscall_bytes as f64),
+                    bytes(a.read_syscall_bytes as f64),
+                    times(b.agent_bytes_read, a.agent_bytes_read),
+                    lsyncd(|p| p.read_syscall_bytes as f64)
+                ),
+                _ => "not measured".into(),
+            },
+            Some(read.is_some_and(|x| x <= 1.1)),
+        );
+        let cpu = ratio(|p| p.master_cpu_s);
+        line(
+            &format!("S8 {name}: sluice master CPU, {STANDBYS} standbys < 2× one"),
+            match (one, many, cpu) {
+                (Some(a), Some(b), Some(x)) => format!(
+                    "{x:.2}× ({:.2} s vs {:.2} s){}",
+                    b.master_cpu_s,
+                    a.master_cpu_s,
+                    lsyncd(|p| p.master_cpu_s)
+                ),
+                _ => "not measured".into(),
+            },
+            Some(cpu.is_some_and(|x| x < 2.0)),
+        );
+    }
 }

@@ -299,6 +299,81 @@ pub struct ScaleRun {
     pub error: Option<String>,
 }
 
+/// S8: one phase of the fan-out workload for one configuration, measured from
+/// its start until every standby matched the master (and the full comparison
+/// ran).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FanoutPhase {
+    /// Bytes of data the phase replicates (the tree, or the bytes written).
+    pub data_bytes: u64,
+    /// Per standby: seconds until it matched, `None` if not within the limit.
+    pub converged_s: Vec<Option<f64>>,
+    /// Per standby: whether the full comparison found it identical.
+    pub identical: Vec<Option<bool>>,
+    /// utime+stime (children included) of the master side: the agent, or lsyncd
+    /// and the rsyncs it started.
+    pub master_cpu_s: f64,
+    /// The same for every standby's processes together.
+    pub standby_cpu_s: f64,
+    /// `rchar` of the master side: bytes its read syscalls returned.
+    pub read_syscall_bytes: u64,
+    /// `read_bytes` of the master side: bytes read from the master's device.
+    pub read_device_bytes: u64,
+    /// sluice: `sluice_bytes_read_total` (file bytes read to build operations,
+    /// once for all standbys), `sluice_payload_bytes_sent_total` and
+    /// `sluice_verify_bytes_total`.
+    pub agent_bytes_read: Option<f64>,
+    pub agent_payload_bytes: Option<f64>,
+    pub agent_verify_bytes: Option<f64>,
+    /// sluice, per standby: `sluice_standby_wire_bytes_sent_total` and
+    /// `sluice_standby_payload_bytes_sent_total`.
+    pub standby_wire_bytes: Vec<f64>,
+    pub standby_payload_bytes: Vec<f64>,
+    /// Bytes on the replicator's loopback, all standbys together.
+    pub lo_bytes: u64,
+}
+
+impl FanoutPhase {
+    /// When the last standby matched; `None` if any did not.
+    pub fn all_converged_s(&self) -> Option<f64> {
+        self.converged_s
+            .iter()
+            .try_fold(0.0f64, |max, t| t.map(|t| max.max(t)))
+    }
+}
+
+/// S8: one replicator feeding `standbys` standbys through both phases.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutRun {
+    pub replicator: Kind,
+    pub standbys: usize,
+    /// The initial sync of the tree to empty standbys.
+    pub initial: Option<FanoutPhase>,
+    /// The random writes into the tree's files.
+    pub writes: Option<FanoutPhase>,
+    pub error: Option<String>,
+}
+
+/// S8, fan-out: master CPU and reads feeding several standbys against one.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fanout {
+    pub tree_bytes: u64,
+    pub files: usize,
+    /// Files written to in the second phase, and 4 KiB writes into each.
+    pub written_files: usize,
+    pub writes_per_file: usize,
+    pub timeout_s: f64,
+    pub runs: Vec<FanoutRun>,
+}
+
+impl Fanout {
+    pub fn run(&self, replicator: Kind, standbys: usize) -> Option<&FanoutRun> {
+        self.runs
+            .iter()
+            .find(|r| r.replicator == replicator && r.standbys == standbys)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Results {
     pub date: String,
@@ -313,6 +388,8 @@ pub struct Results {
     pub syscall_costs: Option<SyscallCosts>,
     /// S7, one entry per tree size.
     pub scale: Vec<ScaleRun>,
+    /// S8, when it ran.
+    pub fanout: Option<Fanout>,
     pub wall_s: f64,
 }
 

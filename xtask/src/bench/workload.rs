@@ -209,18 +209,100 @@ pub fn wait_converged(
     }
 }
 
-/// Writes a uniquely named small file on the master and waits for it on the
+/// [`wait_converged`] for several standbys at once: each is looked at in turn
+/// until it holds `expect`, so each gets its own time since `since` (`None` for
+/// those that did not within `timeout` from now).
+pub fn wait_converged_all(
+    standbys: &[PathBuf],
+    expect: &Expect,
+    since: Instant,
+    timeout: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Option<Duration>>> {
+    let deadline = Instant::now() + timeout;
+    let pause = Duration::from_micros((expect.files.len() as u64 * 10).clamp(1_000, 100_000));
+    let mut times: Vec<Option<Duration>> = vec![None; standbys.len()];
+    loop {
+        let mut full_round = false;
+        for (standby, time) in standbys.iter().zip(&mut times) {
+            if time.is_none() && expect.probably_holds(standby) {
+                let at = since.elapsed();
+                full_round = true;
+                if expect.holds(standby) {
+                    *time = Some(at);
+                }
+            }
+        }
+        if times.iter().all(Option::is_some) || Instant::now() >= deadline {
+            return Ok(times);
+        }
+        std::thread::sleep(if full_round {
+            pause
+        } else {
+            Duration::from_millis(1)
+        });
+        alive()?;
+    }
+}
+
+/// Writes a uniquely named small file on the master and waits for it on every
 /// standby: proof that the replicator has finished starting and is live.
 pub fn wait_live(
     master: &Path,
-    standby: &Path,
+    standbys: &[PathBuf],
     timeout: Duration,
     alive: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<bool> {
     let name = PathBuf::from(format!(".bench-live-{}", std::process::id()));
     write_file(&master.join(&name), 64)?;
     let expect = Expect::from_master(master, std::slice::from_ref(&name), &[])?;
-    Ok(wait_converged(standby, &expect, Instant::now(), timeout, alive)?.is_some())
+    let times = wait_converged_all(standbys, &expect, Instant::now(), timeout, alive)?;
+    Ok(times.iter().all(Option::is_some))
+}
+
+/// Random 4 KiB writes into existing files: `per_file` writes into each of
+/// `paths` in turn, each file opened once and closed after its writes, the last
+/// write always on its last 4 KiB so that the convergence check (size, first
+/// and last bytes) sees the file's final state. Offsets are fixed by the file's
+/// index; the data comes from `/dev/urandom`. Returns the expectation (read back
+/// right after each file's writes) and the bytes written.
+pub fn random_writes(
+    root: &Path,
+    paths: &[PathBuf],
+    per_file: usize,
+) -> anyhow::Result<(Expect, u64)> {
+    const BLOCK: u64 = 4096;
+    let mut random = File::open("/dev/urandom").context("cannot open /dev/urandom")?;
+    let mut block = vec![0u8; BLOCK as usize];
+    let mut expect = Expect {
+        files: Vec::with_capacity(paths.len()),
+        absent: Vec::new(),
+    };
+    let mut written = 0;
+    for (i, rel) in paths.iter().enumerate() {
+        let path = root.join(rel);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let blocks = file.metadata()?.len() / BLOCK;
+        anyhow::ensure!(blocks >= 2, "{} is under 8 KiB", path.display());
+        for w in 0..per_file {
+            let at = if w + 1 == per_file {
+                blocks - 1
+            } else {
+                spread(i * per_file + w, 0, blocks - 2)
+            };
+            random.read_exact(&mut block)?;
+            file.write_all_at(&block, at * BLOCK)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written += BLOCK;
+        }
+        drop(file);
+        let (size, head, tail) = probe(&path)?;
+        expect.files.push((rel.clone(), size, head, tail));
+    }
+    Ok((expect, written))
 }
 
 /// Whether the standby is identical to the master: content (checksums), types,
