@@ -80,6 +80,7 @@ pub struct Metrics {
     pub events_captured: Counter,
     pub events_dropped: Counter,
     pub bytes_read: Counter,
+    pub bytes_shared: Counter,
     pub wire_bytes_sent: Counter,
     pub wire_bytes_received: Counter,
     pub wire_bytes_lost: Counter,
@@ -123,6 +124,7 @@ impl Metrics {
         r.register("sluice_events_captured", "Events read from the kernel ring buffer", self.events_captured.clone());
         r.register("sluice_events_dropped", "Events lost because the ring buffer was full", self.events_dropped.clone());
         r.register("sluice_bytes_read", "File bytes read to build operations", self.bytes_read.clone());
+        r.register("sluice_bytes_shared", "File bytes sent to a standby comparing the tree from what was read for another one comparing it at the same time", self.bytes_shared.clone());
         r.register("sluice_wire_bytes_sent", "UDP payload bytes sent to the receiver (QUIC)", self.wire_bytes_sent.clone());
         r.register("sluice_wire_bytes_received", "UDP payload bytes received from the receiver (QUIC)", self.wire_bytes_received.clone());
         r.register("sluice_wire_bytes_lost", "Bytes QUIC declared lost and sent again", self.wire_bytes_lost.clone());

@@ -112,6 +112,7 @@ pub struct Replicator {
     metrics: Metrics,
     dropped_seen: u64,
     read_seen: u64,
+    shared_seen: u64,
     /// When the last event was handled (Unix seconds).
     last_event_secs: i64,
     /// When the last event was handled (Unix ns).
@@ -242,6 +243,9 @@ impl Replicator {
             feeds.push(feed);
             loaded.push(setup.loaded);
         }
+        if feeds.len() > 1 {
+            engine.share_reads();
+        }
         let resumable: Vec<&Snapshot> = loaded.iter().flatten().filter(|s| !s.compare_owed).collect();
         if resumable.is_empty() && loaded.iter().all(Option::is_none) && let Some(promoted) = promoted_unix_ns {
             // Whatever the receiver applied before the promotion has an older
@@ -326,6 +330,7 @@ impl Replicator {
             metrics,
             dropped_seen: 0,
             read_seen: 0,
+            shared_seen: 0,
             last_event_secs: 0,
             last_event_unix_ns: 0,
             generation_changes: 0,
@@ -942,6 +947,8 @@ impl Replicator {
         self.metrics.backlog_bytes.set(self.feeds.iter().map(|f| i64::try_from(f.backlog.unsent_payload()).unwrap_or(0)).sum());
         self.metrics.bytes_read.inc_by(self.engine.bytes_read.saturating_sub(self.read_seen));
         self.read_seen = self.engine.bytes_read;
+        self.metrics.bytes_shared.inc_by(self.engine.bytes_shared.saturating_sub(self.shared_seen));
+        self.shared_seen = self.engine.bytes_shared;
     }
 
     /// Wire counters of standby `i`'s connection.
@@ -1425,11 +1432,34 @@ impl Replicator {
             && backlog.held_ops() < (backlog.ops_limit() / 2).max(1)
     }
 
-    /// Reads the blocks of standby `i`'s next wanted file that it lacks.
+    /// Reads the blocks of standby `i`'s next wanted file that it lacks; the
+    /// same want of other standbys comparing at the same time is answered
+    /// right after, from the blocks just read (see [`crate::engine::read::BlockCache`]).
     fn answer_next_want(&mut self, i: usize) {
+        let Some((path, from)) = self.answer_one_want(i) else { return };
+        for j in 0..self.feeds.len() {
+            // Taking it now saves reading it again later: a standby may read
+            // this far beyond its usual read-ahead for it.
+            let backlog = &self.feeds[j].backlog;
+            let room = backlog.unsent_payload() < (2 * READ_AHEAD_BYTES).min(self.limits.bytes) && backlog.held_ops() < (backlog.ops_limit() / 2).max(1);
+            if j == i || !room {
+                continue;
+            }
+            let Some(link) = &mut self.feeds[j].link else { continue };
+            let Some(at) = link.wants.iter().position(|(wanted, _, start)| *wanted == path && *start == from) else { continue };
+            if let Some(want) = link.wants.remove(at) {
+                link.wants.push_front(want);
+                self.answer_one_want(j);
+            }
+        }
+    }
+
+    /// Answers (part of) standby `i`'s next want; returns its path and where it began.
+    fn answer_one_want(&mut self, i: usize) -> Option<(sluice_proto::RelPath, usize)> {
         let feed = &mut self.feeds[i];
-        let Some(link) = &mut feed.link else { return };
-        let Some((path, hashes, from)) = link.wants.pop_front() else { return };
+        let link = feed.link.as_mut()?;
+        let (path, hashes, from) = link.wants.pop_front()?;
+        let answered = (path.clone(), from);
         let now = monotonic_ns();
         let mut pending = Vec::new();
         let budget = READ_AHEAD_BYTES.min(self.limits.bytes).saturating_sub(feed.backlog.unsent_payload()).max(1);
@@ -1442,10 +1472,10 @@ impl Replicator {
         self.check_overflow(i);
         self.absorb_compare_requests();
         let feed = &mut self.feeds[i];
-        let Some(link) = &mut feed.link else { return };
+        let Some(link) = &mut feed.link else { return Some(answered) };
         if let Some(next) = resume {
             link.wants.push_front((path, hashes, next));
-            return;
+            return Some(answered);
         }
         link.wants_answered += 1;
         let sent = feed.metrics.payload_bytes_sent.get();
@@ -1456,6 +1486,7 @@ impl Replicator {
             tracing::info!(standby = %feed.name, files_compared = link.wants_answered, bytes_sent = sent, current = %path, "initial sync in progress");
         }
         self.finish_manifest_if_answered(i);
+        Some(answered)
     }
 
     /// Once the receiver has listed every difference and each has been read, the

@@ -179,6 +179,8 @@ pub struct Engine {
     mapped: HashMap<u64, MappedPages>,
     /// File bytes read to build operations.
     pub bytes_read: u64,
+    /// File bytes that answered a standby's want from what was read for another.
+    pub bytes_shared: u64,
     /// While set, dirty data stays in [`Engine::dirty`] (where repeated writes to a
     /// range cost nothing) instead of being read into operations: the backlog of
     /// unsent operations is at its memory bound.
@@ -219,6 +221,9 @@ pub struct Engine {
     private: HashMap<usize, Private>,
     /// Set while a standby's private ranges are handled in place of the shared ones.
     in_private: bool,
+    /// Blocks read lately to answer wants, kept when several standbys are fed
+    /// (see [`read::BlockCache`]).
+    block_cache: Option<read::BlockCache>,
 }
 
 /// What one standby alone lacks, and its changes since the journal last took them.
@@ -267,6 +272,7 @@ impl Engine {
             options,
             mapped: HashMap::new(),
             bytes_read: 0,
+            bytes_shared: 0,
             data_held: false,
             read_budget: u64::MAX,
             held_barriers: Vec::new(),
@@ -282,6 +288,7 @@ impl Engine {
             unresolved: HashSet::new(),
             private: HashMap::new(),
             in_private: false,
+            block_cache: None,
         })
     }
 
@@ -447,6 +454,13 @@ impl Engine {
         }
     }
 
+    /// Keeps the blocks read to answer wants for a while, so that standbys
+    /// comparing at the same time (their first sync) have each block read and
+    /// hashed once for all of them.
+    pub fn share_reads(&mut self) {
+        self.block_cache.get_or_insert_with(read::BlockCache::default);
+    }
+
     /// Runs `f` on standby `feed`'s private ranges in place of the shared ones.
     fn with_private<R>(&mut self, feed: usize, f: impl FnOnce(&mut Engine) -> R) -> R {
         let mut private = self.private.remove(&feed).unwrap_or_default();
@@ -571,6 +585,9 @@ impl Engine {
     }
 
     fn dirty_entry(&mut self, ino: u64, ts: u64) -> &mut Dirty {
+        if let Some(cache) = &mut self.block_cache {
+            cache.forget(ino);
+        }
         self.changes += 1;
         self.last_change.insert(ino, (self.changes, ts));
         let dirty = self.dirty.entry(ino).or_insert_with(|| Dirty { first_ns: ts, ..Dirty::default() });
@@ -1127,7 +1144,7 @@ fn show(raw: &[u8]) -> String {
 }
 
 mod namespace;
-mod read;
+pub mod read;
 mod repair;
 
 pub use repair::RepairManifest;

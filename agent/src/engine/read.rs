@@ -231,13 +231,29 @@ impl Engine {
             if in_hole(offset, end) {
                 // Punched below, with the rest of the hole.
             } else {
-                let data = match read_range(&file, offset, end - offset) {
-                    Ok(data) if !data.is_empty() => data,
-                    _ => break,
+                // The file as it was when its blocks were kept, as far as its
+                // size and modification time tell (an inode number used again).
+                let changes = (meta.mtime() as u64).wrapping_mul(1_000_000_000).wrapping_add(meta.mtime_nsec() as u64) ^ size.rotate_left(32);
+                let cached = self.block_cache.as_ref().and_then(|cache| cache.get(ino, offset, end - offset, changes));
+                if let Some((data, _)) = &cached {
+                    self.bytes_shared += data.len() as u64;
+                }
+                let (data, ours) = match cached {
+                    Some(block) => block,
+                    None => {
+                        let data = match read_range(&file, offset, end - offset) {
+                            Ok(data) if !data.is_empty() => data,
+                            _ => break,
+                        };
+                        self.bytes_read += data.len() as u64;
+                        let ours = hash(&data);
+                        if let Some(cache) = &mut self.block_cache {
+                            cache.put(ino, offset, changes, &data, ours);
+                        }
+                        (data, ours)
+                    }
                 };
-                self.bytes_read += data.len() as u64;
                 read += data.len() as u64;
-                let ours = hash(&data);
                 if theirs_block != Some(&ours) {
                     // Part of the block is a hole on the master: send its data and
                     // punch the rest, so the standby's copy keeps the same holes.
@@ -272,5 +288,56 @@ impl Engine {
         let attrs = Attrs { size: Some(size), mode: Some(m.mode), uid: Some(m.uid), gid: Some(m.gid), mtime: Some(m.mtime) };
         out.push(PendingOp { op: Op::SetAttrs { path: path.clone(), attrs }, captured_ns: ts, ino: Some(ino) });
         None
+    }
+}
+
+/// Blocks read lately to answer the standbys' wants, with their hashes: when
+/// several standbys compare the tree at once (their first sync, or after an
+/// outage of the site they share), each block is read and hashed once for all
+/// of them. A file's blocks are forgotten at each change capture reports, and
+/// served only while its size and modification time are those they were read
+/// with; a change whose event is still on its way is sent to every standby
+/// after this answer, as it would be had the block been read now.
+#[derive(Default)]
+pub struct BlockCache {
+    blocks: HashMap<(u64, u64), (u64, Vec<u8>, Hash)>,
+    order: std::collections::VecDeque<(u64, u64)>,
+    bytes: u64,
+    /// Inodes with blocks kept (or kept lately): forgetting any other costs nothing.
+    inodes: HashSet<u64>,
+}
+
+/// Content the block cache holds, at most.
+const BLOCK_CACHE_BYTES: u64 = 64 << 20;
+
+impl BlockCache {
+    fn get(&self, ino: u64, offset: u64, len: u64, changes: u64) -> Option<(Vec<u8>, Hash)> {
+        let (at, data, hash) = self.blocks.get(&(ino, offset))?;
+        (*at == changes && data.len() as u64 == len).then(|| (data.clone(), *hash))
+    }
+
+    /// Forgets the blocks of `ino`: it changed.
+    pub(super) fn forget(&mut self, ino: u64) {
+        if self.inodes.remove(&ino) {
+            self.blocks.retain(|(cached, _), _| *cached != ino);
+            self.order.retain(|(cached, _)| *cached != ino);
+            self.bytes = self.blocks.values().map(|(_, data, _)| data.len() as u64).sum();
+        }
+    }
+
+    fn put(&mut self, ino: u64, offset: u64, changes: u64, data: &[u8], hash: Hash) {
+        if let Some((_, old, _)) = self.blocks.insert((ino, offset), (changes, data.to_vec(), hash)) {
+            self.bytes -= old.len() as u64;
+        } else {
+            self.order.push_back((ino, offset));
+        }
+        self.bytes += data.len() as u64;
+        self.inodes.insert(ino);
+        while self.bytes > BLOCK_CACHE_BYTES {
+            let Some(key) = self.order.pop_front() else { break };
+            if let Some((_, old, _)) = self.blocks.remove(&key) {
+                self.bytes -= old.len() as u64;
+            }
+        }
     }
 }

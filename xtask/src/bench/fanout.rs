@@ -191,6 +191,7 @@ fn phase(
         let then = before.agent_metrics.as_ref();
         let delta = |f: &dyn Fn(&Metrics) -> f64| f(now) - then.map_or(0.0, f);
         p.agent_bytes_read = Some(delta(&|x| x.get("sluice_bytes_read_total")));
+        p.agent_bytes_shared = Some(delta(&|x| x.get("sluice_bytes_shared_total")));
         p.agent_payload_bytes = Some(delta(&|x| x.get("sluice_payload_bytes_sent_total")));
         p.agent_verify_bytes = Some(delta(&|x| x.get("sluice_verify_bytes_total")));
         for i in 0..standbys.len() {
@@ -247,8 +248,9 @@ fn report_phase(what: &str, p: &FanoutPhase) {
         mib(p.read_syscall_bytes as f64),
         mib(p.read_device_bytes as f64),
         p.agent_bytes_read.map_or(String::new(), |b| format!(
-            ", agent metric {:.1} MiB",
-            mib(b)
+            ", agent metric {:.1} MiB; {:.1} MiB sent from reads shared between standbys",
+            mib(b),
+            mib(p.agent_bytes_shared.unwrap_or(0.0))
         ))
     );
 }

@@ -323,6 +323,9 @@ pub struct FanoutPhase {
     /// once for all standbys), `sluice_payload_bytes_sent_total` and
     /// `sluice_verify_bytes_total`.
     pub agent_bytes_read: Option<f64>,
+    /// Content sent to a standby from a read made for another (the agent's metric).
+    #[serde(default)]
+    pub agent_bytes_shared: Option<f64>,
     pub agent_payload_bytes: Option<f64>,
     pub agent_verify_bytes: Option<f64>,
     /// sluice, per standby: `sluice_standby_wire_bytes_sent_total` and
