@@ -241,7 +241,7 @@ async fn run_with(
                 None => break,
             },
             Some(event) = links.recv() => match event {
-                LinkEvent::HelloWanted { reply, .. } => {
+                LinkEvent::HelloWanted { feed, reply } => {
                     if relaying {
                         match tree_file.load() {
                             Ok(Some(tree)) => rep.about.lineage = tree,
@@ -249,7 +249,7 @@ async fn run_with(
                             Err(e) => tracing::warn!("reading the standby's lineage: {e}"),
                         }
                     }
-                    let _ = reply.send(rep.hello());
+                    let _ = reply.send(rep.hello(feed));
                 }
                 LinkEvent::Opened { feed, opened } => {
                     connecting[feed] = None;

@@ -832,10 +832,15 @@ impl Replicator {
         }
     }
 
-    /// The `Hello` a new connection sends.
-    pub fn hello(&self) -> AgentMessage {
+    /// The `Hello` a new connection to standby `i` sends: its activity counts
+    /// operations in that standby's numbering, which its fork point uses.
+    pub fn hello(&self, i: usize) -> AgentMessage {
         let agent = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: self.about.lineage.lineage.clone(), activity: self.activity() }
+        let mut activity = self.activity();
+        if let Some(feed) = self.feeds.get(i) {
+            activity.last_seq = feed.backlog.next_seq().saturating_sub(1);
+        }
+        AgentMessage::Hello { version: PROTOCOL_VERSION, agent, lineage: self.about.lineage.lineage.clone(), activity }
     }
 
     /// What the agent is doing, for `sluice-agent status`: the standby
