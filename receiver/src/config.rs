@@ -75,14 +75,25 @@ pub struct ForwardConfig {
 }
 
 /// `[relay]`: how the relay to the `[[forward]]` standbys runs.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
+    /// The receiver starts the relay itself (before it drops its privileges);
+    /// `false` when the relay runs as a service of its own
+    /// (`sluice-relay.service`: the receiver's unit does not grant what
+    /// loading eBPF programs needs).
+    pub spawn: bool,
     /// The `sluice-agent` program that forwards (default: the one installed
     /// beside this receiver).
     pub agent: Option<PathBuf>,
     /// Address of the relay's own `/metrics` (per forwarded standby); none disables it.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig { spawn: true, agent: None, metrics_listen: None }
+    }
 }
 
 

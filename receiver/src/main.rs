@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             }
             let sockets = Sockets::bind(&config)?;
             // Started while the receiver still holds every privilege: the relay loads eBPF programs.
-            let relay = if config.forward.is_empty() {
+            let relay = if config.forward.is_empty() || !config.relay.spawn {
                 None
             } else {
                 Some(sluice_receiver::relay::spawn_supervisor(&config_path)?)

@@ -26,6 +26,8 @@ pub struct Daemon {
     pub config_example: &'static str,
     /// The control file's one-line description.
     pub summary: &'static str,
+    /// Further systemd units in `deploy/systemd/` the package installs.
+    pub extra_units: &'static [&'static str],
 }
 
 pub const DAEMONS: [Daemon; 2] = [
@@ -33,11 +35,14 @@ pub const DAEMONS: [Daemon; 2] = [
         name: "sluice-agent",
         config_example: "agent.toml",
         summary: "sluice master daemon: captures changes with eBPF, streams them to a standby",
+        extra_units: &[],
     },
     Daemon {
         name: "sluice-receiver",
         config_example: "receiver.toml",
         summary: "sluice standby daemon: verifies and applies replicated changes in place",
+        // The relay to standbys further down a chain, as a service of its own.
+        extra_units: &["sluice-relay.service"],
     },
 ];
 
@@ -171,6 +176,13 @@ fn stage_daemon(
         .with_context(|| format!("stripping {}", binary.display()))?;
     set_mode(&installed_binary, 0o755)?;
     install(&unit, root, &format!("lib/systemd/system/{name}.service"))?;
+    for extra in daemon.extra_units {
+        let unit = workspace_root().join("deploy/systemd").join(extra);
+        if !unit.is_file() {
+            bail!("{} is missing: the {name} package installs it", unit.display());
+        }
+        install(&unit, root, &format!("lib/systemd/system/{extra}"))?;
+    }
     let example = workspace_root().join("deploy/config").join(daemon.config_example);
     install(&example, root, &format!("etc/sluice/{}.example", daemon.config_example))?;
 

@@ -35,6 +35,17 @@ fn the_units_pass_systemd_analyze_verify_with_hardening_and_notify() {
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && said.trim().is_empty(), "{unit}: {said}");
     }
+    // The relay's unit runs the receiver's program with the agent's capabilities.
+    let unit = "sluice-relay.service";
+    let text = fs::read_to_string(units_dir().join(unit)).unwrap();
+    for directive in ["ExecStart=/usr/bin/sluice-receiver relay", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_BPF", "PartOf=sluice-receiver.service"] {
+        assert!(text.lines().any(|l| l.starts_with(directive)), "{unit} lacks {directive}");
+    }
+    let local = text.replace("/usr/bin/sluice-receiver", binaries.receiver.to_str().unwrap());
+    fs::write(dir.path().join(unit), local).unwrap();
+    let out = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(dir.path().join(unit)).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "{unit}: {said}");
 }
 
 /// The datagram socket systemd would hold for a service.

@@ -74,6 +74,9 @@ fn check_installed(debs: &[Deb], state_dir_existed: bool) -> anyhow::Result<()> 
 
         let unit = format!("/lib/systemd/system/{name}.service");
         expect_same(&unit, &workspace_root().join("deploy/systemd").join(format!("{name}.service")))?;
+        for extra in daemon.extra_units {
+            expect_same(&format!("/lib/systemd/system/{extra}"), &workspace_root().join("deploy/systemd").join(extra))?;
+        }
         let example = format!("/etc/sluice/{}.example", daemon.config_example);
         expect_same(&example, &workspace_root().join("deploy/config").join(daemon.config_example))?;
         for completion in [
@@ -112,7 +115,8 @@ fn purge(debs: &[Deb], state_dir_existed: bool) -> anyhow::Result<()> {
         ensure!(!installed(&deb.package)?, "{} is still installed after dpkg --purge", deb.package);
     }
     for daemon in &DAEMONS {
-        for leftover in [format!("/usr/bin/{}", daemon.name), format!("/lib/systemd/system/{}.service", daemon.name)] {
+        let extra = daemon.extra_units.iter().map(|unit| format!("/lib/systemd/system/{unit}"));
+        for leftover in [format!("/usr/bin/{}", daemon.name), format!("/lib/systemd/system/{}.service", daemon.name)].into_iter().chain(extra) {
             ensure!(!Path::new(&leftover).exists(), "{leftover} is still there after dpkg --purge");
         }
     }
