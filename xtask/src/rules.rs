@@ -103,6 +103,11 @@ fn exported_names(source: &str) -> anyhow::Result<BTreeSet<String>> {
             .split_once(&field)
             .map(|(_, rest)| rest.trim_start())
             .with_context(|| format!("no field `{}` for {name}", handle.trim()))?;
+        // A family exposes its series under the name its metric type gives.
+        let field_type = match field_type.strip_prefix("Family<") {
+            Some(family) => family.split_once(',').map_or(family, |(_, metric)| metric).trim_start(),
+            None => field_type,
+        };
         if field_type.starts_with("Counter") {
             names.insert(format!("{name}_total"));
         } else if field_type.starts_with("Histogram") {
@@ -125,8 +130,10 @@ mod tests {
                 pub lag: Gauge<f64, AtomicU64>,
                 pub ops: Counter,
                 pub latency: Histogram,
+                pub sent: Family<StandbyLabel, Counter>,
             }
             fn register(&self) {
+                r.register("sluice_standby_sent", "Sent", s.sent.clone());
                 r.register("sluice_lag_seconds", "Age. Of the oldest", self.lag.clone());
                 registry.register(
                     "sluice_ops",
@@ -145,6 +152,7 @@ mod tests {
                 "sluice_latency_seconds_count",
                 "sluice_latency_seconds_sum",
                 "sluice_ops_total",
+                "sluice_standby_sent_total",
             ]
         );
     }
