@@ -8,6 +8,7 @@
 
 use crate::backlog::{Limits, Next};
 use crate::capture::{Event, EventKind, InodeId};
+use crate::engine::tests::Rng;
 use crate::engine::{Engine, Options};
 use crate::journal::{Journal, JournalWriter};
 use crate::metrics::Metrics;
@@ -23,22 +24,6 @@ const FILES: usize = 4;
 const FILE_SPAN: u64 = 256 << 10;
 /// The largest write one read of the engine makes.
 const MAX_WRITE: u64 = 1 << 20;
-
-/// xorshift64*: enough for choosing operations, and the same for a seed everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// A standby's copy of the files, built from the operations it was sent.
 #[derive(Default)]

@@ -1150,4 +1150,4 @@ mod repair;
 pub use repair::RepairManifest;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

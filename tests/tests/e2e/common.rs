@@ -58,3 +58,12 @@ pub fn tail(log: &str) -> String {
 pub fn sh(dir: &Path, script: &str) {
     run(&format!("cd {} && {script}", dir.display())).unwrap();
 }
+
+/// Thaws a frozen filesystem however the test ends.
+pub struct Frozen<'a>(pub &'a Path);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = run(&format!("fsfreeze -u {}", self.0.display()));
+    }
+}

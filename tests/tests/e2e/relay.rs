@@ -1,20 +1,11 @@
 //! A chain of standbys: the master feeds standby A, and A forwards what it
 //! applies to standby B (`[[forward]]`), whose lag is counted from the master.
 
-use crate::common::tail;
+use crate::common::{Frozen, tail};
 use sluice_tests::daemons::{Binaries, Daemon, ReceiverConfig, free_tcp_addr, free_udp_addr, init_identity, render_config};
 use sluice_tests::{FsKind, LoopFs, Pair, PairOptions, random_bytes, run, wait_until, wait_until_identical};
 use std::fs;
 use std::time::{Duration, Instant};
-
-/// Thaws a frozen filesystem even when the test fails.
-struct Frozen<'a>(&'a std::path::Path);
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        let _ = run(&format!("fsfreeze -u {}", self.0.display()));
-    }
-}
 
 #[test]
 fn a_relay_chain_converges_and_reports_lag_from_the_master() {

@@ -4,7 +4,7 @@
 //! what it may without a comparison of the tree and names what it refuses, and
 //! logs come as JSON lines on demand.
 
-use crate::common::{converge, tail};
+use crate::common::{Frozen, converge, tail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sluice_tests::{Binaries, FsKind, LoopFs, Pair, PairOptions, random_bytes, run, wait_until};
@@ -246,14 +246,6 @@ fn a_reload_applies_what_it_may_names_what_it_refuses_and_compares_nothing() {
     wait_until("the agent's status to turn unhealthy", Duration::from_secs(20), || Ok(!status(&binaries.agent, &agent_config, true).status.success())).unwrap();
 }
 
-/// Thaws a frozen filesystem however the test ends.
-struct Frozen<'a>(&'a Path);
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        let _ = run(&format!("fsfreeze -u {}", self.0.display()));
-    }
-}
 
 #[test]
 fn a_stuck_apply_loop_stops_feeding_the_watchdog() {
