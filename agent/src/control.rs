@@ -72,6 +72,36 @@ pub struct AgentStatus {
     /// Each standby this master feeds.
     #[serde(default)]
     pub standbys: Vec<StandbyStatus>,
+    /// Each standby's lag over the last hour.
+    #[serde(default)]
+    pub lag_history: sluice_net::history::LagHistory,
+}
+
+impl AgentStatus {
+    /// What `status --json` prints and the status page reads.
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        let mut value = serde_json::to_value(self)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("running".into(), true.into());
+        }
+        Ok(value)
+    }
+}
+
+/// The status page's `/status.json`: the running agent's status, asked of the
+/// work loop as `sluice-agent status` asks it.
+pub fn status_source(control: mpsc::UnboundedSender<ControlRequest>) -> sluice_net::StatusSource {
+    sluice_net::StatusSource::new(move || {
+        let control = control.clone();
+        async move {
+            let (reply, mut reports) = mpsc::unbounded_channel();
+            control.send(ControlRequest { request: Request::Status, reply }).ok()?;
+            match reports.recv().await? {
+                Report::Status(status) => status.to_json().ok().map(|json| json.to_string()),
+                _ => None,
+            }
+        }
+    })
 }
 
 /// Where one standby stands.

@@ -106,8 +106,12 @@ async fn run_with(
     let metrics = Metrics::default();
     metrics.capture_mode.get_or_create(&ModeLabel { mode: capture.mode().to_string() }).set(1);
     let registry = Arc::new(metrics.register());
+    let (control_tx, mut control) = mpsc::unbounded_channel();
     let _metrics_server = match config.metrics.listen {
-        Some(listen) => Some(sluice_net::serve_metrics(listen, registry).await.context("metrics listener")?),
+        Some(listen) => {
+            let page = crate::control::status_source(control_tx.clone());
+            Some(sluice_net::serve_metrics(listen, registry, Some(page)).await.context("metrics listener")?)
+        }
         None => None,
     };
 
@@ -173,7 +177,6 @@ async fn run_with(
     if !relaying {
         rep.activity_file = Some(crate::lineage::TreeFile::open(&root).context("the tree's lineage")?);
     }
-    let (control_tx, mut control) = mpsc::unbounded_channel();
     let (settings_tx, settings) = tokio::sync::watch::channel(config.clone());
     let reload_task = match reloader {
         Some(reloader) => Some(crate::reload::spawn(reloader, config.clone(), settings_tx, control_tx.clone()).context("installing the SIGHUP handler")?),

@@ -200,11 +200,7 @@ fn status(runtime: tokio::runtime::Runtime, config: &sluice_agent::config::Confi
         }
     };
     if json {
-        let mut value = serde_json::to_value(&*status)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("running".into(), true.into());
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&status.to_json()?)?);
     } else {
         let s = &status;
         println!("root:        {}", s.root.display());

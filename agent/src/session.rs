@@ -146,6 +146,8 @@ pub struct Replicator {
     /// When this tree is a standby forwarding what it applies (a relay): the
     /// master's capture times of what its receiver applied.
     pub relay: Option<RelayClock>,
+    /// Each standby's lag over the last hour, for the status page.
+    lag_history: sluice_net::history::LagHistory,
 }
 
 /// The master's capture time of what a relay's receiver applied, by when the
@@ -335,6 +337,7 @@ impl Replicator {
             last_event_unix_ns: 0,
             generation_changes: 0,
             ticks: 0,
+            lag_history: sluice_net::history::LagHistory::new(),
             scratch: Vec::new(),
             crosscheck: crate::crosscheck::CrossCheck::default(),
             crosscheck_seen: (0, 0),
@@ -878,6 +881,7 @@ impl Replicator {
             problems: sluice_net::daemon::recent_problems(),
             healthy: connected && synced,
             standbys,
+            lag_history: self.lag_history.clone(),
         }
     }
 
@@ -905,6 +909,7 @@ impl Replicator {
 
     fn update_metrics(&mut self) {
         let now = monotonic_ns();
+        let now_unix = sluice_net::history::now_unix();
         let (shared_bytes, shared_oldest) = (self.engine.dirty_bytes(), self.engine.oldest_dirty_ns());
         let mut worst_lag: f64 = 0.0;
         let mut worst_bytes = 0u64;
@@ -924,6 +929,7 @@ impl Replicator {
             feed.metrics.connected.set(i64::from(feed.online()));
             worst_lag = worst_lag.max(lag);
             worst_bytes = worst_bytes.max(bytes);
+            self.lag_history.record(&feed.name, now_unix, lag, bytes);
             let stats = feed.verifier.stats;
             self.metrics.verify_bytes.inc_by(stats.bytes.saturating_sub(feed.verify_seen.bytes));
             self.metrics.verify_mismatches.inc_by(stats.mismatches.saturating_sub(feed.verify_seen.mismatches));

@@ -127,10 +127,15 @@ pub fn init_logging(format: LogFormat) -> LogLevel {
 const PROBLEM_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Most warnings and errors remembered.
 const MAX_PROBLEMS: usize = 1000;
+/// The latest problems `status` lists with their text.
+pub const RECENT_PROBLEMS_LISTED: usize = 20;
+/// Longest text kept of one problem.
+const MAX_PROBLEM_TEXT: usize = 1000;
 
 /// A warning or error logged lately.
 struct Problem {
     at: std::time::Instant,
+    at_unix: f64,
     error: bool,
     text: String,
 }
@@ -138,7 +143,7 @@ struct Problem {
 static PROBLEMS: std::sync::Mutex<std::collections::VecDeque<Problem>> = std::sync::Mutex::new(std::collections::VecDeque::new());
 
 /// Warnings and errors logged in the last hour, for `status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Problems {
     #[serde(rename = "errors_last_hour", default)]
     pub errors: u64,
@@ -147,14 +152,27 @@ pub struct Problems {
     /// The last error's message, if any in the last hour.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The latest warnings and errors of the last hour, oldest first, with
+    /// their fields (the path an operation was refused on, say).
+    #[serde(rename = "recent_problems", default)]
+    pub recent: Vec<RecentProblem>,
+}
+
+/// One warning or error as logged.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecentProblem {
+    pub at_unix: f64,
+    /// `ERROR` or `WARN`.
+    pub level: String,
+    pub message: String,
 }
 
 /// What was logged at `WARN` or `ERROR` in the last hour.
 pub fn recent_problems() -> Problems {
     let problems = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
-    let recent = problems.iter().filter(|p| p.at.elapsed() < PROBLEM_MEMORY);
+    let recent: Vec<&Problem> = problems.iter().filter(|p| p.at.elapsed() < PROBLEM_MEMORY).collect();
     let mut found = Problems::default();
-    for problem in recent {
+    for problem in &recent {
         if problem.error {
             found.errors += 1;
             found.last_error = Some(problem.text.clone());
@@ -162,11 +180,61 @@ pub fn recent_problems() -> Problems {
             found.warnings += 1;
         }
     }
+    let listed = recent.len().saturating_sub(RECENT_PROBLEMS_LISTED);
+    found.recent = recent[listed..]
+        .iter()
+        .map(|p| RecentProblem {
+            at_unix: p.at_unix,
+            level: if p.error { "ERROR" } else { "WARN" }.to_string(),
+            message: p.text.clone(),
+        })
+        .collect();
     found
 }
 
 /// Remembers warnings and errors for [`recent_problems`].
 struct RecentProblems;
+
+/// An event's message followed by its other fields as `name=value`.
+#[derive(Default)]
+struct ProblemText {
+    message: String,
+    fields: String,
+}
+
+impl ProblemText {
+    fn add(&mut self, field: &tracing::field::Field, value: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = self.message.write_fmt(value);
+        } else {
+            let _ = write!(self.fields, " {}={}", field.name(), value);
+        }
+    }
+
+    fn into_text(self) -> String {
+        let mut text = self.message + &self.fields;
+        if text.len() > MAX_PROBLEM_TEXT {
+            let mut end = MAX_PROBLEM_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        text
+    }
+}
+
+impl tracing::field::Visit for ProblemText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.add(field, format_args!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.add(field, format_args!("{value}"));
+    }
+}
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentProblems {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
@@ -174,22 +242,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentProblems {
         if level > tracing::Level::WARN {
             return;
         }
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                use std::fmt::Write;
-                if field.name() == "message" {
-                    let _ = write!(self.0, "{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
+        let mut text = ProblemText::default();
+        event.record(&mut text);
+        let at_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut problems = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
         while problems.len() >= MAX_PROBLEMS || problems.front().is_some_and(|p| p.at.elapsed() >= PROBLEM_MEMORY) {
             problems.pop_front();
         }
-        problems.push_back(Problem { at: std::time::Instant::now(), error: level == tracing::Level::ERROR, text: message.0 });
+        problems.push_back(Problem { at: std::time::Instant::now(), at_unix, error: level == tracing::Level::ERROR, text: text.into_text() });
     }
 }
 

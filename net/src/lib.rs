@@ -13,12 +13,14 @@
 //! - [`daemon`]: `init`, logging and signal handling shared by both daemons.
 //! - [`docs`]: man pages and shell completions from a daemon's command line.
 //! - [`framed`]: [`FrameReader`] / [`FrameWriter`] over quinn streams.
-//! - [`metrics_http`]: the `/metrics` endpoint.
+//! - [`metrics_http`]: the `/metrics` endpoint and the status page.
+//! - [`history`]: the last hour of lag the status page charts.
 
 pub mod daemon;
 pub mod docs;
 pub mod endpoint;
 pub mod framed;
+pub mod history;
 pub mod identity;
 pub mod metrics_http;
 pub mod notify;
@@ -28,7 +30,7 @@ pub mod pinned;
 pub use endpoint::{SERVER_NAME, bind_udp, client_endpoint, is_unknown_peer, server_endpoint, server_endpoint_on};
 pub use framed::{FrameReader, FrameWriter};
 pub use identity::{Identity, parse_fingerprint};
-pub use metrics_http::{serve_metrics, serve_metrics_on};
+pub use metrics_http::{StatusSource, serve_metrics, serve_metrics_on};
 
 use std::path::PathBuf;
 

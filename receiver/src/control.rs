@@ -19,6 +19,7 @@ use crate::apply::STATE_DIR;
 use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::state::{Position, State};
+use sluice_net::history::LagHistory;
 
 /// The socket's file name in `<root>/.sluice`.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -47,7 +48,7 @@ const PAUSE_WAIT: Duration = Duration::from_secs(30);
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     Promoted(PromotionReport),
-    Status(Status),
+    Status(Box<Status>),
     /// Applying is paused at this position (applied, not yet flushed: the
     /// drill flushes the filesystem before its snapshot).
     Paused(PausedAt),
@@ -104,6 +105,15 @@ pub struct Status {
     pub problems: sluice_net::daemon::Problems,
     /// Running and either connected to its master or a primary.
     pub healthy: bool,
+    /// The lag over the last hour (a running receiver's).
+    #[serde(default)]
+    pub lag_history: LagHistory,
+    /// Entries and bytes of file content in the rollback directory (`None`:
+    /// not measured yet).
+    #[serde(default)]
+    pub rollback_entries: Option<u64>,
+    #[serde(default)]
+    pub rollback_bytes: Option<u64>,
 }
 
 impl Status {
@@ -112,7 +122,11 @@ impl Status {
         let state = State::open_existing(root).with_context(|| format!("no receiver state under {}", root.display()))?;
         let position = state.load_position()?;
         let tree = state.load_lineage()?;
-        Ok(Status::of(root, &position, tree.as_ref(), None))
+        let mut status = Status::of(root, &position, tree.as_ref(), None);
+        if let Ok((entries, bytes)) = crate::apply::rollback::usage(root) {
+            (status.rollback_entries, status.rollback_bytes) = (Some(entries), Some(bytes));
+        }
+        Ok(status)
     }
 
     fn of(root: &Path, position: &Position, tree: Option<&TreeLineage>, live: Option<Live<'_>>) -> Status {
@@ -123,6 +137,8 @@ impl Status {
         let count = |get: fn(&Metrics) -> u64| metrics.map_or(0, get);
         // Only the running receiver's own log counts.
         let problems = if live.is_some() { sluice_net::daemon::recent_problems() } else { Default::default() };
+        let lag_history = live.as_ref().map(|l| l.facts.history.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+        let rollback = live.as_ref().and_then(|l| *l.facts.rollback.lock().unwrap_or_else(|e| e.into_inner()));
         Status {
             running: live.is_some(),
             root: root.to_owned(),
@@ -143,6 +159,9 @@ impl Status {
             promoted: tree.and_then(|t| t.promoted),
             problems,
             healthy: live.is_some() && (connected || primary),
+            lag_history,
+            rollback_entries: rollback.map(|(entries, _)| entries),
+            rollback_bytes: rollback.map(|(_, bytes)| bytes),
         }
     }
 }
@@ -152,6 +171,63 @@ struct Live<'a> {
     metrics: &'a Metrics,
     listen: Option<SocketAddr>,
     peer: Option<String>,
+    facts: &'a PageFacts,
+}
+
+/// Samples kept for the status page between requests.
+#[derive(Default)]
+pub struct PageFacts {
+    history: std::sync::Mutex<LagHistory>,
+    /// Entries and bytes in the rollback directory, when last measured.
+    rollback: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+/// How often the lag is sampled for the page's chart.
+const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the rollback directory is measured (a walk of it).
+const ROLLBACK_MEASURE_EVERY: u64 = 60;
+
+/// Keeps `facts` up to date: the lag every second, the rollback directory
+/// when something was kept in it and every minute.
+pub fn spawn_page_sampler(root: PathBuf, metrics: Arc<Metrics>, facts: Arc<PageFacts>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LAG_SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut kept_seen = None;
+        for n in 0u64.. {
+            tick.tick().await;
+            let lag = if metrics.connected.get() == 1 { metrics.lag_seconds.get() } else { 0.0 };
+            facts.history.lock().unwrap_or_else(|e| e.into_inner()).record(MASTER_SERIES, sluice_net::history::now_unix(), lag, 0);
+            // Measured again as soon as something was kept, else now and then
+            // (expiry and people remove things too).
+            let kept = metrics.rollback_entries_kept.get();
+            if kept_seen != Some(kept) || n.is_multiple_of(ROLLBACK_MEASURE_EVERY) {
+                kept_seen = Some(kept);
+                let root = root.clone();
+                match tokio::task::spawn_blocking(move || crate::apply::rollback::usage(&root)).await {
+                    Ok(Ok(usage)) => *facts.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(usage),
+                    Ok(Err(e)) => tracing::debug!("measuring the rollback directory: {e}"),
+                    Err(e) => tracing::debug!("measuring the rollback directory: {e}"),
+                }
+            }
+        }
+    })
+}
+
+/// The name of the receiver's one lag series.
+const MASTER_SERIES: &str = "master";
+
+/// The status page's `/status.json`: what `sluice-receiver status --json` prints.
+pub fn status_source(shared: Shared) -> sluice_net::StatusSource {
+    sluice_net::StatusSource::new(move || {
+        let answer = status(&shared);
+        async move {
+            match answer {
+                Answer::Status(status) => serde_json::to_string(&status).ok(),
+                _ => None,
+            }
+        }
+    })
 }
 
 /// What the control socket needs of the running server.
@@ -168,6 +244,8 @@ pub struct Shared {
     /// Runs the hooks of a change of role.
     pub announce: Arc<dyn Fn(crate::session::RoleChange) + Send + Sync>,
     pub gate: crate::server::ApplyGate,
+    /// The lag history and rollback size the page shows.
+    pub facts: Arc<PageFacts>,
 }
 
 /// The socket path for `root`.
@@ -250,7 +328,8 @@ fn status(shared: &Shared) -> Answer {
         .as_ref()
         .filter(|c| c.close_reason().is_none())
         .map(|c| c.remote_address().to_string());
-    Answer::Status(Status::of(&shared.root, &position, tree.as_ref(), Some(Live { metrics: &shared.metrics, listen: shared.listen, peer })))
+    let live = Live { metrics: &shared.metrics, listen: shared.listen, peer, facts: &shared.facts };
+    Answer::Status(Box::new(Status::of(&shared.root, &position, tree.as_ref(), Some(live))))
 }
 
 /// Closes the master's connection, waits for it to let go of the tree (which

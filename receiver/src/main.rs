@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let config = Config::load(&config).context("invalid configuration")?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
             let status = match runtime.block_on(control::request(&config.root, &control::Request::Status))? {
-                Some(control::Answer::Status(status)) => status,
+                Some(control::Answer::Status(status)) => *status,
                 Some(control::Answer::Error(e)) => anyhow::bail!("the receiver could not tell its status: {e}"),
                 Some(other) => anyhow::bail!("unexpected answer from the receiver: {other:?}"),
                 None => control::Status::from_disk(&config.root)?,
@@ -266,6 +266,9 @@ fn print_status(status: &control::Status) {
         let problems = &status.problems;
         let last = problems.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
         println!("last hour:   {} errors, {} warnings{last}", problems.errors, problems.warnings);
+    }
+    if let (Some(entries), Some(bytes)) = (status.rollback_entries, status.rollback_bytes) {
+        println!("rollback:    {entries} entries, {bytes} bytes of file content");
     }
     println!("health:      {}", if status.healthy { "ok" } else { "NOT OK" });
 }

@@ -79,6 +79,8 @@ pub struct Server {
     /// Set while `sluice-receiver promote` runs: connections are turned away.
     promoting: Arc<AtomicBool>,
     control_task: tokio::task::JoinHandle<()>,
+    /// Samples the lag and measures the rollback directory for the status page.
+    page_task: tokio::task::JoinHandle<()>,
     announce: Announce,
     gate: ApplyGate,
     local: LocalQueue,
@@ -270,14 +272,6 @@ impl Server {
             .with_context(|| format!("loading identity from {}", config.tls.identity.display()))?;
         let endpoint = server_endpoint_on(sockets.quic, &identity, &config.tls.peer_fingerprint)
             .with_context(|| format!("starting the QUIC endpoint on {}", config.listen))?;
-        let (metrics_addr, metrics_task) = match sockets.metrics {
-            Some(listener) => {
-                let (addr, task) = sluice_net::serve_metrics_on(listener, metrics.registry.clone())
-                    .context("serving metrics")?;
-                (Some(addr), Some(task))
-            }
-            None => (None, None),
-        };
         let rollback_expiry_task = config
             .rollback
             .enabled
@@ -287,7 +281,9 @@ impl Server {
         let promoting = Arc::new(AtomicBool::new(false));
         let hooks = Arc::new(std::sync::Mutex::new(config.hooks.clone()));
         let announce = announcer(config.root.clone(), hooks.clone());
-        let control_task = crate::control::serve(crate::control::Shared {
+        let page_facts = Arc::new(crate::control::PageFacts::default());
+        let page_task = crate::control::spawn_page_sampler(config.root.clone(), metrics.clone(), page_facts.clone());
+        let shared = crate::control::Shared {
             root: config.root.clone(),
             listen: Some(endpoint.local_addr()?),
             session: session.clone(),
@@ -297,8 +293,18 @@ impl Server {
             state,
             announce: announce.clone(),
             gate: gate.clone(),
-        })
-        .context("control socket")?;
+            facts: page_facts.clone(),
+        };
+        let (metrics_addr, metrics_task) = match sockets.metrics {
+            Some(listener) => {
+                let page = crate::control::status_source(shared.clone());
+                let (addr, task) =
+                    sluice_net::serve_metrics_on(listener, metrics.registry.clone(), Some(page)).context("serving metrics")?;
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
+        let control_task = crate::control::serve(shared).context("control socket")?;
         tracing::info!(root = %config.root.display(), durable_seq = durable, "listening on {}", endpoint.local_addr()?);
         Ok(Server {
             endpoint,
@@ -310,6 +316,7 @@ impl Server {
             current,
             promoting,
             control_task,
+            page_task,
             announce,
             gate,
             local,
@@ -418,6 +425,7 @@ impl Server {
             task.abort();
         }
         self.control_task.abort();
+        self.page_task.abort();
         if let Some(task) = self.local_task {
             task.abort();
         }

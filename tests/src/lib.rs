@@ -24,6 +24,7 @@
 //!
 //! Most helpers need root (mounts, BPF); `cargo xtask test` runs them as such.
 
+pub mod browser;
 pub mod daemons;
 pub mod fanout;
 pub mod loopfs;

@@ -92,12 +92,12 @@ pub fn run(bin_dir: &Path) -> anyhow::Result<()> {
         agent_config.metrics_listen,
     );
     println!(
-        "\nstarting the receiver (metrics on http://{}/metrics)",
+        "\nstarting the receiver (status page on http://{0}/, metrics on http://{0}/metrics)",
         receiver.metrics_addr()
     );
     receiver.start(STARTUP_TIMEOUT)?;
     println!(
-        "starting the agent (metrics on http://{}/metrics)",
+        "starting the agent (status page on http://{0}/, metrics on http://{0}/metrics)",
         agent.metrics_addr()
     );
     agent.start(STARTUP_TIMEOUT)?;

@@ -12,7 +12,8 @@ use crate::cargo::{cargo, cargo_bin_dir, check, path_with};
 /// tools for the loop-mounted test filesystems, network tools for the namespace
 /// tests, rsync/acl/attr for side-by-side checks, PostgreSQL for the tests that
 /// start a database on a promoted standby, and Prometheus (with promtool) for the
-/// alerting rules' checks and the test that runs them.
+/// alerting rules' checks and the test that runs them, and Chromium with
+/// chromedriver for the status page's browser test.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "postgresql-15",
     "prometheus",
+    "chromium",
+    "chromium-driver",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

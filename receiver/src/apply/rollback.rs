@@ -685,6 +685,27 @@ impl Applier {
     }
 }
 
+/// What `<root>/.sluice/rollback` holds: entries and bytes of regular files
+/// (zero when there is none). Unreadable parts are skipped: this is for people.
+pub fn usage(root: &Path) -> Result<(u64, u64), ApplyError> {
+    let root_fd = open_root(root)?;
+    let state_path = RelPath::from_bytes(STATE_DIR).expect("a valid constant path");
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let state = match open_beneath(root_fd.as_fd(), state_path.as_path(), flags) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT) => return Ok((0, 0)),
+        Err(errno) => return Err(kept(&state_path, "openat2")(errno)),
+    };
+    match lstat_at(state.as_fd(), OsStr::new(ROLLBACK_DIR)) {
+        Ok(Some(_)) => {
+            let (entries, bytes) = tree_usage(state.as_fd(), OsStr::new(ROLLBACK_DIR));
+            // The directory itself is not something kept.
+            Ok((entries.saturating_sub(1), bytes))
+        }
+        _ => Ok((0, 0)),
+    }
+}
+
 /// Deletes the date directories under `<root>/.sluice/rollback` that are more than
 /// `keep_days` days before the UTC day of `now`, so everything kept stays at
 /// least `keep_days` full days; returns their names. Other names are left alone.
@@ -1187,6 +1208,19 @@ mod tests {
             ]
         );
         assert_eq!(expire(dir.path(), 1, now()).unwrap(), ["2024-02-27"]);
+    }
+
+    #[test]
+    fn usage_counts_what_the_rollback_directory_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(usage(dir.path()).unwrap(), (0, 0), "no state directory yet");
+        let rollback = dir.path().join(STATE_DIR).join(ROLLBACK_DIR);
+        fs::create_dir_all(&rollback).unwrap();
+        assert_eq!(usage(dir.path()).unwrap(), (0, 0));
+        fs::create_dir_all(rollback.join("2024-03-05/sub")).unwrap();
+        fs::write(rollback.join("2024-03-05/sub/f"), vec![7u8; 5000]).unwrap();
+        fs::write(rollback.join("2024-03-05/g"), b"abc").unwrap();
+        assert_eq!(usage(dir.path()).unwrap(), (4, 5003), "two directories and two files");
     }
 
     #[test]

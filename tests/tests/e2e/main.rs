@@ -41,3 +41,5 @@ mod relay;
 mod fanout;
 // The Prometheus alerting rules and the Grafana dashboard against a real Prometheus.
 mod alerts;
+// The status page in headless Chromium: in sync, link cut, recovered, the receiver's view.
+mod status_page;
