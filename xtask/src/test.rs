@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
 
-use crate::cargo::{cargo, describe, release_dir, status};
+use crate::cargo::{cargo, describe, release_dir, status, target_dir};
 
 /// Set to `0` to leave the torture seed list out of the test run (it takes a few
 /// minutes).
@@ -65,6 +65,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
         if !run_counting(command, &mut counts)? {
             failures.push(label.to_owned());
         }
+    }
+    // Where the browser test of the status page keeps a screenshot of each state.
+    let screenshots = target_dir().join("tmp/status-page");
+    if let Ok(shots) = std::fs::read_dir(&screenshots) {
+        let mut names: Vec<String> = shots.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        println!("status page screenshots in {}: {}", screenshots.display(), names.join(", "));
     }
 
     // Packaging reuses the release build above, so this costs seconds.
