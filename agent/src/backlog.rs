@@ -115,6 +115,9 @@ pub struct Backlog {
     in_flight: (usize, u64),
     applied: u64,
     durable: u64,
+    /// When the last durable operation was captured (CLOCK_MONOTONIC ns), when
+    /// this run sent it.
+    durable_captured_ns: Option<u64>,
     /// What changed since the journal last took it (see [`Backlog::take_log`]).
     log: Vec<Record>,
     log_cleared: bool,
@@ -136,6 +139,7 @@ impl Backlog {
             in_flight: (0, 0),
             applied: durable,
             durable,
+            durable_captured_ns: None,
             log: Vec::new(),
             log_cleared: false,
             log_durable: None,
@@ -150,6 +154,12 @@ impl Backlog {
     /// The highest sequence number the receiver reported durable.
     pub fn durable(&self) -> u64 {
         self.durable
+    }
+
+    /// When the operation the receiver last reported durable was captured
+    /// (CLOCK_MONOTONIC ns); `None` when this run did not send it.
+    pub fn durable_captured_ns(&self) -> Option<u64> {
+        self.durable_captured_ns
     }
 
     /// The highest sequence number the receiver reported applied.
@@ -318,6 +328,9 @@ impl Backlog {
         }
         self.durable = seq;
         self.log_durable = Some(seq);
+        if let Some((captured_ns, _)) = self.unconfirmed.get(&seq) {
+            self.durable_captured_ns = Some(*captured_ns);
+        }
         self.advance_applied(seq);
         self.unconfirmed = self.unconfirmed.split_off(&(seq + 1));
         self.settle_manifest();
@@ -505,15 +518,17 @@ mod tests {
         let mut backlog = Backlog::new(1, 0, Limits { bytes: 1 << 20, ops: 100 });
         backlog.push(mkdir("a"), 1);
         backlog.push(write(7, 0, 4096), 1);
-        backlog.push(mkdir("b"), 1);
+        backlog.push(mkdir("b"), 5);
         assert_eq!(seqs(backlog.take(1 << 20, 1, 1)), vec![1, 2, 3]);
         assert_eq!(backlog.applied(3), 3);
         assert_eq!(backlog.in_flight(), 0);
         let (ops, dirty) = backlog.records();
         assert_eq!(ops.len(), 2, "sent but not durable: still journaled");
         assert_eq!(dirty, vec![DirtyInode { ino: 7, ranges: vec![(0, 4096)], attrs: false }]);
+        assert_eq!(backlog.durable_captured_ns(), None);
         backlog.confirmed(3);
         assert_eq!(backlog.records(), (vec![], vec![]));
+        assert_eq!(backlog.durable_captured_ns(), Some(5), "the capture time of mkdir b");
     }
 
     #[test]

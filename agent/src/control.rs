@@ -115,6 +115,10 @@ pub struct StandbyStatus {
     pub last_seq: u64,
     pub applied_seq: u64,
     pub durable_seq: u64,
+    /// When the master captured its last durable operation (Unix seconds; 0:
+    /// not sent by this run of the agent).
+    #[serde(default)]
+    pub durable_captured_unix: f64,
     pub backlog_ops: u64,
     pub backlog_bytes: u64,
     /// What it lacks is kept as changed ranges until it catches up.

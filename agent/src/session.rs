@@ -894,6 +894,10 @@ impl Replicator {
             last_seq: feed.backlog.next_seq().saturating_sub(1),
             applied_seq: feed.backlog.applied_seq(),
             durable_seq: feed.backlog.durable(),
+            durable_captured_unix: feed
+                .backlog
+                .durable_captured_ns()
+                .map_or(0.0, |captured| unix_ns().saturating_sub(monotonic_ns().saturating_sub(captured)) as f64 / 1e9),
             backlog_ops: feed.backlog.unsent_len() as u64,
             backlog_bytes: feed.backlog.unsent_payload(),
             ahead: feed.ahead,

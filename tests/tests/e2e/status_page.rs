@@ -135,6 +135,10 @@ fn the_status_page_shows_sync_a_cut_link_and_recovery_in_a_browser() {
         .eval("return Number(document.querySelector('#chart polyline[data-peer=\"offsite\"]').dataset.worstLagSeconds);")
         .unwrap();
     assert!(worst.as_f64().unwrap_or(0.0) > 3.0, "the hour's chart forgot the cut: {worst}");
+    let served: serde_json::Value = serde_json::from_str(&http_get(agent_addr, "/status.json").unwrap()).unwrap();
+    let durable_at = served["standbys"][0]["durable_captured_unix"].as_f64().unwrap_or(0.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now - 120.0 < durable_at && durable_at <= now + 1.0, "the durable epoch is not the cut's writes: {served:#}");
     let shot = browser.screenshot(&out.join("3-recovered.png")).unwrap();
     println!("status page: recovered ({:.1} s after the link came back): {}", recovered_in.as_secs_f64(), shot.display());
 
