@@ -57,11 +57,16 @@ impl LagHistory {
     /// Records `peer`'s lag at `now_unix` (seconds).
     pub fn record(&mut self, peer: &str, now_unix: u64, lag_seconds: f64, lag_bytes: u64) {
         let lag_seconds = if lag_seconds.is_finite() { lag_seconds.max(0.0) } else { 0.0 };
-        if !self.series.contains_key(peer) && self.series.len() >= MAX_SERIES {
-            return;
+        // Looked up before inserting: the agent records every standby each tick,
+        // and only a new name needs a key of its own.
+        if !self.series.contains_key(peer) {
+            if self.series.len() >= MAX_SERIES {
+                return;
+            }
+            self.series.insert(peer.to_owned(), VecDeque::with_capacity(BUCKETS));
         }
+        let Some(series) = self.series.get_mut(peer) else { return };
         let bucket = now_unix - now_unix % STEP_SECONDS;
-        let series = self.series.entry(peer.to_owned()).or_default();
         match series.back_mut() {
             Some(last) if last.at_unix == bucket => {
                 last.lag_seconds = last.lag_seconds.max(lag_seconds);
@@ -78,11 +83,6 @@ impl LagHistory {
         while series.front().is_some_and(|s| s.at_unix < oldest) || series.len() > BUCKETS {
             series.pop_front();
         }
-    }
-
-    /// Forgets peers not in `keep` (a standby removed from the configuration).
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        self.series.retain(|name, _| keep(name));
     }
 }
 

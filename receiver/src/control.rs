@@ -138,7 +138,7 @@ impl Status {
         // Only the running receiver's own log counts.
         let problems = if live.is_some() { sluice_net::daemon::recent_problems() } else { Default::default() };
         let lag_history = live.as_ref().map(|l| l.facts.history.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
-        let rollback = live.as_ref().and_then(|l| *l.facts.rollback.lock().unwrap_or_else(|e| e.into_inner()));
+        let rollback = live.as_ref().and_then(|l| l.facts.rollback(root, l.metrics.rollback_entries_kept.get()));
         Status {
             running: live.is_some(),
             root: root.to_owned(),
@@ -171,47 +171,75 @@ struct Live<'a> {
     metrics: &'a Metrics,
     listen: Option<SocketAddr>,
     peer: Option<String>,
-    facts: &'a PageFacts,
+    facts: &'a Arc<PageFacts>,
 }
 
-/// Samples kept for the status page between requests.
+/// What the status adds for the page: the lag history, and the rollback
+/// directory's size.
 #[derive(Default)]
 pub struct PageFacts {
     history: std::sync::Mutex<LagHistory>,
-    /// Entries and bytes in the rollback directory, when last measured.
-    rollback: std::sync::Mutex<Option<(u64, u64)>>,
+    rollback: std::sync::Mutex<RollbackUsage>,
+}
+
+/// The rollback directory's size as last measured.
+#[derive(Default)]
+struct RollbackUsage {
+    /// Entries and bytes.
+    measured: Option<(u64, u64)>,
+    /// When, and what `sluice_rollback_entries_kept_total` said then.
+    at: Option<(std::time::Instant, u64)>,
+    measuring: bool,
 }
 
 /// How often the lag is sampled for the page's chart.
 const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the rollback directory is measured (a walk of it).
-const ROLLBACK_MEASURE_EVERY: u64 = 60;
+/// How old a measure of the rollback directory (a walk of it) may be.
+const ROLLBACK_MEASURE_AGE: Duration = Duration::from_secs(60);
 
-/// Keeps `facts` up to date: the lag every second, the rollback directory
-/// when something was kept in it and every minute.
-pub fn spawn_page_sampler(root: PathBuf, metrics: Arc<Metrics>, facts: Arc<PageFacts>) -> tokio::task::JoinHandle<()> {
+/// Samples the lag into `facts` every second, for the chart of the last hour;
+/// measures the rollback directory once at the start, so the first `status`
+/// has its size.
+pub fn spawn_page_sampler(root: &Path, metrics: Arc<Metrics>, facts: Arc<PageFacts>) -> tokio::task::JoinHandle<()> {
+    facts.rollback(root, metrics.rollback_entries_kept.get());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(LAG_SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut kept_seen = None;
-        for n in 0u64.. {
+        loop {
             tick.tick().await;
             let lag = if metrics.connected.get() == 1 { metrics.lag_seconds.get() } else { 0.0 };
             facts.history.lock().unwrap_or_else(|e| e.into_inner()).record(MASTER_SERIES, sluice_net::history::now_unix(), lag, 0);
-            // Measured again as soon as something was kept, else now and then
-            // (expiry and people remove things too).
-            let kept = metrics.rollback_entries_kept.get();
-            if kept_seen != Some(kept) || n.is_multiple_of(ROLLBACK_MEASURE_EVERY) {
-                kept_seen = Some(kept);
-                let root = root.clone();
-                match tokio::task::spawn_blocking(move || crate::apply::rollback::usage(&root)).await {
-                    Ok(Ok(usage)) => *facts.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(usage),
-                    Ok(Err(e)) => tracing::debug!("measuring the rollback directory: {e}"),
-                    Err(e) => tracing::debug!("measuring the rollback directory: {e}"),
-                }
-            }
         }
     })
+}
+
+impl PageFacts {
+    /// The rollback directory's size as last measured. A new measure starts in
+    /// the background when this one is a minute old or something was kept
+    /// since: the directory is walked only while someone asks, at most once a
+    /// minute unless it grows.
+    fn rollback(self: &Arc<Self>, root: &Path, kept: u64) -> Option<(u64, u64)> {
+        let mut usage = self.rollback.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = usage.at.is_none_or(|(at, kept_then)| at.elapsed() >= ROLLBACK_MEASURE_AGE || kept_then != kept);
+        if stale
+            && !usage.measuring
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            usage.measuring = true;
+            usage.at = Some((std::time::Instant::now(), kept));
+            let (root, facts) = (root.to_owned(), self.clone());
+            runtime.spawn_blocking(move || {
+                let measured = crate::apply::rollback::usage(&root);
+                let mut usage = facts.rollback.lock().unwrap_or_else(|e| e.into_inner());
+                usage.measuring = false;
+                match measured {
+                    Ok(measured) => usage.measured = Some(measured),
+                    Err(e) => tracing::debug!("measuring the rollback directory: {e}"),
+                }
+            });
+        }
+        usage.measured
+    }
 }
 
 /// The name of the receiver's one lag series.

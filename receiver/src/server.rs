@@ -79,7 +79,7 @@ pub struct Server {
     /// Set while `sluice-receiver promote` runs: connections are turned away.
     promoting: Arc<AtomicBool>,
     control_task: tokio::task::JoinHandle<()>,
-    /// Samples the lag and measures the rollback directory for the status page.
+    /// Samples the lag for the status page's chart.
     page_task: tokio::task::JoinHandle<()>,
     announce: Announce,
     gate: ApplyGate,
@@ -282,7 +282,7 @@ impl Server {
         let hooks = Arc::new(std::sync::Mutex::new(config.hooks.clone()));
         let announce = announcer(config.root.clone(), hooks.clone());
         let page_facts = Arc::new(crate::control::PageFacts::default());
-        let page_task = crate::control::spawn_page_sampler(config.root.clone(), metrics.clone(), page_facts.clone());
+        let page_task = crate::control::spawn_page_sampler(&config.root, metrics.clone(), page_facts.clone());
         let shared = crate::control::Shared {
             root: config.root.clone(),
             listen: Some(endpoint.local_addr()?),
